@@ -1,0 +1,61 @@
+"""metaops: the operation algebra behind run metadata.
+
+Operations (``set``, ``delete``, ``append``, ``remove``, ``increment`` and
+``update``/replace) as immutable values; ``apply`` with copy-on-write; exact JSON
+size as JavaScript measures it; the wire form the platform speaks.
+"""
+
+from metaops._apply import ApplyResult, apply
+from metaops._errors import (
+    InvalidLimitError,
+    InvalidOperationError,
+    InvalidValueError,
+    MetadataTooLargeError,
+    MetaopsError,
+)
+from metaops._json import JSON, json_equal
+from metaops._paths import is_safe_key
+from metaops._size import DEFAULT_LIMIT, check_size, json_size, metadata_limit
+from metaops._values import (
+    WIRE_TYPES,
+    Append,
+    Delete,
+    Increment,
+    Operation,
+    Remove,
+    Set,
+    Update,
+    decrement,
+    parse_operation,
+    parse_operations,
+)
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "JSON",
+    "WIRE_TYPES",
+    "Append",
+    "ApplyResult",
+    "Delete",
+    "Increment",
+    "InvalidLimitError",
+    "InvalidOperationError",
+    "InvalidValueError",
+    "MetadataTooLargeError",
+    "MetaopsError",
+    "Operation",
+    "Remove",
+    "Set",
+    "Update",
+    "apply",
+    "check_size",
+    "decrement",
+    "is_safe_key",
+    "json_equal",
+    "json_size",
+    "metadata_limit",
+    "parse_operation",
+    "parse_operations",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""The exceptions metaops raises.
+
+Each also inherits the built-in exception a caller would catch without knowing
+metaops, so ``except ValueError`` and ``except TypeError`` keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidLimitError",
+    "InvalidOperationError",
+    "InvalidValueError",
+    "MetadataTooLargeError",
+    "MetaopsError",
+]
+
+
+class MetaopsError(Exception):
+    """Base class of every error metaops raises on purpose."""
+
+
+class InvalidValueError(MetaopsError, TypeError):
+    """An operation was built from an argument of the wrong type.
+
+    Raised when a value is not JSON (a ``set``, an arbitrary object, a non-``str``
+    dict key, NaN or infinity, a naive ``datetime``), when a key is not a ``str``,
+    when an increment is not a number, or when a replacement is not a dict.
+    ``where`` names the argument and the place inside it, e.g. ``value["a"][2]``.
+    """
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
+
+
+class InvalidOperationError(MetaopsError, ValueError):
+    """A wire operation is not one the reference schema accepts.
+
+    ``index`` is the operation's position in the batch (``None`` for a single
+    operation) and ``field`` the field at fault (``None`` when the whole operation
+    is malformed). The message names both, what was expected and what came.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.field = field
+
+
+class MetadataTooLargeError(MetaopsError, ValueError):
+    """Metadata (or a request body) is larger than the limit allows.
+
+    ``size`` is the JSON size in bytes and ``limit`` the largest size allowed.
+    """
+
+    def __init__(self, size: int, limit: int, what: str = "metadata") -> None:
+        super().__init__(f"{what} is {size:,} bytes of JSON, over the limit of {limit:,} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class InvalidLimitError(MetaopsError, ValueError):
+    """A size limit (an argument or ``TASK_RUN_METADATA_MAXIMUM_SIZE``) is malformed."""

@@ -1,0 +1,269 @@
+"""The JSON value model: what a JSON value is, how two compare, and normalization.
+
+Metadata and operation values are plain Python JSON (``None``, ``bool``, ``int``,
+``float``, ``str``, ``list``, ``dict`` with ``str`` keys). Two rules differ from
+plain Python and follow JavaScript, where the reference runs: ``bool`` is never a
+number (``True != 1``), and ints beyond the range of an IEEE double are not JSON
+numbers (JavaScript would read them as ``Infinity``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta, timezone
+from typing import TypeAlias, Union
+
+from metaops._errors import InvalidValueError
+
+__all__ = [
+    "JSON",
+    "MISSING",
+    "add_numbers",
+    "describe",
+    "is_number",
+    "js_iso_string",
+    "js_key_order",
+    "json_equal",
+    "json_hash",
+    "json_identical",
+    "normalize",
+]
+
+# Union, not "|": the recursive forward references are strings at runtime.
+JSON: TypeAlias = Union[bool, int, float, str, "list[JSON]", "dict[str, JSON]", None]
+"""A JSON value as Python holds it."""
+
+
+class _Missing:
+    """The absence of a value (JavaScript's ``undefined``), distinct from ``None``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __reduce__(self) -> str:
+        return "MISSING"
+
+
+MISSING = _Missing()
+
+# JavaScript orders an object's integer-like keys ("array indices", 0 .. 2**32 - 2)
+# before its other keys; wildcards enumerate in that order.
+_MAX_ARRAY_INDEX = 2**32 - 2
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a JSON number: an ``int`` or ``float`` but not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def to_double(value: int | float) -> float:
+    """``value`` as the IEEE double JavaScript would hold (``±inf`` past the range)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def add_numbers(a: int | float, b: int | float) -> int | float:
+    """``a + b``: exact for two ints, IEEE double arithmetic otherwise (never raises)."""
+    if type(a) is int and type(b) is int:
+        return a + b
+    return to_double(a) + to_double(b)
+
+
+def json_equal(a: object, b: object) -> bool:
+    """JSON equality, as the reference's ``dequal`` decides it.
+
+    Numbers compare by value (``1 == 1.0``, ``0 == -0.0``) and never equal a bool;
+    lists compare element-wise in order; dicts by key set and values, key order
+    ignored.
+    """
+    if a is b:
+        return True
+    if a != b:
+        return False
+    # Python's == already agrees everywhere except where a bool meets a number.
+    return _no_bool_confusion(a, b, ordered=False)
+
+
+def json_identical(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` serialize to the same JSON text, key order included.
+
+    Stricter than :func:`json_equal`: ``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}``
+    are equal but not identical, because wildcards read key order.
+    """
+    if a is b:
+        return True
+    if a != b:
+        return False
+    return _no_bool_confusion(a, b, ordered=True)
+
+
+def _no_bool_confusion(a: object, b: object, *, ordered: bool) -> bool:
+    """Given ``a == b`` in Python, whether they are also equal as JSON."""
+    if a is b:
+        return True
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b)
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        if ordered and list(a) != list(b):
+            return False
+        return all(_no_bool_confusion(v, b[k], ordered=ordered) for k, v in a.items())
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return all(_no_bool_confusion(x, y, ordered=ordered) for x, y in zip(a, b, strict=True))
+    return True
+
+
+def json_hash(value: object) -> int:
+    """A hash consistent with :func:`json_equal` (equal values hash alike)."""
+    if isinstance(value, dict):
+        return hash(frozenset((k, json_hash(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return hash(tuple(json_hash(v) for v in value))
+    return hash(value)
+
+
+def _is_array_index(key: str) -> bool:
+    return key.isdigit() and key.isascii() and (key == "0" or key[0] != "0") and int(key) <= _MAX_ARRAY_INDEX
+
+
+def js_key_order(obj: dict[str, JSON]) -> list[str]:
+    """The keys of ``obj`` in JavaScript property order.
+
+    Array-index keys (``"0"``, ``"10"``, up to 2**32 - 2) come first in ascending
+    numeric order, then the other keys in insertion order.
+    """
+    keys = list(obj)
+    indices = [k for k in keys if k[:1].isdigit() and _is_array_index(k)]
+    if not indices:
+        return keys
+    indices.sort(key=int)
+    return indices + [k for k in keys if not (k[:1].isdigit() and _is_array_index(k))]
+
+
+def js_iso_string(moment: datetime) -> str:
+    """The text JavaScript's ``Date.prototype.toJSON`` writes for an aware datetime.
+
+    UTC, millisecond precision (microseconds are truncated, as a JS ``Date`` holds
+    none), and a ``Z`` suffix: ``2026-11-22T09:30:00.123Z``.
+    """
+    utc = moment.astimezone(timezone.utc)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
+
+
+def describe(value: object) -> str:
+    """A short description of what came, for error messages."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return _js_literal(value)
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {text!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
+
+
+def _js_literal(value: object) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return repr(value)
+
+
+def _index_text(where: str, key: object) -> str:
+    return f"{where}[{key!r}]"
+
+
+def normalize(value: object, where: str = "value", *, wire: bool = False) -> JSON:
+    """A fresh JSON copy of ``value``, or :class:`InvalidValueError` saying where it is not JSON.
+
+    Tuples become lists; ``dict``/``list`` subclasses become plain ones; an aware
+    ``datetime`` becomes the string JavaScript's ``Date.toJSON()`` writes. With
+    ``wire=True`` (values that arrived as JSON text), a ``datetime`` is refused.
+    """
+    return _normalize(value, where, wire, set())
+
+
+def _normalize(value: object, where: str, wire: bool, active: set[int]) -> JSON:
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value  # type: ignore[return-value]
+    if kind is int:
+        return _checked_int(value, where)  # type: ignore[arg-type]
+    if kind is float:
+        return _checked_float(value, where)  # type: ignore[arg-type]
+    if isinstance(value, (dict, list, tuple)):
+        marker = id(value)
+        if marker in active:
+            msg = f"{where} contains itself (a circular reference), which JSON cannot hold"
+            raise InvalidValueError(msg, where)
+        active.add(marker)
+        try:
+            if isinstance(value, dict):
+                out: dict[str, JSON] = {}
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        msg = (
+                            f"{where} has the key {key!r} ({type(key).__name__}); "
+                            "JSON object keys must be str"
+                        )
+                        raise InvalidValueError(msg, where)
+                    out[str.__str__(key)] = _normalize(item, _index_text(where, key), wire, active)
+                return out
+            return [_normalize(item, f"{where}[{i}]", wire, active) for i, item in enumerate(value)]
+        finally:
+            active.discard(marker)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):  # pragma: no cover - bool cannot be subclassed
+        return bool(value)
+    if isinstance(value, int):
+        return _checked_int(int(value), where)
+    if isinstance(value, float):
+        return _checked_float(float(value), where)
+    if isinstance(value, datetime) and not wire:
+        if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+            msg = (
+                f"{where} is a naive datetime ({value.isoformat()}): it names no instant, "
+                "so it cannot become a JSON date string; give it a tzinfo "
+                "(e.g. datetime.now(timezone.utc))"
+            )
+            raise InvalidValueError(msg, where)
+        return js_iso_string(value)
+    if isinstance(value, (datetime, date, timedelta)):
+        msg = f"{where} is {describe(value)}, not a JSON value"
+        if isinstance(value, date) and not isinstance(value, datetime):
+            msg += "; pass value.isoformat() for a date"
+        raise InvalidValueError(msg, where)
+    if isinstance(value, Mapping):
+        msg = f"{where} is {describe(value)}, not a JSON value; pass dict(...) of it"
+        raise InvalidValueError(msg, where)
+    msg = f"{where} is {describe(value)}, not a JSON value"
+    raise InvalidValueError(msg, where)
+
+
+def _checked_int(value: int, where: str) -> int:
+    if -(2**1023) < value < 2**1023 or math.isfinite(to_double(value)):
+        return value
+    msg = f"{where} is an int too large for a JSON number (JavaScript would read Infinity)"
+    raise InvalidValueError(msg, where)
+
+
+def _checked_float(value: float, where: str) -> float:
+    if math.isfinite(value):
+        return value
+    msg = f"{where} is {value!r}, which JSON cannot hold (JSON numbers are finite)"
+    raise InvalidValueError(msg, where)

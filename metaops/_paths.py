@@ -1,0 +1,243 @@
+"""Keys and paths: classification, the unsafe-key guard, parsing and matching.
+
+A key that starts with ``$.`` is a path (for every operation but ``delete``);
+any other key names a top-level entry literally. Parsed paths are cached by key
+string, so a batch that touches the same path a thousand times parses it once.
+
+Matching follows the reference's JSONHeroPath where that is well defined and the
+grammar in SPEC.md where the reference crashes or writes to the wrong place:
+every match carries the concrete steps from the root to its container, so a
+write lands where the path says, whatever the keys contain.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TypeAlias, Union
+
+from metaops._json import JSON, MISSING, _Missing, js_key_order
+
+__all__ = [
+    "DEAD",
+    "FAR",
+    "Key",
+    "Match",
+    "ParsedKey",
+    "Slice",
+    "Wildcard",
+    "first",
+    "is_safe_key",
+    "match",
+    "parse_key",
+]
+
+# The reference's component pattern: runs of non-dots where a backslash escapes the
+# next character. JavaScript's "." skips line terminators, so the escape does too.
+_COMPONENTS = re.compile(r"(?:[^.\\]|\\[^\n\r\u2028\u2029])+")
+# The reference's unsafe-segment split (schemas/common.js in @trigger.dev/core 4.8.3):
+# backslashes separate segments too, which SPEC.md's prose leaves out.
+_SEGMENT_SPLIT = re.compile(r"[.\[\]'\"\\]+")
+_DANGEROUS_SEGMENTS = frozenset({"__proto__", "constructor", "prototype"})
+_SLICE = re.compile(r"\[([0-9]*):(-?[0-9]*)?\]")
+_CANONICAL_INDEX = re.compile(r"0|[1-9][0-9]*")
+# JavaScript arrays index up to 2**32 - 2; a larger "index" is an ordinary property.
+_MAX_ARRAY_INDEX = 2**32 - 2
+# A write past the end of a list pads it with nulls. Past this many, the list alone
+# would be megabytes of JSON, beyond any metadata limit: the operation is reported
+# unapplied instead of allocating it (the reference makes a sparse array that no
+# size check can then serialize).
+MAX_PADDING = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A plain key component; ``index`` is set when it is a canonical list index."""
+
+    name: str
+    index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wildcard:
+    """The ``*`` component: every child of a dict or list."""
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """A ``[start:end]`` component: JavaScript ``Array.prototype.slice`` bounds."""
+
+    start: int
+    end: int | None
+
+
+Component = Key | Wildcard | Slice
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    """What an operation key means.
+
+    ``components`` is ``None`` for a literal key; for a path it holds the components
+    after ``$``. ``safe`` is the reference's prototype-pollution guard.
+    """
+
+    components: tuple[Component, ...] | None
+    safe: bool
+
+
+class _Step:
+    """A marker in a match's steps for a write that cannot land."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+DEAD = _Step("DEAD")
+"""A plain non-index key on a list: readable (as missing); a write changes nothing."""
+FAR = _Step("FAR")
+"""An index so far past a list's end that padding to it is refused."""
+
+Step = str | int | _Step
+Value: TypeAlias = Union[JSON, _Missing]  # noqa: UP007
+Match = tuple[tuple[Step, ...], Value, int]
+"""``(steps from the root to the matched place, its value or MISSING, wildcard depth)``."""
+
+
+def is_safe_key(key: str) -> bool:
+    """Whether the reference would apply an operation with this key at all.
+
+    Refused: the literal ``__proto__``; a ``$.`` key with a segment ``__proto__``,
+    ``constructor`` or ``prototype``; a ``$.`` key naming nothing below ``$``.
+
+    >>> is_safe_key("progress"), is_safe_key("$.a.b"), is_safe_key("$.constructor")
+    (True, True, False)
+    """
+    return _parse_key(key).safe
+
+
+def parse_key(key: str) -> ParsedKey:
+    """Classify and parse ``key`` (cached)."""
+    return _parse_key(key)
+
+
+@lru_cache(maxsize=8192)
+def _parse_key(key: str) -> ParsedKey:
+    if not key.startswith("$."):
+        return ParsedKey(None, key != "__proto__")
+    texts = _COMPONENTS.findall(key)
+    safe = len(texts) > 1 and not any(segment in _DANGEROUS_SEGMENTS for segment in _SEGMENT_SPLIT.split(key))
+    # The first component of a "$." key is always "$" itself.
+    return ParsedKey(tuple(_parse_component(text) for text in texts[1:]), safe)
+
+
+def _parse_component(text: str) -> Component:
+    if text == "*":
+        return Wildcard()
+    sliced = _SLICE.fullmatch(text)
+    if sliced is not None:
+        start_text, end_text = sliced.groups()
+        start = int(start_text) if start_text else 0
+        if not end_text:
+            end = None  # "[2:]" reads to the end
+        elif end_text == "-":
+            end = 0  # parseInt("-") is NaN, which slice() reads as 0
+        else:
+            end = int(end_text)
+        return Slice(start, end)
+    # The reference's unescaping, in its order: "\." then "\\", then the first "~1".
+    name = text.replace("\\.", ".") if "\\" in text else text
+    if "\\\\" in name:
+        name = name.replace("\\\\", "\\")
+    name = name.replace("~1", "/", 1)
+    index = int(name) if _CANONICAL_INDEX.fullmatch(name) and int(name) <= _MAX_ARRAY_INDEX else None
+    return Key(name, index)
+
+
+def match(root: dict[str, JSON], components: tuple[Component, ...]) -> list[Match]:
+    """Every place ``components`` names in ``root``, in the reference's order.
+
+    A ``None`` reached by a plain key is dropped (a null leaf cannot be reached);
+    a missing child is kept as a missing match (it can be written). Wildcards and
+    slices keep ``None`` children but nothing can be reached through them.
+    """
+    results: list[Match] = [((), root, 0)]
+    for component in components:
+        found: list[Match] = []
+        if type(component) is Key:
+            name = component.name
+            index = component.index
+            for steps, node, depth in results:
+                if isinstance(node, dict):
+                    child = node.get(name, MISSING)
+                    if child is not None:
+                        found.append(((*steps, name), child, depth))
+                elif isinstance(node, list):
+                    if index is None:
+                        found.append(((*steps, DEAD), MISSING, depth))
+                    elif index < len(node):
+                        child = node[index]
+                        if child is not None:
+                            found.append(((*steps, index), child, depth))
+                    elif index - len(node) > MAX_PADDING:
+                        found.append(((*steps, FAR), MISSING, depth))
+                    else:
+                        found.append(((*steps, index), MISSING, depth))
+        elif type(component) is Wildcard:
+            for steps, node, depth in results:
+                if isinstance(node, dict):
+                    found.extend(((*steps, k), node[k], depth + 1) for k in js_key_order(node))
+                elif isinstance(node, list):
+                    found.extend(((*steps, i), child, depth + 1) for i, child in enumerate(node))
+        else:
+            assert isinstance(component, Slice)
+            for steps, node, depth in results:
+                if isinstance(node, list):
+                    lo, hi, _ = slice(component.start, component.end).indices(len(node))
+                    found.extend(((*steps, i), node[i], depth + 1) for i in range(lo, hi))
+        if not found:
+            return found
+        results = found
+    return results
+
+
+class _Nothing:
+    """No match at all (the reference's ``first`` returning ``null``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOTHING"
+
+
+NOTHING = _Nothing()
+
+
+def first(matches: list[Match]) -> Value | _Nothing:
+    """The value the reference's ``first`` reads: the first match, flattened.
+
+    When wildcards or slices were crossed (depth d > 0) and the value is a list, it
+    is flattened d levels, like JavaScript's ``Array.prototype.flat(d)``.
+    """
+    if not matches:
+        return NOTHING
+    _, value, depth = matches[0]
+    if depth and isinstance(value, list):
+        return _flat(value, depth)
+    return value
+
+
+def _flat(items: list[JSON], depth: int) -> list[JSON]:
+    out: list[JSON] = []
+    for item in items:
+        if depth and isinstance(item, list):
+            out.extend(_flat(item, depth - 1))
+        else:
+            out.append(item)
+    return out

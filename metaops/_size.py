@@ -1,0 +1,283 @@
+"""Exact JSON size: the UTF-8 byte length of JavaScript's ``JSON.stringify``.
+
+The C ``json`` encoder does the walk; what JavaScript writes differently is then
+found in the encoded bytes and corrected, so no Python code visits the value:
+
+* numbers: Python writes ``5.0``, ``1e-05``, ``1e+16``, ``-0.0``, ``Infinity``
+  and exact big ints where JavaScript writes ``5``, ``0.00001``,
+  ``10000000000000000``, ``0``, ``null`` and the nearest double;
+* lone surrogates: JavaScript escapes them (``\\udXXX``, six bytes).
+
+To tell a number from digits inside a string without tracking quotes, the encoder
+writes a NUL after every ``,`` and ``:`` separator. A raw NUL never occurs inside
+an encoded string (it is written ``\\u0000``), so a token right after a NUL is
+structural; the NULs are subtracted from the length afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+from metaops._errors import InvalidLimitError, MetadataTooLargeError
+from metaops._json import js_iso_string
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "LIMIT_ENV",
+    "check_size",
+    "js_number",
+    "json_size",
+    "metadata_limit",
+]
+
+DEFAULT_LIMIT = 262_144
+"""The documented metadata limit: 256 KB."""
+LIMIT_ENV = "TASK_RUN_METADATA_MAXIMUM_SIZE"
+"""The environment variable a self-hosted platform sets its limit with (bytes)."""
+
+
+def _default(value: object) -> object:
+    from datetime import datetime
+
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return js_iso_string(value)
+    msg = f"json_size: {type(value).__name__} is not a JSON value"
+    raise TypeError(msg)
+
+
+def _encoder(*, allow_nan: bool) -> json.JSONEncoder:
+    return json.JSONEncoder(
+        ensure_ascii=False,
+        check_circular=False,
+        allow_nan=allow_nan,
+        separators=(",\x00", ":\x00"),
+        default=_default,
+    )
+
+
+_FINITE = _encoder(allow_nan=False)
+_ANY = _encoder(allow_nan=True)
+
+# Byte classes for the candidate search: digits become "0", the characters that can
+# end a number token become "]", "e" becomes "e", signs become "+".
+_CLASSES = bytearray(b"x" * 256)
+for _digit in b"0123456789":
+    _CLASSES[_digit] = ord("0")
+for _end in b",]}\x00":
+    _CLASSES[_end] = ord("]")
+_CLASSES[ord(".")] = ord(".")
+_CLASSES[ord("e")] = ord("e")
+_CLASSES[ord("+")] = _CLASSES[ord("-")] = ord("+")
+_CLASS_TABLE = bytes(_CLASSES)
+# Every number token whose JavaScript text can differ in length contains one of:
+# an integral float's ".0" before its end, an exponent sign ("1e-05"), or a run of
+# 16 digits (an int JavaScript rounds to a double).
+_INTEGRAL = re.compile(rb"\.0[,\]}]")  # a regex with a literal prefix outruns bytes.find here
+_SIGN = b"+"
+_LONG_RUN = b"0" * 16
+# A sign is usually a dash inside a string; past this many such hits, search for the
+# longer "digit, e, sign" needle instead of stopping at every dash.
+_SIGN_MISSES = 64
+_NUMBER_BYTES = frozenset(b"0123456789.eE+-")
+_NUMBER_STARTS = frozenset(b"-0123456789")
+_SPECIALS = re.compile(rb"-?Infinity|NaN")
+_SURROGATES = re.compile("[\ud800-\udbff][\udc00-\udfff]|[\ud800-\udfff]")
+
+
+def js_number(value: int | float) -> str:
+    """The text JavaScript's ``Number.prototype.toString`` writes for ``value``.
+
+    Ints are first rounded to the nearest double, as JavaScript holds them.
+
+    >>> js_number(5.0), js_number(1e21), js_number(1e-7), js_number(0.000001), js_number(-0.0)
+    ('5', '1e+21', '1e-7', '0.000001', '0')
+    """
+    try:
+        number = float(value)
+    except OverflowError:
+        return "Infinity" if value > 0 else "-Infinity"
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Infinity" if number > 0 else "-Infinity"
+    if number == 0:
+        return "0"
+    sign = "-" if number < 0 else ""
+    # repr gives the shortest round-trip digits, which is what ECMAScript prints too.
+    text = repr(abs(number))
+    mantissa, _, exponent = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("0")
+    # n: the position of the decimal point relative to the digits (value = 0.digits * 10**n).
+    n = len(whole) + int(exponent or 0) if whole != "0" else -(len(fraction) - len(fraction.lstrip("0")))
+    digits = digits.rstrip("0") or "0"
+    k = len(digits)
+    if k <= n <= 21:
+        out = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        out = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        out = "0." + "0" * -n + digits
+    else:
+        e = n - 1
+        out = digits[0] + ("." + digits[1:] if k > 1 else "") + "e" + ("+" if e >= 0 else "-") + str(abs(e))
+    return sign + out
+
+
+def _token_size(token: bytes) -> int:
+    """How many bytes JavaScript writes for the number Python wrote as ``token``."""
+    text = token.decode("ascii")
+    number: int | float = float(text) if any(c in text for c in ".eE") else int(text)
+    written = js_number(number)
+    return 4 if written in ("NaN", "Infinity", "-Infinity") else len(written)  # null
+
+
+def _structural(data: bytes, start: int) -> bool:
+    """Whether a token starting at ``start`` is outside every string.
+
+    It is when it starts the text or follows a NUL-marked separator, possibly with
+    ``[`` characters in between (anything else there means a string opened).
+    """
+    i = start - 1
+    while i >= 0 and data[i] == 0x5B:  # "["
+        i -= 1
+    return i < 0 or data[i] == 0
+
+
+def _number_corrections(data: bytes) -> int:
+    classes = data.translate(_CLASS_TABLE)
+    starts: set[int] = set()
+    # Single-byte and long needles are the fast ones for bytes.find; each hit is
+    # first checked on a byte or two before the token is looked at.
+    for found in _INTEGRAL.finditer(data):
+        _collect(data, found.start(), starts)
+    misses = 0
+    position = classes.find(_SIGN)
+    while position != -1:
+        if position > 1 and classes[position - 1] == 0x65 and classes[position - 2] == 0x30:
+            _collect(data, position, starts)
+        else:
+            misses += 1
+            if misses > _SIGN_MISSES:
+                position = classes.find(b"0e+", position)
+                while position != -1:
+                    _collect(data, position + 2, starts)
+                    position = classes.find(b"0e+", position + 3)
+                break
+        position = classes.find(_SIGN, position + 1)
+    position = classes.find(_LONG_RUN)
+    while position != -1:
+        end = _collect(data, position, starts)
+        position = classes.find(_LONG_RUN, end)
+    delta = 0
+    for start in starts:
+        end = start + 1
+        while end < len(data) and data[end] in _NUMBER_BYTES:
+            end += 1
+        token = data[start:end]
+        delta += _token_size(token) - len(token)
+    return delta
+
+
+def _collect(data: bytes, position: int, starts: set[int]) -> int:
+    """Record the number token around ``position`` if it is structural; return its end."""
+    start = position
+    while start and data[start - 1] in _NUMBER_BYTES:
+        start -= 1
+    end = position
+    while end < len(data) and data[end] in _NUMBER_BYTES:
+        end += 1
+    if data[start] in _NUMBER_STARTS and _structural(data, start):
+        starts.add(start)
+    return max(end, position + 1)
+
+
+def json_size(value: object) -> int:
+    """The UTF-8 byte length of JavaScript's ``JSON.stringify(value)``.
+
+    Compact separators, non-ASCII written raw, lone surrogates escaped, numbers
+    as JavaScript writes them, non-finite numbers as ``null``.
+
+    >>> from metaops import json_size
+    >>> json_size({"progress": 1.0, "note": "日本語"})
+    33
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A bare number has no separator after it; measure it directly.
+        if isinstance(value, float) and not math.isfinite(value):
+            return 4  # null
+        return _token_size(repr(value).encode("ascii"))
+    try:
+        try:
+            text = _FINITE.encode(value)
+            special = False
+        except ValueError:
+            text = _ANY.encode(value)
+            special = True
+    except RecursionError:
+        msg = "json_size: value is nested too deeply (or contains itself)"
+        raise ValueError(msg) from None
+    try:
+        data = text.encode("utf-8")
+        delta = 0
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogatepass")
+        delta = _surrogate_corrections(text)
+    separators = text.count("\x00")
+    delta += _number_corrections(data)
+    if special:
+        for found in _SPECIALS.finditer(data):
+            if _structural(data, found.start()):
+                delta += 4 - len(found.group())
+    return len(data) - separators + delta
+
+
+def _surrogate_corrections(text: str) -> int:
+    """Bytes JavaScript writes beyond what UTF-8 with ``surrogatepass`` gives."""
+    delta = 0
+    for found in _SURROGATES.finditer(text):
+        # A pair is one astral character (4 bytes, not 3 + 3); a lone one is "\\udXXX".
+        delta += -2 if len(found.group()) == 2 else 3
+    return delta
+
+
+def metadata_limit(limit: int | None = None) -> int:
+    """The metadata size limit in bytes: ``limit``, else the environment, else 256 KB.
+
+    A malformed ``TASK_RUN_METADATA_MAXIMUM_SIZE`` raises :class:`InvalidLimitError`
+    instead of falling back silently.
+    """
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            msg = f"limit must be a non-negative int of bytes, got {limit!r}"
+            raise InvalidLimitError(msg)
+        return limit
+    raw = os.environ.get(LIMIT_ENV)
+    if raw is None:
+        return DEFAULT_LIMIT
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit():
+        msg = f"{LIMIT_ENV}={raw!r} is not a whole number of bytes (e.g. {LIMIT_ENV}=262144)"
+        raise InvalidLimitError(msg)
+    return int(text)
+
+
+def check_size(metadata: object, limit: int | None = None) -> int:
+    """The JSON size of ``metadata``; :class:`MetadataTooLargeError` when it is over the limit.
+
+    >>> from metaops import check_size
+    >>> check_size({"a": 1})
+    7
+    >>> check_size({"a": "x" * 100}, limit=64)
+    Traceback (most recent call last):
+    ...
+    metaops._errors.MetadataTooLargeError: metadata is 108 bytes of JSON, over the limit of 64 bytes
+    """
+    allowed = metadata_limit(limit)
+    size = json_size(metadata)
+    if size > allowed:
+        raise MetadataTooLargeError(size, allowed)
+    return size

@@ -1,0 +1,371 @@
+"""Operations as immutable values, and their wire form.
+
+One frozen, slotted dataclass per operation. Construction validates and
+normalizes: a value is copied into fresh JSON (so nothing the caller holds can
+change an operation later), a key must be a ``str``. Equality and hashing follow
+JSON equality, so ``Set("a", 1) == Set("a", 1.0)`` but ``Set("a", True) != Set("a", 1)``.
+
+Unsafe keys (see :func:`metaops.is_safe_key`) are allowed in values: ``apply``
+reports such operations unapplied, as the reference does. The wire parser refuses
+them by default, as the reference's schema does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from metaops._errors import InvalidOperationError, InvalidValueError
+from metaops._json import (
+    JSON,
+    describe,
+    is_number,
+    json_equal,
+    json_hash,
+    normalize,
+    to_double,
+)
+from metaops._paths import is_safe_key
+
+__all__ = [
+    "WIRE_TYPES",
+    "Append",
+    "Delete",
+    "Increment",
+    "Operation",
+    "Remove",
+    "Set",
+    "Update",
+    "decrement",
+    "parse_operation",
+    "parse_operations",
+]
+
+_setattr = object.__setattr__
+
+
+def _check_key(key: object, op: str) -> str:
+    if isinstance(key, str):
+        return str.__str__(key)
+    msg = f"{op}: key must be a str, got {describe(key)}"
+    raise InvalidValueError(msg, "key")
+
+
+def _check_amount(value: object, op: str) -> int | float:
+    if not is_number(value):
+        msg = f"{op}: value must be a number (int or float, not bool), got {describe(value)}"
+        raise InvalidValueError(msg, "value")
+    return normalize(value, "value")  # type: ignore[return-value]
+
+
+def _check_object(value: object, op: str) -> dict[str, JSON]:
+    if not isinstance(value, dict):
+        msg = f"{op}: value must be a dict (the whole metadata object), got {describe(value)}"
+        raise InvalidValueError(msg, "value")
+    return normalize(value, "value")  # type: ignore[return-value]
+
+
+class _KeyValueOperation:
+    """Shared behaviour of the operations that carry a key and a value."""
+
+    __slots__ = ()
+    wire_type: ClassVar[str]
+    key: str
+    value: JSON
+
+    def __init__(self, key: str, value: JSON) -> None:
+        _setattr(self, "key", _check_key(key, self.wire_type))
+        _setattr(self, "value", normalize(value, "value"))
+
+    @classmethod
+    def _trusted(cls, key: str, value: JSON) -> Any:
+        """Build without validation, for values metaops itself produced."""
+        self = object.__new__(cls)
+        _setattr(self, "key", key)
+        _setattr(self, "value", value)
+        return self
+
+    def to_wire(self) -> dict[str, JSON]:
+        """The operation as the platform's JSON (the value is shared, not copied)."""
+        return {"type": self.wire_type, "key": self.key, "value": self.value}
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _KeyValueOperation)
+        return self.key == other.key and json_equal(self.value, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.wire_type, self.key, json_hash(self.value)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key={self.key!r}, value={self.value!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.value))
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+class Set(_KeyValueOperation):
+    """Write ``value`` at ``key`` (a top-level key, or every match of a ``$.`` path).
+
+    >>> from metaops import Set, apply
+    >>> apply({"progress": 0.1}, [Set("progress", 0.5)]).metadata
+    {'progress': 0.5}
+    """
+
+    wire_type: ClassVar[str] = "set"
+    key: str
+    value: JSON
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+class Append(_KeyValueOperation):
+    """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``).
+
+    >>> from metaops import Append, apply
+    >>> apply({"logs": ["a"]}, [Append("logs", "b")]).metadata
+    {'logs': ['a', 'b']}
+    """
+
+    wire_type: ClassVar[str] = "append"
+    key: str
+    value: JSON
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+class Remove(_KeyValueOperation):
+    """Remove every item JSON-equal to ``value`` from the list at ``key``.
+
+    Unapplied when ``key`` does not hold a list.
+
+    >>> from metaops import Remove, apply
+    >>> apply({"tags": ["a", "b", "a"]}, [Remove("tags", "a")]).metadata
+    {'tags': ['b']}
+    """
+
+    wire_type: ClassVar[str] = "remove"
+    key: str
+    value: JSON
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+class Increment(_KeyValueOperation):
+    """Add ``value`` to the number at ``key`` (anything else counts as 0).
+
+    >>> from metaops import Increment, apply
+    >>> apply({"n": 1}, [Increment("n", 2)]).metadata
+    {'n': 3}
+    """
+
+    wire_type: ClassVar[str] = "increment"
+    key: str
+    value: int | float
+
+    def __init__(self, key: str, value: int | float = 1) -> None:
+        _setattr(self, "key", _check_key(key, "increment"))
+        _setattr(self, "value", _check_amount(value, "increment"))
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+class Delete:
+    """Remove the top-level key ``key`` (always literal, even when it starts with ``$.``).
+
+    >>> from metaops import Delete, apply
+    >>> apply({"a": 1, "b": 2}, [Delete("a")]).metadata
+    {'b': 2}
+    """
+
+    wire_type: ClassVar[str] = "delete"
+    key: str
+
+    def __init__(self, key: str) -> None:
+        _setattr(self, "key", _check_key(key, "delete"))
+
+    @classmethod
+    def _trusted(cls, key: str) -> Delete:
+        self = object.__new__(cls)
+        _setattr(self, "key", key)
+        return self
+
+    def to_wire(self) -> dict[str, JSON]:
+        """The operation as the platform's JSON."""
+        return {"type": "delete", "key": self.key}
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Delete:
+            return NotImplemented
+        assert isinstance(other, Delete)
+        return self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(("delete", self.key))
+
+    def __repr__(self) -> str:
+        return f"Delete(key={self.key!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Delete, (self.key,))
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+class Update:
+    """Replace the whole metadata with ``value`` (the documented ``replace``; wire type ``update``).
+
+    >>> from metaops import Update, apply
+    >>> apply({"a": 1}, [Update({"b": 2})]).metadata
+    {'b': 2}
+    """
+
+    wire_type: ClassVar[str] = "update"
+    value: dict[str, JSON]
+
+    def __init__(self, value: Mapping[str, Any]) -> None:
+        _setattr(self, "value", _check_object(value, "update"))
+
+    @classmethod
+    def _trusted(cls, value: dict[str, JSON]) -> Update:
+        self = object.__new__(cls)
+        _setattr(self, "value", value)
+        return self
+
+    def to_wire(self) -> dict[str, JSON]:
+        """The operation as the platform's JSON (the value is shared, not copied)."""
+        return {"type": "update", "value": self.value}
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Update:
+            return NotImplemented
+        assert isinstance(other, Update)
+        return json_equal(self.value, other.value)
+
+    def __hash__(self) -> int:
+        return hash(("update", json_hash(self.value)))
+
+    def __repr__(self) -> str:
+        return f"Update(value={self.value!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Update, (self.value,))
+
+
+Operation = Set | Delete | Append | Remove | Increment | Update
+"""Any one run-metadata operation."""
+
+OPERATION_TYPES: tuple[type, ...] = (Set, Delete, Append, Remove, Increment, Update)
+
+
+def decrement(key: str, value: int | float = 1) -> Increment:
+    """The operation for ``metadata.decrement(key, value)``: an increment by ``-value``.
+
+    >>> from metaops import decrement
+    >>> decrement("stock", 2)
+    Increment(key='stock', value=-2)
+    """
+    if not is_number(value):
+        msg = f"decrement: value must be a number (int or float, not bool), got {describe(value)}"
+        raise InvalidValueError(msg, "value")
+    return Increment(key, -value)
+
+
+WIRE_TYPES: Mapping[str, type] = MappingProxyType(
+    {cls.wire_type: cls for cls in OPERATION_TYPES}  # type: ignore[attr-defined]
+)
+"""The read-only table from wire type name to operation class."""
+
+_WIRE_HINTS = {
+    "decrement": " (a decrement travels as an increment by the negative amount)",
+    "replace": " (replace travels as type 'update')",
+    "del": " (the wire name is 'delete')",
+}
+
+
+def _where(index: int | None) -> str:
+    return "operation" if index is None else f"operation {index}"
+
+
+def _invalid(index: int | None, field: str | None, expected: str, got: object) -> InvalidOperationError:
+    place = _where(index) if field is None else f"{_where(index)}: field {field!r}"
+    got_text = "nothing (the field is missing)" if got is _ABSENT else describe(got)
+    return InvalidOperationError(f"{place}: expected {expected}, got {got_text}", index=index, field=field)
+
+
+_ABSENT = object()
+
+
+def parse_operation(obj: object, *, safe_keys: bool = True) -> Operation:
+    """One operation from its wire form, accepting exactly what the reference schema accepts.
+
+    Unknown fields are ignored; ``delete`` ignores ``value`` and ``update`` ignores
+    ``key``. Anything else raises :class:`InvalidOperationError` naming the field,
+    what was expected and what came. ``safe_keys=False`` skips only the unsafe-key
+    check (``apply`` then reports such operations unapplied).
+
+    >>> from metaops import parse_operation
+    >>> parse_operation({"type": "increment", "key": "n", "value": 2})
+    Increment(key='n', value=2)
+    """
+    return _parse(obj, safe_keys, None)
+
+
+def _parse(obj: object, safe_keys: bool, index: int | None) -> Operation:
+    if not isinstance(obj, dict):
+        raise _invalid(index, None, "an object with a 'type' field", obj)
+    kind = obj.get("type", _ABSENT)
+    cls = WIRE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        expected = "one of " + ", ".join(repr(name) for name in WIRE_TYPES)
+        if isinstance(kind, str):
+            expected += _WIRE_HINTS.get(kind, "")
+        raise _invalid(index, "type", expected, kind)
+    value = obj.get("value", _ABSENT)
+    if cls is Update:
+        if not isinstance(value, dict):
+            raise _invalid(index, "value", "an object (the whole metadata)", value)
+        return Update._trusted(_wire_value(value, index))  # type: ignore[arg-type]
+    key = obj.get("key", _ABSENT)
+    if not isinstance(key, str):
+        raise _invalid(index, "key", "a string", key)
+    if safe_keys and not is_safe_key(key):
+        msg = (
+            f"{_where(index)}: field 'key': expected a safe key, got {key!r}: a key may not "
+            "reference __proto__, constructor or prototype, and a '$.' path must name "
+            "something below '$'"
+        )
+        raise InvalidOperationError(msg, index=index, field="key")
+    key = str.__str__(key)
+    if cls is Delete:
+        return Delete._trusted(key)
+    if value is _ABSENT:
+        raise _invalid(index, "value", "a JSON value (null is allowed)", value)
+    if cls is Increment:
+        if not is_number(value) or not math.isfinite(to_double(value)):
+            raise _invalid(index, "value", "a finite number (not a boolean)", value)
+        return Increment._trusted(key, _wire_value(value, index))  # type: ignore[no-any-return]
+    return cls._trusted(key, _wire_value(value, index))  # type: ignore[attr-defined,no-any-return]
+
+
+def _wire_value(value: object, index: int | None) -> JSON:
+    try:
+        return normalize(value, "value", wire=True)
+    except InvalidValueError as error:
+        msg = f"{_where(index)}: field 'value': expected a JSON value, but {error}"
+        raise InvalidOperationError(msg, index=index, field="value") from None
+
+
+def parse_operations(objs: Iterable[object], *, safe_keys: bool = True) -> tuple[Operation, ...]:
+    """A batch of operations from their wire form (a JSON array).
+
+    The first invalid operation raises :class:`InvalidOperationError` with its index.
+
+    >>> from metaops import parse_operations
+    >>> parse_operations([{"type": "set", "key": "a", "value": 1}, {"type": "delete", "key": "b"}])
+    (Set(key='a', value=1), Delete(key='b'))
+    """
+    if isinstance(objs, (str, bytes, dict)) or not isinstance(objs, Iterable):
+        msg = f"operations: expected a list of operations, got {describe(objs)}"
+        raise InvalidOperationError(msg)
+    return tuple(_parse(obj, safe_keys, i) for i, obj in enumerate(objs))

@@ -1,0 +1,32 @@
+"""Shared test configuration: hypothesis profiles and the conformance vectors."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+
+DATA = Path(__file__).parent / "data"
+
+# "ci" keeps the whole property suite within its budget on a 2-core machine;
+# "thorough" is for a long local run: pytest --hypothesis-profile=thorough.
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False
+)
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.register_profile(
+    "thorough", max_examples=5_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def read_vectors(name: str) -> Iterator[dict[str, Any]]:
+    """The cases of one conformance file, one dict per line."""
+    with (DATA / name).open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)

@@ -1,0 +1,91 @@
+"""A deliberately naive model of apply: deep-copy the state, then mutate it in place.
+
+It shares the path matcher with metaops (the conformance vectors pin that down) but
+none of apply's copy-on-write: every write stores a private deep copy, the way the
+semantics read on paper. Property tests run batches through both and compare.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from metaops import Append, Delete, Increment, Operation, Remove, Set, Update, is_safe_key, json_equal
+from metaops._json import MISSING, add_numbers, is_number
+from metaops._paths import DEAD, FAR, NOTHING, first, match, parse_key
+
+
+def oracle_apply(state: dict[str, Any], ops: list[Operation]) -> tuple[dict[str, Any], list[int]]:
+    """The metadata and the unapplied indices, computed the slow, obvious way."""
+    m = copy.deepcopy(state)
+    unapplied: list[int] = []
+    for i, op in enumerate(ops):
+        if isinstance(op, Update):
+            m = copy.deepcopy(op.value)
+            continue
+        if not is_safe_key(op.key):
+            unapplied.append(i)
+            continue
+        if isinstance(op, Delete):
+            m.pop(op.key, None)
+            continue
+        components = parse_key(op.key).components
+        if components is None:
+            if not _literal(m, op):
+                unapplied.append(i)
+        elif not _path(m, op, components):
+            unapplied.append(i)
+    return m, unapplied
+
+
+def _literal(m: dict[str, Any], op: Operation) -> bool:
+    assert not isinstance(op, (Update, Delete))
+    key, value = op.key, copy.deepcopy(op.value)
+    current = m.get(key, MISSING)
+    if isinstance(op, Set):
+        m[key] = value
+    elif isinstance(op, Append):
+        m[key] = current + [value] if isinstance(current, list) else [value] if current is MISSING else [current, value]
+    elif isinstance(op, Remove):
+        if not isinstance(current, list):
+            return False
+        m[key] = [x for x in current if not json_equal(x, value)]
+    else:
+        assert isinstance(op, Increment)
+        m[key] = add_numbers(current if is_number(current) else 0, value)
+    return True
+
+
+def _path(m: dict[str, Any], op: Operation, components: Any) -> bool:
+    assert not isinstance(op, (Update, Delete))
+    matches = match(m, components)
+    current = first(matches)
+    if isinstance(op, Set):
+        new: Any = op.value
+    elif isinstance(op, Append):
+        if current is NOTHING:
+            return True
+        new = [op.value] if current is MISSING else [*current, op.value] if isinstance(current, list) else [current, op.value]
+    elif isinstance(op, Remove):
+        if not isinstance(current, list):
+            return False
+        new = [x for x in current if not json_equal(x, op.value)]
+    else:
+        assert isinstance(op, Increment)
+        new = add_numbers(current if is_number(current) else 0, op.value)
+    if any(steps[-1] is FAR for steps, _, _ in matches):
+        return False
+    for steps, _, _ in matches:
+        if steps[-1] is DEAD:
+            continue
+        node: Any = m
+        for step in steps[:-1]:
+            node = node[step]
+        key = steps[-1]
+        if isinstance(node, list):
+            while len(node) < key:
+                node.append(None)
+            if key == len(node):
+                node.append(None)
+        node[key] = copy.deepcopy(new)
+    return True
