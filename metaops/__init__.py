@@ -6,6 +6,7 @@ size as JavaScript measures it; the wire form the platform speaks.
 """
 
 from metaops._apply import ApplyResult, apply
+from metaops._collapse import MAX_REQUEST_BYTES, chunk, collapse, compose
 from metaops._errors import (
     InvalidLimitError,
     InvalidOperationError,
@@ -33,6 +34,7 @@ from metaops._values import (
 __all__ = [
     "DEFAULT_LIMIT",
     "JSON",
+    "MAX_REQUEST_BYTES",
     "WIRE_TYPES",
     "Append",
     "ApplyResult",
@@ -49,6 +51,9 @@ __all__ = [
     "Update",
     "apply",
     "check_size",
+    "chunk",
+    "collapse",
+    "compose",
     "decrement",
     "is_safe_key",
     "json_equal",

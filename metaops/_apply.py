@@ -26,6 +26,7 @@ from metaops._json import (
     json_identical,
 )
 from metaops._paths import DEAD, FAR, Match, Step, first, match, parse_key
+from metaops._size import json_size, value_size
 from metaops._values import (
     OPERATION_TYPES,
     Append,
@@ -37,7 +38,7 @@ from metaops._values import (
     Update,
 )
 
-__all__ = ["ApplyResult", "apply"]
+__all__ = ["ApplyResult", "apply", "apply_sized"]
 
 
 class ApplyResult(NamedTuple):
@@ -56,13 +57,15 @@ class ApplyResult(NamedTuple):
 class _Tree:
     """The metadata being built, and which of its containers this call owns."""
 
-    __slots__ = ("owned", "replaced", "root", "writes")
+    __slots__ = ("owned", "replaced", "root", "size", "writes")
 
-    def __init__(self, root: dict[str, JSON]) -> None:
+    def __init__(self, root: dict[str, JSON], size: int | None = None) -> None:
         self.root = root
         self.owned: dict[int, object] = {}  # id -> container; holding it keeps the id unique
         self.writes = 0
         self.replaced = False
+        # The JSON size of root, kept up to date by every write when not None.
+        self.size = size
 
     def own_root(self) -> dict[str, JSON]:
         root = self.root
@@ -87,16 +90,28 @@ class _Tree:
         return node
 
     def put_top(self, key: str, value: JSON) -> None:
-        old = self.root.get(key, MISSING)
+        root = self.root
+        old = root.get(key, MISSING)
         if old is MISSING or not json_identical(old, value):
+            if self.size is not None:
+                self.size += _entry_delta(root, key, old, value_size(value))
             self.own_root()[key] = value
             self.writes += 1
 
-    def write_all(self, matches: list[Match], value: JSON, *, fresh: bool = False) -> bool:
+    def write_all(
+        self,
+        matches: list[Match],
+        value: JSON,
+        *,
+        fresh: bool = False,
+        appended_to: object = MISSING,
+    ) -> bool:
         """Write ``value`` at every match; False (nothing written) if a match is out of reach.
 
         ``fresh`` says ``value`` was built by this call from the metadata's own
-        containers (an append or remove result).
+        containers (an append or remove result). ``appended_to`` is the list that
+        ``value`` extends by one item, if it does: where that list is replaced, the
+        size grows by the item alone, without measuring the list.
         """
         live = []
         for steps, old, _ in matches:
@@ -112,6 +127,8 @@ class _Tree:
                 continue
             node = self.container(steps)
             key = steps[-1]
+            if self.size is not None:
+                self.size += self._write_delta(node, key, old, value, appended_to)
             if isinstance(node, list):
                 assert isinstance(key, int)
                 if key < len(node):
@@ -124,6 +141,20 @@ class _Tree:
             self.writes += 1
         return True
 
+    @staticmethod
+    def _write_delta(node: Any, key: Step, old: object, value: JSON, appended_to: object) -> int:
+        """How the JSON size changes when ``node[key]`` (now ``old``) becomes ``value``."""
+        if old is appended_to and isinstance(old, list):
+            # value is old + [item]: the item and, unless old was empty, a comma
+            return value_size(value[-1]) + (1 if old else 0)  # type: ignore[index]
+        if old is not MISSING:
+            return value_size(value) - value_size(old)
+        if isinstance(node, dict):
+            return _entry_delta(node, key, MISSING, value_size(value))  # type: ignore[arg-type]
+        padding = key - len(node)  # type: ignore[operator]
+        # the nulls and the value, each after a comma unless the list was empty
+        return 4 * padding + value_size(value) + padding + (1 if node else 0)
+
     def _disown_within(self, value: JSON) -> None:
         """Give up ownership of every owned container inside ``value`` (about to be shared)."""
         owned = self.owned
@@ -135,6 +166,14 @@ class _Tree:
                 if id(child) in owned:
                     del owned[id(child)]
                     stack.append(child)
+
+
+def _entry_delta(obj: dict[str, JSON], key: str, old: object, new_size: int) -> int:
+    """How the size of ``obj`` changes when ``obj[key]`` becomes a value of ``new_size`` bytes."""
+    if old is MISSING:
+        # '"key":value', after a comma unless the object was empty
+        return value_size(key) + 1 + new_size + (1 if obj else 0)
+    return new_size - value_size(old)
 
 
 def _apply_set(tree: _Tree, op: Set) -> bool:
@@ -156,7 +195,11 @@ def _apply_delete(tree: _Tree, op: Delete) -> bool:
     # The guard reads "$." keys as paths even though delete then uses its key literally.
     if not parse_key(key).safe:
         return False
-    if key in tree.root:
+    root = tree.root
+    if key in root:
+        if tree.size is not None:
+            # '"key":value' and, unless it was the only entry, a comma
+            tree.size -= value_size(key) + 1 + value_size(root[key]) + (1 if len(root) > 1 else 0)
         del tree.own_root()[key]
         tree.writes += 1
     return True
@@ -168,7 +211,15 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
     if not key.startswith("$."):
         if key == "__proto__":
             return False
-        existing = tree.root.get(key, MISSING)
+        root = tree.root
+        existing = root.get(key, MISSING)
+        if tree.size is not None:
+            if isinstance(existing, list):
+                tree.size += value_size(value) + (1 if existing else 0)
+            elif existing is MISSING:
+                tree.size += _entry_delta(root, key, MISSING, 2 + value_size(value))
+            else:
+                tree.size += 3 + value_size(value)  # "[", ",", "]" around the old value
         if isinstance(existing, list) and id(existing) in tree.owned:
             existing.append(value)
             tree.writes += 1
@@ -197,7 +248,7 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
         grown = [*current, value]
     else:
         grown = [current, value]  # type: ignore[list-item]
-    return tree.write_all(matches, grown, fresh=True)
+    return tree.write_all(matches, grown, fresh=True, appended_to=current)
 
 
 def _without(items: list[JSON], value: JSON) -> list[JSON]:
@@ -217,6 +268,11 @@ def _apply_remove(tree: _Tree, op: Remove) -> bool:
         if value in existing:
             kept = _without(existing, value)
             if len(kept) != len(existing):
+                if tree.size is not None:
+                    # Items JSON-equal to value write the same text as value does.
+                    removed = len(existing) - len(kept)
+                    commas = len(existing) - 1 - max(len(kept) - 1, 0)
+                    tree.size -= removed * value_size(value) + commas
                 tree.owned[id(kept)] = kept
                 tree.own_root()[key] = kept
                 tree.writes += 1
@@ -257,6 +313,8 @@ def _incremented(current: object, amount: int | float) -> int | float:
 def _apply_update(tree: _Tree, op: Update) -> bool:
     # Shared, not copied: nothing here writes into a container it does not own.
     tree.root = op.value
+    if tree.size is not None:
+        tree.size = json_size(op.value)
     tree.owned = {}
     tree.writes += 1
     tree.replaced = True
@@ -291,6 +349,23 @@ def apply(metadata: dict[str, JSON], ops: Iterable[Operation] | Operation) -> Ap
     >>> state
     {'n': 1, 'tags': ['a']}
     """
+    return _run(_Tree(metadata), metadata, ops)[0]
+
+
+def apply_sized(
+    metadata: dict[str, JSON], ops: Iterable[Operation] | Operation, size: int
+) -> tuple[ApplyResult, int]:
+    """:func:`apply`, also keeping ``size`` (``json_size(metadata)``) up to date.
+
+    Each write adds what it adds and subtracts what it replaces, so the cost stays
+    with what the operations touch.
+    """
+    return _run(_Tree(metadata, size), metadata, ops)
+
+
+def _run(
+    tree: _Tree, metadata: dict[str, JSON], ops: Iterable[Operation] | Operation
+) -> tuple[ApplyResult, int]:
     if not isinstance(metadata, dict):
         msg = f"apply: metadata must be a dict (a JSON object), got {describe(metadata)}"
         raise TypeError(msg)
@@ -299,7 +374,6 @@ def apply(metadata: dict[str, JSON], ops: Iterable[Operation] | Operation) -> Ap
     elif isinstance(ops, dict):
         msg = "apply: ops must be operations, got a dict; parse wire dicts with parse_operations"
         raise TypeError(msg)
-    tree = _Tree(metadata)
     unapplied: list[Operation] = []
     for index, op in enumerate(ops):  # type: ignore[arg-type]
         handler = _HANDLERS.get(type(op))
@@ -312,11 +386,12 @@ def apply(metadata: dict[str, JSON], ops: Iterable[Operation] | Operation) -> Ap
             raise TypeError(msg)
         if not handler(tree, op):
             unapplied.append(op)
+    size = -1 if tree.size is None else tree.size
     if not tree.writes:
-        return ApplyResult(metadata, tuple(unapplied))
+        return ApplyResult(metadata, tuple(unapplied)), size
     root = tree.own_root()
     # One write that changed its place changed the metadata; after several writes
     # or a replacement, the result may still equal the input (set a 2; set a 1).
     if (tree.writes > 1 or tree.replaced) and json_identical(root, metadata):
         root = metadata
-    return ApplyResult(root, tuple(unapplied))
+    return ApplyResult(root, tuple(unapplied)), size

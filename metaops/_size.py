@@ -31,6 +31,7 @@ __all__ = [
     "js_number",
     "json_size",
     "metadata_limit",
+    "value_size",
 ]
 
 DEFAULT_LIMIT = 262_144
@@ -242,6 +243,25 @@ def _surrogate_corrections(text: str) -> int:
         # A pair is one astral character (4 bytes, not 3 + 3); a lone one is "\\udXXX".
         delta += -2 if len(found.group()) == 2 else 3
     return delta
+
+
+_encode_string = json.encoder.encode_basestring  # the C version where available
+
+
+def value_size(value: object) -> int:
+    """:func:`json_size`, with fast paths for the scalars an update usually writes."""
+    kind = type(value)
+    if kind is str:
+        if value.isascii():  # type: ignore[attr-defined]
+            return len(_encode_string(value))  # type: ignore[arg-type]
+        return json_size(value)
+    if kind is int:
+        return len(str(value)) if -(2**53) <= value <= 2**53 else json_size(value)  # type: ignore[operator]
+    if kind is bool:
+        return 4 if value else 5
+    if value is None:
+        return 4
+    return json_size(value)
 
 
 def metadata_limit(limit: int | None = None) -> int:

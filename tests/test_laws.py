@@ -9,7 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metaops import Operation, apply
+from metaops import Operation, apply, json_size
+from metaops._apply import apply_sized
 from metaops._json import json_identical
 from metaops.strategies import batches, metadata, operations
 
@@ -81,3 +82,11 @@ def test_results_stay_independent(state: dict[str, Any], first: list[Operation],
     apply(one.metadata, second)
     assert _snapshot(one.metadata) == frozen
     assert copy.deepcopy(one.metadata) == one.metadata
+
+
+@given(metadata(), batches())
+def test_tracked_size_is_exact(state: dict[str, Any], ops: list[Operation]) -> None:
+    """apply_sized keeps the JSON size exactly, write by write, without re-measuring."""
+    result, size = apply_sized(state, ops, json_size(state))
+    assert size == json_size(result.metadata)
+    assert _snapshot(result.metadata) == _snapshot(apply(state, ops).metadata)
