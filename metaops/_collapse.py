@@ -39,7 +39,7 @@ def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[
     :class:`MetadataTooLargeError` naming its index.
 
     >>> from metaops import Set, chunk
-    >>> [len(part) for part in chunk([Set("k", "x" * 40)] * 5, max_bytes=150)]
+    >>> [len(part) for part in chunk([Set("k", "x" * 40)] * 5, max_bytes=200)]
     [2, 2, 1]
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= _BODY_OVERHEAD:
