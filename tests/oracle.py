@@ -45,15 +45,33 @@ def _literal(m: dict[str, Any], op: Operation) -> bool:
     if isinstance(op, Set):
         m[key] = value
     elif isinstance(op, Append):
-        m[key] = current + [value] if isinstance(current, list) else [value] if current is MISSING else [current, value]
+        m[key] = (
+            [*current, value]
+            if isinstance(current, list)
+            else [value]
+            if current is MISSING
+            else [current, value]
+        )
     elif isinstance(op, Remove):
         if not isinstance(current, list):
             return False
         m[key] = [x for x in current if not json_equal(x, value)]
     else:
         assert isinstance(op, Increment)
-        m[key] = add_numbers(current if is_number(current) else 0, value)
+        m[key] = _incremented(current, value)
     return True
+
+
+def _appended(current: object, value: Any) -> list[Any]:
+    if current is MISSING:
+        return [value]
+    if isinstance(current, list):
+        return [*current, value]
+    return [current, value]
+
+
+def _incremented(current: object, amount: Any) -> Any:
+    return add_numbers(current, amount) if is_number(current) else add_numbers(0, amount)  # type: ignore[arg-type]
 
 
 def _path(m: dict[str, Any], op: Operation, components: Any) -> bool:
@@ -65,14 +83,20 @@ def _path(m: dict[str, Any], op: Operation, components: Any) -> bool:
     elif isinstance(op, Append):
         if current is NOTHING:
             return True
-        new = [op.value] if current is MISSING else [*current, op.value] if isinstance(current, list) else [current, op.value]
+        new = (
+            [op.value]
+            if current is MISSING
+            else [*current, op.value]
+            if isinstance(current, list)
+            else [current, op.value]
+        )
     elif isinstance(op, Remove):
         if not isinstance(current, list):
             return False
         new = [x for x in current if not json_equal(x, op.value)]
     else:
         assert isinstance(op, Increment)
-        new = add_numbers(current if is_number(current) else 0, op.value)
+        new = _incremented(current, op.value)
     if any(steps[-1] is FAR for steps, _, _ in matches):
         return False
     for steps, _, _ in matches:
@@ -81,7 +105,7 @@ def _path(m: dict[str, Any], op: Operation, components: Any) -> bool:
         node: Any = m
         for step in steps[:-1]:
             node = node[step]
-        key = steps[-1]
+        key: Any = steps[-1]
         if isinstance(node, list):
             while len(node) < key:
                 node.append(None)

@@ -75,7 +75,9 @@ def test_apply_never_raises(state: dict[str, Any], ops: list[Operation]) -> None
 
 
 @given(metadata(), batches(), batches())
-def test_results_stay_independent(state: dict[str, Any], first: list[Operation], second: list[Operation]) -> None:
+def test_results_stay_independent(
+    state: dict[str, Any], first: list[Operation], second: list[Operation]
+) -> None:
     """Applying more to a result never changes the earlier result (shared subtrees stay put)."""
     one = apply(state, first)
     frozen = _snapshot(one.metadata)
