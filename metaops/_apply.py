@@ -155,6 +155,11 @@ class _Tree:
         # the nulls and the value, each after a comma unless the list was empty
         return 4 * padding + value_size(value) + padding + (1 if node else 0)
 
+    def release(self, value: JSON) -> None:
+        """Give up ownership of ``value`` and everything inside it (it is being handed out)."""
+        if self.owned.pop(id(value), None) is not None:
+            self._disown_within(value)
+
     def _disown_within(self, value: JSON) -> None:
         """Give up ownership of every owned container inside ``value`` (about to be shared)."""
         owned = self.owned

@@ -1,18 +1,47 @@
 """The algebra over batches: ``collapse``, ``compose`` and ``chunk``.
 
-PROVISIONAL: collapse and compose are identity-style placeholders while the
-reducer is being written; chunk is final.
+``collapse`` turns a queued batch into a shorter one with the same effect from
+every starting state, key insertion order included. It works per top-level key,
+because operations on different top-level keys commute as values:
+
+* after a literal ``set`` or a ``delete`` of a key, its value is *known*, and
+  everything that follows on that key is folded into it by actually applying it;
+  the key then leaves as one ``set`` (or ``delete``, or ``delete`` + ``set`` when
+  the key was deleted and re-created, which moves it to the end);
+* after an ``update`` the whole metadata is known: the rest of the batch folds into
+  one ``update``;
+* while a key's value is unknown, its operations are kept in order, except that an
+  operation merges into the latest one on the same path when nothing in between
+  touches that path (increments add up, a ``set`` replaces what it overwrites, a
+  repeated ``remove`` is dropped). Paths that only diverge (``$.counters.c1`` and
+  ``$.counters.c2``) do not get in each other's way.
+
+Keys leave in the order in which they were (re)created, so the result inserts
+keys in the same order as the input. A top-level wildcard reads every key (and
+their order), so it is a barrier: what comes before it is collapsed on its own.
+
+No merge is made that changes a result. The reference's rule (merge consecutive
+operations of one type on one key) merges two increments through a wildcard whose
+first match can be a list even though that changes the result; that is the one
+case where ``collapse`` keeps two operations where the reference keeps one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
 
+from metaops._apply import _HANDLERS, _Tree
 from metaops._errors import InvalidLimitError, MetadataTooLargeError
+from metaops._json import add_numbers, json_equal
+from metaops._paths import MAX_PADDING, Key, Slice, parse_key
 from metaops._size import json_size
-from metaops._values import Operation
+from metaops._values import OPERATION_TYPES, Append, Delete, Increment, Operation, Remove, Set, Update
 
 __all__ = ["MAX_REQUEST_BYTES", "chunk", "collapse", "compose"]
+
+_OPERATION_CLASSES = frozenset(OPERATION_TYPES)
 
 MAX_REQUEST_BYTES = 1_048_576
 """1 MiB: under the platform's request body limit on the metadata route (1 MB, now 2 MB)."""
@@ -20,15 +49,465 @@ MAX_REQUEST_BYTES = 1_048_576
 # '{"operations":[' and ']}' around the comma-separated operations.
 _BODY_OVERHEAD = len('{"operations":[]}')
 
+_ROOT: tuple[str, ...] = ()
+
+
+class _Route:
+    """Where an operation acts, worked out once per key string (cached)."""
+
+    __slots__ = ("complex", "kind", "leaf_plain", "mergeable_increments", "path", "top")
+
+    def __init__(self, op: Operation) -> None:
+        # kind: "inert" (unsafe: never applied), "noop" (a top-level slice matches
+        # nothing), "barrier" (a top-level wildcard reads every key), "literal", "path".
+        self.top = ""
+        self.path: tuple[str, ...] = _ROOT
+        self.complex = False
+        self.leaf_plain = True
+        self.mergeable_increments = True
+        if isinstance(op, Update):
+            self.kind = "update"
+            return
+        parsed = parse_key(op.key)
+        if not parsed.safe:
+            self.kind = "inert"
+            return
+        if isinstance(op, Delete) or parsed.components is None:
+            self.kind = "literal"
+            self.top = op.key
+            return
+        components = parsed.components
+        head = components[0]
+        names = [c.name for c in components if isinstance(c, Key)]
+        far = any(c.index is not None and c.index > MAX_PADDING for c in components if isinstance(c, Key))
+        self.leaf_plain = isinstance(components[-1], Key)
+        crossed = len(names) != len(components)
+        # Increments merge unless a first match can be a non-index key on a list
+        # (which reads as missing while other matches are written).
+        last = components[-1]
+        self.mergeable_increments = not (crossed and isinstance(last, Key) and last.index is None)
+        if not isinstance(head, Key):
+            self.kind = "noop" if isinstance(head, Slice) else "barrier"
+            self.complex = True
+            return
+        self.kind = "path"
+        self.top = head.name
+        self.path = tuple(names[1:])
+        # Wildcards, slices and indices past the padding limit are not tracked path
+        # by path: they conflict with everything else on their key.
+        self.complex = crossed or far
+
+
+# Routes by key string: one table for delete (always literal), one for the rest.
+_ROUTES: dict[str, _Route] = {}
+_DELETE_ROUTES: dict[str, _Route] = {}
+_UPDATE_ROUTE: _Route | None = None
+
+
+def _route(op: Operation) -> _Route:
+    global _UPDATE_ROUTE
+    if type(op) is Update:
+        if _UPDATE_ROUTE is None:
+            _UPDATE_ROUTE = _Route(op)
+        return _UPDATE_ROUTE
+    table = _DELETE_ROUTES if type(op) is Delete else _ROUTES
+    route = table.get(op.key)  # type: ignore[union-attr]
+    if route is None:
+        route = _Route(op)
+        if len(table) > 65_536:
+            table.clear()
+        table[op.key] = route  # type: ignore[union-attr]
+    return route
+
+
+def _writes_value(op: Operation) -> bool:
+    """Whether ``op`` leaves a non-null value at every place it matches."""
+    if isinstance(op, Set):
+        return op.value is not None
+    return isinstance(op, (Increment, Append))
+
+
+def _merge(earlier: Operation, later: Operation, route: _Route, *, adjacent: bool) -> Operation | bool | None:
+    """One operation for ``earlier`` then ``later`` on the same place, if there is one.
+
+    Returns the merged operation, ``None`` when ``later`` changes nothing after
+    ``earlier``, or ``False`` when they must both stay. ``adjacent`` says nothing
+    on the same top-level key came between them.
+    """
+    literal = route.kind == "literal"
+    if not literal and isinstance(earlier, Set) and earlier.value is None and route.leaf_plain:
+        return None  # a null leaf cannot be reached by this path again
+    if isinstance(later, Set) and not literal:
+        # The later set writes at the same places, whatever the earlier one did. A
+        # remove may not have written; across other writes a list could then have
+        # been padded with a null at this place, so that case needs adjacency.
+        if _writes_value(earlier) or adjacent or not route.leaf_plain:
+            return later
+        return False
+    if isinstance(earlier, Increment) and isinstance(later, Increment):
+        if route.mergeable_increments:
+            total: Increment = Increment._trusted(later.key, add_numbers(earlier.value, later.value))
+            return total
+        return False
+    if (
+        isinstance(earlier, Remove)
+        and isinstance(later, Remove)
+        and not route.complex
+        and json_equal(earlier.value, later.value)
+    ):
+        return None  # nothing equal to the value is left to remove
+    return False
+
+
+class _KeyState:
+    """One top-level key within a segment."""
+
+    __slots__ = (
+        "anchor",
+        "below",
+        "complex_entry",
+        "deleted",
+        "entries",
+        "first",
+        "known",
+        "literal_entry",
+        "program",
+    )
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        # The sequence number of the operation that decides where the key sits if
+        # it is (re)created; None while no operation can create it.
+        self.anchor: int | None = None
+        self.known = False
+        self.deleted = False
+        self.program: list[Operation] = []
+        # Latest operation per tracked path, valid while nothing since conflicts.
+        self.entries: dict[tuple[str, ...], int] = {}
+        self.below: dict[tuple[str, ...], dict[tuple[str, ...], None]] = {}
+        self.literal_entry: int | None = None
+        self.complex_entry: tuple[str, int] | None = None
+
+    def forget_entries(self) -> None:
+        self.entries.clear()
+        self.below.clear()
+        self.literal_entry = None
+        self.complex_entry = None
+
+    def drop_entry(self, path: tuple[str, ...]) -> None:
+        del self.entries[path]
+        for i in range(len(path)):
+            prefix = path[:i]
+            under = self.below[prefix]
+            del under[path]
+            if not under:
+                del self.below[prefix]
+
+    def add_entry(self, path: tuple[str, ...], index: int) -> None:
+        self.entries[path] = index
+        for i in range(len(path)):
+            self.below.setdefault(path[:i], {})[path] = None
+
+    def clear_conflicts(self, path: tuple[str, ...]) -> None:
+        """Forget the entries a write at ``path`` may change: its ancestors and descendants."""
+        self.literal_entry = None
+        self.complex_entry = None
+        entries = self.entries
+        if not entries:
+            return
+        for i in range(len(path)):
+            if path[:i] in entries:
+                self.drop_entry(path[:i])
+        for descendant in list(self.below.get(path, ())):
+            self.drop_entry(descendant)
+
+
+def _creates(op: Operation, route: _Route) -> bool:
+    """Whether ``op`` creates its top-level key when the key is absent."""
+    if isinstance(op, (Remove, Delete, Update)):
+        return False
+    return route.kind == "literal" or (route.kind == "path" and not route.path and not route.complex)
+
+
+class _Reducer:
+    """The state of a collapse in progress; it can keep consuming (``compose``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.version = 0
+        self.emitted: list[Operation] = []  # closed segments and the barriers between them
+        self.barrier_open = False  # emitted[-1] is a barrier with nothing after it yet
+        self.inert: list[Operation] = []
+        self.keys: dict[str, _KeyState] = {}
+        self.known = _Tree({})  # the values of the keys whose value is known
+        self.whole = False  # after an update: known holds the whole metadata
+        self.seq = 0
+
+    def feed(self, ops: Iterable[Operation]) -> None:
+        routes = _ROUTES
+        keys = self.keys
+        for op in ops:
+            cls = type(op)
+            if cls not in _OPERATION_CLASSES:
+                msg = f"collapse: {op!r} is not an operation; parse wire dicts with parse_operations"
+                raise TypeError(msg)
+            self.seq += 1
+            self.version += 1
+            route = routes.get(op.key) if cls is not Update and cls is not Delete else None  # type: ignore[union-attr]
+            if route is None:
+                route = _route(op)
+            kind = route.kind
+            if kind == "literal" and not self.whole:
+                # The hot path: a literal key (most SDK calls).
+                state = keys.get(route.top)
+                if state is None:
+                    state = keys[route.top] = _KeyState(self.seq)
+                if state.known:
+                    self._fold_known(state, route.top, op)
+                elif cls is Set or cls is Delete:
+                    self._learn(state, op)
+                else:
+                    if state.anchor is None and cls is not Remove:
+                        state.anchor = self.seq
+                    self._add_literal(state, op, route)
+                continue
+            if kind == "inert":
+                self._add_inert(op)
+            elif kind == "update":
+                self.emitted.clear()
+                self.keys.clear()
+                self.barrier_open = False
+                self.known = _Tree({})
+                self.whole = True
+                _HANDLERS[Update](self.known, op)
+            elif self.whole:
+                _HANDLERS[type(op)](self.known, op)
+            elif kind == "noop":
+                pass
+            elif kind == "barrier":
+                self._barrier(op, route)
+            else:
+                self._on_key(op, route)
+
+    def _add_inert(self, op: Operation) -> None:
+        # Never applied, never lost: kept, merged only as the reference would.
+        if self.inert:
+            last = self.inert[-1]
+            if type(last) is type(op) and not isinstance(op, Update) and last.key == op.key:  # type: ignore[union-attr]
+                if isinstance(op, Increment) and isinstance(last, Increment):
+                    self.inert[-1] = Increment._trusted(op.key, add_numbers(last.value, op.value))
+                    return
+                if isinstance(op, (Set, Delete)):
+                    self.inert[-1] = op if isinstance(op, Set) else last
+                    return
+        self.inert.append(op)
+
+    def _barrier(self, op: Operation, route: _Route) -> None:
+        if self.keys:
+            self._close_segment()
+        elif self.barrier_open:
+            last = self.emitted[-1]
+            if type(last) is not Update and last.key == op.key:  # type: ignore[union-attr]
+                merged = _merge(last, op, route, adjacent=True)
+                if merged is None:
+                    return
+                if merged is not False:
+                    self.emitted[-1] = merged  # type: ignore[assignment]
+                    return
+        self.emitted.append(op)
+        self.barrier_open = True
+
+    def _close_segment(self) -> None:
+        self.emitted.extend(self._segment_ops())
+        self.keys.clear()  # the same dict: feed() holds it
+        self.known = _Tree({})
+        self.barrier_open = False
+
+    def _on_key(self, op: Operation, route: _Route) -> None:
+        top = route.top
+        state = self.keys.get(top)
+        if state is None:
+            state = self.keys[top] = _KeyState(self.seq)
+        if state.known:
+            self._fold_known(state, top, op)
+            return
+        if state.anchor is None and _creates(op, route):
+            state.anchor = self.seq
+        self._add_to_program(state, op, route)
+
+    def _learn(self, state: _KeyState, op: Operation) -> None:
+        """A literal set or delete on a key whose value was unknown: now it is known.
+
+        What came before on the key only decided whether (and where) it was created.
+        """
+        if type(op) is Delete:
+            state.deleted = True
+            state.anchor = None
+        else:
+            if state.anchor is None:
+                state.anchor = self.seq
+            self.known.own_root()[op.key] = op.value  # type: ignore[union-attr]
+        state.known = True
+        state.program = []
+        state.forget_entries()
+
+    def _fold_known(self, state: _KeyState, top: str, op: Operation) -> None:
+        known = self.known
+        present = top in known.root
+        cls = type(op)
+        if cls is Delete:
+            if present:
+                del known.own_root()[top]
+            state.deleted = True
+            state.anchor = None
+            return
+        if cls is Set and op.key == top:  # type: ignore[union-attr]
+            known.own_root()[top] = op.value  # type: ignore[union-attr]
+        else:
+            _HANDLERS[cls](known, op)
+        if not present and top in known.root:
+            # Re-created after a delete: this is where it now sits.
+            state.anchor = self.seq
+
+    def _add_literal(self, state: _KeyState, op: Operation, route: _Route) -> None:
+        program = state.program
+        index = state.literal_entry
+        if state.entries or state.complex_entry is not None:
+            state.forget_entries()
+        if index is not None:
+            merged = _merge(program[index], op, route, adjacent=True)
+            if merged is None:
+                state.literal_entry = index
+                return
+            if merged is not False:
+                program[index] = merged  # type: ignore[assignment]
+                state.literal_entry = index
+                return
+        program.append(op)
+        state.literal_entry = len(program) - 1
+
+    def _add_to_program(self, state: _KeyState, op: Operation, route: _Route) -> None:
+        program = state.program
+        if route.complex:
+            entry = state.complex_entry
+            state.forget_entries()
+            if entry is not None and entry[0] == op.key:  # type: ignore[union-attr]
+                merged = _merge(program[entry[1]], op, route, adjacent=True)
+                if merged is None:
+                    state.complex_entry = entry
+                    return
+                if merged is not False:
+                    program[entry[1]] = merged  # type: ignore[assignment]
+                    state.complex_entry = entry
+                    return
+            program.append(op)
+            state.complex_entry = (op.key, len(program) - 1)  # type: ignore[union-attr]
+            return
+        path = route.path
+        index = state.entries.get(path)
+        state.clear_conflicts(path)
+        if index is not None:
+            earlier = program[index]
+            if earlier.key == op.key:  # type: ignore[union-attr]
+                merged = _merge(earlier, op, route, adjacent=index == len(program) - 1)
+                if merged is None:
+                    state.add_entry(path, index)
+                    return
+                if merged is not False:
+                    program[index] = merged  # type: ignore[assignment]
+                    state.add_entry(path, index)
+                    return
+        program.append(op)
+        state.add_entry(path, len(program) - 1)
+
+    def _segment_ops(self) -> list[Operation]:
+        placed: list[tuple[int, list[Operation]]] = []
+        root = self.known.root
+        for top, state in self.keys.items():
+            if not state.known:
+                if state.program:
+                    placed.append((state.anchor or state.first, list(state.program)))
+                continue
+            if top in root:
+                value = root[top]
+                self.known.release(value)
+                ops: list[Operation] = [Set._trusted(top, value)]
+                if state.deleted:
+                    ops.insert(0, Delete._trusted(top))
+                placed.append((state.anchor or state.first, ops))
+            elif state.deleted:
+                placed.append((state.first, [Delete._trusted(top)]))
+        placed.sort(key=lambda item: item[0])
+        return [op for _, ops in placed for op in ops]
+
+    def result(self) -> list[Operation]:
+        if self.whole:
+            root = self.known.own_root()
+            self.known.release(root)
+            return [Update._trusted(root), *self.inert]
+        return [*self.emitted, *self._segment_ops(), *self.inert]
+
+
+class _Collapsed(tuple):  # type: ignore[type-arg]
+    """A collapsed batch that remembers the reducer state it came from.
+
+    ``compose`` continues from that state instead of re-collapsing, as long as no
+    other ``compose`` has moved the state on since.
+    """
+
+    _reducer: _Reducer
+    _version: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (tuple, (tuple(self),))
+
+
+def _finish(reducer: _Reducer) -> tuple[Operation, ...]:
+    out = _Collapsed(reducer.result())
+    out._reducer = reducer
+    out._version = reducer.version
+    return out
+
 
 def collapse(ops: Iterable[Operation]) -> tuple[Operation, ...]:
-    """A shorter batch with the same effect as ``ops`` from every state."""
-    return tuple(ops)
+    """A batch with the same effect as ``ops`` from every starting state, usually much shorter.
+
+    Same metadata and key order from every state (exactly for ints; float
+    increments that were merged are equal up to reassociation), deterministic,
+    idempotent, linear in the length of ``ops``.
+
+    >>> from metaops import Append, Increment, Set, collapse
+    >>> collapse([Increment("n"), Set("status", "a"), Increment("n"), Set("status", "b")])
+    (Increment(key='n', value=2), Set(key='status', value='b'))
+    >>> collapse([Set("logs", []), Append("logs", "one"), Append("logs", "two")])
+    (Set(key='logs', value=['one', 'two']),)
+    """
+    reducer = _Reducer()
+    reducer.feed(ops)
+    return _finish(reducer)
 
 
-def compose(first: Iterable[Operation], second: Iterable[Operation]) -> tuple[Operation, ...]:
-    """``collapse(first + second)``."""
-    return collapse((*first, *second))
+def compose(first: Sequence[Operation], second: Iterable[Operation]) -> tuple[Operation, ...]:
+    """``collapse(first + second)``, cheaper when ``first`` came from ``collapse``/``compose``.
+
+    A server that folds arriving batches into a buffer one at a time pays for the
+    new operations only. Associative, with the empty batch as identity.
+
+    >>> from metaops import Increment, compose
+    >>> buffer = compose((), [Increment("n", 2)])
+    >>> compose(buffer, [Increment("n", 3)])
+    (Increment(key='n', value=5),)
+    """
+    if isinstance(first, _Collapsed):
+        reducer = first._reducer
+        with reducer.lock:
+            if reducer.version == first._version:
+                reducer.feed(second)
+                return _finish(reducer)
+    reducer = _Reducer()
+    reducer.feed(first)
+    reducer.feed(second)
+    return _finish(reducer)
 
 
 def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[tuple[Operation, ...]]:

@@ -1,0 +1,296 @@
+"""Laws of collapse, compose and chunk, checked by hypothesis and on the conformance vectors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metaops import (
+    Append,
+    Delete,
+    Increment,
+    InvalidLimitError,
+    MetadataTooLargeError,
+    Operation,
+    Remove,
+    Set,
+    Update,
+    apply,
+    chunk,
+    collapse,
+    compose,
+    json_size,
+    parse_operations,
+)
+from metaops._collapse import _route
+from metaops.strategies import batches, metadata
+
+from .conftest import read_vectors
+
+
+def _snapshot(value: Any) -> str:
+    return json.dumps(value)
+
+
+def reference_rule(ops: list[Operation]) -> list[Operation]:
+    """The reference's collapseOperations: merge consecutive runs of one type on one key.
+
+    Increments add up, sets keep the last, deletes keep one. One exception, where the
+    reference's merge changes the result: increments through a wildcard or slice whose
+    last component is a non-index key (a first match on a list reads as missing).
+    """
+    out: list[Operation] = []
+    for op in ops:
+        last = out[-1] if out else None
+        same = last is not None and type(last) is type(op) and not isinstance(op, Update)
+        if same and last.key == op.key:  # type: ignore[union-attr]
+            if isinstance(op, Increment) and isinstance(last, Increment):
+                if _route(op).kind == "inert" or _route(op).mergeable_increments:
+                    out[-1] = Increment(op.key, last.value + op.value)
+                    continue
+            elif isinstance(op, Set):
+                out[-1] = op
+                continue
+            elif isinstance(op, Delete):
+                continue
+        out.append(op)
+    return out
+
+
+def _same_result(state: dict[str, Any], expected: dict[str, Any], got: dict[str, Any]) -> None:
+    """Equal metadata, key order included; floats equal up to reassociation."""
+    assert list(expected) == list(got), f"key order {list(expected)} != {list(got)}"
+    _close(expected, got)
+
+
+def _close(a: Any, b: Any) -> None:
+    if isinstance(a, float) or isinstance(b, float):
+        assert isinstance(a, (int, float))
+        assert isinstance(b, (int, float))
+        assert not isinstance(a, bool)
+        assert not isinstance(b, bool)
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) or a == b
+    elif isinstance(a, dict):
+        assert isinstance(b, dict)
+        assert list(a) == list(b)
+        for key in a:
+            _close(a[key], b[key])
+    elif isinstance(a, list):
+        assert isinstance(b, list)
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _close(x, y)
+    else:
+        assert type(a) is type(b)
+        assert a == b
+
+
+@given(metadata(integers_only=True), batches(integers_only=True, max_size=24))
+def test_collapse_is_exact_on_integers(state: dict[str, Any], ops: list[Operation]) -> None:
+    """With ints only, the collapsed batch gives byte-identical metadata, key order included."""
+    collapsed = collapse(ops)
+    assert _snapshot(apply(state, collapsed).metadata) == _snapshot(apply(state, ops).metadata)
+
+
+@given(metadata(), batches(max_size=24))
+def test_collapse_is_equivalent_with_floats(state: dict[str, Any], ops: list[Operation]) -> None:
+    """With floats, results agree up to the reassociation of merged increments."""
+    expected = apply(state, ops).metadata
+    got = apply(state, collapse(ops)).metadata
+    _same_result(state, expected, got)
+
+
+@given(batches(max_size=24))
+def test_collapse_is_idempotent(ops: list[Operation]) -> None:
+    """Collapsing a collapsed batch changes nothing."""
+    once = collapse(ops)
+    assert collapse(once) == once
+
+
+@given(batches(max_size=24))
+def test_collapse_is_never_longer_than_the_reference_rule(ops: list[Operation]) -> None:
+    """The result is never longer than the reference's consecutive-run rule (and never longer than ops)."""
+    collapsed = collapse(ops)
+    assert len(collapsed) <= len(reference_rule(ops)) <= len(ops)
+
+
+@given(batches(max_size=24))
+def test_collapse_never_mutates_its_input(ops: list[Operation]) -> None:
+    """The operations and their values are unchanged after collapsing."""
+    before = _snapshot([op.to_wire() for op in ops])
+    collapse(ops)
+    assert _snapshot([op.to_wire() for op in ops]) == before
+
+
+@given(batches(integers_only=True, max_size=12), batches(integers_only=True, max_size=12))
+def test_compose_equals_collapse_of_the_concatenation(
+    first: list[Operation], second: list[Operation]
+) -> None:
+    """compose(a, b) is collapse(a + b), from a plain batch and from a collapsed one."""
+    expected = collapse([*first, *second])
+    assert compose(first, second) == expected
+    assert compose(collapse(first), second) == collapse([*collapse(first), *second])
+
+
+@given(
+    metadata(integers_only=True),
+    batches(integers_only=True, max_size=10),
+    batches(integers_only=True, max_size=10),
+    batches(integers_only=True, max_size=10),
+)
+def test_compose_is_associative_with_identity(
+    state: dict[str, Any], a: list[Operation], b: list[Operation], c: list[Operation]
+) -> None:
+    """(a.b).c and a.(b.c) have the same effect; the empty batch is an identity."""
+    left = compose(compose(a, b), c)
+    right = compose(a, compose(b, c))
+    assert _snapshot(apply(state, left).metadata) == _snapshot(apply(state, right).metadata)
+    assert compose((), a) == collapse(a) == compose(a, ())
+
+
+@given(metadata(integers_only=True), st.lists(batches(integers_only=True, max_size=8), max_size=8))
+def test_folding_arrivals_matches_the_concatenated_model(
+    state: dict[str, Any], arrivals: list[list[Operation]]
+) -> None:
+    """A server folding batches one at a time ends where applying them all in order ends."""
+    buffer: tuple[Operation, ...] = ()
+    model: list[Operation] = []
+    snapshots = []
+    for batch in arrivals:
+        buffer = compose(buffer, batch)
+        model.extend(batch)
+        snapshots.append(buffer)
+        assert _snapshot(apply(state, buffer).metadata) == _snapshot(apply(state, model).metadata)
+    assert buffer == collapse(model)
+    # Each earlier buffer is still intact, and composing from it again is still exact.
+    for i, earlier in enumerate(snapshots):
+        assert compose(earlier, ()) == collapse([op for batch in arrivals[: i + 1] for op in batch])
+
+
+def test_collapse_on_the_conformance_vectors() -> None:
+    """On every vector: equivalent on its state, and never longer than the reference's own output."""
+    for case in read_vectors("apply.jsonl"):
+        ops = parse_operations(case["ops"], safe_keys=False)
+        collapsed = collapse(ops)
+        assert len(collapsed) <= len(case["ref_collapsed"])
+        _same_result(
+            case["state"], apply(case["state"], ops).metadata, apply(case["state"], collapsed).metadata
+        )
+
+
+def test_collapse_examples() -> None:
+    """Hand-worked cases for each folding rule."""
+    assert collapse([Increment("n", 1), Set("s", "a"), Increment("n", 2)]) == (
+        Increment("n", 3),
+        Set("s", "a"),
+    )
+    # After a set the value is known: later operations fold into it.
+    assert collapse([Set("logs", ["a"]), Append("logs", "b"), Remove("logs", "a")]) == (Set("logs", ["b"]),)
+    # A delete then a re-creation moves the key to the end: both are needed.
+    assert collapse([Delete("a"), Set("b", 1), Set("a", 2)]) == (Set("b", 1), Delete("a"), Set("a", 2))
+    # After an update everything is known.
+    assert collapse([Set("x", 1), Update({"a": 1}), Increment("a", 2), Append("l", 0)]) == (
+        Update({"a": 3, "l": [0]}),
+    )
+    # Paths that only diverge merge across each other; a path and its parent do not.
+    assert collapse([Increment("$.c.a"), Increment("$.c.b"), Increment("$.c.a"), Increment("$.c.b", 2)]) == (
+        Increment("$.c.a", 2),
+        Increment("$.c.b", 3),
+    )
+    assert len(collapse([Increment("$.c.a"), Set("$.c", {}), Increment("$.c.a")])) == 3
+    # A null written through a path cannot be reached by it again.
+    assert collapse([Set("$.p.x", None), Set("$.p.x", 5)]) == (Set("$.p.x", None),)
+    # Unsafe operations are never applied and never dropped.
+    assert collapse([Set("__proto__", 1), Increment("n")]) == (Increment("n"), Set("__proto__", 1))
+
+
+def test_unsound_reference_merge_is_not_made() -> None:
+    """Two increments through a wildcard ending in a key stay apart: merging changes the result."""
+    ops = [Increment("$.*.x", 1), Increment("$.*.x", 2)]
+    state: dict[str, Any] = {"a": [1, 2], "b": {"x": 5}}
+    assert apply(state, ops).metadata == {"a": [1, 2], "b": {"x": 2}}
+    assert apply(state, [Increment("$.*.x", 3)]).metadata == {"a": [1, 2], "b": {"x": 3}}
+    assert collapse(ops) == tuple(ops)
+
+
+def test_collapse_is_deterministic_across_hash_seeds() -> None:
+    """The same batch collapses to the same bytes in processes with different PYTHONHASHSEED."""
+    program = textwrap.dedent(
+        """
+        import json, random
+        from metaops import collapse
+        from metaops.strategies import LITERAL_KEYS
+        from metaops import Set, Delete, Append, Remove, Increment
+        r = random.Random(7)
+        keys = list(LITERAL_KEYS) + ["$.a.b", "$.a.c", "$.n.0", "$.*.x", "$.a.*"]
+        kinds = [Set, Delete, Append, Remove, Increment]
+        ops = []
+        for i in range(3000):
+            kind = r.choice(kinds)
+            key = r.choice(keys)
+            if kind is Delete:
+                ops.append(Delete(key))
+            elif kind is Increment:
+                ops.append(Increment(key, r.choice([1, 2, -3])))
+            else:
+                ops.append(kind(key, r.choice([1, 2, "x", None, [1], {"k": i}])))
+        print(json.dumps([op.to_wire() for op in collapse(ops)]))
+        """
+    )
+    outputs = set()
+    for seed in ("0", "1", "4242"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, env=env, check=True
+        )
+        outputs.add(done.stdout)
+    assert len(outputs) == 1
+
+
+def test_compose_does_not_disturb_an_earlier_buffer() -> None:
+    """Composing twice from the same buffer gives two independent, exact results."""
+    buffer = compose((), [Set("logs", []), Append("logs", "a")])
+    left = compose(buffer, [Append("logs", "b")])
+    right = compose(buffer, [Append("logs", "c")])
+    assert buffer == (Set("logs", ["a"]),)
+    assert left == (Set("logs", ["a", "b"]),)
+    assert right == (Set("logs", ["a", "c"]),)
+
+
+def test_collapse_refuses_wire_dicts() -> None:
+    """A wire dict is not an operation: the error says to parse it first."""
+    with pytest.raises(TypeError, match="parse_operations"):
+        collapse([{"type": "set", "key": "a", "value": 1}])  # type: ignore[list-item]
+
+
+@given(batches(max_size=30), st.integers(min_value=200, max_value=2_000))
+def test_chunk_keeps_order_and_bounds(ops: list[Operation], limit: int) -> None:
+    """Chunks concatenate back to the batch and each body fits the limit."""
+    if any(json_size({"operations": [op.to_wire()]}) > limit for op in ops):
+        with pytest.raises(MetadataTooLargeError) as refused:
+            chunk(ops, max_bytes=limit)
+        assert refused.value.limit == limit
+        return
+    parts = chunk(ops, max_bytes=limit)
+    assert [op for part in parts for op in part] == list(ops)
+    for part in parts:
+        assert part
+        assert json_size({"operations": [op.to_wire() for op in part]}) <= limit
+
+
+def test_chunk_refuses_an_operation_larger_than_a_body() -> None:
+    """One operation over the limit is an error naming its index, not a silent drop."""
+    with pytest.raises(MetadataTooLargeError, match="operation 1"):
+        chunk([Set("a", 1), Set("b", "x" * 500)], max_bytes=300)
+    with pytest.raises(InvalidLimitError):
+        chunk([Set("a", 1)], max_bytes=10)
+    assert chunk([]) == []
