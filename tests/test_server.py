@@ -245,8 +245,9 @@ def test_parsing_accepts_what_the_reference_schema_accepts(reference: ReferenceR
 
 def test_compute_reports_unchanged_as_the_same_object() -> None:
     """Nothing applied (or nothing different) means changed=False and the input itself back."""
-    current = {"n": 1, "tags": ["a"]}
-    for ops in ([], [Remove("n", 1)], [Set("n", 1)], [Remove("missing", 0), Set("tags", ["a"])]):
+    current: dict[str, Any] = {"n": 1, "tags": ["a"]}
+    cases: list[list[Operation]] = [[], [Remove("n", 1)], [Set("n", 1)], [Remove("x", 0), Set("tags", ["a"])]]
+    for ops in cases:
         computed = compute_update(current, ops)
         assert computed.changed is False
         assert computed.metadata is current
@@ -255,7 +256,7 @@ def test_compute_reports_unchanged_as_the_same_object() -> None:
 
 def test_compute_measures_and_limits_a_change() -> None:
     """A change is measured as JSON; past the limit it raises and the input stays untouched."""
-    current = {"a": "x"}
+    current: dict[str, Any] = {"a": "x"}
     computed = compute_update(current, [Append("log", "y")], limit=100)
     assert computed.changed is True
     assert computed.size == len('{"a":"x","log":["y"]}')
@@ -267,7 +268,7 @@ def test_compute_measures_and_limits_a_change() -> None:
 
 def test_compute_lets_oversized_metadata_take_no_op_updates() -> None:
     """Metadata already over a lowered limit is not refused for updates that change nothing."""
-    current = {"big": "x" * 200}
+    current: dict[str, Any] = {"big": "x" * 200}
     assert compute_update(current, [Set("big", "x" * 200)], limit=10).changed is False
     with pytest.raises(MetadataTooLargeError):
         compute_update(current, [Set("other", 1)], limit=10)
@@ -412,7 +413,7 @@ def test_concurrent_writers_lose_nothing_model(
         if not queues[writer]:
             continue
         step, amount = queues[writer].pop(0)
-        ops = [Increment("n", amount), Append("log", [writer, step])]
+        ops: list[Operation] = [Increment("n", amount), Append("log", [writer, step])]
         update_run(
             "r",
             ops,
@@ -485,7 +486,7 @@ def test_buffer_refuses_bad_sequence_numbers() -> None:
     buffer.add("r", [], seq=4)
     for seq in (4, 0, -1, True):
         with pytest.raises(ValueError, match="seq"):
-            buffer.add("r", [], seq=seq)  # type: ignore[arg-type]
+            buffer.add("r", [], seq=seq)
 
 
 def test_buffer_numbers_entries_uniquely_across_threads() -> None:
@@ -510,7 +511,7 @@ def test_buffer_numbers_entries_uniquely_across_threads() -> None:
     for run in ("run0", "run1", "run2"):
         batch = buffer.take(run)
         assert batch is not None
-        log = plan_flush({}, batch).metadata["log"]
+        log: Any = plan_flush({}, batch).metadata["log"]
         for name in range(8):
             steps = [i for n, i in log if n == name]
             assert steps == sorted(steps)
