@@ -127,36 +127,43 @@ def _writes_value(op: Operation) -> bool:
     return isinstance(op, (Increment, Append))
 
 
-def _merge(earlier: Operation, later: Operation, route: _Route, *, adjacent: bool) -> Operation | bool | None:
-    """One operation for ``earlier`` then ``later`` on the same place, if there is one.
+def _extend(
+    container: list[Operation | None], chain: list[int], op: Operation, route: _Route, *, contiguous: bool
+) -> None:
+    """Add ``op`` to ``container`` after the ``chain`` of operations on the same place.
 
-    Returns the merged operation, ``None`` when ``later`` changes nothing after
-    ``earlier``, or ``False`` when they must both stay. ``adjacent`` says nothing
-    on the same top-level key came between them.
+    ``chain`` holds the positions in ``container`` of the operations on exactly the
+    place ``op`` acts on, with nothing in between that touches it. ``op`` merges into
+    the chain when that cannot change a result, else it is appended and joins the
+    chain. ``contiguous`` says nothing at all stands between the chain's operations.
     """
     literal = route.kind == "literal"
-    if not literal and isinstance(earlier, Set) and earlier.value is None and route.leaf_plain:
-        return None  # a null leaf cannot be reached by this path again
-    if isinstance(later, Set) and not literal:
-        # The later set writes at the same places, whatever the earlier one did. A
-        # remove may not have written; across other writes a list could then have
-        # been padded with a null at this place, so that case needs adjacency.
-        if _writes_value(earlier) or adjacent or not route.leaf_plain:
-            return later
-        return False
-    if isinstance(earlier, Increment) and isinstance(later, Increment):
+    last = container[chain[-1]]
+    assert last is not None
+    if not literal and type(last) is Set and last.value is None and route.leaf_plain:
+        return  # a null leaf cannot be reached by this path again: op changes nothing
+    if type(op) is Set and not literal:
+        # A set writes at the places the chain wrote, so it replaces the whole chain
+        # (at the chain's start, where the place was created). If the chain may not
+        # have written (it starts with a remove), a list written between could have
+        # padded the place with a null, which the set would then not reach.
+        start = container[chain[0]]
+        if _writes_value(start) or contiguous or not route.leaf_plain:  # type: ignore[arg-type]
+            container[chain[0]] = op
+            for index in chain[1:]:
+                container[index] = None
+            del chain[1:]
+            return
+    elif type(op) is Increment and type(last) is Increment:
         if route.mergeable_increments:
-            total: Increment = Increment._trusted(later.key, add_numbers(earlier.value, later.value))
-            return total
-        return False
-    if (
-        isinstance(earlier, Remove)
-        and isinstance(later, Remove)
-        and not route.complex
-        and json_equal(earlier.value, later.value)
+            container[chain[-1]] = Increment._trusted(op.key, add_numbers(last.value, op.value))
+            return
+    elif (
+        type(op) is Remove and type(last) is Remove and not route.complex and json_equal(last.value, op.value)
     ):
-        return None  # nothing equal to the value is left to remove
-    return False
+        return  # nothing equal to the value is left to remove
+    container.append(op)
+    chain.append(len(container) - 1)
 
 
 class _KeyState:
@@ -181,12 +188,14 @@ class _KeyState:
         self.anchor: int | None = None
         self.known = False
         self.deleted = False
-        self.program: list[Operation] = []
-        # Latest operation per tracked path, valid while nothing since conflicts.
-        self.entries: dict[tuple[str, ...], int] = {}
+        # The key's operations while its value is unknown (None: merged away).
+        self.program: list[Operation | None] = []
+        # The chain of operations on each tracked path, valid while nothing since
+        # touched that path (see _extend).
+        self.entries: dict[tuple[str, ...], list[int]] = {}
         self.below: dict[tuple[str, ...], dict[tuple[str, ...], None]] = {}
-        self.literal_entry: int | None = None
-        self.complex_entry: tuple[str, int] | None = None
+        self.literal_entry: list[int] | None = None
+        self.complex_entry: tuple[str, list[int]] | None = None
 
     def forget_entries(self) -> None:
         self.entries.clear()
@@ -203,8 +212,8 @@ class _KeyState:
             if not under:
                 del self.below[prefix]
 
-    def add_entry(self, path: tuple[str, ...], index: int) -> None:
-        self.entries[path] = index
+    def add_entry(self, path: tuple[str, ...], chain: list[int]) -> None:
+        self.entries[path] = chain
         for i in range(len(path)):
             self.below.setdefault(path[:i], {})[path] = None
 
@@ -221,6 +230,12 @@ class _KeyState:
         for descendant in list(self.below.get(path, ())):
             self.drop_entry(descendant)
 
+    def contiguous(self, chain: list[int]) -> bool:
+        """Whether only the chain's own operations stand in the program from its start on."""
+        members = set(chain)
+        program = self.program
+        return all(program[i] is None or i in members for i in range(chain[0], len(program)))
+
 
 def _creates(op: Operation, route: _Route) -> bool:
     """Whether ``op`` creates its top-level key when the key is absent."""
@@ -235,8 +250,10 @@ class _Reducer:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.version = 0
-        self.emitted: list[Operation] = []  # closed segments and the barriers between them
-        self.barrier_open = False  # emitted[-1] is a barrier with nothing after it yet
+        # Closed segments and the barriers between them (None: merged away).
+        self.emitted: list[Operation | None] = []
+        # The run of barriers on one key at the end of emitted, while nothing follows.
+        self.barrier_chain: list[int] | None = None
         self.inert: list[Operation] = []
         self.keys: dict[str, _KeyState] = {}
         self.known = _Tree({})  # the values of the keys whose value is known
@@ -276,7 +293,7 @@ class _Reducer:
             elif kind == "update":
                 self.emitted.clear()
                 self.keys.clear()
-                self.barrier_open = False
+                self.barrier_chain = None
                 self.known = _Tree({})
                 self.whole = True
                 _HANDLERS[Update](self.known, op)
@@ -305,23 +322,18 @@ class _Reducer:
     def _barrier(self, op: Operation, route: _Route) -> None:
         if self.keys:
             self._close_segment()
-        elif self.barrier_open:
-            last = self.emitted[-1]
-            if type(last) is not Update and last.key == op.key:  # type: ignore[union-attr]
-                merged = _merge(last, op, route, adjacent=True)
-                if merged is None:
-                    return
-                if merged is not False:
-                    self.emitted[-1] = merged  # type: ignore[assignment]
-                    return
+        chain = self.barrier_chain
+        if chain is not None and self.emitted[chain[-1]].key == op.key:  # type: ignore[union-attr]
+            _extend(self.emitted, chain, op, route, contiguous=True)
+            return
         self.emitted.append(op)
-        self.barrier_open = True
+        self.barrier_chain = [len(self.emitted) - 1]
 
     def _close_segment(self) -> None:
         self.emitted.extend(self._segment_ops())
         self.keys.clear()  # the same dict: feed() holds it
         self.known = _Tree({})
-        self.barrier_open = False
+        self.barrier_chain = None
 
     def _on_key(self, op: Operation, route: _Route) -> None:
         top = route.top
@@ -370,68 +382,56 @@ class _Reducer:
             state.anchor = self.seq
 
     def _add_literal(self, state: _KeyState, op: Operation, route: _Route) -> None:
-        program = state.program
-        index = state.literal_entry
+        # A literal operation touches the whole value: every path chain ends here.
+        chain = state.literal_entry
         if state.entries or state.complex_entry is not None:
             state.forget_entries()
-        if index is not None:
-            merged = _merge(program[index], op, route, adjacent=True)
-            if merged is None:
-                state.literal_entry = index
-                return
-            if merged is not False:
-                program[index] = merged  # type: ignore[assignment]
-                state.literal_entry = index
-                return
-        program.append(op)
-        state.literal_entry = len(program) - 1
+        if chain is not None:
+            _extend(state.program, chain, op, route, contiguous=True)
+            state.literal_entry = chain
+            return
+        state.program.append(op)
+        state.literal_entry = [len(state.program) - 1]
 
     def _add_to_program(self, state: _KeyState, op: Operation, route: _Route) -> None:
         program = state.program
         if route.complex:
+            # Wildcards and slices may reach anything under the key: only a run of
+            # operations on the very same path, with nothing between, can merge.
             entry = state.complex_entry
             state.forget_entries()
             if entry is not None and entry[0] == op.key:  # type: ignore[union-attr]
-                merged = _merge(program[entry[1]], op, route, adjacent=True)
-                if merged is None:
-                    state.complex_entry = entry
-                    return
-                if merged is not False:
-                    program[entry[1]] = merged  # type: ignore[assignment]
-                    state.complex_entry = entry
-                    return
+                _extend(program, entry[1], op, route, contiguous=True)
+                state.complex_entry = entry
+                return
             program.append(op)
-            state.complex_entry = (op.key, len(program) - 1)  # type: ignore[union-attr]
+            state.complex_entry = (op.key, [len(program) - 1])  # type: ignore[union-attr]
             return
         path = route.path
-        index = state.entries.get(path)
+        chain = state.entries.get(path)
         state.clear_conflicts(path)
-        if index is not None:
-            earlier = program[index]
-            if earlier.key == op.key:  # type: ignore[union-attr]
-                merged = _merge(earlier, op, route, adjacent=index == len(program) - 1)
-                if merged is None:
-                    state.add_entry(path, index)
-                    return
-                if merged is not False:
-                    program[index] = merged  # type: ignore[assignment]
-                    state.add_entry(path, index)
-                    return
-        program.append(op)
-        state.add_entry(path, len(program) - 1)
+        if chain is None:
+            program.append(op)
+            chain = [len(program) - 1]
+        else:
+            contiguous = type(op) is Set and state.contiguous(chain)
+            _extend(program, chain, op, route, contiguous=contiguous)
+        state.add_entry(path, chain)
 
     def _segment_ops(self) -> list[Operation]:
         placed: list[tuple[int, list[Operation]]] = []
+        ops: list[Operation]
         root = self.known.root
         for top, state in self.keys.items():
             if not state.known:
-                if state.program:
-                    placed.append((state.anchor or state.first, list(state.program)))
+                ops = [op for op in state.program if op is not None]
+                if ops:
+                    placed.append((state.anchor or state.first, ops))
                 continue
             if top in root:
                 value = root[top]
                 self.known.release(value)
-                ops: list[Operation] = [Set._trusted(top, value)]
+                ops = [Set._trusted(top, value)]
                 if state.deleted:
                     ops.insert(0, Delete._trusted(top))
                 placed.append((state.anchor or state.first, ops))
@@ -445,7 +445,7 @@ class _Reducer:
             root = self.known.own_root()
             self.known.release(root)
             return [Update._trusted(root), *self.inert]
-        return [*self.emitted, *self._segment_ops(), *self.inert]
+        return [*(op for op in self.emitted if op is not None), *self._segment_ops(), *self.inert]
 
 
 class _Collapsed(tuple):  # type: ignore[type-arg]
