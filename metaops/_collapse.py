@@ -286,7 +286,22 @@ class _Reducer:
                 else:
                     if state.anchor is None and cls is not Remove:
                         state.anchor = self.seq
-                    self._add_literal(state, op, route)
+                    chain = state.literal_entry
+                    if chain is not None and cls is not Remove:
+                        # Fast paths of _extend for the commonest calls; no path chain
+                        # can be open while a literal chain is.
+                        program = state.program
+                        last = program[chain[-1]]
+                        if cls is Increment and type(last) is Increment:
+                            program[chain[-1]] = Increment._trusted(
+                                op.key,  # type: ignore[union-attr]
+                                add_numbers(last.value, op.value),  # type: ignore[union-attr,arg-type]
+                            )
+                        else:
+                            program.append(op)
+                            chain.append(len(program) - 1)
+                    else:
+                        self._add_literal(state, op, route)
                 continue
             if kind == "inert":
                 self._add_inert(op)
