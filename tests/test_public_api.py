@@ -1,0 +1,151 @@
+"""The public surface: what ``import metaops`` gives, and nothing else."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import metaops
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The API as the issue and DESIGN.md name it. A change here is an API change: deliberate.
+PUBLIC_API = [
+    "DEFAULT_LIMIT",
+    "JSON",
+    "MAX_REQUEST_BYTES",
+    "WIRE_TYPES",
+    "Append",
+    "ApplyResult",
+    "Delete",
+    "Increment",
+    "InvalidLimitError",
+    "InvalidOperationError",
+    "InvalidValueError",
+    "MetadataTooLargeError",
+    "MetaopsError",
+    "Operation",
+    "Remove",
+    "Set",
+    "Update",
+    "apply",
+    "check_size",
+    "chunk",
+    "collapse",
+    "compose",
+    "decrement",
+    "is_safe_key",
+    "json_equal",
+    "json_size",
+    "metadata_limit",
+    "parse_operation",
+    "parse_operations",
+]
+
+
+def _isort_style_key(name: str) -> tuple[int, list[str | int]]:
+    # ruff's RUF022 order: SCREAMING_CASE constants, then CamelCase classes, then the
+    # rest; within each group a natural sort (digit runs compare as numbers).
+    if name.isupper() and len(name) > 1:
+        group = 0
+    elif name[:1].isupper():
+        group = 1
+    else:
+        group = 2
+    natural: list[str | int] = [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return group, natural
+
+
+def test_all_is_pinned() -> None:
+    """__all__ is exactly the public API, with no duplicates."""
+    assert metaops.__all__ == PUBLIC_API
+    assert len(set(metaops.__all__)) == len(metaops.__all__)
+
+
+def test_all_is_sorted() -> None:
+    """__all__ is sorted: constants, then classes, then functions, each alphabetically."""
+    assert metaops.__all__ == sorted(metaops.__all__, key=_isort_style_key)
+
+
+def test_all_is_exactly_the_public_names() -> None:
+    """Every public, non-module name of the package is in __all__, and nothing else is."""
+    public = {
+        name
+        for name, value in vars(metaops).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public == set(metaops.__all__)
+
+
+@pytest.mark.parametrize("name", PUBLIC_API)
+def test_every_name_is_importable(name: str) -> None:
+    """`from metaops import <name>` works for every name in __all__."""
+    module = importlib.import_module("metaops")
+    assert getattr(module, name) is not None
+    namespace: dict[str, object] = {}
+    exec(f"from metaops import {name}", namespace)
+    assert namespace[name] is getattr(metaops, name)
+
+
+def test_star_import_gives_exactly_all() -> None:
+    """`from metaops import *` binds exactly the names in __all__."""
+    namespace: dict[str, object] = {}
+    exec("from metaops import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(metaops.__all__)
+
+
+def _modules_imported_by_import_metaops() -> list[str]:
+    script = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import metaops\n"
+        "print('\\n'.join(sorted(set(sys.modules) - before)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # -S: no site, so nothing a .pth file imports at startup is counted.
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, check=True
+    )
+    return done.stdout.split()
+
+
+def test_import_metaops_does_not_import_hypothesis() -> None:
+    """hypothesis is a test dependency: the strategies module is never imported by the package."""
+    imported = _modules_imported_by_import_metaops()
+    assert "metaops" in imported
+    assert not [name for name in imported if name.split(".")[0] == "hypothesis"]
+    assert "metaops.strategies" not in imported
+
+
+def test_import_metaops_imports_only_the_standard_library() -> None:
+    """No runtime dependencies: everything `import metaops` loads is metaops or the stdlib."""
+    imported = _modules_imported_by_import_metaops()
+    foreign = [
+        name
+        for name in imported
+        if name.split(".")[0] != "metaops" and name.split(".")[0] not in sys.stdlib_module_names
+    ]
+    assert foreign == []
+
+
+def test_py_typed_is_in_the_package() -> None:
+    """The PEP 561 marker sits next to the package's modules."""
+    marker = Path(metaops.__file__).parent / "py.typed"
+    assert marker.is_file()
+    assert importlib.resources.files("metaops").joinpath("py.typed").is_file()
+
+
+def test_py_typed_is_declared_as_package_data() -> None:
+    """The build ships py.typed: pyproject.toml lists it as package data of metaops."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib (Python 3.11+) is needed to read pyproject.toml")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    package_data = config["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in package_data["metaops"]
