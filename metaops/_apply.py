@@ -336,7 +336,7 @@ _HANDLERS: dict[type, Callable[[_Tree, object], bool]] = {
 }
 
 
-def apply(metadata: dict[str, JSON], ops: Iterable[Operation] | Operation) -> ApplyResult:
+def apply(metadata: dict[str, Any], ops: Iterable[Operation] | Operation) -> ApplyResult:
     """Apply ``ops`` (or one operation) to ``metadata`` in order, as one batch.
 
     Never mutates ``metadata`` or any operation's value, and never raises for an
@@ -358,7 +358,7 @@ def apply(metadata: dict[str, JSON], ops: Iterable[Operation] | Operation) -> Ap
 
 
 def apply_sized(
-    metadata: dict[str, JSON], ops: Iterable[Operation] | Operation, size: int
+    metadata: dict[str, Any], ops: Iterable[Operation] | Operation, size: int
 ) -> tuple[ApplyResult, int]:
     """:func:`apply`, also keeping ``size`` (``json_size(metadata)``) up to date.
 
@@ -369,7 +369,7 @@ def apply_sized(
 
 
 def _run(
-    tree: _Tree, metadata: dict[str, JSON], ops: Iterable[Operation] | Operation
+    tree: _Tree, metadata: dict[str, Any], ops: Iterable[Operation] | Operation
 ) -> tuple[ApplyResult, int]:
     if not isinstance(metadata, dict):
         msg = f"apply: metadata must be a dict (a JSON object), got {describe(metadata)}"

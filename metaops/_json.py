@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
-from typing import TypeAlias, Union
+from typing import Any, TypeAlias, Union
 
 from metaops._errors import InvalidValueError
 
 __all__ = [
     "JSON",
     "MISSING",
+    "JSONInput",
     "add_numbers",
     "describe",
     "is_number",
@@ -33,6 +34,11 @@ __all__ = [
 # Union, not "|": the recursive forward references are strings at runtime.
 JSON: TypeAlias = Union[bool, int, float, str, "list[JSON]", "dict[str, JSON]", None]
 """A JSON value as Python holds it."""
+
+JSONInput: TypeAlias = Union[
+    bool, int, float, str, datetime, "list[Any]", "tuple[Any, ...]", "dict[str, Any]", None
+]
+"""What an operation accepts as a value: JSON, plus tuples and aware datetimes (normalized)."""
 
 
 class _Missing:
@@ -64,7 +70,8 @@ def to_double(value: int | float) -> float:
     try:
         return float(value)
     except OverflowError:
-        return math.copysign(math.inf, value)
+        # Only an int can overflow here; copysign would convert it (and overflow) again.
+        return math.inf if value > 0 else -math.inf
 
 
 def add_numbers(a: int | float, b: int | float) -> int | float:
@@ -152,11 +159,36 @@ def js_iso_string(moment: datetime) -> str:
     UTC, millisecond precision (microseconds are truncated, as a JS ``Date`` holds
     none), and a ``Z`` suffix: ``2026-11-22T09:30:00.123Z``.
     """
-    utc = moment.astimezone(timezone.utc)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
-    )
+    # Milliseconds since the epoch, by subtraction: astimezone() would overflow for
+    # instants whose UTC date falls outside years 1..9999, which JavaScript writes.
+    millis = (moment - _EPOCH) // _MILLISECOND
+    days, millis = divmod(millis, 86_400_000)
+    year, month, day = _civil_from_days(days)
+    seconds, millis = divmod(millis, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    # JavaScript writes years 0..9999 with four digits, others signed with six.
+    year_text = f"{year:04d}" if 0 <= year <= 9999 else f"{year:+07d}"
+    return f"{year_text}-{month:02d}-{day:02d}T{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """The proleptic Gregorian (year, month, day) ``days`` after 1970-01-01 (any year)."""
+    # Howard Hinnant's days-to-civil algorithm, over 400-year eras.
+    days += 719_468
+    era = days // 146_097
+    day_of_era = days - era * 146_097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    shifted_month = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * shifted_month + 2) // 5 + 1
+    month = shifted_month + 3 if shifted_month < 10 else shifted_month - 9
+    year = year_of_era + era * 400 + (1 if month <= 2 else 0)
+    return year, month, day
 
 
 def describe(value: object) -> str:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from metaops._errors import InvalidOperationError, InvalidValueError
 from metaops._json import (
     JSON,
+    JSONInput,
     describe,
     is_number,
     json_equal,
@@ -76,7 +77,7 @@ class _KeyValueOperation:
     key: str
     value: JSON
 
-    def __init__(self, key: str, value: JSON) -> None:
+    def __init__(self, key: str, value: JSONInput) -> None:
         _setattr(self, "key", _check_key(key, self.wire_type))
         _setattr(self, "value", normalize(value, "value"))
 
@@ -108,7 +109,7 @@ class _KeyValueOperation:
         return (type(self), (self.key, self.value))
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class Set(_KeyValueOperation):
     """Write ``value`` at ``key`` (a top-level key, or every match of a ``$.`` path).
 
@@ -117,12 +118,15 @@ class Set(_KeyValueOperation):
     {'progress': 0.5}
     """
 
+    # Slots by hand: dataclass(slots=True) with frozen=True breaks the frozen error
+    # message on setting an unknown attribute (CPython gh-105936).
+    __slots__ = ("key", "value")
     wire_type: ClassVar[str] = "set"
     key: str
     value: JSON
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class Append(_KeyValueOperation):
     """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``).
 
@@ -131,12 +135,13 @@ class Append(_KeyValueOperation):
     {'logs': ['a', 'b']}
     """
 
+    __slots__ = ("key", "value")
     wire_type: ClassVar[str] = "append"
     key: str
     value: JSON
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class Remove(_KeyValueOperation):
     """Remove every item JSON-equal to ``value`` from the list at ``key``.
 
@@ -147,12 +152,13 @@ class Remove(_KeyValueOperation):
     {'tags': ['b']}
     """
 
+    __slots__ = ("key", "value")
     wire_type: ClassVar[str] = "remove"
     key: str
     value: JSON
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class Increment(_KeyValueOperation):
     """Add ``value`` to the number at ``key`` (anything else counts as 0).
 
@@ -161,6 +167,7 @@ class Increment(_KeyValueOperation):
     {'n': 3}
     """
 
+    __slots__ = ("key", "value")
     wire_type: ClassVar[str] = "increment"
     key: str
     value: int | float
@@ -170,7 +177,7 @@ class Increment(_KeyValueOperation):
         _setattr(self, "value", _check_amount(value, "increment"))
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class Delete:
     """Remove the top-level key ``key`` (always literal, even when it starts with ``$.``).
 
@@ -179,6 +186,7 @@ class Delete:
     {'b': 2}
     """
 
+    __slots__ = ("key",)
     wire_type: ClassVar[str] = "delete"
     key: str
 
@@ -211,7 +219,7 @@ class Delete:
         return (Delete, (self.key,))
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False, init=False)
+@dataclass(frozen=True, eq=False, repr=False, init=False)
 class Update:
     """Replace the whole metadata with ``value`` (the documented ``replace``; wire type ``update``).
 
@@ -220,10 +228,11 @@ class Update:
     {'b': 2}
     """
 
+    __slots__ = ("value",)
     wire_type: ClassVar[str] = "update"
     value: dict[str, JSON]
 
-    def __init__(self, value: Mapping[str, Any]) -> None:
+    def __init__(self, value: dict[str, Any]) -> None:
         _setattr(self, "value", _check_object(value, "update"))
 
     @classmethod
@@ -339,12 +348,12 @@ def _parse(obj: object, safe_keys: bool, index: int | None) -> Operation:
     key = str.__str__(key)
     if cls is Delete:
         return Delete._trusted(key)
-    if value is _ABSENT:
-        raise _invalid(index, "value", "a JSON value (null is allowed)", value)
     if cls is Increment:
         if not is_number(value) or not math.isfinite(to_double(value)):
             raise _invalid(index, "value", "a finite number (not a boolean)", value)
         return Increment._trusted(key, _wire_value(value, index))  # type: ignore[no-any-return]
+    if value is _ABSENT:
+        raise _invalid(index, "value", "a JSON value (null is allowed)", value)
     return cls._trusted(key, _wire_value(value, index))  # type: ignore[attr-defined,no-any-return]
 
 
