@@ -1,0 +1,1 @@
+"""Programs that embed metaops (not part of the installed package)."""

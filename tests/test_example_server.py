@@ -1,0 +1,595 @@
+"""The example server (examples/server) over HTTP on loopback, and its service and storage.
+
+The HTTP tests run the server as a subprocess (``python -m examples.server`` on an
+ephemeral port), so that it can be killed with SIGKILL and restarted on the same
+database, and so that its threads really run beside the clients'.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.server import MetadataService, RunNotFoundError, ServiceConfig, SQLiteStorage
+from metaops import Append, Increment, MetadataTooLargeError, Set
+from metaops.server import FlushPlan, RetryPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-d41d8cd9"
+LIMIT = 16_384
+
+
+class Server:
+    """``python -m examples.server`` in a subprocess; the URL is read from its first line."""
+
+    def __init__(self, db: Path, *args: str) -> None:
+        self.db = db
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "METAOPS_SERVER_TOKEN": TOKEN}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "examples.server", "--db", str(db), "--port", "0", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        assert self.process.stdout is not None
+        threading.Thread(target=lambda: lines.put(self.process.stdout.readline()), daemon=True).start()  # type: ignore[union-attr]
+        try:
+            first = lines.get(timeout=30)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError("the server did not start within 30 s") from None
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", first)
+        if found is None:
+            self.stop()
+            _, err = self.process.communicate(timeout=10)
+            raise RuntimeError(f"the server did not start: {first!r} {err}")
+        self.port = int(found.group(1))
+
+    def client(self, token: str | None = TOKEN) -> Client:
+        """A keep-alive connection to this server."""
+        return Client(self.port, token)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._close_pipes()
+
+    def stop(self) -> None:
+        """SIGTERM, then wait."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+class Client:
+    """JSON over one HTTP/1.1 connection, with the bearer token unless told otherwise."""
+
+    def __init__(self, port: int, token: str | None = TOKEN) -> None:
+        self.port = port
+        self.token = token
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        raw: bytes | None = None,
+        auth: str | None = None,
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if auth is not None:
+            headers["Authorization"] = auth
+        elif self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        self.connection.request(method, path, body=data, headers=headers)
+        response = self.connection.getresponse()
+        payload = response.read()
+        if response.will_close:
+            self.connection.close()
+        return response.status, json.loads(payload)
+
+    def put_metadata(self, run_id: str, body: object) -> tuple[int, Any]:
+        return self.request("PUT", f"/api/v1/runs/{run_id}/metadata", body)
+
+    def get_metadata(self, run_id: str) -> Any:
+        status, payload = self.request("GET", f"/api/v1/runs/{run_id}/metadata")
+        assert status == 200, payload
+        return payload["metadata"]
+
+    def create_run(self, run_id: str, **spec: Any) -> Any:
+        status, payload = self.request("POST", "/admin/runs", {"id": run_id, **spec})
+        assert status == 201, payload
+        return payload
+
+    def run(self, run_id: str) -> Any:
+        status, payload = self.request("GET", f"/admin/runs/{run_id}")
+        assert status == 200, payload
+        return payload
+
+    def flush(self) -> None:
+        status, payload = self.request("POST", "/admin/flush", {"timeout": 30})
+        assert (status, payload) == (200, {"pending": 0})
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module's tests (each test uses its own runs), with a 16 KB limit."""
+    running = Server(tmp_path_factory.mktemp("server") / "runs.sqlite3", "--limit", str(LIMIT))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[Client]:
+    """A connection to the module's server."""
+    connection = server.client()
+    yield connection
+    connection.close()
+
+
+def _in_threads(count: int, work: Any) -> list[Any]:
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = work(index)
+        except BaseException as error:  # reported below; a thread cannot fail the test itself
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    if errors:
+        raise errors[0]
+    return results
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+def test_eight_threads_of_500_increments_give_exactly_4000(server: Server, client: Client) -> None:
+    """8 writers x 500 racing increments on one run: every one lands, none twice."""
+    client.create_run("counter")
+
+    def writer(index: int) -> list[int]:
+        own = server.client()
+        statuses = [
+            own.put_metadata("counter", {"operations": [{"type": "increment", "key": "n", "value": 1}]})[0]
+            for _ in range(500)
+        ]
+        own.close()
+        return statuses
+
+    statuses = _in_threads(8, writer)
+    assert all(status == 200 for per_thread in statuses for status in per_thread)
+    client.flush()
+    assert client.get_metadata("counter") == {"n": 4000}
+    run = client.run("counter")
+    assert (run["queued"], run["rejected"]) == (0, [])
+
+
+def test_twenty_children_update_parent_and_root_concurrently_and_lose_nothing(
+    server: Server, client: Client
+) -> None:
+    """20 children each send 10 updates with parent and root operations, all at once: the parent
+    gets every increment and every appended item, each child's items in the order it sent them."""
+    client.create_run("family-root")
+    client.create_run("family-parent", parentId="family-root", metadata={"done": 0})
+    for child in range(20):
+        client.create_run(f"family-child-{child}", parentId="family-parent")
+
+    def send_updates(index: int) -> None:
+        own = server.client()
+        for step in range(10):
+            status, payload = own.put_metadata(
+                f"family-child-{index}",
+                {
+                    "operations": [{"type": "increment", "key": "n", "value": 1}],
+                    "parentOperations": [
+                        {"type": "increment", "key": "done", "value": 1},
+                        {"type": "append", "key": "log", "value": [index, step]},
+                    ],
+                    "rootOperations": [{"type": "increment", "key": "total", "value": 2}],
+                },
+            )
+            assert status == 200, payload
+        own.close()
+
+    _in_threads(20, send_updates)
+    client.flush()
+    parent = client.get_metadata("family-parent")
+    assert parent["done"] == 200
+    assert sorted(map(tuple, parent["log"])) == [(c, s) for c in range(20) for s in range(10)]
+    for index in range(20):
+        assert [s for c, s in parent["log"] if c == index] == list(range(10))
+    assert client.get_metadata("family-root") == {"total": 400}
+    for index in range(20):
+        assert client.get_metadata(f"family-child-{index}") == {"n": 10}
+    assert client.run("family-parent")["rejected"] == []
+
+
+def test_kill_between_requests_loses_no_acknowledged_update(tmp_path: Path) -> None:
+    """Acknowledged updates survive SIGKILL, including parent operations still in the outbox."""
+    db = tmp_path / "runs.sqlite3"
+    # No inline or background flush: the parent operations stay queued until the restart.
+    first = Server(db, "--no-inline-flush", "--flush-interval", "0")
+    try:
+        client = first.client()
+        client.create_run("kill-parent")
+        client.create_run("kill-child", parentId="kill-parent")
+        for step in range(25):
+            status, _ = client.put_metadata(
+                "kill-child",
+                {
+                    "operations": [{"type": "increment", "key": "n", "value": 1}],
+                    "parentOperations": [{"type": "append", "key": "log", "value": step}],
+                },
+            )
+            assert status == 200
+        assert client.get_metadata("kill-parent") == {}, "the parent operations were meant to stay queued"
+        client.close()
+    finally:
+        first.kill()
+    second = Server(db)
+    try:
+        client = second.client()
+        assert client.get_metadata("kill-child") == {"n": 25}
+        client.flush()
+        assert client.get_metadata("kill-parent") == {"log": list(range(25))}
+        client.close()
+    finally:
+        second.stop()
+
+
+def test_kill_during_concurrent_writes_keeps_every_acknowledged_update(tmp_path: Path) -> None:
+    """SIGKILL while 4 writers race: every acknowledged increment is there after the restart,
+    and at most the 4 unanswered ones more."""
+    db = tmp_path / "runs.sqlite3"
+    first = Server(db)
+    setup = first.client()
+    setup.create_run("crash")
+    setup.close()
+    acknowledged = [0] * 4
+    stop = threading.Event()
+
+    def writer(index: int) -> None:
+        own = first.client()
+        while not stop.is_set():
+            try:
+                status, _ = own.put_metadata(
+                    "crash", {"operations": [{"type": "increment", "key": "n", "value": 1}]}
+                )
+            except (OSError, http.client.HTTPException):
+                return
+            assert status == 200
+            acknowledged[index] += 1
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while sum(acknowledged) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.kill()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    acked = sum(acknowledged)
+    assert acked >= 300
+    second = Server(db)
+    try:
+        client = second.client()
+        client.flush()
+        stored = client.get_metadata("crash").get("n", 0)
+        assert acked <= stored <= acked + 4
+        client.close()
+    finally:
+        second.stop()
+
+
+# ------------------------------------------------------------------ bad input
+
+
+BIG = "x" * (LIMIT + 1)
+OPS_INCREMENT = [{"type": "increment", "key": "n", "value": 1}]
+
+BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("malformed JSON", {"raw": b'{"operations": ['}, 400, "Invalid JSON body"),
+    ("NaN", {"raw": b'{"operations": [{"type": "increment", "key": "n", "value": NaN}]}'}, 400,
+     "NaN is not JSON"),
+    ("not UTF-8", {"raw": b'{"metadata": {"a": "\xff"}}'}, 400, "not UTF-8"),
+    ("body is a list", {"body": []}, 400, "request body: expected a JSON object"),
+    ("no operations nor metadata", {"body": {"parentOperations": OPS_INCREMENT}}, 400, "got neither"),
+    ("operations not a list", {"body": {"operations": {"type": "set"}}}, 400, "operations: expected a list"),
+    ("unknown type", {"body": {"operations": [{"type": "decrement", "key": "n", "value": 1}]}}, 400,
+     "operation 0: field 'type'"),
+    ("increment of a string", {"body": {"operations": [{"type": "increment", "key": "n", "value": "1"}]}},
+     400, "field 'value'"),
+    ("unsafe key", {"body": {"operations": [{"type": "set", "key": "__proto__", "value": {}}]}}, 400,
+     "expected a safe key"),
+    ("unsafe parent key", {"body": {"operations": OPS_INCREMENT, "parentOperations": [
+        {"type": "append", "key": "ok", "value": 1}, {"type": "set", "key": "$.a.constructor", "value": 1}]}},
+     400, "parentOperations: operation 1: field 'key'"),
+    ("unsafe root path", {"body": {"operations": OPS_INCREMENT, "rootOperations": [
+        {"type": "set", "key": "$.", "value": 1}]}}, 400, "rootOperations: operation 0"),
+    ("metadata null", {"body": {"metadata": None}}, 400, "metadata: expected an object"),
+    ("too large by operations", {"body": {"operations": [{"type": "set", "key": "big", "value": BIG}]}}, 413,
+     f"over the limit of {LIMIT:,} bytes"),
+    ("too large by replacement", {"body": {"metadata": {"big": BIG}}}, 413,
+     f"over the limit of {LIMIT:,} bytes"),
+    ("body over 2 MiB", {"raw": b'{"metadata": {"a": "' + b"x" * (2 * 1024 * 1024) + b'"}}'}, 413,
+     "Request body is"),
+    ("no token", {"body": {"operations": OPS_INCREMENT}, "auth": ""}, 401, "API key"),
+    ("wrong token", {"body": {"operations": OPS_INCREMENT}, "auth": "Bearer nope"}, 401, "API key"),
+    ("wrong scheme", {"body": {"operations": OPS_INCREMENT}, "auth": f"Basic {TOKEN}"}, 401, "API key"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(server: Server) -> Iterator[Client]:
+    """A child (with metadata) and its parent, which every bad request below aims at."""
+    client = server.client()
+    client.create_run("bad-parent", metadata={"p": 1})
+    client.create_run("bad-child", parentId="bad-parent", metadata={"c": [1, 2]})
+    yield client
+    client.close()
+
+
+def _snapshot(client: Client, *runs: str) -> list[Any]:
+    return [client.run(run) for run in runs]
+
+
+@pytest.mark.parametrize(
+    ("case", "request_", "status", "words"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
+def test_bad_requests_get_their_status_and_change_nothing(
+    bad_input_runs: Client, case: str, request_: dict[str, Any], status: int, words: str
+) -> None:
+    """Each bad request is answered with its status and a message saying what is wrong; neither
+    the run nor its parent changes, and nothing is queued or rejected."""
+    client = bad_input_runs
+    before = _snapshot(client, "bad-child", "bad-parent")
+    answer = client.request(
+        "PUT",
+        "/api/v1/runs/bad-child/metadata",
+        request_.get("body"),
+        raw=request_.get("raw"),
+        auth=request_.get("auth"),
+    )
+    assert answer[0] == status, answer
+    assert words in answer[1]["error"], answer
+    client.flush()
+    after = _snapshot(client, "bad-child", "bad-parent")
+    assert after == before
+    assert all(run["queued"] == 0 and run["rejected"] == [] for run in after)
+
+
+def test_unknown_runs_and_routes_are_404(client: Client) -> None:
+    """An unknown run is 404 for GET and PUT, as the platform says it; so is an unknown route."""
+    assert client.request("GET", "/api/v1/runs/run_nope/metadata") == (404, {"error": "Task Run not found"})
+    assert client.put_metadata("run_nope", {"operations": OPS_INCREMENT}) == (
+        404,
+        {"error": "Task Run not found"},
+    )
+    status, payload = client.request("GET", "/api/v1/nothing")
+    assert status == 404
+    assert "No route" in payload["error"]
+
+
+def test_get_needs_the_token(server: Server) -> None:
+    """Reading metadata without the token is 401 too."""
+    client = server.client(token=None)
+    status, payload = client.request("GET", "/api/v1/runs/anything/metadata")
+    assert status == 401
+    assert "API key" in payload["error"]
+    client.close()
+
+
+def test_completed_runs_take_updates_for_an_hour(client: Client) -> None:
+    """A run completed 10 minutes ago still takes updates; one completed 2 hours ago is 400."""
+    now = time.time()
+    client.create_run("done-recently")
+    client.create_run("done-long-ago", metadata={"final": True})
+    assert client.request("POST", "/admin/runs/done-recently/complete", {"completedAt": now - 600})[0] == 200
+    assert client.request("POST", "/admin/runs/done-long-ago/complete", {"completedAt": now - 7200})[0] == 200
+    assert client.put_metadata("done-recently", {"operations": OPS_INCREMENT}) == (
+        200,
+        {"metadata": {"n": 1}},
+    )
+    before = client.run("done-long-ago")
+    status, payload = client.put_metadata("done-long-ago", {"operations": OPS_INCREMENT})
+    assert (status, payload) == (400, {"error": "Cannot update metadata for a completed run"})
+    assert client.run("done-long-ago") == before
+
+
+def test_operations_take_precedence_over_metadata(client: Client) -> None:
+    """An operations list (even empty) applies and metadata is ignored; metadata alone replaces."""
+    client.create_run("precedence", metadata={"kept": 1})
+    assert client.put_metadata("precedence", {"operations": [], "metadata": {"x": 1}}) == (
+        200,
+        {"metadata": {"kept": 1}},
+    )
+    assert client.run("precedence")["version"] == 0
+    assert client.put_metadata("precedence", {"metadata": {"replaced": [1, "two"]}}) == (
+        200,
+        {"metadata": {"replaced": [1, "two"]}},
+    )
+    assert client.get_metadata("precedence") == {"replaced": [1, "two"]}
+
+
+def test_parent_operations_past_the_parent_limit_are_rejected_with_the_reason(client: Client) -> None:
+    """A child's parent operation that would overflow the parent is refused and recorded, not
+    dropped silently; the child's own update and the other children's parent operations land."""
+    client.create_run("full-parent", metadata={"pad": "y" * (LIMIT - 100)})
+    client.create_run("greedy-child", parentId="full-parent")
+    client.create_run("modest-child", parentId="full-parent")
+    status, payload = client.put_metadata(
+        "greedy-child",
+        {
+            "operations": OPS_INCREMENT,
+            "parentOperations": [{"type": "set", "key": "blob", "value": "z" * 200}],
+        },
+    )
+    assert (status, payload) == (200, {"metadata": {"n": 1}})
+    status, _ = client.put_metadata(
+        "modest-child",
+        {"operations": OPS_INCREMENT, "parentOperations": [{"type": "increment", "key": "seen", "value": 1}]},
+    )
+    assert status == 200
+    client.flush()
+    parent = client.run("full-parent")
+    assert set(parent["metadata"]) == {"pad", "seen"}
+    [rejection] = parent["rejected"]
+    assert rejection["operations"] == [{"type": "set", "key": "blob", "value": "z" * 200}]
+    assert f"over the limit of {LIMIT:,} bytes" in rejection["reason"]
+
+
+def test_unicode_and_big_numbers_round_trip(client: Client) -> None:
+    """Non-ASCII text, a lone surrogate, and ints past 2**53 are stored and answered as sent."""
+    client.create_run("texts")
+    value = {"jp": "日本語", "emoji": "🎉", "lone": "\ud800", "big": 2**60}
+    status, payload = client.put_metadata(
+        "texts", {"operations": [{"type": "set", "key": "v", "value": value}]}
+    )
+    assert (status, payload) == (200, {"metadata": {"v": value}})
+    assert client.get_metadata("texts") == {"v": value}
+
+
+# ------------------------------------------------------------------ the service, in process
+
+
+class LosingStorage(SQLiteStorage):
+    """SQLite whose first ``losses`` compare-and-swaps report a lost race."""
+
+    def __init__(self, path: Path, losses: int) -> None:
+        super().__init__(path)
+        self.losses = losses
+
+    def compare_and_swap(self, run_id: str, expected_version: int, new_metadata: dict[str, Any]) -> bool:
+        if self.losses > 0:
+            self.losses -= 1
+            return False
+        return super().compare_and_swap(run_id, expected_version, new_metadata)
+
+
+def _service(storage: SQLiteStorage, **config: Any) -> MetadataService:
+    settings = {"policy": RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0), "flush_interval": 0.0}
+    return MetadataService(storage, ServiceConfig(**{**settings, **config}), sleep=lambda s: None)
+
+
+def test_updates_losing_every_race_are_flushed_before_the_answer(tmp_path: Path) -> None:
+    """Own operations that lose every compare-and-swap go to the outbox and the inline flush
+    writes them; the answer is the committed metadata."""
+    service = _service(LosingStorage(tmp_path / "db", losses=2))
+    service.create_run("r", metadata={"n": 1})
+    assert service.update_metadata("r", {"operations": [{"type": "increment", "key": "n", "value": 4}]}) == {
+        "n": 5
+    }
+    assert service.storage.read("r") == ({"n": 5}, 1)
+    assert service.pending() == 0
+    service.close()
+
+
+def test_queued_operations_survive_a_restart_and_keep_their_order(tmp_path: Path) -> None:
+    """Without inline flushing, lost-race operations wait in the outbox; while they wait, later
+    updates queue behind them; a new service on the same database writes them all in order."""
+    storage = LosingStorage(tmp_path / "db", losses=2)
+    service = _service(storage, inline_flush=False)
+    service.create_run("r")
+    first = service.update_metadata("r", {"operations": [{"type": "append", "key": "log", "value": 1}]})
+    assert first == {"log": [1]}  # the optimistic answer
+    second = service.update_metadata("r", {"operations": [{"type": "append", "key": "log", "value": 2}]})
+    assert second == {"log": [2]}  # applied to the stored version, which has neither yet
+    assert service.storage.read("r") == ({}, 0)
+    service.close()
+    restarted = _service(SQLiteStorage(tmp_path / "db"))
+    assert restarted.pending() == 2
+    assert restarted.flush_all() == 0
+    assert restarted.storage.read("r") == ({"log": [1, 2]}, 1)
+    restarted.close()
+
+
+def test_own_update_rejected_by_its_flush_is_answered_413(tmp_path: Path) -> None:
+    """An own update queued behind others, which the flush finds would overflow, raises
+    MetadataTooLargeError to its request; the earlier entry lands and the rejection is recorded."""
+    service = _service(SQLiteStorage(tmp_path / "db"), limit=120)
+    service.create_run("r")
+    service.add("r", [Set("a", "x" * 80)])
+    with pytest.raises(MetadataTooLargeError):
+        service.update_metadata("r", {"operations": [{"type": "set", "key": "b", "value": "y" * 60}]})
+    assert service.storage.read("r") == ({"a": "x" * 80}, 1)
+    [rejection] = service.storage.rejections("r")
+    assert rejection["operations"] == [{"type": "set", "key": "b", "value": "y" * 60}]
+    service.close()
+
+
+def test_sqlite_compare_and_swap_and_flush_commit_check_the_version(tmp_path: Path) -> None:
+    """A stale version writes nothing, neither by compare-and-swap nor by a flush commit; a flush
+    commit drops exactly its settled outbox rows with the metadata, in one transaction."""
+    storage = SQLiteStorage(tmp_path / "db")
+    storage.create_run("r", metadata={"n": 0}, parent_id=None, root_id=None)
+    assert storage.compare_and_swap("r", 0, {"n": 1}) is True
+    assert storage.compare_and_swap("r", 0, {"n": 99}) is False
+    assert storage.read("r") == ({"n": 1}, 1)
+    seq1 = storage.enqueue("r", [Increment("n")])
+    seq2 = storage.enqueue("r", [Append("log", "x")])
+    [entry1, entry2] = storage.pending()
+    plan = FlushPlan("r", {"n": 2}, True, (entry1,))
+    assert storage.commit_flush("r", 0, plan, at=0.0) is False
+    assert [e.seq for e in storage.pending()] == [seq1, seq2]
+    assert storage.commit_flush("r", 1, plan, at=0.0) is True
+    assert storage.read("r") == ({"n": 2}, 2)
+    assert [e.seq for e in storage.pending()] == [seq2]
+    assert entry2.operations == (Append("log", "x"),)
+    with pytest.raises(KeyError):
+        storage.read("missing")
+    storage.close()
+
+
+def test_runs_get_their_root_from_the_parent(tmp_path: Path) -> None:
+    """A child's root is its parent's root, or the parent itself when the parent is a root."""
+    service = _service(SQLiteStorage(tmp_path / "db"))
+    service.create_run("root")
+    service.create_run("mid", parent_id="root")
+    leaf = service.create_run("leaf", parent_id="mid")
+    assert (leaf.parent_id, leaf.root_id) == ("mid", "root")
+    with pytest.raises(RunNotFoundError):
+        service.create_run("orphan", parent_id="nobody")
+    assert service.storage.get_run("orphan") is None
+    service.close()
