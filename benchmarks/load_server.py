@@ -1,0 +1,314 @@
+"""Load test of the example server: SDK flushes against 256 KB metadata, over loopback.
+
+    python -m benchmarks.load_server                       # every scenario, default bounds
+    python -m benchmarks.load_server --requests 200 --seconds 10 --json out.json
+
+Starts ``python -m examples.server`` on 127.0.0.1 (ephemeral port, temporary SQLite
+database), creates runs holding the project's ~250 KB workload state
+(``state_256k.json``), and sends ``PUT /api/v1/runs/{runId}/metadata`` bodies shaped
+like the SDK's flush (counter increments, progress and status sets, a log line
+appended and an older one removed, so the size stays put). Each scenario stops at
+``--requests`` requests or ``--seconds`` seconds, whichever comes first, and prints
+flushes per second and latency percentiles (nearest rank). After each scenario the
+stored counters are checked against the acknowledged requests: a fast wrong server
+fails the run.
+
+Scenarios:
+
+* ``sequential``: one client, one run: the latency of one flush.
+* ``same-run xN``: N clients racing on one run: compare-and-swap retries, the buffer.
+* ``own-runs xN``: N clients, each on its own 256 KB run: write throughput.
+* ``children xN``: N child runs sending ``parentOperations`` to one 256 KB parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._workloads import ensure_workloads
+from metaops import json_size
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "load-test-token"
+HISTORY = 8  # log lines each client keeps: appended, then removed this many flushes later
+
+
+@dataclass(frozen=True)
+class Result:
+    """One scenario's figures."""
+
+    scenario: str
+    clients: int
+    requests: int
+    seconds: float
+    flushes_per_second: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    writes: int
+
+
+class _Server:
+    def __init__(self, db: Path, synchronous: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "examples.server", "--db", str(db), "--port", "0"]
+        self.process = subprocess.Popen(
+            [*command, "--token", TOKEN, "--synchronous", synchronous],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = self.process.stdout
+        assert stdout is not None
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", lines.get(timeout=30))
+        if found is None:
+            self.stop()
+            msg = "the example server did not start"
+            raise RuntimeError(msg)
+        self.port = int(found.group(1))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+class _Client:
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        self.connection.request(method, path, body=data, headers=headers)
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _flush_ops(client: int, step: int, rows: int) -> list[dict[str, Any]]:
+    return [
+        {"type": "increment", "key": f"$.counters.c{step % 20}", "value": 1},
+        {"type": "set", "key": "progress", "value": round(step / 1000, 4)},
+        {"type": "set", "key": "status", "value": "processing"},
+        {"type": "append", "key": "logs", "value": f"client {client} flush {step}"},
+        {"type": "remove", "key": "logs", "value": f"client {client} flush {step - HISTORY}"},
+        {"type": "set", "key": f"$.rows.{(step * 7) % rows}.ok", "value": step % 2 == 0},
+    ]
+
+
+def _percentile(sorted_ms: list[float], fraction: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    rank = max(1, round(fraction * len(sorted_ms) + 0.5))  # nearest rank
+    return sorted_ms[min(rank, len(sorted_ms)) - 1]
+
+
+def _run(
+    port: int,
+    name: str,
+    targets: list[str],
+    body_for: Any,
+    max_requests: int,
+    max_seconds: float,
+) -> tuple[list[float], float, list[int]]:
+    """Each target gets one client thread; returns latencies, elapsed seconds, acks per client."""
+    latencies: list[float] = []
+    acks = [0] * len(targets)
+    lock = threading.Lock()
+    issued = [0]
+    deadline = time.perf_counter() + max_seconds
+    errors: list[str] = []
+
+    def worker(index: int) -> None:
+        client = _Client(port)
+        step = 0
+        while time.perf_counter() < deadline:
+            with lock:
+                if issued[0] >= max_requests:
+                    break
+                issued[0] += 1
+            body = body_for(index, step)
+            started = time.perf_counter()
+            status, payload = client.call("PUT", f"/api/v1/runs/{targets[index]}/metadata", body)
+            elapsed = time.perf_counter() - started
+            if status != 200:
+                errors.append(f"{name}: {status} {payload}")
+                break
+            with lock:
+                latencies.append(elapsed * 1000)
+            acks[index] += 1
+            step += 1
+        client.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(targets))]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(errors[0])
+    return latencies, elapsed, acks
+
+
+def _counter_sum(client: _Client, run_id: str) -> int:
+    status, payload = client.call("GET", f"/api/v1/runs/{run_id}/metadata")
+    assert status == 200, payload
+    return sum(payload["metadata"]["counters"].values())
+
+
+def _version(client: _Client, run_id: str) -> int:
+    status, payload = client.call("GET", f"/admin/runs/{run_id}")
+    assert status == 200, payload
+    version: int = payload["version"]
+    return version
+
+
+def run_scenarios(
+    state: dict[str, Any], *, clients: int, max_requests: int, max_seconds: float, synchronous: str
+) -> list[Result]:
+    """Start a server, run every scenario against it, check the counters, stop it."""
+    rows = len(state["rows"])
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="metaops-load-") as directory:
+        server = _Server(Path(directory) / "runs.sqlite3", synchronous)
+        admin = _Client(server.port)
+        try:
+            serial = 0
+
+            def make_run(parent: str | None = None, metadata: dict[str, Any] | None = None) -> str:
+                nonlocal serial
+                serial += 1
+                spec: dict[str, Any] = {
+                    "id": f"run_load_{serial}",
+                    "metadata": state if metadata is None else metadata,
+                }
+                if parent:
+                    spec["parentId"] = parent
+                status, payload = admin.call("POST", "/admin/runs", spec)
+                assert status == 201, payload
+                return spec["id"]  # type: ignore[no-any-return]
+
+            def own(index: int, step: int) -> dict[str, Any]:
+                return {"operations": _flush_ops(index, step, rows)}
+
+            def as_child(index: int, step: int) -> dict[str, Any]:
+                return {
+                    "operations": [{"type": "increment", "key": "flushes", "value": 1}],
+                    "parentOperations": _flush_ops(index, step, rows),
+                }
+
+            plans: list[tuple[str, list[str], Any, list[str]]] = []
+            one = make_run()
+            plans.append(("sequential", [one], own, [one]))
+            shared = make_run()
+            plans.append((f"same-run x{clients}", [shared] * clients, own, [shared]))
+            separate = [make_run() for _ in range(clients)]
+            plans.append((f"own-runs x{clients}", separate, own, separate))
+            parent = make_run()
+            children = [make_run(parent, {}) for _ in range(clients * 2)]
+            plans.append((f"children x{len(children)}", children, as_child, [parent]))
+
+            for name, targets, body_for, checked in plans:
+                before = sum(_version(admin, run) for run in checked)
+                latencies, elapsed, acks = _run(
+                    server.port, name, targets, body_for, max_requests, max_seconds
+                )
+                status, payload = admin.call("POST", "/admin/flush", {"timeout": 30})
+                assert (status, payload) == (200, {"pending": 0}), payload
+                stored = sum(_counter_sum(admin, run) for run in checked)
+                if stored != sum(acks):
+                    msg = f"{name}: {sum(acks)} flushes acknowledged but the counters sum to {stored}"
+                    raise RuntimeError(msg)
+                writes = sum(_version(admin, run) for run in checked) - before
+                ordered = sorted(latencies)
+                results.append(
+                    Result(
+                        scenario=name,
+                        clients=len(targets),
+                        requests=len(latencies),
+                        seconds=round(elapsed, 3),
+                        flushes_per_second=round(len(latencies) / elapsed, 1),
+                        p50_ms=round(_percentile(ordered, 0.50), 2),
+                        p90_ms=round(_percentile(ordered, 0.90), 2),
+                        p99_ms=round(_percentile(ordered, 0.99), 2),
+                        max_ms=round(ordered[-1], 2) if ordered else float("nan"),
+                        writes=writes,
+                    )
+                )
+        finally:
+            admin.close()
+            server.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the load test and print a markdown table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.load_server", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--requests", type=int, default=400, help="requests per scenario at most (default 400)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=15.0, help="seconds per scenario at most (default 15)"
+    )
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    parser.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL"], help="SQLite durability")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if not 1 <= args.requests <= 100_000 or not 0 < args.seconds <= 600 or not 1 <= args.clients <= 64:
+        parser.error("bounds: 1..100000 requests, 0..600 seconds, 1..64 clients")
+    state = json.loads((ensure_workloads() / "state_256k.json").read_text(encoding="utf-8"))
+    size = json_size(state)
+    results = run_scenarios(
+        state,
+        clients=args.clients,
+        max_requests=args.requests,
+        max_seconds=args.seconds,
+        synchronous=args.synchronous,
+    )
+    print(f"example server, SQLite synchronous={args.synchronous}, metadata {size:,} bytes of JSON, loopback")
+    print()
+    print("| scenario | clients | requests | s | flushes/s | p50 ms | p90 ms | p99 ms | max ms | writes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r.scenario} | {r.clients} | {r.requests} | {r.seconds} | {r.flushes_per_second} | "
+            f"{r.p50_ms} | {r.p90_ms} | {r.p99_ms} | {r.max_ms} | {r.writes} |"
+        )
+    if args.json:
+        payload = {
+            "metadata_bytes": size,
+            "synchronous": args.synchronous,
+            "results": [asdict(r) for r in results],
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
