@@ -182,7 +182,7 @@ class MetadataService:
         them leaves anything changed.
         """
         request = parse_update_request(body)
-        run = self._storage.get_run(run_id)
+        run = self._storage.get_run(run_id, metadata=False)  # update_run reads it, with its version
         if run is None:
             raise RunNotFoundError(run_id)
         if run.completed_at is not None and run.completed_at <= self._clock() - self._config.updatable_window:
@@ -294,7 +294,7 @@ class MetadataService:
         run_id = run_id or "run_" + secrets.token_hex(10)
         check_size(metadata or {}, self._limit)
         if parent_id is not None and root_id is None:
-            parent = self._storage.get_run(parent_id)
+            parent = self._storage.get_run(parent_id, metadata=False)
             if parent is None:
                 raise RunNotFoundError(parent_id)
             root_id = parent.root_id or parent.id

@@ -56,10 +56,11 @@ def _finite(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """One run as stored. ``completed_at`` is a Unix time in seconds."""
+    """One run as stored. ``completed_at`` is a Unix time in seconds; ``metadata`` is
+    ``None`` when the record was read without it (``get_run(..., metadata=False)``)."""
 
     id: str
-    metadata: Metadata
+    metadata: Metadata | None
     version: int
     parent_id: str | None
     root_id: str | None
@@ -91,8 +92,8 @@ class Storage(Protocol):
         """Insert a run; ``ValueError`` if ``run_id`` exists, ``KeyError`` if a parent or root does not."""
         ...
 
-    def get_run(self, run_id: str) -> RunRecord | None:
-        """The run, or ``None``."""
+    def get_run(self, run_id: str, *, metadata: bool = True) -> RunRecord | None:
+        """The run, or ``None``; ``metadata=False`` skips reading and parsing its metadata."""
         ...
 
     def read(self, run_id: str) -> tuple[Metadata, int]:
@@ -254,17 +255,19 @@ class SQLiteStorage:
                 raise KeyError(msg) from None
         return RunRecord(run_id, metadata, 0, parent_id, root_id, False, None)
 
-    def get_run(self, run_id: str) -> RunRecord | None:
+    def get_run(self, run_id: str, *, metadata: bool = True) -> RunRecord | None:
+        column = "metadata" if metadata else "NULL"
         with self._connection() as db:
             row = db.execute(
-                "SELECT metadata, version, parent_id, root_id, completed, completed_at "
+                f"SELECT {column}, version, parent_id, root_id, completed, completed_at "
                 "FROM runs WHERE id = ?",
                 (run_id,),
             ).fetchone()
         if row is None:
             return None
         text, version, parent_id, root_id, completed, completed_at = row
-        return RunRecord(run_id, json.loads(text), version, parent_id, root_id, bool(completed), completed_at)
+        loaded = None if text is None else json.loads(text)
+        return RunRecord(run_id, loaded, version, parent_id, root_id, bool(completed), completed_at)
 
     def read(self, run_id: str) -> tuple[Metadata, int]:
         with self._connection() as db:
