@@ -26,6 +26,10 @@ flush wrote them, else the operations applied to the last version read (what the
 platform answers). While a run has queued operations, its own updates queue behind
 them, so each writer's operations land in the order it sent them.
 
+The platform queues parent/root operations before it updates the run itself, so a
+request answered 413 (or failing otherwise) has still changed the parent; here the
+run's own update comes first, and a refused request changes nothing.
+
 Queued operations that would take a run past the size limit are rejected at the
 flush: logged, recorded in the storage (``rejections``), never retried and never
 dropped silently. An own update rejected that way during its own request's inline
