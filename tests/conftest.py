@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 
-DATA = Path(__file__).parent / "data"
+# The vectors ship inside the package (``python -m metaops vectors DIR`` writes them out).
+DATA = files("metaops") / "conformance"
 
 # "ci" keeps the whole property suite within its budget on a 2-core machine;
 # "thorough" is for a long local run: pytest --hypothesis-profile=thorough.

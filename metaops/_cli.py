@@ -1,0 +1,385 @@
+"""The command line: ``python -m metaops`` (also installed as the ``metaops`` script).
+
+``demo`` runs the documented CSV example end to end. The other commands are an
+oracle that other implementations can test against from any language: JSON in
+(a file, or ``-`` for standard input), JSON out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, NoReturn
+
+from metaops._apply import apply
+from metaops._collapse import collapse, compose
+from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
+from metaops._json import JSON, describe, normalize
+from metaops._size import json_size
+from metaops._values import Operation, _parse, parse_operations
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_BAD_INPUT = 2
+
+_OUTPUT = """\
+output: one line of compact JSON (no spaces), newline-terminated, ASCII only
+(other characters as \\u escapes), object keys in the order metaops holds them
+(not sorted). Numbers are written as Python writes them (1.0, 1e-05), which parse
+to the same values; a number that is not finite (a float increment that
+overflowed) is written null, as JavaScript's JSON.stringify writes it.
+
+exit status: 0 done, 2 bad input (a file that cannot be read, malformed JSON,
+the wrong shape, an invalid operation): one line on standard error says what."""
+
+_OPERATIONS = """\
+OPS is a JSON array of operations in the platform's wire form, e.g.
+[{"type": "increment", "key": "n", "value": 1}, {"type": "delete", "key": "x"}].
+Keys the platform's schema refuses as unsafe (__proto__, constructor, prototype)
+are accepted here, as the reference's applyMetadataOperations accepts them:
+apply reports them unapplied (validate refuses them)."""
+
+
+class _BadInput(Exception):
+    """Input the command cannot work on; the message says which argument and what is wrong."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, as for every other bad input; --help has the usage.
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------- input and output
+
+
+def _read_text(name: str, source: str) -> str:
+    """The text of ``source`` (a path, or ``-`` for standard input) for the argument ``name``."""
+    if source == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text stream without bytes underneath (e.g. io.StringIO)
+            return sys.stdin.read()
+        data: bytes = stream.read()
+        where = f"{name} (standard input)"
+    else:
+        where = f"{name} ({source})"
+        try:
+            data = Path(source).read_bytes()
+        except OSError as error:
+            msg = f"{where}: cannot read the file: {error.strerror or error}"
+            raise _BadInput(msg) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        msg = f"{where}: not UTF-8 text (byte {error.start}: {error.reason})"
+        raise _BadInput(msg) from None
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    msg = f"{name} is not JSON"
+    raise ValueError(msg)
+
+
+def _load(name: str, source: str) -> Any:
+    """The JSON value in ``source``; :class:`_BadInput` naming the argument when it is not JSON."""
+    text = _read_text(name, source)
+    where = f"{name} ({'standard input' if source == '-' else source})"
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:
+        msg = f"{where}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        raise _BadInput(msg) from None
+    except ValueError as error:  # NaN, Infinity, -Infinity (Python's extensions to JSON)
+        msg = f"{where}: malformed JSON: {error}"
+        raise _BadInput(msg) from None
+    except RecursionError:
+        msg = f"{where}: JSON nested too deeply to read"
+        raise _BadInput(msg) from None
+
+
+def _where(name: str, source: str) -> str:
+    return f"{name} ({'standard input' if source == '-' else source})"
+
+
+def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
+    value = _load(name, source)
+    try:
+        return parse_operations(_as_list(value, name, source), safe_keys=False)
+    except InvalidOperationError as error:
+        raise _BadInput(f"{_where(name, source)}: {error}") from None
+
+
+def _as_list(value: object, name: str, source: str) -> list[Any]:
+    if not isinstance(value, list):
+        msg = f"{_where(name, source)}: expected a JSON array of operations, got {describe(value)}"
+        raise _BadInput(msg)
+    return value
+
+
+def _load_metadata(name: str, source: str) -> dict[str, JSON]:
+    value = _load(name, source)
+    if not isinstance(value, dict):
+        msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {describe(value)}"
+        raise _BadInput(msg)
+    try:
+        return normalize(value, name, wire=True)  # type: ignore[return-value]
+    except InvalidValueError as error:
+        raise _BadInput(f"{_where(name, source)}: {error}") from None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _dump(value: object) -> str:
+    """``value`` as one line of the documented output format."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(value), separators=(",", ":"), allow_nan=False)
+    return text + "\n"
+
+
+def _wire(ops: Sequence[Operation]) -> list[dict[str, JSON]]:
+    return [op.to_wire() for op in ops]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _apply(args: argparse.Namespace) -> int:
+    _one_stdin(args.state, args.ops)
+    state = _load_metadata("STATE", args.state)
+    ops = _load_operations("OPS", args.ops)
+    result = apply(state, ops)
+    unapplied = {id(op) for op in result.unapplied}
+    indices = [index for index, op in enumerate(ops) if id(op) in unapplied]
+    sys.stdout.write(_dump({"metadata": result.metadata, "unapplied": indices}))
+    return EXIT_OK
+
+
+def _collapse(args: argparse.Namespace) -> int:
+    ops = _load_operations("OPS", args.ops)
+    sys.stdout.write(_dump(_wire(collapse(ops))))
+    return EXIT_OK
+
+
+def _compose(args: argparse.Namespace) -> int:
+    _one_stdin(args.first, args.second)
+    first = _load_operations("A", args.first)
+    second = _load_operations("B", args.second)
+    sys.stdout.write(_dump(_wire(compose(first, second))))
+    return EXIT_OK
+
+
+def _size(args: argparse.Namespace) -> int:
+    value = _load("JSON", args.json)
+    sys.stdout.write(f"{json_size(value)}\n")
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    raw = _as_list(_load("OPS", args.ops), "OPS", args.ops)
+    invalid = 0
+    for index, obj in enumerate(raw):
+        try:
+            _parse(obj, True, index)
+        except InvalidOperationError as error:
+            invalid += 1
+            sys.stdout.write(_dump({"index": index, "field": error.field, "message": str(error)}))
+    return EXIT_INVALID if invalid else EXIT_OK
+
+
+def _vectors(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        for source in sorted(files("metaops").joinpath("conformance").iterdir(), key=lambda f: f.name):
+            if source.name.endswith((".jsonl", ".md")):
+                path = target / source.name
+                path.write_bytes(source.read_bytes())
+                written.append(path)
+    except OSError as error:
+        msg = f"DIR ({args.dir}): cannot write the vectors there: {error.strerror or error}"
+        raise _BadInput(msg) from None
+    for path in written:
+        sys.stdout.write(f"{path}\n")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from metaops._demo import run_demo, summary
+
+    if args.rows < 0 or args.flush_every < 1:
+        msg = f"--rows must be >= 0 and --flush-every >= 1, got {args.rows} and {args.flush_every}"
+        raise _BadInput(msg)
+    tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
+    if not args.json:
+        sys.stdout.write(
+            f"metaops demo: the CSV example of the run-metadata docs, {args.rows:,} rows, "
+            "in one process (SQLite in a temporary directory)\n"
+        )
+    report = run_demo(
+        args.rows,
+        wave=args.flush_every,
+        seed=args.seed,
+        progress=None if args.json else sys.stdout,
+        tty=tty,
+    )
+    sys.stdout.write(_dump(report.to_json()) if args.json else summary(report))
+    return EXIT_OK if report.consistent else EXIT_INVALID
+
+
+def _one_stdin(*sources: str) -> None:
+    if sum(source == "-" for source in sources) > 1:
+        msg = "standard input (-) can be given for one argument only"
+        raise _BadInput(msg)
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def _parser() -> _Parser:
+    from metaops import __version__
+
+    parser = _Parser(
+        prog="metaops",
+        description="metaops: the operation algebra behind run metadata. "
+        "A demo, and oracle commands (JSON in, JSON out) for other implementations to test against.",
+        epilog="Every JSON argument is a file path, or - for standard input. Run 'metaops COMMAND --help' "
+        "for a command's input and output.",
+    )
+    parser.add_argument("--version", action="version", version=f"metaops {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, summary: str, description: str, epilog: str = _OUTPUT) -> _Parser:
+        sub: _Parser = commands.add_parser(
+            name,
+            help=summary,
+            description=f"{summary}.\n\n{description}",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return sub
+
+    demo = command(
+        "demo",
+        "Run the documented CSV example end to end in one process",
+        "A parent run processes a CSV file; one child run per row updates the parent's metadata\n"
+        "(processedRows, rowRuns, progress) through the SDK buffer and the server-side loop into\n"
+        "a SQLite file in a temporary directory. Shows a progress bar on a terminal (plain lines\n"
+        "otherwise), then a summary: calls made, operations sent after collapsing against what\n"
+        "the reference's rule would send, bytes sent, flushes, the final metadata and its size.",
+        epilog="exit status: 0 when the stored metadata equals every call applied one by one, else 1.",
+    )
+    demo.add_argument("--rows", type=int, default=3000, help="rows in the CSV file (default 3000)")
+    demo.add_argument(
+        "--flush-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="child runs between two flushes of the parent's buffer (default 100)",
+    )
+    demo.add_argument("--seed", type=int, default=2026, help="seed of the generated file and run ids")
+    demo.add_argument("--json", action="store_true", help="print the report as one line of JSON instead")
+    demo.set_defaults(handler=_demo)
+
+    sub = command(
+        "apply",
+        "Apply operations to metadata",
+        "STATE is a JSON object (the metadata).\n" + _OPERATIONS + "\n\n"
+        'Prints {"metadata": <the new metadata>, "unapplied": [<0-based indices into OPS>]}.',
+    )
+    sub.add_argument("state", metavar="STATE", help="the metadata: a JSON object")
+    sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
+    sub.set_defaults(handler=_apply)
+
+    sub = command(
+        "collapse",
+        "Collapse a batch of operations",
+        _OPERATIONS + "\n\nPrints the collapsed batch, a JSON array of wire operations with the same\n"
+        "effect as OPS from every starting metadata.",
+    )
+    sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
+    sub.set_defaults(handler=_collapse)
+
+    sub = command(
+        "compose",
+        "Compose two batches of operations",
+        "A and B are JSON arrays of operations (as OPS below).\n" + _OPERATIONS + "\n\n"
+        "Prints the collapsed batch with the effect of A followed by B (a JSON array).",
+    )
+    sub.add_argument("first", metavar="A", help="the first batch: a JSON array")
+    sub.add_argument("second", metavar="B", help="the batch after it: a JSON array")
+    sub.set_defaults(handler=_compose)
+
+    sub = command(
+        "size",
+        "Measure the JSON size of a value",
+        "JSON is any JSON value. Prints its size in bytes as JavaScript measures it: the\n"
+        "UTF-8 length of JSON.stringify(value), as a decimal integer.",
+    )
+    sub.add_argument("json", metavar="JSON", help="any JSON value")
+    sub.set_defaults(handler=_size)
+
+    sub = command(
+        "validate",
+        "Check operations against the platform's schema",
+        "OPS is a JSON array of wire operations, each checked as the platform's schema checks\n"
+        "it (unsafe keys are refused). Prints one line per invalid operation,\n"
+        '{"index": <0-based>, "field": <the field at fault, or null>, "message": "..."};\n'
+        "nothing when all are valid.",
+        epilog=_OUTPUT.replace("exit status: 0 done,", "exit status: 0 all valid, 1 some invalid,"),
+    )
+    sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
+    sub.set_defaults(handler=_validate)
+
+    sub = command(
+        "vectors",
+        "Write the conformance vectors metaops ships into a directory",
+        "Writes apply.jsonl, divergences.jsonl, size.jsonl, wire.jsonl and their README.md into\n"
+        "DIR (created if missing; files of those names are replaced), for another implementation\n"
+        "to run metaops's own cases. Prints the path of each file written, one a line.",
+        epilog="exit status: 0 done, 2 DIR cannot be written (one line on standard error says why).",
+    )
+    sub.add_argument("dir", metavar="DIR", help="the directory to write into")
+    sub.set_defaults(handler=_vectors)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    >>> import pathlib, tempfile
+    >>> with tempfile.TemporaryDirectory() as scratch:
+    ...     path = pathlib.Path(scratch, "value.json")
+    ...     _ = path.write_text('{"progress": 1.0, "note": "日本語"}', encoding="utf-8")
+    ...     main(["size", str(path)])
+    33
+    0
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error (already reported)
+        return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
+    try:
+        code: int = args.handler(args)
+    except (_BadInput, MetaopsError) as error:
+        sys.stderr.write(f"metaops {args.command}: {error}\n")
+        return EXIT_BAD_INPUT
+    sys.stdout.flush()
+    return code
