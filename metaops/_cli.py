@@ -42,9 +42,10 @@ the wrong shape, an invalid operation): one line on standard error says what."""
 _OPERATIONS = """\
 OPS is a JSON array of operations in the platform's wire form, e.g.
 [{"type": "increment", "key": "n", "value": 1}, {"type": "delete", "key": "x"}].
-Keys the platform's schema refuses as unsafe (__proto__, constructor, prototype)
-are accepted here, as the reference's applyMetadataOperations accepts them:
-apply reports them unapplied (validate refuses them)."""
+Keys the platform's schema refuses as unsafe (the key __proto__, a $. path through
+__proto__, constructor or prototype) are accepted here, as the reference's
+applyMetadataOperations accepts them: apply reports them unapplied (validate
+refuses them)."""
 
 
 class _BadInput(Exception):
