@@ -128,7 +128,7 @@ def _writes_value(op: Operation) -> bool:
 
 
 def _extend(
-    container: list[Operation | None], chain: list[int], op: Operation, route: _Route, *, contiguous: bool
+    container: list[Any], chain: list[int], op: Operation, route: _Route, *, contiguous: bool
 ) -> None:
     """Add ``op`` to ``container`` after the ``chain`` of operations on the same place.
 
@@ -148,7 +148,7 @@ def _extend(
         # have written (it starts with a remove), a list written between could have
         # padded the place with a null, which the set would then not reach.
         start = container[chain[0]]
-        if _writes_value(start) or contiguous or not route.leaf_plain:  # type: ignore[arg-type]
+        if _writes_value(start) or contiguous or not route.leaf_plain:
             container[chain[0]] = op
             for index in chain[1:]:
                 container[index] = None
@@ -164,6 +164,27 @@ def _extend(
         return  # nothing equal to the value is left to remove
     container.append(op)
     chain.append(len(container) - 1)
+
+
+class _Sum:
+    """A run of literal increments being added up (an Increment is built once, on output)."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: str, value: int | float) -> None:
+        self.key = key
+        self.value = value
+
+    def add(self, amount: int | float) -> None:
+        total = self.value
+        if type(total) is int and type(amount) is int:
+            self.value = total + amount
+        else:
+            self.value = add_numbers(total, amount)
+
+    def operation(self) -> Increment:
+        done: Increment = Increment._trusted(self.key, self.value)
+        return done
 
 
 class _KeyState:
@@ -189,7 +210,7 @@ class _KeyState:
         self.known = False
         self.deleted = False
         # The key's operations while its value is unknown (None: merged away).
-        self.program: list[Operation | None] = []
+        self.program: list[Operation | _Sum | None] = []
         # The chain of operations on each tracked path, valid while nothing since
         # touched that path (see _extend).
         self.entries: dict[tuple[str, ...], list[int]] = {}
@@ -292,11 +313,12 @@ class _Reducer:
                         # can be open while a literal chain is.
                         program = state.program
                         last = program[chain[-1]]
-                        if cls is Increment and type(last) is Increment:
-                            program[chain[-1]] = Increment._trusted(
-                                op.key,  # type: ignore[union-attr]
-                                add_numbers(last.value, op.value),  # type: ignore[union-attr,arg-type]
-                            )
+                        if isinstance(op, Increment) and isinstance(last, _Sum):
+                            last.add(op.value)
+                        elif isinstance(op, Increment) and isinstance(last, Increment):
+                            total = _Sum(last.key, last.value)
+                            total.add(op.value)
+                            program[chain[-1]] = total
                         else:
                             program.append(op)
                             chain.append(len(program) - 1)
@@ -439,7 +461,11 @@ class _Reducer:
         root = self.known.root
         for top, state in self.keys.items():
             if not state.known:
-                ops = [op for op in state.program if op is not None]
+                ops = [
+                    slot.operation() if isinstance(slot, _Sum) else slot
+                    for slot in state.program
+                    if slot is not None
+                ]
                 if ops:
                     placed.append((state.anchor or state.first, ops))
                 continue
