@@ -48,6 +48,11 @@ class ApplyResult(NamedTuple):
     otherwise a new top-level dict that shares unchanged subtrees with the input
     (treat nested values as read-only). ``unapplied`` holds the operations that were
     not applied, in order.
+
+    >>> from metaops import Remove, Set, apply
+    >>> metadata, unapplied = apply({"a": 1}, [Set("b", 2), Remove("a", 1)])
+    >>> metadata, unapplied
+    ({'a': 1, 'b': 2}, (Remove(key='a', value=1),))
     """
 
     metadata: dict[str, JSON]

@@ -16,7 +16,15 @@ __all__ = [
 
 
 class MetaopsError(Exception):
-    """Base class of every error metaops raises on purpose."""
+    """Base class of every error metaops raises on purpose.
+
+    >>> from metaops import MetaopsError, parse_operation
+    >>> try:
+    ...     parse_operation({"type": "inc"})
+    ... except MetaopsError as error:
+    ...     print(type(error).__name__, isinstance(error, ValueError))
+    InvalidOperationError True
+    """
 
 
 class InvalidValueError(MetaopsError, TypeError):
@@ -26,6 +34,13 @@ class InvalidValueError(MetaopsError, TypeError):
     dict key, NaN or infinity, a naive ``datetime``), when a key is not a ``str``,
     when an increment is not a number, or when a replacement is not a dict.
     ``where`` names the argument and the place inside it, e.g. ``value["a"][2]``.
+
+    >>> from metaops import InvalidValueError, Set
+    >>> try:
+    ...     Set("tags", {"a", "b"})
+    ... except InvalidValueError as error:
+    ...     print(error, "|", error.where, "|", isinstance(error, TypeError))
+    value is a set, not a JSON value | value | True
     """
 
     def __init__(self, message: str, where: str = "") -> None:
@@ -39,6 +54,13 @@ class InvalidOperationError(MetaopsError, ValueError):
     ``index`` is the operation's position in the batch (``None`` for a single
     operation) and ``field`` the field at fault (``None`` when the whole operation
     is malformed). The message names both, what was expected and what came.
+
+    >>> from metaops import InvalidOperationError, parse_operations
+    >>> try:
+    ...     parse_operations([{"type": "set", "key": "a", "value": 1}, {"type": "increment", "key": "n"}])
+    ... except InvalidOperationError as error:
+    ...     print(error.index, error.field)
+    1 value
     """
 
     def __init__(self, message: str, *, index: int | None = None, field: str | None = None) -> None:
@@ -51,6 +73,13 @@ class MetadataTooLargeError(MetaopsError, ValueError):
     """Metadata (or a request body) is larger than the limit allows.
 
     ``size`` is the JSON size in bytes and ``limit`` the largest size allowed.
+
+    >>> from metaops import MetadataTooLargeError, check_size
+    >>> try:
+    ...     check_size({"log": "x" * 100}, limit=64)
+    ... except MetadataTooLargeError as error:
+    ...     print(error.size, error.limit)
+    110 64
     """
 
     def __init__(self, size: int, limit: int, what: str = "metadata") -> None:
@@ -60,4 +89,12 @@ class MetadataTooLargeError(MetaopsError, ValueError):
 
 
 class InvalidLimitError(MetaopsError, ValueError):
-    """A size limit (an argument or ``TASK_RUN_METADATA_MAXIMUM_SIZE``) is malformed."""
+    """A size limit (an argument or ``TASK_RUN_METADATA_MAXIMUM_SIZE``) is malformed.
+
+    >>> from metaops import InvalidLimitError, chunk
+    >>> try:
+    ...     chunk([], max_bytes=True)
+    ... except InvalidLimitError as error:
+    ...     print(isinstance(error, ValueError))
+    True
+    """

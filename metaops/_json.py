@@ -87,6 +87,10 @@ def json_equal(a: object, b: object) -> bool:
     Numbers compare by value (``1 == 1.0``, ``0 == -0.0``) and never equal a bool;
     lists compare element-wise in order; dicts by key set and values, key order
     ignored.
+
+    >>> from metaops import json_equal
+    >>> json_equal({"a": 1, "b": [1.0]}, {"b": [1], "a": 1.0}), json_equal(True, 1)
+    (True, False)
     """
     if a is b:
         return True

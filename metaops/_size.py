@@ -269,6 +269,14 @@ def metadata_limit(limit: int | None = None) -> int:
 
     A malformed ``TASK_RUN_METADATA_MAXIMUM_SIZE`` raises :class:`InvalidLimitError`
     instead of falling back silently.
+
+    >>> from metaops import metadata_limit
+    >>> metadata_limit(1_000)
+    1000
+    >>> metadata_limit(-1)
+    Traceback (most recent call last):
+    ...
+    metaops._errors.InvalidLimitError: limit must be a non-negative int of bytes, got -1
     """
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:

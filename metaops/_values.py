@@ -90,7 +90,12 @@ class _KeyValueOperation:
         return self
 
     def to_wire(self) -> dict[str, JSON]:
-        """The operation as the platform's JSON (the value is shared, not copied)."""
+        """The operation as the platform's JSON (the value is shared, not copied).
+
+        >>> from metaops import Increment
+        >>> Increment("n", 2).to_wire()
+        {'type': 'increment', 'key': 'n', 'value': 2}
+        """
         return {"type": self.wire_type, "key": self.key, "value": self.value}
 
     def __eq__(self, other: object) -> bool:
@@ -200,7 +205,12 @@ class Delete:
         return self
 
     def to_wire(self) -> dict[str, JSON]:
-        """The operation as the platform's JSON."""
+        """The operation as the platform's JSON.
+
+        >>> from metaops import Delete
+        >>> Delete("x").to_wire()
+        {'type': 'delete', 'key': 'x'}
+        """
         return {"type": "delete", "key": self.key}
 
     def __eq__(self, other: object) -> bool:
@@ -242,7 +252,12 @@ class Update:
         return self
 
     def to_wire(self) -> dict[str, JSON]:
-        """The operation as the platform's JSON (the value is shared, not copied)."""
+        """The operation as the platform's JSON (the value is shared, not copied).
+
+        >>> from metaops import Update
+        >>> Update({"a": [1]}).to_wire()
+        {'type': 'update', 'value': {'a': [1]}}
+        """
         return {"type": "update", "value": self.value}
 
     def __eq__(self, other: object) -> bool:
