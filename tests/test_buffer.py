@@ -1082,12 +1082,22 @@ def test_threads_lose_nothing() -> None:
     threads_count, calls = 8, 1_000
     start = threading.Barrier(threads_count + 1)
     done = threading.Event()
+    progress = threading.Condition()
+    rounds = [0]
     errors: list[BaseException] = []
+
+    def next_round(seen: int) -> Callable[[], bool]:
+        return lambda: rounds[0] > seen or done.is_set()
 
     def worker(index: int) -> None:
         try:
             start.wait()
             for j in range(calls):
+                if j % 100 == 99:
+                    # Every 100 calls, wait for the flusher to finish one more round: flushes
+                    # (and their failures) keep interleaving with the calls of all threads.
+                    with progress:
+                        progress.wait_for(next_round(rounds[0]), timeout=10)
                 kind = j % 10
                 if kind < 6:
                     md.increment(f"t{index}")
@@ -1108,6 +1118,9 @@ def test_threads_lose_nothing() -> None:
         try:
             start.wait()
             while not done.is_set():
+                with progress:
+                    rounds[0] += 1
+                    progress.notify_all()
                 flush = md.drain()
                 if not flush:
                     continue
