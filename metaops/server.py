@@ -31,7 +31,7 @@ from typing import Literal, Protocol
 
 from metaops._apply import apply
 from metaops._collapse import compose
-from metaops._errors import InvalidOperationError, InvalidValueError, MetadataTooLargeError
+from metaops._errors import InvalidOperationError, InvalidValueError
 from metaops._json import JSON, describe, json_identical, normalize
 from metaops._size import check_size, json_size, metadata_limit
 from metaops._values import Operation, Update, parse_operations
@@ -566,8 +566,10 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
         if step.metadata is not state:
             size = json_size(step.metadata)
             if size > allowed:
-                error = MetadataTooLargeError(size, allowed, what=f"the metadata of run {batch.run_id!r}")
-                reason = f"operations #{entry.seq} would make {error}"
+                reason = (
+                    f"operations #{entry.seq} would make the metadata of run {batch.run_id!r} "
+                    f"{size:,} bytes of JSON, over the limit of {allowed:,} bytes"
+                )
                 rejected.append(Rejection(entry, reason, size, allowed))
                 continue
         state = step.metadata

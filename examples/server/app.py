@@ -63,6 +63,9 @@ class MetadataHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of concurrent clients (twenty
+    # children flushing at once) would see connections reset.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], service: MetadataService, token: str) -> None:
         if not token:
