@@ -8,8 +8,10 @@ size as JavaScript measures it; the wire form the platform speaks.
 from metaops._apply import ApplyResult, apply
 from metaops._collapse import MAX_REQUEST_BYTES, chunk, collapse, compose
 from metaops._errors import (
+    FlushInFlightError,
     InvalidLimitError,
     InvalidOperationError,
+    InvalidRequestError,
     InvalidValueError,
     MetadataTooLargeError,
     MetaopsError,
@@ -30,6 +32,7 @@ from metaops._values import (
     parse_operation,
     parse_operations,
 )
+from metaops.buffer import Flush, RunMetadata
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -39,14 +42,18 @@ __all__ = [
     "Append",
     "ApplyResult",
     "Delete",
+    "Flush",
+    "FlushInFlightError",
     "Increment",
     "InvalidLimitError",
     "InvalidOperationError",
+    "InvalidRequestError",
     "InvalidValueError",
     "MetadataTooLargeError",
     "MetaopsError",
     "Operation",
     "Remove",
+    "RunMetadata",
     "Set",
     "Update",
     "apply",

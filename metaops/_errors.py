@@ -7,8 +7,10 @@ metaops, so ``except ValueError`` and ``except TypeError`` keep working.
 from __future__ import annotations
 
 __all__ = [
+    "FlushInFlightError",
     "InvalidLimitError",
     "InvalidOperationError",
+    "InvalidRequestError",
     "InvalidValueError",
     "MetadataTooLargeError",
     "MetaopsError",
@@ -86,6 +88,10 @@ class MetadataTooLargeError(MetaopsError, ValueError):
         super().__init__(f"{what} is {size:,} bytes of JSON, over the limit of {limit:,} bytes")
         self.size = size
         self.limit = limit
+        self.what = what
+
+    def __reduce__(self) -> tuple[type[MetadataTooLargeError], tuple[int, int, str]]:
+        return (type(self), (self.size, self.limit, self.what))
 
 
 class InvalidLimitError(MetaopsError, ValueError):
@@ -98,3 +104,52 @@ class InvalidLimitError(MetaopsError, ValueError):
     ...     print(isinstance(error, ValueError))
     True
     """
+
+
+class InvalidRequestError(InvalidOperationError):
+    """An update request body the platform's schema (``UpdateMetadataRequestBody``) refuses.
+
+    ``section`` names the body field at fault (``"metadata"``, ``"operations"``,
+    ``"parentOperations"``, ``"rootOperations"``), or is ``None`` when the body as a
+    whole is wrong; ``index`` and ``field`` locate a bad operation inside a section,
+    as in :class:`InvalidOperationError`, which this refines.
+
+    >>> from metaops.server import parse_update_request
+    >>> try:
+    ...     parse_update_request({"operations": "nope"})
+    ... except InvalidRequestError as error:
+    ...     print(error.section, "/", error)
+    operations / operations: expected a list of operations, got the string 'nope'
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        section: str | None = None,
+        index: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message, index=index, field=field)
+        self.section = section
+
+
+class FlushInFlightError(MetaopsError, RuntimeError):
+    """A flush is out: it must be accepted or restored before the next one is drained.
+
+    One flush at a time keeps the server applying batches in the order they were
+    queued; two requests in flight at once could arrive in either order.
+    """
+
+
+# Shown, pickled and documented as metaops.X: the public home of every error.
+for _error in (
+    MetaopsError,
+    InvalidValueError,
+    InvalidOperationError,
+    InvalidRequestError,
+    MetadataTooLargeError,
+    InvalidLimitError,
+    FlushInFlightError,
+):
+    _error.__module__ = "metaops"

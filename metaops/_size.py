@@ -276,7 +276,7 @@ def metadata_limit(limit: int | None = None) -> int:
     >>> metadata_limit(-1)
     Traceback (most recent call last):
     ...
-    metaops._errors.InvalidLimitError: limit must be a non-negative int of bytes, got -1
+    metaops.InvalidLimitError: limit must be a non-negative int of bytes, got -1
     """
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -302,7 +302,7 @@ def check_size(metadata: object, limit: int | None = None) -> int:
     >>> check_size({"a": "x" * 100}, limit=64)
     Traceback (most recent call last):
     ...
-    metaops._errors.MetadataTooLargeError: metadata is 108 bytes of JSON, over the limit of 64 bytes
+    metaops.MetadataTooLargeError: metadata is 108 bytes of JSON, over the limit of 64 bytes
     """
     allowed = metadata_limit(limit)
     size = json_size(metadata)

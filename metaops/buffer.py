@@ -56,11 +56,11 @@ from typing import Any, Literal, overload
 from metaops._apply import apply_sized
 from metaops._collapse import MAX_REQUEST_BYTES, chunk, collapse
 from metaops._errors import (
+    FlushInFlightError,
     InvalidLimitError,
     InvalidOperationError,
     InvalidValueError,
     MetadataTooLargeError,
-    MetaopsError,
 )
 from metaops._json import JSON, describe, normalize
 from metaops._paths import is_safe_key
@@ -93,14 +93,6 @@ _NUMBER_BYTES = 25
 _KEY_CHAR_BYTES = 6
 
 _Target = Literal["parent", "root"]
-
-
-class FlushInFlightError(MetaopsError, RuntimeError):
-    """A flush is out: it must be accepted or restored before the next one is drained.
-
-    One flush at a time keeps the server applying batches in the order they were
-    queued; two requests in flight at once could arrive in either order.
-    """
 
 
 # --------------------------------------------------------------------------- read-only views

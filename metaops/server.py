@@ -31,7 +31,7 @@ from typing import Literal, Protocol
 
 from metaops._apply import apply
 from metaops._collapse import compose
-from metaops._errors import InvalidOperationError, InvalidValueError
+from metaops._errors import InvalidOperationError, InvalidRequestError, InvalidValueError
 from metaops._json import JSON, describe, json_identical, normalize
 from metaops._size import check_size, json_size, metadata_limit
 from metaops._values import Operation, Update, parse_operations
@@ -61,22 +61,6 @@ ReadFn = Callable[[str], tuple[Metadata, int]]
 """``read(run_id) -> (metadata, version)``; raises (e.g. ``KeyError``) for an unknown run."""
 CompareAndSwapFn = Callable[[str, int, Metadata], bool]
 """``compare_and_swap(run_id, expected_version, new_metadata) -> bool``: False when the version moved."""
-
-
-class InvalidRequestError(InvalidOperationError):
-    """An update request body the platform's schema (``UpdateMetadataRequestBody``) refuses.
-
-    ``section`` names the body field at fault (``"metadata"``, ``"operations"``,
-    ``"parentOperations"``, ``"rootOperations"``), or is ``None`` when the body as a
-    whole is wrong; ``index`` and ``field`` locate a bad operation inside a section,
-    as in :class:`InvalidOperationError`, which this refines.
-    """
-
-    def __init__(
-        self, message: str, *, section: str | None, index: int | None = None, field: str | None = None
-    ) -> None:
-        super().__init__(message, index=index, field=field)
-        self.section = section
 
 
 # --------------------------------------------------------------------------- request
@@ -125,7 +109,7 @@ def parse_update_request(body: object) -> UpdateRequest:
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    metaops.server.InvalidRequestError: operations: operation 0: field 'key': expected a safe key, ...
+    metaops.InvalidRequestError: operations: operation 0: field 'key': expected a safe key, ...
     """
     if not isinstance(body, dict):
         msg = f"request body: expected a JSON object with 'operations' or 'metadata', got {describe(body)}"

@@ -26,14 +26,18 @@ PUBLIC_API = [
     "Append",
     "ApplyResult",
     "Delete",
+    "Flush",
+    "FlushInFlightError",
     "Increment",
     "InvalidLimitError",
     "InvalidOperationError",
+    "InvalidRequestError",
     "InvalidValueError",
     "MetadataTooLargeError",
     "MetaopsError",
     "Operation",
     "Remove",
+    "RunMetadata",
     "Set",
     "Update",
     "apply",
@@ -149,3 +153,26 @@ def test_py_typed_is_declared_as_package_data() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     package_data = config["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["metaops"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        metaops.MetadataTooLargeError(300_000, 262_144, "metadata of run 'r'"),
+        metaops.InvalidOperationError("operation 3: field 'key': ...", index=3, field="key"),
+        metaops.InvalidRequestError("operations: ...", section="operations", index=1, field="value"),
+        metaops.InvalidValueError("value['a'] is a set, not a JSON value", "value['a']"),
+        metaops.InvalidLimitError("limit must be a non-negative int of bytes, got -1"),
+        metaops.FlushInFlightError("a flush is out"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_errors_pickle_and_show_their_public_home(error: metaops.MetaopsError) -> None:
+    """Errors cross process boundaries intact and name themselves metaops.X in tracebacks."""
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert copy.__dict__ == error.__dict__
+    assert type(error).__module__ == "metaops"

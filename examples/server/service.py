@@ -181,7 +181,7 @@ class MetadataService:
     def update_metadata(self, run_id: str, body: object) -> Metadata:
         """Handle one update body for ``run_id``; return the metadata to answer with.
 
-        Raises :class:`~metaops.server.InvalidRequestError`, :class:`RunNotFoundError`,
+        Raises :class:`~metaops.InvalidRequestError`, :class:`RunNotFoundError`,
         :class:`RunCompletedError` or :class:`~metaops.MetadataTooLargeError`; none of
         them leaves anything changed.
         """
