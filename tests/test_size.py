@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given
 
 from metaops import (
     DEFAULT_LIMIT,
@@ -21,6 +22,7 @@ from metaops import (
     metadata_limit,
 )
 from metaops._size import LIMIT_ENV, js_number, value_size
+from metaops.strategies import json_values
 
 INF = math.inf
 NAN = math.nan
@@ -327,3 +329,9 @@ def test_a_malformed_limit_argument_is_an_error(limit: Any) -> None:
     """A limit argument must be a non-negative int of bytes."""
     with pytest.raises(InvalidLimitError, match="limit"):
         metadata_limit(limit)
+
+
+@given(json_values())
+def test_value_size_agrees_with_json_size(value: Any) -> None:
+    """The fast paths for scalars and small containers measure what json_size measures."""
+    assert value_size(value) == json_size(value)
