@@ -18,7 +18,7 @@ from metaops._errors import (
 )
 from metaops._json import JSON, json_equal
 from metaops._paths import is_safe_key
-from metaops._size import DEFAULT_LIMIT, check_size, json_size, metadata_limit
+from metaops._size import DEFAULT_LIMIT, check_size, json_size, json_text, metadata_limit
 from metaops._values import (
     WIRE_TYPES,
     Append,
@@ -65,6 +65,7 @@ __all__ = [
     "is_safe_key",
     "json_equal",
     "json_size",
+    "json_text",
     "metadata_limit",
     "parse_operation",
     "parse_operations",

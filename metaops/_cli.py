@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from importlib.resources import files
@@ -20,7 +19,7 @@ from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
 from metaops._json import JSON, describe, normalize
-from metaops._size import json_size
+from metaops._size import json_size, json_text
 from metaops._values import Operation, _parse, parse_operations
 
 __all__ = ["main"]
@@ -135,23 +134,9 @@ def _load_metadata(name: str, source: str) -> dict[str, JSON]:
         raise _BadInput(f"{_where(name, source)}: {error}") from None
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
-
-
 def _dump(value: object) -> str:
     """``value`` as one line of the documented output format."""
-    try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        text = json.dumps(_finite(value), separators=(",", ":"), allow_nan=False)
-    return text + "\n"
+    return json_text(value, ascii=True) + "\n"
 
 
 def _wire(ops: Sequence[Operation]) -> list[dict[str, JSON]]:

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 from metaops._apply import apply
 from metaops._collapse import collapse
 from metaops._json import JSON, add_numbers, json_equal
-from metaops._size import json_size, metadata_limit
+from metaops._size import json_size, json_text, metadata_limit
 from metaops._values import Append, Delete, Increment, Operation, Set
 from metaops.buffer import RunMetadata
 from metaops.server import (
@@ -116,7 +116,7 @@ class _Store:
     def compare_and_swap(self, run_id: str, expected_version: int, metadata: Metadata) -> bool:
         cursor = self._db.execute(
             "UPDATE runs SET metadata = ?, version = version + 1 WHERE id = ? AND version = ?",
-            (_json_text(metadata), run_id, expected_version),
+            (json_text(metadata), run_id, expected_version),
         )
         return cursor.rowcount == 1
 
@@ -125,10 +125,6 @@ class _Store:
             return self.compare_and_swap(run_id, expected_version, plan.metadata)
         row = self._db.execute("SELECT version FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row is not None and row[0] == expected_version
-
-
-def _json_text(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 # --------------------------------------------------------------------------- the server

@@ -30,6 +30,7 @@ __all__ = [
     "check_size",
     "js_number",
     "json_size",
+    "json_text",
     "metadata_limit",
     "value_size",
 ]
@@ -49,9 +50,9 @@ def _default(value: object) -> object:
     raise TypeError(msg)
 
 
-def _encoder(*, allow_nan: bool) -> json.JSONEncoder:
+def _encoder(*, allow_nan: bool, ascii: bool = False) -> json.JSONEncoder:
     return json.JSONEncoder(
-        ensure_ascii=False,
+        ensure_ascii=ascii,
         check_circular=False,
         allow_nan=allow_nan,
         separators=(",\x00", ":\x00"),
@@ -61,6 +62,8 @@ def _encoder(*, allow_nan: bool) -> json.JSONEncoder:
 
 _FINITE = _encoder(allow_nan=False)
 _ANY = _encoder(allow_nan=True)
+_FINITE_ASCII = _encoder(allow_nan=False, ascii=True)
+_ANY_ASCII = _encoder(allow_nan=True, ascii=True)
 
 # Byte classes for the candidate search: digits become "0", the characters that can
 # end a number token become "]", "e" becomes "e", signs become "+".
@@ -128,14 +131,6 @@ def js_number(value: int | float) -> str:
     return sign + out
 
 
-def _token_size(token: bytes) -> int:
-    """How many bytes JavaScript writes for the number Python wrote as ``token``."""
-    text = token.decode("ascii")
-    number: int | float = float(text) if any(c in text for c in ".eE") else int(text)
-    written = js_number(number)
-    return 4 if written in ("NaN", "Infinity", "-Infinity") else len(written)  # null
-
-
 def _structural(data: bytes, start: int) -> bool:
     """Whether a token starting at ``start`` is outside every string.
 
@@ -148,7 +143,8 @@ def _structural(data: bytes, start: int) -> bool:
     return i < 0 or data[i] == 0
 
 
-def _number_corrections(data: bytes) -> int:
+def _number_tokens(data: bytes, special: bool) -> list[tuple[int, int]]:
+    """``(start, end)`` of every number token whose JavaScript text may differ, in order."""
     classes = data.translate(_CLASS_TABLE)
     starts: set[int] = set()
     # Single-byte and long needles are the fast ones for bytes.find; each hit is
@@ -173,14 +169,30 @@ def _number_corrections(data: bytes) -> int:
     while position != -1:
         end = _collect(data, position, starts)
         position = classes.find(_LONG_RUN, end)
-    delta = 0
+    tokens = []
     for start in starts:
         end = start + 1
         while end < len(data) and data[end] in _NUMBER_BYTES:
             end += 1
-        token = data[start:end]
-        delta += _token_size(token) - len(token)
-    return delta
+        tokens.append((start, end))
+    if special:
+        tokens.extend(
+            (found.start(), found.end())
+            for found in _SPECIALS.finditer(data)
+            if _structural(data, found.start())
+        )
+    tokens.sort()
+    return tokens
+
+
+def _js_token(token: bytes) -> bytes:
+    """What JavaScript writes for the number Python wrote as ``token`` (``null`` if not finite)."""
+    text = token.decode("ascii")
+    if text in ("NaN", "Infinity", "-Infinity"):
+        return b"null"
+    number: int | float = float(text) if any(c in text for c in ".eE") else int(text)
+    written = js_number(number)
+    return b"null" if written in ("NaN", "Infinity", "-Infinity") else written.encode("ascii")
 
 
 def _collect(data: bytes, position: int, starts: set[int]) -> int:
@@ -194,6 +206,19 @@ def _collect(data: bytes, position: int, starts: set[int]) -> int:
     if data[start] in _NUMBER_STARTS and _structural(data, start):
         starts.add(start)
     return max(end, position + 1)
+
+
+def _encode(value: object, *, ascii: bool = False) -> tuple[str, bool]:
+    """The C encoder's text with NUL-marked separators, and whether it holds NaN/Infinity."""
+    finite, anything = (_FINITE_ASCII, _ANY_ASCII) if ascii else (_FINITE, _ANY)
+    try:
+        try:
+            return finite.encode(value), False
+        except ValueError:
+            return anything.encode(value), True
+    except RecursionError:
+        msg = "value is nested too deeply (or contains itself)"
+        raise ValueError(msg) from None
 
 
 def json_size(value: object) -> int:
@@ -210,17 +235,8 @@ def json_size(value: object) -> int:
         # A bare number has no separator after it; measure it directly.
         if isinstance(value, float) and not math.isfinite(value):
             return 4  # null
-        return _token_size(repr(value).encode("ascii"))
-    try:
-        try:
-            text = _FINITE.encode(value)
-            special = False
-        except ValueError:
-            text = _ANY.encode(value)
-            special = True
-    except RecursionError:
-        msg = "json_size: value is nested too deeply (or contains itself)"
-        raise ValueError(msg) from None
+        return len(_js_token(repr(value).encode("ascii")))
+    text, special = _encode(value)
     try:
         data = text.encode("utf-8")
         delta = 0
@@ -228,12 +244,49 @@ def json_size(value: object) -> int:
         data = text.encode("utf-8", "surrogatepass")
         delta = _surrogate_corrections(text)
     separators = text.count("\x00")
-    delta += _number_corrections(data)
+    for start, end in _number_tokens(data, special):
+        delta += len(_js_token(data[start:end])) - (end - start)
+    return len(data) - separators + delta
+
+
+def json_text(value: object, *, ascii: bool = False) -> str:
+    """Compact JSON text of ``value`` that every JSON parser reads back as the same value.
+
+    Numbers keep Python's spelling, which is exact for JavaScript and Python alike
+    (JavaScript's own spelling of ``5.311084116861613e+16``, ``53110841168616130``,
+    reads back in Python as a different int). As ``JSON.stringify`` does, non-finite
+    numbers are written ``null`` and lone surrogates as ``\\udXXX`` escapes, so the
+    text always encodes as UTF-8. ``ascii=True`` escapes every non-ASCII character.
+    Its byte length can differ from :func:`json_size` only in how numbers are spelled.
+
+    >>> json_text({"progress": 1.5, "n": float("inf"), "s": "\\ud800"})
+    '{"progress":1.5,"n":null,"s":"\\\\ud800"}'
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "null"
+    text, special = _encode(value, ascii=ascii)
     if special:
+        data = text.encode("utf-8", "surrogatepass")
+        pieces = []
+        done = 0
         for found in _SPECIALS.finditer(data):
             if _structural(data, found.start()):
-                delta += 4 - len(found.group())
-    return len(data) - separators + delta
+                pieces.append(data[done : found.start()])
+                pieces.append(b"null")
+                done = found.end()
+        pieces.append(data[done:])
+        text = b"".join(pieces).decode("utf-8", "surrogatepass")
+    text = text.replace("\x00", "")
+    if not ascii and not text.isascii() and _SURROGATES.search(text):
+        text = _SURROGATES.sub(_js_surrogate, text)
+    return text
+
+
+def _js_surrogate(found: re.Match[str]) -> str:
+    text = found.group()
+    if len(text) == 2:  # a pair held as two code points: JavaScript reads one character
+        return chr(0x10000 + ((ord(text[0]) - 0xD800) << 10) + (ord(text[1]) - 0xDC00))
+    return f"\\u{ord(text):04x}"
 
 
 def _surrogate_corrections(text: str) -> int:

@@ -47,7 +47,6 @@ Where this differs from the reference SDK (``StandardMetadataManager`` in
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +63,7 @@ from metaops._errors import (
 )
 from metaops._json import JSON, describe, normalize
 from metaops._paths import is_safe_key
-from metaops._size import json_size, metadata_limit, value_size
+from metaops._size import json_size, json_text, metadata_limit, value_size
 from metaops._values import (
     OPERATION_TYPES,
     Append,
@@ -497,7 +496,7 @@ class Flush:
             "parentOperations": [op.to_wire() for op in self.parent_operations],
             "rootOperations": [op.to_wire() for op in self.root_operations],
         }
-        return {"data": _json_text(body), "dataType": "application/json"}
+        return {"data": json_text(body), "dataType": "application/json"}
 
     def _after(self, delivered: int) -> tuple[tuple[Operation, ...], ...]:
         """Each list's operations in the bodies from index ``delivered`` on."""
@@ -533,7 +532,7 @@ def _plan(
         return (), ()
     wires = tuple([op.to_wire() for op in ops] for ops in lists)
     whole = dict(zip(_SECTIONS, wires, strict=True))
-    text = _json_text(whole)
+    text = json_text(whole)
     sent = _utf8_length(text)
     if sent <= max_bytes and (sent * _JS_GROWTH <= max_bytes or json_size(whole) <= max_bytes):
         return ((len(lists[0]), len(lists[1]), len(lists[2])),), (text,)
@@ -559,7 +558,7 @@ def _add_body(
         name: wire[start : start + count]
         for name, wire, start, count in zip(_SECTIONS, wires, starts, counts, strict=True)
     }
-    text = _json_text(body)
+    text = json_text(body)
     total = sum(counts)
     if total == 1 or _utf8_length(text) <= max_bytes:
         planned.append(counts)
@@ -615,27 +614,6 @@ def _split(
 
 def _utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-_SURROGATES = re.compile("[\ud800-\udbff][\udc00-\udfff]|[\ud800-\udfff]")
-
-
-def _js_surrogates(found: re.Match[str]) -> str:
-    text = found.group()
-    if len(text) == 2:  # a pair held as two code points: JavaScript reads one character
-        return chr(0x10000 + ((ord(text[0]) - 0xD800) << 10) + (ord(text[1]) - 0xDC00))
-    return f"\\u{ord(text):04x}"
-
-
-def _json_text(value: object) -> str:
-    """Compact JSON text that encodes as UTF-8: lone surrogates escaped, as JavaScript writes them.
-
-    Numbers keep Python's spelling (``5.0``, ``1e-05``), which parses to the same values.
-    """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
-    if not text.isascii() and _SURROGATES.search(text):
-        text = _SURROGATES.sub(_js_surrogates, text)
-    return text
 
 
 # --------------------------------------------------------------------------- the buffer

@@ -49,6 +49,7 @@ PUBLIC_API = [
     "is_safe_key",
     "json_equal",
     "json_size",
+    "json_text",
     "metadata_limit",
     "parse_operation",
     "parse_operations",

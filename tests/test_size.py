@@ -7,6 +7,7 @@ expected number text is node's ``String(x)``.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -19,8 +20,10 @@ from metaops import (
     MetadataTooLargeError,
     check_size,
     json_size,
+    json_text,
     metadata_limit,
 )
+from metaops._json import json_identical
 from metaops._size import LIMIT_ENV, js_number, value_size
 from metaops.strategies import json_values
 
@@ -335,3 +338,22 @@ def test_a_malformed_limit_argument_is_an_error(limit: Any) -> None:
 def test_value_size_agrees_with_json_size(value: Any) -> None:
     """The fast paths for scalars and small containers measure what json_size measures."""
     assert value_size(value) == json_size(value)
+
+
+@given(json_values())
+def test_json_text_reads_back_as_the_same_value(value: Any) -> None:
+    """json_text is UTF-8 safe, exact on a round trip, and ASCII-only on request."""
+    text = json_text(value)
+    text.encode("utf-8")  # lone surrogates are escaped, so this never fails
+    assert json_identical(json.loads(text), value)
+    ascii_text = json_text(value, ascii=True)
+    assert ascii_text.isascii()
+    assert json_identical(json.loads(ascii_text), value)
+
+
+def test_json_text_writes_non_finite_numbers_as_null() -> None:
+    """Only structural Infinity/NaN become null; the same letters inside strings stay."""
+    value = [math.inf, {"n": -math.inf, "s": "Infinity NaN"}, math.nan, 5.311084116861613e16]
+    assert json_text(value) == '[null,{"n":null,"s":"Infinity NaN"},null,5.311084116861613e+16]'
+    assert json_text(math.inf) == "null"
+    assert json_text("\ud800x") == '"\\ud800x"'

@@ -14,15 +14,15 @@ disk (in the WAL) and survives the process being killed.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+import metaops
 from metaops import JSON, Operation, parse_operations
 from metaops.server import BufferedEntry, FlushPlan
 
@@ -32,26 +32,13 @@ Metadata = dict[str, JSON]
 
 
 def json_text(value: object) -> str:
-    """Compact JSON as JavaScript's ``JSON.stringify`` would read it back.
+    """Compact JSON as stored and served: :func:`metaops.json_text`, ASCII only.
 
     Non-finite numbers (a float increment can overflow) are written ``null``, as
     JavaScript writes them; every non-ASCII character is escaped, so that lone
     surrogates survive UTF-8 storage and transport.
     """
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(value), separators=(",", ":"), allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
+    return metaops.json_text(value, ascii=True)
 
 
 @dataclass(frozen=True, slots=True)
