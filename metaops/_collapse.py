@@ -39,7 +39,7 @@ from metaops._paths import MAX_PADDING, Key, Slice, parse_key
 from metaops._size import json_size
 from metaops._values import OPERATION_TYPES, Append, Delete, Increment, Operation, Remove, Set, Update
 
-__all__ = ["MAX_REQUEST_BYTES", "chunk", "collapse", "compose"]
+__all__ = ["MAX_REQUEST_BYTES", "chunk", "collapse", "compose", "reference_rule"]
 
 _OPERATION_CLASSES = frozenset(OPERATION_TYPES)
 
@@ -549,6 +549,38 @@ def compose(first: Sequence[Operation], second: Iterable[Operation]) -> tuple[Op
     reducer.feed(first)
     reducer.feed(second)
     return _finish(reducer)
+
+
+def reference_rule(ops: Iterable[Operation], *, sound: bool = False) -> list[Operation]:
+    """What the reference's ``collapseOperations`` makes of ``ops``, for comparisons.
+
+    Consecutive operations of one type on one key merge: increments are summed,
+    of several sets the last is kept, of several deletes one. Nothing else merges.
+    ``sound=True`` leaves out the one merge of that rule that changes results: two
+    increments through a wildcard or slice whose last component is a plain key.
+
+    >>> from metaops import Append, Increment, Set
+    >>> reference_rule([Increment("n"), Increment("n", 2), Set("s", 1), Set("s", 2), Append("l", 1)])
+    [Increment(key='n', value=3), Set(key='s', value=2), Append(key='l', value=1)]
+    >>> len(reference_rule([Increment("n"), Append("l", 1), Increment("n")]))
+    3
+    >>> len(reference_rule([Increment("$.*.x"), Increment("$.*.x")], sound=True))
+    2
+    """
+    out: list[Operation] = []
+    for op in ops:
+        last = out[-1] if out else None
+        if isinstance(op, Increment) and isinstance(last, Increment) and last.key == op.key:
+            route = _route(op)
+            if sound and route.kind != "inert" and not route.mergeable_increments:
+                out.append(op)
+            else:
+                out[-1] = Increment._trusted(op.key, add_numbers(last.value, op.value))
+        elif isinstance(op, Set) and isinstance(last, Set) and last.key == op.key:
+            out[-1] = op
+        elif not (isinstance(op, Delete) and isinstance(last, Delete) and last.key == op.key):
+            out.append(op)
+    return out
 
 
 def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[tuple[Operation, ...]]:

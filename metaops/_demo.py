@@ -24,16 +24,15 @@ import random
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from metaops._apply import apply
-from metaops._collapse import collapse
-from metaops._json import JSON, add_numbers, json_equal
+from metaops._collapse import collapse, reference_rule
+from metaops._json import JSON, json_equal
 from metaops._size import json_size, json_text, metadata_limit
-from metaops._values import Append, Delete, Increment, Operation, Set
+from metaops._values import Append, Increment, Operation, Set
 from metaops.buffer import RunMetadata
 from metaops.server import (
     FlushPlan,
@@ -44,36 +43,12 @@ from metaops.server import (
     update_run,
 )
 
-__all__ = ["DemoReport", "reference_rule", "run_demo", "summary"]
+__all__ = ["DemoReport", "run_demo", "summary"]
 
 Metadata = dict[str, JSON]
 
 DEFAULT_ROWS = 3_000
 DEFAULT_WAVE = 100
-
-
-def reference_rule(ops: Iterable[Operation]) -> list[Operation]:
-    """What the reference's ``collapseOperations`` makes of ``ops``.
-
-    Consecutive operations of one type on one key merge: increments are summed,
-    of several sets the last is kept, of several deletes one. Nothing else merges.
-
-    >>> from metaops import Append, Increment, Set
-    >>> reference_rule([Increment("n"), Increment("n", 2), Set("s", 1), Set("s", 2), Append("l", 1)])
-    [Increment(key='n', value=3), Set(key='s', value=2), Append(key='l', value=1)]
-    >>> len(reference_rule([Increment("n"), Append("l", 1), Increment("n")]))
-    3
-    """
-    out: list[Operation] = []
-    for op in ops:
-        last = out[-1] if out else None
-        if isinstance(op, Increment) and isinstance(last, Increment) and last.key == op.key:
-            out[-1] = Increment._trusted(op.key, add_numbers(last.value, op.value))
-        elif isinstance(op, Set) and isinstance(last, Set) and last.key == op.key:
-            out[-1] = op
-        elif not (isinstance(op, Delete) and isinstance(last, Delete) and last.key == op.key):
-            out.append(op)
-    return out
 
 
 # --------------------------------------------------------------------------- the store

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 
 from metaops import Operation, json_equal, parse_operations
 from metaops._cli import main
-from metaops._demo import reference_rule, run_demo
+from metaops._collapse import reference_rule
+from metaops._demo import run_demo
 from metaops.strategies import batches, metadata
 
 from .conftest import read_vectors
