@@ -14,12 +14,18 @@ sides of a ratio do the same work:
 * ``size``: ``json_size(state_256k)`` against V8's ``JSON.stringify`` + ``Buffer.byteLength``.
 * ``collapse_all``: ``collapse(collapse_100k)``.
 * ``compose_fold``: ``collapse_100k`` arriving as 1,000 batches of 100, folded into a
-  buffer with ``buffer = compose(buffer, batch)`` (no reference counterpart).
+  buffer with ``buffer = compose(buffer, batch)`` (no reference counterpart);
+  ``recollapse_fold`` is the same fold re-collapsing the whole buffer at each arrival,
+  what ``compose`` saves a server from.
+* ``buffer_sdk_loop``: the SDK loop through :class:`metaops.RunMetadata`'s documented
+  methods, with the size tracked and the limit checked on every call, then ``drain()``
+  and the request bodies' JSON text.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +33,10 @@ from benchmarks._workloads import load_all
 from metaops import (
     JSON,
     ApplyResult,
+    Flush,
     Increment,
     Operation,
+    RunMetadata,
     apply,
     collapse,
     compose,
@@ -39,6 +47,16 @@ from metaops import (
 
 SINGLE_OP = Increment("c1", 1)
 ARRIVING_BATCH = 100
+
+# An SDK call of sdk_10k: the unbound RunMetadata method, the key, the value.
+SdkCall = tuple[Callable[..., object], str, Any]
+
+_SDK_METHODS: dict[str, Callable[..., object]] = {
+    "set": RunMetadata.set,
+    "increment": RunMetadata.increment,
+    "append": RunMetadata.append,
+    "remove": RunMetadata.remove,
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,11 @@ class Workloads:
     sdk_10k: tuple[Operation, ...]
     collapse_100k: tuple[Operation, ...]
     arriving: tuple[tuple[Operation, ...], ...]
+
+    @property
+    def sdk_10k_calls(self) -> list[SdkCall]:
+        """Each call of ``sdk_10k`` as (unbound ``RunMetadata`` method, key, value)."""
+        return [(_SDK_METHODS[op["type"]], op["key"], op["value"]) for op in self.sdk_10k_wire]
 
 
 def load_workloads() -> Workloads:
@@ -120,6 +143,24 @@ def _flush_body(queued: list[Operation]) -> str:
     return json.dumps({"operations": operations}, ensure_ascii=False, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class BufferRun:
+    """What the buffer's SDK loop ends with: the buffer, its flush, the bodies' text."""
+
+    buffer: RunMetadata
+    flush: Flush
+    texts: tuple[str, ...]
+
+
+def buffer_sdk_loop(start: dict[str, JSON], calls: list[SdkCall]) -> BufferRun:
+    """A run from ``start`` makes every call, then drains and serializes its flush."""
+    buffer = RunMetadata(start)
+    for method, key, value in calls:
+        method(buffer, key, value)
+    flush = buffer.drain()
+    return BufferRun(buffer, flush, flush.texts())
+
+
 def apply_batch(state: dict[str, JSON], ops: tuple[Operation, ...]) -> ApplyResult:
     """A whole batch applied in one call."""
     return apply(state, ops)
@@ -140,4 +181,12 @@ def compose_fold(batches: tuple[tuple[Operation, ...], ...]) -> tuple[Operation,
     buffer: tuple[Operation, ...] = ()
     for batch in batches:
         buffer = compose(buffer, batch)
+    return buffer
+
+
+def recollapse_fold(batches: tuple[tuple[Operation, ...], ...]) -> tuple[Operation, ...]:
+    """:func:`compose_fold` without ``compose``: the whole buffer re-collapsed at each arrival."""
+    buffer: tuple[Operation, ...] = ()
+    for batch in batches:
+        buffer = collapse((*buffer, *batch))
     return buffer
