@@ -16,7 +16,7 @@ from metaops._errors import (
     MetadataTooLargeError,
     MetaopsError,
 )
-from metaops._json import JSON, json_equal
+from metaops._json import JSON, MAX_DEPTH, json_equal
 from metaops._paths import is_safe_key
 from metaops._size import DEFAULT_LIMIT, check_size, json_size, json_text, metadata_limit
 from metaops._values import (
@@ -37,6 +37,7 @@ from metaops.buffer import Flush, RunMetadata
 __all__ = [
     "DEFAULT_LIMIT",
     "JSON",
+    "MAX_DEPTH",
     "MAX_REQUEST_BYTES",
     "WIRE_TYPES",
     "Append",

@@ -33,7 +33,8 @@ class InvalidValueError(MetaopsError, TypeError):
     """An operation was built from an argument of the wrong type.
 
     Raised when a value is not JSON (a ``set``, an arbitrary object, a non-``str``
-    dict key, NaN or infinity, a naive ``datetime``), when a key is not a ``str``,
+    dict key, NaN or infinity, a naive ``datetime``, containers nested deeper than
+    ``MAX_DEPTH`` = 256 levels), when a key is not a ``str``,
     when an increment is not a number, or when a replacement is not a dict.
     ``where`` names the argument and the place inside it, e.g. ``value["a"][2]``.
 
@@ -42,7 +43,7 @@ class InvalidValueError(MetaopsError, TypeError):
     ...     Set("tags", {"a", "b"})
     ... except InvalidValueError as error:
     ...     print(error, "|", error.where, "|", isinstance(error, TypeError))
-    value is a set, not a JSON value | value | True
+    set: value is a set, not a JSON value | value | True
     """
 
     def __init__(self, message: str, where: str = "") -> None:

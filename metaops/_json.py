@@ -18,6 +18,7 @@ from metaops._errors import InvalidValueError
 
 __all__ = [
     "JSON",
+    "MAX_DEPTH",
     "MISSING",
     "JSONInput",
     "add_numbers",
@@ -206,7 +207,10 @@ def describe(value: object) -> str:
         return "a list"
     if isinstance(value, dict):
         return "an object"
-    return f"a {type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
+    if type(value) is object:
+        return "a bare object()"
+    name = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _js_literal(value: object) -> str:
@@ -216,11 +220,24 @@ def _js_literal(value: object) -> str:
         return "true"
     if value is False:
         return "false"
-    return repr(value)
+    text = repr(value)
+    if len(text) > 40 and type(value) is int:
+        return f"an int of {len(text.lstrip('-'))} digits"
+    return text
 
 
 def _index_text(where: str, key: object) -> str:
     return f"{where}[{key!r}]"
+
+
+MAX_DEPTH = 256
+"""How deeply a value's containers may nest (``[[1]]`` is 2 deep).
+
+Comparing, hashing, measuring and serializing values recurse; past a few hundred
+levels Python runs out of stack (its own ``json`` module fails near 1,000). A
+bound checked once, when a value enters, keeps every later step from failing.
+Real metadata nests a handful of levels; serde_json's default bound is 128.
+"""
 
 
 def normalize(value: object, where: str = "value", *, wire: bool = False) -> JSON:
@@ -229,11 +246,12 @@ def normalize(value: object, where: str = "value", *, wire: bool = False) -> JSO
     Tuples become lists; ``dict``/``list`` subclasses become plain ones; an aware
     ``datetime`` becomes the string JavaScript's ``Date.toJSON()`` writes. With
     ``wire=True`` (values that arrived as JSON text), a ``datetime`` is refused.
+    Containers nested deeper than :data:`MAX_DEPTH` are refused.
     """
     return _normalize(value, where, wire, set())
 
 
-def _normalize(value: object, where: str, wire: bool, active: set[int]) -> JSON:
+def _normalize(value: object, where: str, wire: bool, active: set[int], depth: int = 0) -> JSON:
     kind = type(value)
     if kind is str or value is None or kind is bool:
         return value  # type: ignore[return-value]
@@ -246,7 +264,15 @@ def _normalize(value: object, where: str, wire: bool, active: set[int]) -> JSON:
         if marker in active:
             msg = f"{where} contains itself (a circular reference), which JSON cannot hold"
             raise InvalidValueError(msg, where)
+        if depth == MAX_DEPTH:
+            shown = where if len(where) <= 60 else f"{where[:40]}...{where[-12:]}"
+            msg = (
+                f"{shown} is a container nested {MAX_DEPTH + 1} levels deep; "
+                f"metaops takes values nested at most {MAX_DEPTH} levels"
+            )
+            raise InvalidValueError(msg, where)
         active.add(marker)
+        depth += 1
         try:
             if isinstance(value, dict):
                 out: dict[str, JSON] = {}
@@ -257,9 +283,9 @@ def _normalize(value: object, where: str, wire: bool, active: set[int]) -> JSON:
                             "JSON object keys must be str"
                         )
                         raise InvalidValueError(msg, where)
-                    out[str.__str__(key)] = _normalize(item, _index_text(where, key), wire, active)
+                    out[str.__str__(key)] = _normalize(item, _index_text(where, key), wire, active, depth)
                 return out
-            return [_normalize(item, f"{where}[{i}]", wire, active) for i, item in enumerate(value)]
+            return [_normalize(item, f"{where}[{i}]", wire, active, depth) for i, item in enumerate(value)]
         finally:
             active.discard(marker)
     if isinstance(value, str):

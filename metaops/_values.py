@@ -55,18 +55,25 @@ def _check_key(key: object, op: str) -> str:
     raise InvalidValueError(msg, "key")
 
 
+def _check_value(value: object, op: str, where: str = "value") -> JSON:
+    try:
+        return normalize(value, where)
+    except InvalidValueError as error:
+        raise InvalidValueError(f"{op}: {error}", error.where) from None
+
+
 def _check_amount(value: object, op: str) -> int | float:
     if not is_number(value):
         msg = f"{op}: value must be a number (int or float, not bool), got {describe(value)}"
         raise InvalidValueError(msg, "value")
-    return normalize(value, "value")  # type: ignore[return-value]
+    return _check_value(value, op)  # type: ignore[return-value]
 
 
 def _check_object(value: object, op: str) -> dict[str, JSON]:
     if not isinstance(value, dict):
         msg = f"{op}: value must be a dict (the whole metadata object), got {describe(value)}"
         raise InvalidValueError(msg, "value")
-    return normalize(value, "value")  # type: ignore[return-value]
+    return _check_value(value, op)  # type: ignore[return-value]
 
 
 class _KeyValueOperation:
@@ -77,9 +84,11 @@ class _KeyValueOperation:
     key: str
     value: JSON
 
-    def __init__(self, key: str, value: JSONInput) -> None:
+    def _init(self, key: str, value: JSONInput) -> None:
+        # Each class has its own __init__ calling this, so that a missing argument's
+        # TypeError names the class the caller wrote.
         _setattr(self, "key", _check_key(key, self.wire_type))
-        _setattr(self, "value", normalize(value, "value"))
+        _setattr(self, "value", _check_value(value, self.wire_type))
 
     @classmethod
     def _trusted(cls, key: str, value: JSON) -> Any:
@@ -130,6 +139,9 @@ class Set(_KeyValueOperation):
     key: str
     value: JSON
 
+    def __init__(self, key: str, value: JSONInput) -> None:
+        self._init(key, value)
+
 
 @dataclass(frozen=True, eq=False, repr=False, init=False)
 class Append(_KeyValueOperation):
@@ -144,6 +156,9 @@ class Append(_KeyValueOperation):
     wire_type: ClassVar[str] = "append"
     key: str
     value: JSON
+
+    def __init__(self, key: str, value: JSONInput) -> None:
+        self._init(key, value)
 
 
 @dataclass(frozen=True, eq=False, repr=False, init=False)
@@ -161,6 +176,9 @@ class Remove(_KeyValueOperation):
     wire_type: ClassVar[str] = "remove"
     key: str
     value: JSON
+
+    def __init__(self, key: str, value: JSONInput) -> None:
+        self._init(key, value)
 
 
 @dataclass(frozen=True, eq=False, repr=False, init=False)
@@ -282,17 +300,18 @@ Operation = Set | Delete | Append | Remove | Increment | Update
 OPERATION_TYPES: tuple[type, ...] = (Set, Delete, Append, Remove, Increment, Update)
 
 
-def decrement(key: str, value: int | float = 1) -> Increment:
-    """The operation for ``metadata.decrement(key, value)``: an increment by ``-value``.
+def decrement(key: str, n: int | float = 1) -> Increment:
+    """The operation for ``metadata.decrement(key, n)``: an increment by ``-n``.
 
     >>> from metaops import decrement
     >>> decrement("stock", 2)
     Increment(key='stock', value=-2)
     """
-    if not is_number(value):
-        msg = f"decrement: value must be a number (int or float, not bool), got {describe(value)}"
-        raise InvalidValueError(msg, "value")
-    return Increment(key, -value)
+    if not is_number(n):
+        msg = f"decrement: n must be a number (int or float, not bool), got {describe(n)}"
+        raise InvalidValueError(msg, "n")
+    _check_value(n, "decrement", "n")
+    return Increment(key, -n)
 
 
 WIRE_TYPES: Mapping[str, type] = MappingProxyType(

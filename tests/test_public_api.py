@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_API = [
     "DEFAULT_LIMIT",
     "JSON",
+    "MAX_DEPTH",
     "MAX_REQUEST_BYTES",
     "WIRE_TYPES",
     "Append",

@@ -271,6 +271,67 @@ def test_non_json_values_are_refused_naming_where(value: Any, where: str) -> Non
         assert where in str(caught.value)
 
 
+def _nested(depth: int, container: type) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value] if container is list else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("container", [list, dict])
+def test_values_nested_to_the_depth_limit_work_everywhere(container: type) -> None:
+    """A value MAX_DEPTH levels deep is built, compared, hashed, measured, applied and parsed."""
+    depth = metaops.MAX_DEPTH
+    op = Set("a", _nested(depth, container))
+    twin = Set("a", _nested(depth, container))
+    assert op == twin
+    assert hash(op) == hash(twin)
+    assert parse_operation(op.to_wire()) == op
+    state = {"a": _nested(depth, container), "l": [_nested(depth - 1, container)]}
+    assert metaops.apply(state, [twin]).metadata is state
+    removed = metaops.apply(state, [Remove("l", _nested(depth - 1, container))]).metadata
+    assert removed["l"] == []
+    assert metaops.json_size(op.value) == len(metaops.json_text(op.value).encode())
+    assert metaops.collapse([op, twin]) == (twin,)
+
+
+@pytest.mark.parametrize("container", [list, dict])
+def test_values_nested_past_the_depth_limit_are_refused_saying_so(container: type) -> None:
+    """One level more than MAX_DEPTH is refused at construction and by the parser, not by a RecursionError."""
+    too_deep = _nested(metaops.MAX_DEPTH + 1, container)
+    with pytest.raises(InvalidValueError, match=f"nested {metaops.MAX_DEPTH + 1} levels deep") as caught:
+        Append("a", too_deep)
+    assert str(caught.value).startswith("append: value")
+    assert len(str(caught.value)) < 200  # the place is abbreviated, not 257 indices long
+    with pytest.raises(InvalidOperationError, match="at most 256 levels") as parsed:
+        parse_operation({"type": "set", "key": "a", "value": _nested(900, container)})
+    assert parsed.value.field == "value"
+
+
+@pytest.mark.parametrize(
+    ("build", "prefix"),
+    [
+        (lambda: Set("a", _untyped({1, 2})), "set: value is a set"),
+        (lambda: Append("a", [object()]), "append: value[0] is a bare object()"),
+        (lambda: Remove("a", {"k": float("inf")}), "remove: value['k'] is inf"),
+        (lambda: Increment("a", float("nan")), "increment: value is nan"),
+        (lambda: Update({"a": {"b": {1}}}), "update: value['a']['b'] is a set"),
+    ],
+)
+def test_value_errors_name_the_operation(build: Any, prefix: str) -> None:
+    """A refused value's message starts with the operation it was given to, then where it is."""
+    with pytest.raises(InvalidValueError) as caught:
+        build()
+    assert str(caught.value).startswith(prefix), str(caught.value)
+
+
+@pytest.mark.parametrize("cls", KEY_VALUE_CLASSES)
+def test_a_missing_value_names_the_class_called(cls: Any) -> None:
+    """Set("a") says Set.__init__ is missing its value, not a private base class."""
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}\.__init__\(\) missing 1 required positional"):
+        cls("a")
+
+
 def test_the_largest_finite_int_is_accepted() -> None:
     """An int just below the point where JavaScript overflows is a JSON number."""
     largest = 2**1024 - 2**970 - 1  # node: Number(2n**1024n - 2n**970n - 1n) is finite
@@ -469,9 +530,10 @@ def test_decrement_is_an_increment_by_the_negative_amount(args: tuple[Any, ...],
 
 @pytest.mark.parametrize("amount", [True, "2", None, float("nan")])
 def test_decrement_refuses_non_numbers(amount: Any) -> None:
-    """decrement refuses a bool, a string, None and NaN like increment does."""
-    with pytest.raises(InvalidValueError, match="value"):
+    """decrement refuses a bool, a string, None and NaN like increment does, naming its n."""
+    with pytest.raises(InvalidValueError, match=r"^decrement: n ") as caught:
         decrement("stock", amount)
+    assert caught.value.where == "n"
 
 
 # ---------------------------------------------------------------- wire form
@@ -545,7 +607,7 @@ _GOOD = {"type": "set", "key": "a", "value": 1}
         ({"type": "increment", "key": "n"}, "value", ["number"], ["missing"]),
         ({"type": "increment", "key": "n", "value": float("inf")}, "value", ["finite"], ["inf"]),
         ({"type": "increment", "key": "n", "value": float("nan")}, "value", ["finite"], ["nan"]),
-        ({"type": "increment", "key": "n", "value": 10**400}, "value", ["finite"], ["1000"]),
+        ({"type": "increment", "key": "n", "value": 10**400}, "value", ["finite"], ["an int of 401 digits"]),
         ({"type": "update", "value": [1]}, "value", ["object"], ["list"]),
         ({"type": "update", "value": None}, "value", ["object"], ["null"]),
         ({"type": "update"}, "value", ["object"], ["missing"]),
