@@ -114,9 +114,11 @@ class _Tree:
         """Write ``value`` at every match; False (nothing written) if a match is out of reach.
 
         ``fresh`` says ``value`` was built by this call from the metadata's own
-        containers (an append or remove result). ``appended_to`` is the list that
-        ``value`` extends by one item, if it does: where that list is replaced, the
-        size grows by the item alone, without measuring the list.
+        containers (an append or remove result): written at one place only, it is
+        owned from then on, so later writes of the call change it in place.
+        ``appended_to`` is the list that ``value`` extends by one item, if it does:
+        where that list is replaced, the size grows by the item alone, without
+        measuring the list.
         """
         live = []
         for steps, old, _ in matches:
@@ -127,6 +129,7 @@ class _Tree:
                 live.append((steps, old))
         if fresh and len(live) > 1:
             self._disown_within(value)
+        written = 0
         for steps, old in live:
             if old is not MISSING and json_identical(old, value):
                 continue
@@ -144,6 +147,9 @@ class _Tree:
             else:
                 node[key] = value
             self.writes += 1
+            written += 1
+        if fresh and written == 1 and len(live) == 1:
+            self.owned[id(value)] = value
         return True
 
     @staticmethod
@@ -252,6 +258,15 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
     if not matches:
         return True
     current = first(matches)
+    if len(matches) == 1 and isinstance(current, list) and id(current) in tree.owned:
+        # A list this call made, at its one place (first() of a single plain path
+        # returns the list itself): it grows in place, as a top-level one does, so
+        # appends to one path cost one copy of the list per call, not one each.
+        if tree.size is not None:
+            tree.size += value_size(value) + (1 if current else 0)
+        current.append(value)
+        tree.writes += 1
+        return True
     if current is MISSING:
         grown = [value]
     elif isinstance(current, list):
@@ -384,8 +399,13 @@ def _run(
     elif isinstance(ops, dict):
         msg = "apply: ops must be operations, got a dict; parse wire dicts with parse_operations"
         raise TypeError(msg)
+    try:
+        batch = iter(ops)  # type: ignore[arg-type]
+    except TypeError:
+        msg = f"apply: ops must be an operation or an iterable of operations, got {describe(ops)}"
+        raise TypeError(msg) from None
     unapplied: list[Operation] = []
-    for index, op in enumerate(ops):  # type: ignore[arg-type]
+    for index, op in enumerate(batch):
         handler = _HANDLERS.get(type(op))
         if handler is None:
             msg = (

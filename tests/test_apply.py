@@ -351,6 +351,24 @@ def test_each_container_is_copied_at_most_once_per_call(kind: str) -> None:
     assert result["other"] is state["other"]
 
 
+@pytest.mark.parametrize("key", ["logs", "$.logs", "$.nested.logs"])
+def test_appends_to_one_list_copy_it_at_most_once_per_call(key: str) -> None:
+    """Fifty appends to a big list, literal or through a path, cost one copy of it, not fifty."""
+    size = 100_000
+    big = list(range(size))
+    state: dict[str, Any] = {"logs": big, "nested": {"logs": big}}
+    ops: list[Operation] = [Append(key, -i) for i in range(50)]
+
+    one_copy = _peak_bytes_during(lambda: list(big))
+    peak = _peak_bytes_during(lambda: apply(state, ops))
+    assert peak < 1.5 * one_copy, (peak, one_copy)
+
+    result = _untyped(apply(state, ops).metadata)
+    grown = result["nested"]["logs"] if key == "$.nested.logs" else result["logs"]
+    assert grown == [*big, *(-i for i in range(50))]
+    assert big == list(range(size))  # the input list itself is untouched
+
+
 @pytest.mark.parametrize(
     ("state", "ops"),
     [
@@ -467,6 +485,13 @@ def test_a_wire_dict_as_ops_is_a_type_error() -> None:
     """A single wire dict is not an operation (and not a batch of its keys)."""
     with pytest.raises(TypeError, match="parse_operations"):
         apply({}, _untyped({"type": "set", "key": "a", "value": 1}))
+
+
+@pytest.mark.parametrize("ops", [None, 3, Increment])
+def test_ops_that_are_not_iterable_are_a_type_error_saying_what_came(ops: Any) -> None:
+    """None, a number or a class as ops is refused naming what apply takes, not a bare iteration error."""
+    with pytest.raises(TypeError, match=r"^apply: ops must be an operation or an iterable of operations"):
+        apply({}, ops)
 
 
 @pytest.mark.parametrize("metadata", [[], None, "{}", 1])
