@@ -806,6 +806,9 @@ class RunMetadata:
         state = self._state
         # Applied outside the lock; redone inside only if another call got in between.
         result, size = apply_sized(state[0], op, state[1])
+        # A remove's value need not be in the metadata (a wildcard can apply it where no
+        # item equals it), so the metadata's size does not bound it: it is measured.
+        value_bytes = value_size(op.value) if type(op) is Remove else 0
         with self._lock:
             if self._state is not state:
                 state = self._state
@@ -818,11 +821,21 @@ class RunMetadata:
                 return
             if size > self._limit:
                 raise MetadataTooLargeError(size, self._limit, what=f"metadata after {_call_text(op)}")
-            # The operation's JSON is at most its key and what the metadata holds of its
-            # value (or a number); only when that bound could overflow a request body is
-            # the operation measured.
-            key_bytes = len(op.key) * _KEY_CHAR_BYTES if type(op) is not Update else 0  # type: ignore[union-attr]
-            if key_bytes + (size if size > state[1] else state[1]) > self._body_room:
+            # Every queued operation must fit a request body alone, or no drain could send
+            # it. Its JSON is at most its key and its value: a set's, an append's or a
+            # replacement's value is now in the metadata (so within ``size``), an amount
+            # is a number (within the body room), a remove's was measured above. Only
+            # when that bound could overflow a body is the operation itself measured.
+            kind = type(op)
+            if kind is Update:
+                bound = size
+            else:
+                bound = len(op.key) * _KEY_CHAR_BYTES  # type: ignore[union-attr]
+                if kind is Set or kind is Append:
+                    bound += size
+                elif kind is Remove:
+                    bound += value_bytes
+            if bound > self._body_room:
                 self._check_body(op)
             self._state = (metadata, size)
             self._queue.append(op)

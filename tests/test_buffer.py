@@ -496,6 +496,28 @@ def test_operations_too_large_for_any_body_are_refused_at_the_call() -> None:
     assert not md.drain()
 
 
+def test_a_remove_too_large_for_any_body_is_refused_at_the_call() -> None:
+    """A remove's value need not be in the metadata, so it is measured: too large for a body, it raises.
+
+    A wildcard remove applies where nothing equals its value, so the metadata's size
+    says nothing about the operation's. Queued, it would make every drain raise.
+    """
+    md = RunMetadata({"a": [1], "b": 2})
+    md.set("c", 1)
+    before = snapshot(md)
+    with pytest.raises(MetadataTooLargeError, match="request body holding only remove"):
+        md.remove("$.*", "x" * 1_100_000)
+    assert same_json(snapshot(md), before)
+    assert md.drain().operations == (Set("c", 1),)
+    small = RunMetadata({"a": [1], "b": 2}, max_request_bytes=200)
+    with pytest.raises(MetadataTooLargeError, match="request body"):
+        small.remove("$.*", "x" * 300)
+    assert not small.drain()
+    small.remove("$.*", "x" * 100)  # one that fits is applied and sent
+    (text,) = small.drain().texts()
+    assert len(text) <= 200
+
+
 def test_accept_adopts_server_metadata_over_the_limit() -> None:
     """The server's answer is adopted even past the local limit; then only calls ending within it pass."""
     md = RunMetadata(limit=40)
