@@ -417,6 +417,12 @@ class Flush:
     from something that is not a list, a path write refused for padding a list
     too far): they change nothing and are not sent.
 
+    The operations are frozen values, and (as everywhere in metaops) their JSON
+    values are not copied again once built: a value here may be the very list or
+    dict the buffer's metadata holds. Treat ``op.value`` (and ``op.to_wire()``) as
+    read-only; mutating it would change the metadata behind the buffer's back and
+    put its tracked size out of step. :attr:`bodies` are fresh copies to change freely.
+
     :attr:`bodies` are the platform's request bodies and :meth:`texts` their JSON
     text, in sending order. Every body carries the three lists, and each list keeps
     its order across the bodies. A body is at most ``max_bytes`` of JSON both as
@@ -463,19 +469,19 @@ class Flush:
     def bodies(self) -> tuple[dict[str, list[dict[str, JSON]]], ...]:
         """The request bodies ``{"operations", "parentOperations", "rootOperations"}``, in sending order.
 
-        Freshly built on each access; the values inside are the operations' own
-        (``op.to_wire()`` shares them), so treat them as read-only.
+        Read back from :meth:`texts` on each access, so they are exactly what is sent
+        and entirely the caller's: changing one changes neither the flush nor the
+        buffer's metadata (the operations' own values may be the metadata's containers).
+
+        >>> from metaops import Append
+        >>> flush = Flush((Append("logs", "a"),))
+        >>> flush.bodies[0]["operations"][0]["value"] = "changed"
+        >>> flush.bodies[0]["operations"]
+        [{'type': 'append', 'key': 'logs', 'value': 'a'}]
         """
-        lists = (self.operations, self.parent_operations, self.root_operations)
-        starts = [0, 0, 0]
-        bodies = []
-        for counts in self._counts:
-            body = {}
-            for i, count in enumerate(counts):
-                body[_SECTIONS[i]] = [op.to_wire() for op in lists[i][starts[i] : starts[i] + count]]
-                starts[i] += count
-            bodies.append(body)
-        return tuple(bodies)
+        # Built from the text the flush holds anyway: the C parser makes fresh containers
+        # in O(flush size), where copying the operations' values would walk them in Python.
+        return tuple(json.loads(text) for text in self._texts)
 
     def texts(self) -> tuple[str, ...]:
         """Each body as compact JSON text, ready to encode as UTF-8 and send (computed once)."""

@@ -836,6 +836,39 @@ def test_flush_is_a_frozen_value() -> None:
         Flush("set")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("body_bytes", [MAX_REQUEST_BYTES, 120])
+def test_bodies_do_not_alias_the_metadata(body_bytes: int) -> None:
+    """A host mutating what ``bodies`` hands out changes neither the buffer nor the flush.
+
+    With one body and split into several: the values inside are fresh, not the store's.
+    """
+    md = RunMetadata({"user": {"tags": ["t"]}}, max_request_bytes=body_bytes)
+    md.set("logs", ["a"]).set("progress", {"step": 1}).set("copy", md.get("user"))
+    before = md.current().to_dict()
+    flush = md.drain()
+    assert (len(flush.bodies) > 1) is (body_bytes < MAX_REQUEST_BYTES)
+    texts = flush.texts()
+    for body in flush.bodies:
+        for wire in body["operations"]:
+            value: Any = wire["value"]
+            if isinstance(value, list):
+                value.append("X")
+            else:
+                value["injected"] = True
+                value.get("tags", []).append("X")
+    assert same_json(md.current().to_dict(), before)
+    assert md.size == json_size(before)
+    assert flush.texts() == texts
+    assert [json.loads(text) for text in texts] == list(flush.bodies)
+    assert [wire for body in flush.bodies for wire in body["operations"]] == [
+        op.to_wire() for op in flush.operations
+    ]
+    md.restore(flush)
+    server = Server({"user": {"tags": ["t"]}})
+    server.flush(md)
+    assert same_json(server.own, before)
+
+
 def test_refresh_with_an_empty_flush() -> None:
     """accept(Flush(), metadata) with nothing in flight adopts the server's metadata under the queue."""
     md = RunMetadata({"n": 1})
@@ -1007,9 +1040,17 @@ class BufferMachine(RuleBasedStateMachine):
         flush = self.md.drain()
         assert flush.unapplied == tuple(self.unapplied)
         self.unapplied = []
-        for body, text in zip(flush.bodies, flush.texts(), strict=True):
+        bodies = flush.bodies
+        assert len(bodies) == len(flush.texts())
+        for body in bodies:
             assert json_size(body) <= self.body_bytes
-            assert json.loads(text) == body
+        for section, ops in (
+            ("operations", flush.operations),
+            ("parentOperations", flush.parent_operations),
+            ("rootOperations", flush.root_operations),
+        ):
+            sent = [wire for body in bodies for wire in body[section]]
+            assert same_json(sent, [op.to_wire() for op in ops])
         if flush:
             assert self.md.in_flight is flush
             self.flight = flush
