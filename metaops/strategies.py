@@ -71,7 +71,16 @@ def _strings() -> st.SearchStrategy[str]:
 
 
 def json_values(*, integers_only: bool = False, max_leaves: int = 12) -> st.SearchStrategy[JSON]:
-    """Any JSON value: null, bools, numbers, strings, and nested lists and objects."""
+    """Any JSON value: null, bools, numbers, strings, and nested lists and objects.
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import json_size
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(json_values())
+    ... def test_every_value_has_a_size(value):
+    ...     assert json_size(value) >= 1
+    >>> test_every_value_has_a_size()
+    """
     scalars: st.SearchStrategy[JSON] = st.one_of(
         st.none(), st.booleans(), _numbers(integers_only), _strings()
     )
@@ -86,7 +95,16 @@ def json_values(*, integers_only: bool = False, max_leaves: int = 12) -> st.Sear
 
 
 def metadata(*, integers_only: bool = False, max_leaves: int = 16) -> st.SearchStrategy[dict[str, JSON]]:
-    """A metadata object (a dict at the top), keyed from :data:`LITERAL_KEYS`."""
+    """A metadata object (a dict at the top), keyed from :data:`LITERAL_KEYS`.
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import apply
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(metadata())
+    ... def test_no_operations_change_nothing(state):
+    ...     assert apply(state, []).metadata is state
+    >>> test_no_operations_change_nothing()
+    """
     return st.dictionaries(
         st.sampled_from(LITERAL_KEYS),
         json_values(integers_only=integers_only, max_leaves=max_leaves),
@@ -104,7 +122,15 @@ def _component() -> st.SearchStrategy[str]:
 
 
 def paths(*, wildcards: bool = True) -> st.SearchStrategy[str]:
-    """``$.`` path keys: nested keys, list indices, wildcards, slices and escapes."""
+    """``$.`` path keys: nested keys, list indices, wildcards, slices and escapes.
+
+    >>> from hypothesis import given, settings
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(paths(wildcards=False))
+    ... def test_a_path_starts_at_the_root(key):
+    ...     assert key.startswith("$.") and "*" not in key
+    >>> test_a_path_starts_at_the_root()
+    """
     component = _component()
     if not wildcards:
         component = component.filter(lambda c: c != "*" and not c.startswith("["))
@@ -117,12 +143,30 @@ def paths(*, wildcards: bool = True) -> st.SearchStrategy[str]:
 
 
 def unsafe_keys() -> st.SearchStrategy[str]:
-    """Keys the reference refuses (prototype pollution, or naming nothing below ``$``)."""
+    """Keys the reference refuses (prototype pollution, or naming nothing below ``$``).
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import Set, apply
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(unsafe_keys())
+    ... def test_an_unsafe_key_is_not_applied(key):
+    ...     assert apply({}, [Set(key, 1)]).unapplied == (Set(key, 1),)
+    >>> test_an_unsafe_key_is_not_applied()
+    """
     return st.sampled_from(_UNSAFE)
 
 
 def keys(*, unsafe: bool = True, wildcards: bool = True) -> st.SearchStrategy[str]:
-    """Operation keys: mostly literal keys and paths, sometimes unsafe ones."""
+    """Operation keys: mostly literal keys and paths, sometimes unsafe ones.
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import Delete, is_safe_key
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(keys(unsafe=False))
+    ... def test_a_safe_key_can_be_deleted(key):
+    ...     assert is_safe_key(key) and Delete(key).key == key
+    >>> test_a_safe_key_can_be_deleted()
+    """
     options = [st.sampled_from(LITERAL_KEYS), paths(wildcards=wildcards)]
     if unsafe:
         options.append(unsafe_keys())
@@ -132,7 +176,16 @@ def keys(*, unsafe: bool = True, wildcards: bool = True) -> st.SearchStrategy[st
 def operations(
     *, integers_only: bool = False, unsafe: bool = True, paths: bool = True, update: bool = True
 ) -> st.SearchStrategy[Operation]:
-    """One operation of any type, over :func:`keys` and :func:`json_values`."""
+    """One operation of any type, over :func:`keys` and :func:`json_values`.
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import apply
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(operations())
+    ... def test_one_operation_never_raises(op):
+    ...     apply({"n": 1}, [op])
+    >>> test_one_operation_never_raises()
+    """
     key = keys(unsafe=unsafe) if paths else st.sampled_from(LITERAL_KEYS)
     value = json_values(integers_only=integers_only, max_leaves=4)
     options: list[st.SearchStrategy[Any]] = [
@@ -155,7 +208,16 @@ def batches(
     update: bool = True,
     max_size: int = 12,
 ) -> st.SearchStrategy[list[Operation]]:
-    """A batch of operations, as an SDK would queue them."""
+    """A batch of operations, as an SDK would queue them.
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import apply, collapse, json_equal
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(metadata(integers_only=True), batches(integers_only=True))
+    ... def test_collapsing_keeps_the_result(state, ops):
+    ...     assert json_equal(apply(state, collapse(ops)).metadata, apply(state, ops).metadata)
+    >>> test_collapsing_keeps_the_result()
+    """
     return st.lists(
         operations(integers_only=integers_only, unsafe=unsafe, paths=paths, update=update),
         max_size=max_size,
