@@ -13,17 +13,19 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from examples.server import MetadataService, RunNotFoundError, ServiceConfig, SQLiteStorage
+from examples.server.storage import OutboxEntry
 from metaops import Append, Increment, MetadataTooLargeError, Set
 from metaops.server import FlushPlan, RetryPolicy
 
@@ -501,11 +503,17 @@ class LosingStorage(SQLiteStorage):
         super().__init__(path)
         self.losses = losses
 
-    def compare_and_swap(self, run_id: str, expected_version: int, new_metadata: dict[str, Any]) -> bool:
+    def compare_and_swap(
+        self,
+        run_id: str,
+        expected_version: int,
+        new_metadata: dict[str, Any],
+        enqueue: Sequence[OutboxEntry] = (),
+    ) -> list[int] | None:
         if self.losses > 0:
             self.losses -= 1
-            return False
-        return super().compare_and_swap(run_id, expected_version, new_metadata)
+            return None
+        return super().compare_and_swap(run_id, expected_version, new_metadata, enqueue)
 
 
 def _service(storage: SQLiteStorage, **config: Any) -> MetadataService:
@@ -564,11 +572,11 @@ def test_sqlite_compare_and_swap_and_flush_commit_check_the_version(tmp_path: Pa
     commit drops exactly its settled outbox rows with the metadata, in one transaction."""
     storage = SQLiteStorage(tmp_path / "db")
     storage.create_run("r", metadata={"n": 0}, parent_id=None, root_id=None)
-    assert storage.compare_and_swap("r", 0, {"n": 1}) is True
-    assert storage.compare_and_swap("r", 0, {"n": 99}) is False
+    assert storage.compare_and_swap("r", 0, {"n": 1}) == []
+    assert storage.compare_and_swap("r", 0, {"n": 99}, [("r", [Increment("n")])]) is None
     assert storage.read("r") == ({"n": 1}, 1)
-    seq1 = storage.enqueue("r", [Increment("n")])
-    seq2 = storage.enqueue("r", [Append("log", "x")])
+    assert storage.pending() == []
+    seq1, seq2 = storage.enqueue([("r", [Increment("n")]), ("r", [Append("log", "x")])])
     [entry1, entry2] = storage.pending()
     plan = FlushPlan("r", {"n": 2}, True, (entry1,))
     assert storage.commit_flush("r", 0, plan, at=0.0) is False
@@ -592,4 +600,75 @@ def test_runs_get_their_root_from_the_parent(tmp_path: Path) -> None:
     with pytest.raises(RunNotFoundError):
         service.create_run("orphan", parent_id="nobody")
     assert service.storage.get_run("orphan") is None
+    service.close()
+
+
+def _break_outbox_for(db: Path, run_id: str) -> Callable[[], None]:
+    """Make every outbox insert for ``run_id`` fail, as a full disk would; return the repair."""
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "CREATE TRIGGER broken_outbox BEFORE INSERT ON pending_operations "
+            f"WHEN NEW.run_id = '{run_id}' BEGIN SELECT RAISE(ABORT, 'disk full (injected)'); END"
+        )
+
+    def repair() -> None:
+        with sqlite3.connect(db) as connection:
+            connection.execute("DROP TRIGGER broken_outbox")
+
+    return repair
+
+
+FAMILY_UPDATE = {
+    "operations": [{"type": "increment", "key": "n", "value": 1}],
+    "parentOperations": [{"type": "append", "key": "log", "value": "child ran"}],
+}
+
+
+@pytest.mark.parametrize("losses", [0, 2], ids=["written", "own operations queued"])
+def test_a_request_whose_parent_operations_cannot_be_queued_changes_nothing(
+    tmp_path: Path, losses: int
+) -> None:
+    """When queuing the parent operations fails, the run's own update is not kept either (whether
+    it was written or, having lost every race, queued): the retry then applies it exactly once."""
+    db = tmp_path / "db"
+    service = _service(LosingStorage(db, losses=losses))
+    service.create_run("parent")
+    service.create_run("child", parent_id="parent")
+    repair = _break_outbox_for(db, "parent")
+    with pytest.raises(sqlite3.IntegrityError, match="injected"):
+        service.update_metadata("child", FAMILY_UPDATE)
+    assert service.storage.read("child") == ({}, 0)
+    assert (service.storage.pending(), service.pending()) == ([], 0)
+    repair()
+    assert service.update_metadata("child", FAMILY_UPDATE) == {"n": 1}
+    assert service.storage.read("child") == ({"n": 1}, 1)
+    assert service.storage.read("parent") == ({"log": ["child ran"]}, 1)
+    service.close()
+
+
+class FailingFlushStorage(SQLiteStorage):
+    """SQLite whose flush commits fail while ``broken`` is set."""
+
+    broken = True
+
+    def commit_flush(self, run_id: str, expected_version: int, plan: FlushPlan, at: float) -> bool:
+        if self.broken:
+            raise OSError("disk I/O error (injected)")
+        return super().commit_flush(run_id, expected_version, plan, at)
+
+
+def test_a_failing_inline_flush_does_not_fail_the_committed_request(tmp_path: Path) -> None:
+    """Once the run's write and its queued parent operations have committed, a failing inline flush
+    is logged, not answered as an error (a client would retry and apply it twice); the queued
+    operations are written by a later flush, once."""
+    storage = FailingFlushStorage(tmp_path / "db")
+    service = _service(storage)
+    service.create_run("parent")
+    service.create_run("child", parent_id="parent")
+    assert service.update_metadata("child", FAMILY_UPDATE) == {"n": 1}
+    assert storage.read("parent") == ({}, 0)
+    assert service.pending() == 1
+    storage.broken = False
+    assert service.flush_all() == 0
+    assert storage.read("parent") == ({"log": ["child ran"]}, 1)
     service.close()

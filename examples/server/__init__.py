@@ -28,12 +28,13 @@ from examples.server.service import (
     RunNotFoundError,
     ServiceConfig,
 )
-from examples.server.storage import RunRecord, SQLiteStorage, Storage, json_text
+from examples.server.storage import OutboxEntry, RunRecord, SQLiteStorage, Storage, json_text
 
 __all__ = [
     "MAX_BODY_BYTES",
     "MetadataHTTPServer",
     "MetadataService",
+    "OutboxEntry",
     "RunCompletedError",
     "RunExistsError",
     "RunNotFoundError",

@@ -8,9 +8,14 @@ One ``PUT`` goes:
 3. the run's own operations through :func:`metaops.server.update_run`: a
    compare-and-swap loop with jittered backoff. An update over the size limit
    raises :class:`metaops.MetadataTooLargeError` before anything is written;
-4. parent and root operations (when the run has a parent / root) are *queued*: written
-   to the storage's outbox (committed) and added to the in-memory
-   :class:`metaops.server.OperationBuffer` under the outbox's sequence number;
+4. parent and root operations (when the run has a parent / root) are *queued* in the
+   same transaction as the run's own write: the compare-and-swap that writes the run
+   also inserts them into the storage's outbox, so a request either changes the run
+   and queues them, or does neither (a retry after a failure then applies it once).
+   When nothing is written (nothing changed, or the own operations are queued
+   themselves), they go into the outbox with the own operations or alone, again in
+   one transaction. Once committed they join the in-memory
+   :class:`metaops.server.OperationBuffer` under the outbox's sequence numbers;
 5. the queued runs are flushed **inline**, before the response, each for at most
    ``flush_rounds`` rounds of :func:`metaops.server.flush_run` (itself bounded by the
    retry policy), so the response is never held up for long. Whatever an inline
@@ -19,6 +24,10 @@ One ``PUT`` goes:
    restart the outbox is loaded back into the buffer. A parent's metadata therefore
    shows a child's operations when the child's request returns in the common case,
    and within a flush interval in every case.
+
+Once the request's writes have committed, nothing after them turns the answer into an
+error: an inline flush that fails is logged and left to the background flusher, as
+answering 500 for a committed update would invite a retry that applies it twice.
 
 Own operations that lose every race join the buffer the same way (durably) and are
 flushed inline too; the response then carries the committed metadata when that
@@ -46,7 +55,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from examples.server.storage import Metadata, RunRecord, Storage
+from examples.server.storage import Metadata, OutboxEntry, RunRecord, Storage
 from metaops import JSON, MetadataTooLargeError, Operation, check_size, metadata_limit
 from metaops.server import (
     FlushPlan,
@@ -155,10 +164,28 @@ class MetadataService:
 
     def add(self, run_id: str, operations: Iterable[Operation]) -> int:
         """Queue ``operations`` for ``run_id``, durably; return their sequence number."""
-        batch = tuple(operations)
+        return self._enqueue([(run_id, tuple(operations))])[0]
+
+    def _enqueue(self, entries: Sequence[OutboxEntry]) -> list[int]:
         with self._outbox_lock:
-            seq = self._storage.enqueue(run_id, batch)
-            return self._buffer.add(run_id, batch, seq=seq)
+            seqs = self._storage.enqueue(entries)
+            self._buffer_committed(entries, seqs)
+        return seqs
+
+    def _swap_and_enqueue(
+        self, run_id: str, expected_version: int, metadata: Metadata, entries: Sequence[OutboxEntry]
+    ) -> bool:
+        with self._outbox_lock:
+            seqs = self._storage.compare_and_swap(run_id, expected_version, metadata, entries)
+            if seqs is None:
+                return False
+            self._buffer_committed(entries, seqs)
+        return True
+
+    def _buffer_committed(self, entries: Sequence[OutboxEntry], seqs: Sequence[int]) -> None:
+        # Called under the outbox lock, so that buffer order is outbox order.
+        for (target, operations), seq in zip(entries, seqs, strict=True):
+            self._buffer.add(target, operations, seq=seq)
 
     def busy(self, run_id: str) -> bool:
         """Whether ``run_id`` has operations queued or being flushed."""
@@ -183,7 +210,9 @@ class MetadataService:
 
         Raises :class:`~metaops.InvalidRequestError`, :class:`RunNotFoundError`,
         :class:`RunCompletedError` or :class:`~metaops.MetadataTooLargeError`; none of
-        them leaves anything changed.
+        them leaves anything changed. Nor does any other error raised here (a failing
+        database): the run's write and the queuing of its parent/root operations are
+        one transaction, and once it has committed, errors are logged instead.
         """
         request = parse_update_request(body)
         run = self._storage.get_run(run_id, metadata=False)  # update_run reads it, with its version
@@ -192,28 +221,30 @@ class MetadataService:
         if run.completed_at is not None and run.completed_at <= self._clock() - self._config.updatable_window:
             msg = "Cannot update metadata for a completed run"
             raise RunCompletedError(msg)
+        related = self._related(run, request.parent_operations, request.root_operations)
+        writes = _RequestWrites(self, related)
         result = update_run(
             run_id,
             request.own_operations,
             read=self._storage.read,
-            compare_and_swap=self._storage.compare_and_swap,
-            buffer=self,
+            compare_and_swap=writes.compare_and_swap,
+            buffer=writes,
             policy=self._config.policy,
             random=self._random,
             sleep=self._sleep,
             limit=self._limit,
         )
+        writes.enqueue_rest()
         metadata = result.metadata
-        if result.status == "buffered" and self._config.inline_flush:
-            metadata = self._settle_own(run_id, result.seq, metadata)
-        queued = self._queue_related(run, request.parent_operations, request.root_operations)
         if self._config.inline_flush:
-            for target in queued:
-                self.flush(target)
+            if result.status == "buffered":
+                metadata = self._settle_own(run_id, result.seq, metadata)
+            for target in dict.fromkeys(target for target, _ in related):
+                self._flush_committed(target)
         return metadata
 
     def _settle_own(self, run_id: str, seq: int | None, optimistic: Metadata) -> Metadata:
-        for flushed in self.flush(run_id):
+        for flushed in self._flush_committed(run_id):
             if flushed.plan is None:
                 continue
             if any(entry.seq == seq for entry in flushed.plan.applied):
@@ -223,10 +254,19 @@ class MetadataService:
                     raise MetadataTooLargeError(rejection.size, rejection.limit)
         return optimistic
 
-    def _queue_related(
+    def _flush_committed(self, run_id: str) -> list[FlushResult]:
+        """Flush after the request's writes committed: a failure is logged, never raised."""
+        results: list[FlushResult] = []
+        try:
+            self._flush_into(run_id, results)
+        except Exception:  # the entries went back to the buffer; the background flusher retries
+            _log.exception("inline flush of run %s failed; left to the background flusher", run_id)
+        return results
+
+    def _related(
         self, run: RunRecord, parent_ops: Sequence[Operation], root_ops: Sequence[Operation]
-    ) -> list[str]:
-        queued: list[str] = []
+    ) -> list[OutboxEntry]:
+        entries: list[OutboxEntry] = []
         for target, ops, kind in ((run.parent_id, parent_ops, "parent"), (run.root_id, root_ops, "root")):
             if not ops:
                 continue
@@ -234,16 +274,19 @@ class MetadataService:
                 # As the platform does: a run without a parent (or root) has nowhere to send them.
                 _log.info("run %s has no %s run: ignoring %d %s operations", run.id, kind, len(ops), kind)
                 continue
-            self.add(target, ops)
-            if target not in queued:
-                queued.append(target)
-        return queued
+            entries.append((target, tuple(ops)))
+        return entries
 
     # ------------------------------------------------------------ flushing
 
     def flush(self, run_id: str) -> list[FlushResult]:
         """Write ``run_id``'s queued operations: at most ``flush_rounds`` batches."""
         results: list[FlushResult] = []
+        self._flush_into(run_id, results)
+        return results
+
+    def _flush_into(self, run_id: str, results: list[FlushResult]) -> None:
+        # Appends as it goes, so that a caller catching an error still sees the rounds done.
         for _ in range(max(1, self._config.flush_rounds)):
             flushed = flush_run(
                 self._buffer,
@@ -260,7 +303,6 @@ class MetadataService:
                 _log.warning("run %s: rejected queued operations: %s", run_id, rejection.reason)
             if flushed.status != "committed" or not self._buffer.pending(run_id):
                 break
-        return results
 
     def _commit(self, run_id: str, expected_version: int, plan: FlushPlan) -> bool:
         return self._storage.commit_flush(run_id, expected_version, plan, self._clock())
@@ -328,3 +370,38 @@ class MetadataService:
             "queued": len(self._buffer.pending(run_id)),
             "rejected": self._storage.rejections(run_id),  # type: ignore[dict-item]
         }
+
+
+class _RequestWrites:
+    """One request's writes, so that its parent/root entries commit with whatever it writes first.
+
+    :func:`metaops.server.update_run` calls :meth:`compare_and_swap` (the run's own
+    write) or :meth:`add` (its own operations, queued); whichever commits first
+    carries the related entries in its transaction. :meth:`enqueue_rest` queues them
+    alone when neither committed (nothing needed writing).
+    """
+
+    def __init__(self, service: MetadataService, related: list[OutboxEntry]) -> None:
+        self._service = service
+        self._related = related
+
+    def compare_and_swap(self, run_id: str, expected_version: int, metadata: Metadata) -> bool:
+        if not self._related:
+            return self._service.storage.compare_and_swap(run_id, expected_version, metadata) is not None
+        if not self._service._swap_and_enqueue(run_id, expected_version, metadata, self._related):
+            return False
+        self._related = []
+        return True
+
+    def add(self, run_id: str, operations: Iterable[Operation]) -> int:
+        seqs = self._service._enqueue([(run_id, tuple(operations)), *self._related])
+        self._related = []
+        return seqs[0]
+
+    def busy(self, run_id: str) -> bool:
+        return self._service.busy(run_id)
+
+    def enqueue_rest(self) -> None:
+        if self._related:
+            self._service._enqueue(self._related)
+            self._related = []

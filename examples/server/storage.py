@@ -2,10 +2,11 @@
 
 :class:`Storage` is everything the service needs; :class:`SQLiteStorage` implements
 it with the standard library. A PostgreSQL version would map one to one: the
-compare-and-swap is ``UPDATE ... WHERE id = $1 AND version = $2`` (row count 1),
-the outbox a ``BIGSERIAL`` table, and :meth:`Storage.commit_flush` one transaction
-that locks the run row (``SELECT ... FOR UPDATE``) instead of SQLite's
-``BEGIN IMMEDIATE``.
+compare-and-swap is ``UPDATE ... WHERE id = $1 AND version = $2`` (row count 1)
+followed, in the same transaction, by the outbox rows it carries (``INSERT ...
+RETURNING seq``), the outbox a ``BIGSERIAL`` table, and :meth:`Storage.commit_flush`
+one transaction that locks the run row (``SELECT ... FOR UPDATE``) instead of
+SQLite's ``BEGIN IMMEDIATE``.
 
 Every method commits before it returns: an update the server acknowledges is on
 disk (in the WAL) and survives the process being killed.
@@ -26,9 +27,11 @@ import metaops
 from metaops import JSON, Operation, parse_operations
 from metaops.server import BufferedEntry, FlushPlan
 
-__all__ = ["Metadata", "RunRecord", "SQLiteStorage", "Storage", "json_text"]
+__all__ = ["Metadata", "OutboxEntry", "RunRecord", "SQLiteStorage", "Storage", "json_text"]
 
 Metadata = dict[str, JSON]
+OutboxEntry = tuple[str, Sequence[Operation]]
+"""``(run_id, operations)``: operations to queue for a run, in the storage's outbox."""
 
 
 def json_text(value: object) -> str:
@@ -87,16 +90,21 @@ class Storage(Protocol):
         """The run's metadata and version."""
         ...
 
-    def compare_and_swap(self, run_id: str, expected_version: int, new_metadata: Metadata) -> bool:
-        """Store ``new_metadata`` and bump the version, if the version is ``expected_version``."""
+    def compare_and_swap(
+        self, run_id: str, expected_version: int, new_metadata: Metadata, enqueue: Sequence[OutboxEntry] = ()
+    ) -> list[int] | None:
+        """If the version is ``expected_version``, in one transaction: store ``new_metadata``, bump
+        the version and queue each entry of ``enqueue``; return the entries' sequence numbers
+        (``[]`` for none). ``None``, and nothing done, when the version moved."""
         ...
 
     def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
         """Mark the run completed at ``completed_at``."""
         ...
 
-    def enqueue(self, run_id: str, operations: Sequence[Operation]) -> int:
-        """Durably queue ``operations`` for ``run_id``; return their sequence number (increasing)."""
+    def enqueue(self, entries: Sequence[OutboxEntry]) -> list[int]:
+        """Durably queue every entry, all or none (one transaction); return their sequence
+        numbers, increasing, in order. ``KeyError`` (and nothing queued) for an unknown run."""
         ...
 
     def pending(self) -> list[BufferedEntry]:
@@ -263,14 +271,30 @@ class SQLiteStorage:
             raise KeyError(run_id)
         return json.loads(row[0]), row[1]
 
-    def compare_and_swap(self, run_id: str, expected_version: int, new_metadata: Metadata) -> bool:
+    def compare_and_swap(
+        self, run_id: str, expected_version: int, new_metadata: Metadata, enqueue: Sequence[OutboxEntry] = ()
+    ) -> list[int] | None:
         text = json_text(new_metadata)
+        rows = _outbox_rows(enqueue)
         with self._connection() as db:
+            if not rows:
+                # One statement is its own transaction: the hot path takes no explicit lock.
+                cursor = db.execute(
+                    "UPDATE runs SET metadata = ?, version = version + 1 WHERE id = ? AND version = ?",
+                    (text, run_id, expected_version),
+                )
+                return [] if cursor.rowcount == 1 else None
+            db.execute("BEGIN IMMEDIATE")
             cursor = db.execute(
                 "UPDATE runs SET metadata = ?, version = version + 1 WHERE id = ? AND version = ?",
                 (text, run_id, expected_version),
             )
-        return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                db.execute("ROLLBACK")
+                return None
+            seqs = _insert_outbox(db, rows)
+            db.execute("COMMIT")
+        return seqs
 
     def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
         with self._connection() as db:
@@ -285,18 +309,15 @@ class SQLiteStorage:
 
     # ------------------------------------------------------------------ outbox
 
-    def enqueue(self, run_id: str, operations: Sequence[Operation]) -> int:
-        text = json_text([op.to_wire() for op in operations])
+    def enqueue(self, entries: Sequence[OutboxEntry]) -> list[int]:
+        rows = _outbox_rows(entries)
+        if not rows:
+            return []
         with self._connection() as db:
-            try:
-                cursor = db.execute(
-                    "INSERT INTO pending_operations (run_id, operations) VALUES (?, ?)", (run_id, text)
-                )
-            except sqlite3.IntegrityError:
-                raise KeyError(run_id) from None
-        seq = cursor.lastrowid
-        assert seq is not None
-        return seq
+            db.execute("BEGIN IMMEDIATE")
+            seqs = _insert_outbox(db, rows)
+            db.execute("COMMIT")
+        return seqs
 
     def pending(self) -> list[BufferedEntry]:
         with self._connection() as db:
@@ -359,3 +380,24 @@ class SQLiteStorage:
                 table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                 for table in ("runs", "pending_operations", "rejected_operations")
             }
+
+
+def _outbox_rows(entries: Sequence[OutboxEntry]) -> list[tuple[str, str]]:
+    return [(run_id, json_text([op.to_wire() for op in operations])) for run_id, operations in entries]
+
+
+def _insert_outbox(db: sqlite3.Connection, rows: list[tuple[str, str]]) -> list[int]:
+    """Insert outbox rows inside the caller's transaction; the caller's connection rolls back on error."""
+    seqs: list[int] = []
+    for run_id, text in rows:
+        try:
+            cursor = db.execute(
+                "INSERT INTO pending_operations (run_id, operations) VALUES (?, ?)", (run_id, text)
+            )
+        except sqlite3.IntegrityError as error:
+            if "FOREIGN KEY" not in str(error):
+                raise
+            raise KeyError(run_id) from None
+        assert cursor.lastrowid is not None
+        seqs.append(cursor.lastrowid)
+    return seqs
