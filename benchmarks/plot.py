@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -225,13 +226,24 @@ def draw(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    """Measure, print the table and write the PNG; return the exit status."""
+    parser = argparse.ArgumentParser(
+        # Run with -m, argparse would name the file (plot.py), which is not how to run it again.
+        prog="python -m benchmarks.plot" if __package__ else None,
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "docs" / "per-call-cost.png", help="the PNG to write"
     )
     parser.add_argument("--reps", type=int, default=15, help="repetitions per point (default 15)")
     parser.add_argument("--json", type=Path, help="also save the raw numbers here")
     args = parser.parse_args(argv)
+    # Before measuring, which takes half a minute: without matplotlib there is nothing to draw with.
+    if importlib.util.find_spec("matplotlib") is None:
+        sys.stderr.write(
+            f"{parser.prog}: matplotlib is not installed; install the plot extra: pip install -e '.[plot]'\n"
+        )
+        return 2
 
     states = build_states()
     sizes = [json_size(state) for state in states]

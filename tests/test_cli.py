@@ -587,3 +587,43 @@ def test_python_m_metaops_demo() -> None:
     assert done.returncode == 0, done.stderr
     assert "Summary" in done.stdout
     assert "50/50 rows" in done.stdout
+
+
+# --------------------------------------------------------------------------- benchmarks/plot.py
+
+
+def test_plot_without_matplotlib_stops_before_measuring(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Without matplotlib, plot.py exits 2 at once, saying which extra to install, and measures nothing."""
+    from benchmarks import plot
+
+    # None in sys.modules is how Python marks a module that cannot be imported.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+
+    def measured() -> None:
+        raise AssertionError("measured without a way to draw")
+
+    monkeypatch.setattr(plot, "build_states", measured)
+    assert plot.main(["--out", str(tmp_path / "plot.png")]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "python -m benchmarks.plot: matplotlib is not installed; "
+        "install the plot extra: pip install -e '.[plot]'\n"
+    )
+    assert not (tmp_path / "plot.png").exists()
+
+
+def test_plot_help_names_the_way_to_run_it() -> None:
+    """`python -m benchmarks.plot --help` shows that command in its usage, not the file name."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.plot", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m benchmarks.plot [-h]")
