@@ -30,8 +30,8 @@ from typing import Any, TextIO
 
 from metaops._apply import apply
 from metaops._collapse import collapse, reference_rule
-from metaops._json import JSON, json_equal
-from metaops._size import json_size, json_text, metadata_limit
+from metaops._json import JSON, js_key_order, json_equal
+from metaops._size import js_number, json_size, json_text, metadata_limit
 from metaops._values import Append, Increment, Operation, Set
 from metaops.buffer import RunMetadata
 from metaops.server import (
@@ -289,6 +289,7 @@ class _Progress:
         self.total = total
         self.tty = tty
         self.tenth = -1
+        self.drawn = 0  # the length of the line last drawn on the terminal
 
     def show(self, metadata: Metadata) -> None:
         if self.out is None:
@@ -300,9 +301,11 @@ class _Progress:
         if self.tty:
             filled = int(self.WIDTH * share)
             bar = "#" * filled + "." * (self.WIDTH - filled)
-            self.out.write(
-                f"\r  [{bar}] {done:>{len(f'{self.total:,}')},}/{self.total:,} rows {share:4.0%}  {status}"
-            )
+            line = f"  [{bar}] {done:>{len(f'{self.total:,}')},}/{self.total:,} rows {share:4.0%}  {status}"
+            # A carriage return only moves the cursor: pad over what a longer line left behind
+            # (spaces rather than an escape code, which not every terminal understands).
+            self.out.write(f"\r{line:<{self.drawn}}")
+            self.drawn = len(line)
             self.out.flush()
             return
         tenth = int(share * 10)
@@ -448,6 +451,24 @@ def _abbreviated(value: JSON, keep: int = 2) -> JSON:
     return value
 
 
+def _js_text(value: JSON) -> str:
+    """``value`` as JavaScript's ``JSON.stringify`` writes it, as the platform stores and shows it.
+
+    Numbers in JavaScript's spelling, keys in JavaScript's order (integer-like keys first).
+
+    >>> _js_text({"progress": 1.0, "small": 1e-7, "10": None, "rows": [1, "日本"]})
+    '{"10":null,"progress":1,"small":1e-7,"rows":[1,"日本"]}'
+    """
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json_text(key)}:{_js_text(value[key])}" for key in js_key_order(value)) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_js_text(item) for item in value) + "]"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = js_number(value)
+        return "null" if text in ("NaN", "Infinity", "-Infinity") else text
+    return json_text(value)
+
+
 def summary(report: DemoReport) -> str:
     """The summary the demo prints after its progress display."""
 
@@ -471,7 +492,7 @@ def summary(report: DemoReport) -> str:
         f"                   {report.server_applied:,} applied after composing: "
         f"{share(report.server_applied, report.server_reference)} of the {report.server_reference:,} "
         "the reference's rule leaves",
-        f"  final metadata   {json.dumps(_abbreviated(report.metadata), separators=(',', ':'))}",
+        f"  final metadata   {_js_text(_abbreviated(report.metadata))}",
         f"  size             {report.size:,} bytes of JSON: {share(report.size, report.limit)} of the "
         f"{report.limit:,}-byte limit",
     ]

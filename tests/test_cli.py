@@ -516,6 +516,31 @@ def test_demo_prints_plain_progress_lines_and_a_summary() -> None:
     assert "equals every accepted call applied one by one" in ran.out
 
 
+def screen(written: str) -> list[str]:
+    """The lines a terminal shows after ``written``: a carriage return moves to the line's start,
+    later characters overwrite earlier ones, ESC [K clears to the end of the line."""
+    lines = [""]
+    column = 0
+    i = 0
+    while i < len(written):
+        if written.startswith("\x1b[K", i):
+            lines[-1] = lines[-1][:column]
+            i += 3
+            continue
+        char = written[i]
+        i += 1
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            lines.append("")
+            column = 0
+        else:
+            line = lines[-1]
+            lines[-1] = line[:column] + char + line[column + 1 :]
+            column += 1
+    return [line.rstrip(" ") for line in lines]
+
+
 def test_demo_draws_a_bar_on_a_terminal() -> None:
     """On a terminal the progress is one line redrawn with carriage returns, ending full."""
     shown = io.StringIO()
@@ -525,6 +550,34 @@ def test_demo_draws_a_bar_on_a_terminal() -> None:
     assert len(frames) >= 5
     assert "[" + "#" * 30 + "]" in frames[-1]
     assert "40/40 rows" in frames[-1]
+
+
+class FakeTerminal(io.StringIO):
+    """Standard output that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        """A terminal, as far as the demo can tell."""
+        return True
+
+
+def test_demo_on_a_terminal_leaves_no_stray_characters() -> None:
+    """The bar's last redraw ("complete") fully covers the longer one before it ("processing")."""
+    out = FakeTerminal()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["demo", "--rows", "40", "--flush-every", "10"]) == 0
+    written = out.getvalue()
+    assert "processing\r" in written  # the redraw this test is about did happen
+    bar = [line for line in screen(written) if "rows" in line and "[" in line]
+    assert bar == ["  [" + "#" * 30 + "] 40/40 rows 100%  complete"]
+
+
+def test_demo_prints_the_final_metadata_as_javascript_writes_it() -> None:
+    """The summary's metadata spells numbers as JSON.stringify does: progress 1.0 is written 1."""
+    ran = run("demo", "--rows", "20", "--flush-every", "10")
+    assert ran.code == 0, ran.err
+    (line,) = [line for line in ran.out.splitlines() if line.startswith("  final metadata ")]
+    assert line.endswith('"progress":1}'), line
+    assert "1.0" not in line
 
 
 def test_demo_over_the_limit_rejects_and_stays_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
