@@ -38,6 +38,10 @@ overflowed) is written null, as JavaScript's JSON.stringify writes it.
 exit status: 0 done, 2 bad input (a file that cannot be read, malformed JSON,
 the wrong shape, an invalid operation): one line on standard error says what."""
 
+_FLOATS = """\
+Exactly so for integers; float increments merged into one are equal up to
+rounding (reassociation: (a + b) + c and a + (b + c) can differ in the last digit)."""
+
 _OPERATIONS = """\
 OPS is a JSON array of operations in the platform's wire form, e.g.
 [{"type": "increment", "key": "n", "value": 1}, {"type": "delete", "key": "x"}].
@@ -265,11 +269,12 @@ def _parser() -> _Parser:
     demo = command(
         "demo",
         "Run the documented CSV example end to end in one process",
-        "A parent run processes a CSV file; one child run per row updates the parent's metadata\n"
-        "(processedRows, rowRuns, progress) through the SDK buffer and the server-side loop into\n"
-        "a SQLite file in a temporary directory. Shows a progress bar on a terminal (plain lines\n"
-        "otherwise), then a summary: calls made, operations sent after collapsing against what\n"
-        "the reference's rule would send, bytes sent, flushes, the final metadata and its size.",
+        "A parent run processes a CSV file: it sets its metadata's status and totalRows, and\n"
+        "one child run per row updates the parent's processedRows, rowRuns and progress, all\n"
+        "through the SDK buffer and the server-side loop into a SQLite file in a temporary\n"
+        "directory. Shows a progress bar on a terminal (plain lines otherwise), then a summary:\n"
+        "calls made, operations sent after collapsing against what the reference's rule would\n"
+        "send, bytes sent, flushes, the final metadata and its size.",
         epilog="exit status: 0 when the stored metadata equals every call applied one by one, else 1.",
     )
     demo.add_argument("--rows", type=int, default=3000, help="rows in the CSV file (default 3000)")
@@ -298,7 +303,7 @@ def _parser() -> _Parser:
         "collapse",
         "Collapse a batch of operations",
         _OPERATIONS + "\n\nPrints the collapsed batch, a JSON array of wire operations with the same\n"
-        "effect as OPS from every starting metadata.",
+        "effect as OPS from every starting metadata.\n" + _FLOATS,
     )
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
     sub.set_defaults(handler=_collapse)
@@ -307,7 +312,8 @@ def _parser() -> _Parser:
         "compose",
         "Compose two batches of operations",
         "A and B are JSON arrays of operations (as OPS below).\n" + _OPERATIONS + "\n\n"
-        "Prints the collapsed batch with the effect of A followed by B (a JSON array).",
+        "Prints the collapsed batch (a JSON array) with the same effect as A followed by B\n"
+        "from every starting metadata.\n" + _FLOATS,
     )
     sub.add_argument("first", metavar="A", help="the first batch: a JSON array")
     sub.add_argument("second", metavar="B", help="the batch after it: a JSON array")

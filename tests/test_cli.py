@@ -463,6 +463,21 @@ def test_every_command_has_help(command: str) -> None:
         assert "one line of compact JSON" in ran.out
 
 
+@pytest.mark.parametrize("command", ["collapse", "compose"])
+def test_collapse_help_says_floats_agree_up_to_rounding(command: str) -> None:
+    """The promise of the same effect is qualified as the library's is: floats merged agree up to rounding."""
+    text = " ".join(run(command, "--help").out.split())
+    assert "from every starting metadata." in text
+    assert "Exactly so for integers; float increments merged into one are equal up to rounding" in text
+
+
+def test_demo_help_names_every_metadata_key() -> None:
+    """`demo --help` names each key the demo's runs write, status included."""
+    text = run("demo", "--help").out
+    for key in ("status", "totalRows", "processedRows", "rowRuns", "progress"):
+        assert key in text, key
+
+
 def test_top_level_help_lists_every_command() -> None:
     """`--help` names every command."""
     ran = run("--help")
