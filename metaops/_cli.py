@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, NoReturn
 
+from metaops import _json
 from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
@@ -23,6 +24,10 @@ from metaops._size import json_size, json_text
 from metaops._values import Operation, _parse, parse_operations
 
 __all__ = ["main"]
+
+# normalize's bound on nesting, which validate applies before the schema check.
+# (Looked up by name so that this module does not break while the bound is being added to _json.)
+_MAX_DEPTH: int = getattr(_json, "MAX_DEPTH", 256)
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -36,7 +41,8 @@ to the same values; a number that is not finite (a float increment that
 overflowed) is written null, as JavaScript's JSON.stringify writes it.
 
 exit status: 0 done, 2 bad input (a file that cannot be read, malformed JSON,
-the wrong shape, an invalid operation): one line on standard error says what."""
+the wrong shape, an invalid operation, JSON nested too deeply): one line on
+standard error says what."""
 
 _FLOATS = """\
 Exactly so for integers; float increments merged into one are equal up to
@@ -53,6 +59,13 @@ refuses them)."""
 
 class _BadInput(Exception):
     """Input the command cannot work on; the message says which argument and what is wrong."""
+
+
+_DEEP = "JSON nested too deeply to process"
+
+
+class _TooDeep(Exception):
+    """A value nested too deeply to process or write out (which argument it came from is unknown)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,8 +129,10 @@ def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
     value = _load(name, source)
     try:
         return parse_operations(_as_list(value, name, source), safe_keys=False)
-    except InvalidOperationError as error:
+    except (InvalidOperationError, InvalidValueError) as error:
         raise _BadInput(f"{_where(name, source)}: {error}") from None
+    except RecursionError:
+        raise _BadInput(f"{_where(name, source)}: {_DEEP}") from None
 
 
 def _as_list(value: object, name: str, source: str) -> list[Any]:
@@ -136,11 +151,30 @@ def _load_metadata(name: str, source: str) -> dict[str, JSON]:
         return normalize(value, name, wire=True)  # type: ignore[return-value]
     except InvalidValueError as error:
         raise _BadInput(f"{_where(name, source)}: {error}") from None
+    except RecursionError:
+        raise _BadInput(f"{_where(name, source)}: {_DEEP}") from None
+
+
+def _depth(value: object) -> int:
+    """How deeply ``value``'s containers nest (``[[1]]`` is 2), without recursing."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _dump(value: object) -> str:
     """``value`` as one line of the documented output format."""
-    return json_text(value, ascii=True) + "\n"
+    try:
+        return json_text(value, ascii=True) + "\n"
+    except (RecursionError, ValueError):
+        # json_text fails only on a value nested past what the encoder's stack holds.
+        raise _TooDeep from None
 
 
 def _wire(ops: Sequence[Operation]) -> list[dict[str, JSON]]:
@@ -177,20 +211,38 @@ def _compose(args: argparse.Namespace) -> int:
 
 def _size(args: argparse.Namespace) -> int:
     value = _load("JSON", args.json)
-    sys.stdout.write(f"{json_size(value)}\n")
+    try:
+        size = json_size(value)
+    except (RecursionError, ValueError):
+        # Read, but nested past what the encoder's stack holds.
+        raise _BadInput(f"{_where('JSON', args.json)}: {_DEEP}") from None
+    sys.stdout.write(f"{size}\n")
     return EXIT_OK
 
 
 def _validate(args: argparse.Namespace) -> int:
     raw = _as_list(_load("OPS", args.ops), "OPS", args.ops)
-    invalid = 0
+    lines = []
     for index, obj in enumerate(raw):
+        # How deep metaops can look is its own limit, not the platform's schema: a value past
+        # it is input this oracle cannot judge (exit 2), not an operation the schema refuses.
+        depth = _depth(obj.get("value")) if isinstance(obj, dict) else 0
+        if depth > _MAX_DEPTH:
+            msg = (
+                f"{_where('OPS', args.ops)}: operation {index}: field 'value': nested {depth:,} levels "
+                f"deep; metaops checks values nested at most {_MAX_DEPTH} levels"
+            )
+            raise _BadInput(msg)
         try:
             _parse(obj, True, index)
         except InvalidOperationError as error:
-            invalid += 1
-            sys.stdout.write(_dump({"index": index, "field": error.field, "message": str(error)}))
-    return EXIT_INVALID if invalid else EXIT_OK
+            lines.append(_dump({"index": index, "field": error.field, "message": str(error)}))
+        except (InvalidValueError, RecursionError) as error:
+            detail = str(error) if isinstance(error, InvalidValueError) else _DEEP
+            raise _BadInput(f"{_where('OPS', args.ops)}: operation {index}: {detail}") from None
+    # Written at the end, so that bad input found part way leaves nothing on standard output.
+    sys.stdout.write("".join(lines))
+    return EXIT_INVALID if lines else EXIT_OK
 
 
 def _vectors(args: argparse.Namespace) -> int:
@@ -297,7 +349,7 @@ def _parser() -> _Parser:
     )
     sub.add_argument("state", metavar="STATE", help="the metadata: a JSON object")
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
-    sub.set_defaults(handler=_apply)
+    sub.set_defaults(handler=_apply, inputs=[("STATE", "state"), ("OPS", "ops")])
 
     sub = command(
         "collapse",
@@ -306,7 +358,7 @@ def _parser() -> _Parser:
         "effect as OPS from every starting metadata.\n" + _FLOATS,
     )
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
-    sub.set_defaults(handler=_collapse)
+    sub.set_defaults(handler=_collapse, inputs=[("OPS", "ops")])
 
     sub = command(
         "compose",
@@ -317,7 +369,7 @@ def _parser() -> _Parser:
     )
     sub.add_argument("first", metavar="A", help="the first batch: a JSON array")
     sub.add_argument("second", metavar="B", help="the batch after it: a JSON array")
-    sub.set_defaults(handler=_compose)
+    sub.set_defaults(handler=_compose, inputs=[("A", "first"), ("B", "second")])
 
     sub = command(
         "size",
@@ -326,7 +378,7 @@ def _parser() -> _Parser:
         "UTF-8 length of JSON.stringify(value), as a decimal integer.",
     )
     sub.add_argument("json", metavar="JSON", help="any JSON value")
-    sub.set_defaults(handler=_size)
+    sub.set_defaults(handler=_size, inputs=[("JSON", "json")])
 
     sub = command(
         "validate",
@@ -338,7 +390,7 @@ def _parser() -> _Parser:
         epilog=_OUTPUT.replace("exit status: 0 done,", "exit status: 0 all valid, 1 some invalid,"),
     )
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
-    sub.set_defaults(handler=_validate)
+    sub.set_defaults(handler=_validate, inputs=[("OPS", "ops")])
 
     sub = command(
         "vectors",
@@ -372,6 +424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except (_BadInput, MetaopsError) as error:
         sys.stderr.write(f"metaops {args.command}: {error}\n")
+        return EXIT_BAD_INPUT
+    except (RecursionError, _TooDeep):
+        # The last resort, for input that was read but recursed past the stack while being
+        # processed or written out; which argument held it is not known here, so name them all.
+        inputs: list[tuple[str, str]] = getattr(args, "inputs", [])
+        if not inputs:
+            raise
+        named = " or ".join(_where(name, getattr(args, attr)) for name, attr in inputs)
+        sys.stderr.write(f"metaops {args.command}: {named}: {_DEEP}\n")
         return EXIT_BAD_INPUT
     sys.stdout.flush()
     return code

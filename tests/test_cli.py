@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from metaops import Operation, json_equal, parse_operations
-from metaops._cli import main
+from metaops._cli import _MAX_DEPTH, main
 from metaops._collapse import reference_rule
 from metaops._demo import run_demo
 from metaops.strategies import batches, metadata
@@ -404,6 +404,105 @@ def test_standard_input_for_two_arguments_is_refused() -> None:
     """`apply - -` and `compose - -` would both read one stream: exit 2, saying so."""
     assert_bad_input(run("apply", "-", "-", stdin="{}"), "apply", "standard input (-)", "one argument")
     assert_bad_input(run("compose", "-", "-", stdin="[]"), "compose", "standard input (-)", "one argument")
+
+
+def nested(depth: int) -> str:
+    """JSON text of ``depth`` lists, one inside the other."""
+    return "[" * depth + "]" * depth
+
+
+def deep_ops(depth: int) -> str:
+    """A batch of one set whose value is ``depth`` lists deep."""
+    return '[{"type": "set", "key": "a", "value": ' + nested(depth) + "}]"
+
+
+# 600 levels: read by json, then past what recursing over it in Python holds (or past metaops's
+# bound on nesting); 2,000: past what json itself reads.
+DEPTHS = [600, 2000]
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize(
+    ("argv", "stdin", "name"),
+    [
+        (["apply", "-", "{ops}"], lambda d: '{"a": ' + nested(d) + "}", "STATE (standard input)"),
+        (["apply", "{state}", "-"], deep_ops, "OPS (standard input)"),
+        (["collapse", "-"], deep_ops, "OPS (standard input)"),
+        (["compose", "{ops}", "-"], deep_ops, "B (standard input)"),
+        (["validate", "-"], deep_ops, "OPS (standard input)"),
+    ],
+    ids=["apply STATE", "apply OPS", "collapse", "compose", "validate"],
+)
+def test_deeply_nested_input_is_bad_input(
+    argv: list[str], stdin: Any, name: str, depth: int, tmp_path: Path
+) -> None:
+    """JSON nested hundreds or thousands deep: exit 2 and one line naming the argument, no traceback."""
+    paths = {"state": write(tmp_path, "state.json", {}), "ops": write(tmp_path, "ops.json", [])}
+    ran = run(*(arg.format(**paths) for arg in argv), stdin=stdin(depth))
+    assert_bad_input(ran, argv[0], name, "nested")
+
+
+def test_size_measures_a_deep_value_json_reads() -> None:
+    """`size` never recurses in Python: a value json reads, 600 deep, is measured as JavaScript would."""
+    ran = run("size", "-", stdin='{"a": ' + nested(600) + "}")
+    assert (ran.code, ran.out, ran.err) == (0, f"{len(nested(600)) + 6}\n", "")
+
+
+def test_size_of_a_value_json_cannot_read_is_bad_input() -> None:
+    """`size` of a value 2,000 deep, past what json reads: exit 2, naming the argument."""
+    ran = run("size", "-", stdin=nested(2000))
+    assert_bad_input(ran, "size", "JSON (standard input)", "nested too deeply")
+
+
+@pytest.mark.parametrize(
+    ("argv", "target", "names"),
+    [
+        (["apply", "{state}", "{ops}"], "metaops._cli.apply", ["STATE ({state}) or OPS ({ops})"]),
+        (["collapse", "-"], "metaops._cli.collapse", ["OPS (standard input)"]),
+        (["compose", "{ops}", "-"], "metaops._cli.compose", ["A ({ops}) or B (standard input)"]),
+        (["apply", "{state}", "{ops}"], "metaops._cli.json_text", ["STATE ({state}) or OPS ({ops})"]),
+        (["size", "-"], "metaops._cli.json_size", ["JSON (standard input)"]),
+        (["apply", "{state}", "{ops}"], "metaops._cli.normalize", ["STATE ({state})"]),
+        (["collapse", "-"], "metaops._cli.parse_operations", ["OPS (standard input)"]),
+        (["validate", "-"], "metaops._cli._parse", ["OPS (standard input)", "operation 0"]),
+    ],
+    ids=["apply", "collapse", "compose", "output", "size", "normalize", "parse", "validate"],
+)
+def test_running_out_of_stack_anywhere_is_bad_input(
+    argv: list[str], target: str, names: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever step recurses past the stack (reading, checking, processing, writing): exit 2, one line.
+
+    Input metaops refuses as too deep never gets that far; this is the last resort behind it.
+    """
+
+    def too_deep(*args: object, **kwargs: object) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(target, too_deep)
+    paths = {
+        "state": write(tmp_path, "state.json", {}),
+        "ops": write(tmp_path, "ops.json", [{"type": "set", "key": "a", "value": 1}]),
+    }
+    ran = run(*(arg.format(**paths) for arg in argv), stdin=json.dumps([{"type": "delete", "key": "a"}]))
+    assert_bad_input(ran, argv[0], *(name.format(**paths) for name in names), "nested too deeply")
+
+
+def test_validate_checks_values_up_to_the_nesting_bound() -> None:
+    """validate judges a value as deep as metaops takes; one level more is bad input, not "invalid".
+
+    The bound is metaops's own, not the platform's schema's, so the oracle does not claim the
+    schema refuses such an operation.
+    """
+    assert run("validate", "-", stdin=deep_ops(_MAX_DEPTH)).code == 0
+    ran = run("validate", "-", stdin=deep_ops(_MAX_DEPTH + 1))
+    assert_bad_input(ran, "validate", "operation 0: field 'value'", f"nested {_MAX_DEPTH + 1} levels deep")
+
+
+def test_validate_reports_nothing_before_bad_input() -> None:
+    """A deep operation after an invalid one: exit 2 with nothing on standard output, not a partial report."""
+    ops = '[{"type": "nope"}, ' + deep_ops(600)[1:]
+    assert_bad_input(run("validate", "-", stdin=ops), "validate", "OPS (standard input)", "operation 1")
 
 
 def test_vectors_into_a_path_under_a_file(tmp_path: Path) -> None:
