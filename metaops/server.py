@@ -31,9 +31,14 @@ from typing import Literal, Protocol
 
 from metaops._apply import apply
 from metaops._collapse import compose
-from metaops._errors import InvalidOperationError, InvalidRequestError, InvalidValueError
+from metaops._errors import (
+    InvalidOperationError,
+    InvalidRequestError,
+    InvalidValueError,
+    MetadataTooLargeError,
+)
 from metaops._json import JSON, describe, json_identical, normalize
-from metaops._size import check_size, json_size, metadata_limit
+from metaops._size import json_size, metadata_limit
 from metaops._values import Operation, Update, parse_operations
 
 __all__ = [
@@ -176,7 +181,9 @@ def compute_update(
 
     The limit is ``limit``, else ``TASK_RUN_METADATA_MAXIMUM_SIZE``, else 256 KB. A
     result that changes nothing is never measured, so metadata already over a
-    lowered limit can still take updates that leave it as it is.
+    lowered limit can still take updates that leave it as it is. A result nested too
+    deeply to be written as JSON (each value within bounds, but set at the end of a
+    long path into deep metadata) raises :class:`InvalidValueError`.
 
     >>> from metaops import Increment, Remove
     >>> compute_update({"n": 1}, [Increment("n", 2)])
@@ -184,11 +191,48 @@ def compute_update(
     >>> compute_update({"n": 1}, [Remove("n", 1)]).changed
     False
     """
+    allowed = metadata_limit(limit)
     result = apply(current, operations)
     if result.metadata is current:
         return ComputedUpdate(current, False, result.unapplied, None)
-    size = check_size(result.metadata, limit)
+    size, depth = _measure(result.metadata)
+    if depth is not None:
+        raise InvalidValueError(f"the update {_too_deep(depth)}", "metadata")
+    if size > allowed:
+        raise MetadataTooLargeError(size, allowed)
     return ComputedUpdate(result.metadata, True, result.unapplied, size)
+
+
+def _measure(metadata: Metadata) -> tuple[int, int | None]:
+    """The JSON size and ``None``; or, for metadata too deep to write as JSON, the size and depth."""
+    try:
+        return json_size(metadata), None
+    except (RecursionError, ValueError):
+        # Of what apply builds, json_size refuses only this: its encoder ran out of stack.
+        return _walk(metadata)
+
+
+def _walk(value: JSON) -> tuple[int, int]:
+    """``json_size(value)`` and how deeply containers nest in it (``[[1]]`` is 2), without recursing."""
+    size = deepest = 0
+    stack: list[tuple[JSON, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            size += 2 + max(len(item) - 1, 0) + sum(json_size(key) + 1 for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            size += 2 + max(len(item) - 1, 0)
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            size += json_size(item)
+            continue
+        deepest = max(deepest, depth + 1)
+    return size, deepest
+
+
+def _too_deep(depth: int, whose: str = "the metadata") -> str:
+    return f"would nest {whose} {depth:,} levels deep, too deeply to be written as JSON"
 
 
 # --------------------------------------------------------------------------- retry
@@ -280,7 +324,8 @@ def update_run(
     operations are applied in the order it sent them.
 
     A batch that would take the run past the limit raises
-    :class:`MetadataTooLargeError` before anything is written or buffered.
+    :class:`MetadataTooLargeError` before anything is written or buffered; one that
+    would nest it too deeply to be written as JSON, :class:`InvalidValueError`.
 
     >>> from metaops import Increment
     >>> store = {"run": ({"n": 1}, 7)}
@@ -488,12 +533,18 @@ def _fold(entries: Iterable[BufferedEntry]) -> tuple[Operation, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An entry a flush refused because it would take its run past the size limit."""
+    """An entry a flush refused because it would take its run past the size limit.
+
+    ``size`` is the JSON size it would give the run. ``depth`` is set when the entry
+    was refused instead for nesting the run's metadata ``depth`` levels deep, too
+    deeply to be written as JSON (``size`` may then be within the limit).
+    """
 
     entry: BufferedEntry
     reason: str
     size: int
     limit: int
+    depth: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,9 +575,10 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
     """The new metadata for ``batch`` written onto ``current``, within the size limit.
 
     The folded batch is applied in one go. Only when the result is over the limit
-    are the entries applied one by one, in ``seq`` order, each one skipped (and
-    reported as a :class:`Rejection`) when it would leave the metadata over the
-    limit, so that one oversized writer does not cost the others their updates.
+    (or nested too deeply to be written as JSON) are the entries applied one by one,
+    in ``seq`` order, each one skipped (and reported as a :class:`Rejection`) when it
+    would leave the metadata over the limit (or that deep), so that one oversized
+    writer does not cost the others their updates.
 
     >>> from metaops import Append, Increment
     >>> buffer = OperationBuffer()
@@ -539,7 +591,8 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
     result = apply(current, batch.operations)
     if result.metadata is current:
         return FlushPlan(batch.run_id, current, False, batch.entries, (), result.unapplied)
-    if json_size(result.metadata) <= allowed:
+    size, depth = _measure(result.metadata)
+    if depth is None and size <= allowed:
         return FlushPlan(batch.run_id, result.metadata, True, batch.entries, (), result.unapplied)
     state = current
     applied: list[BufferedEntry] = []
@@ -548,10 +601,15 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
     for entry in batch.entries:
         step = apply(state, entry.operations)
         if step.metadata is not state:
-            size = json_size(step.metadata)
+            size, depth = _measure(step.metadata)
+            what = f"operations #{entry.seq}"
+            if depth is not None:
+                reason = f"{what} {_too_deep(depth, f'the metadata of run {batch.run_id!r}')}"
+                rejected.append(Rejection(entry, reason, size, allowed, depth))
+                continue
             if size > allowed:
                 reason = (
-                    f"operations #{entry.seq} would make the metadata of run {batch.run_id!r} "
+                    f"{what} would make the metadata of run {batch.run_id!r} "
                     f"{size:,} bytes of JSON, over the limit of {allowed:,} bytes"
                 )
                 rejected.append(Rejection(entry, reason, size, allowed))
@@ -559,7 +617,10 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
         state = step.metadata
         applied.append(entry)
         unapplied.extend(step.unapplied)
-    changed = state is not current and not json_identical(state, current)
+    try:
+        changed = state is not current and not json_identical(state, current)
+    except RecursionError:  # too deep to compare: writing it again is harmless
+        changed = True
     return FlushPlan(
         batch.run_id,
         state if changed else current,

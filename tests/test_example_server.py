@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+import metaops
 from examples.server import MetadataService, RunNotFoundError, ServiceConfig, SQLiteStorage
 from examples.server.storage import OutboxEntry
 from metaops import Append, Increment, MetadataTooLargeError, Set
@@ -330,6 +331,7 @@ def test_kill_during_concurrent_writes_keeps_every_acknowledged_update(tmp_path:
 
 BIG = "x" * (LIMIT + 1)
 OPS_INCREMENT = [{"type": "increment", "key": "n", "value": 1}]
+TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("malformed JSON", {"raw": b'{"operations": ['}, 400, "Invalid JSON body"),
@@ -360,6 +362,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("no token", {"body": {"operations": OPS_INCREMENT}, "auth": ""}, 401, "API key"),
     ("wrong token", {"body": {"operations": OPS_INCREMENT}, "auth": "Bearer nope"}, 401, "API key"),
     ("wrong scheme", {"body": {"operations": OPS_INCREMENT}, "auth": f"Basic {TOKEN}"}, 401, "API key"),
+    ("nested past Python's JSON reader", {"raw": b'{"metadata": {"a": ' + TOO_DEEP + b"}}"}, 400,
+     "Invalid JSON body: nested too deeply"),
 ]  # fmt: skip
 
 
@@ -480,6 +484,111 @@ def test_parent_operations_past_the_parent_limit_are_rejected_with_the_reason(cl
     [rejection] = parent["rejected"]
     assert rejection["operations"] == [{"type": "set", "key": "blob", "value": "z" * 200}]
     assert f"over the limit of {LIMIT:,} bytes" in rejection["reason"]
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """``{"a": {"a": ... 1}}`` with ``depth`` objects."""
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value  # type: ignore[no-any-return]
+
+
+def _set_at_depth(depth: int, value: object) -> dict[str, Any]:
+    """A set of ``value`` at the end of a path ``depth`` keys into ``_nested`` metadata."""
+    return {"type": "set", "key": "$." + ".".join(["a"] * depth), "value": value}
+
+
+def _grow_to_750_levels(client: Client, run_id: str) -> None:
+    """Nest the run's metadata 750 levels deep, each request's values 250 levels at most."""
+    for depth in (0, 250, 500):
+        write = (
+            {"type": "set", "key": "a", "value": _nested(250)}
+            if depth == 0
+            else _set_at_depth(depth, _nested(250))
+        )
+        status, payload = client.put_metadata(run_id, {"operations": [write]})
+        assert status == 200, payload
+
+
+def test_writes_nesting_metadata_too_deep_for_json_are_400_and_change_nothing(client: Client) -> None:
+    """Values within bounds, written so deep into deep metadata that the result could not be
+    written as JSON: 400 saying so, and the run is as it was (and still readable)."""
+    client.create_run("deep-own")
+    _grow_to_750_levels(client, "deep-own")
+    before = client.run("deep-own")
+    status, payload = client.put_metadata("deep-own", {"operations": [_set_at_depth(750, _nested(250))]})
+    assert (status, payload) == (
+        400,
+        {"error": "the update would nest the metadata 1,000 levels deep, too deeply to be written as JSON"},
+    )
+    assert client.run("deep-own") == before
+
+
+def test_parent_operations_nesting_too_deep_are_rejected_not_retried_forever(client: Client) -> None:
+    """A child's parent operation that would nest the parent too deeply for JSON is rejected with
+    the reason at the flush, like one over the size limit; the queue moves on."""
+    client.create_run("deep-parent")
+    _grow_to_750_levels(client, "deep-parent")
+    client.create_run("deep-child", parentId="deep-parent")
+    client.create_run("deep-sibling", parentId="deep-parent")
+    status, _ = client.put_metadata(
+        "deep-child", {"operations": OPS_INCREMENT, "parentOperations": [_set_at_depth(750, _nested(250))]}
+    )
+    assert status == 200
+    status, _ = client.put_metadata(
+        "deep-sibling",
+        {"operations": OPS_INCREMENT, "parentOperations": [{"type": "increment", "key": "seen", "value": 1}]},
+    )
+    assert status == 200
+    client.flush()
+    parent = client.run("deep-parent")
+    assert parent["metadata"]["seen"] == 1
+    [rejection] = parent["rejected"]
+    assert (
+        "would nest the metadata of run 'deep-parent' 1,000 levels deep, too deeply to be written as JSON"
+        in rejection["reason"]
+    )
+
+
+@pytest.mark.skipif(not hasattr(metaops, "MAX_DEPTH"), reason="metaops has no nesting limit yet")
+@pytest.mark.parametrize(
+    ("method", "path", "body", "words"),
+    [
+        ("PUT", "/api/v1/runs/bad-child/metadata", {"metadata": {"a": _nested(300)}}, "metadata['a']['a']"),
+        (
+            "PUT",
+            "/api/v1/runs/bad-child/metadata",
+            {"operations": [{"type": "set", "key": "v", "value": _nested(300)}]},
+            "operations: operation 0: field 'value'",
+        ),
+        (
+            "PUT",
+            "/api/v1/runs/bad-child/metadata",
+            {
+                "operations": OPS_INCREMENT,
+                "parentOperations": [{"type": "append", "key": "v", "value": _nested(300)}],
+            },
+            "parentOperations: operation 0: field 'value'",
+        ),
+        ("POST", "/admin/runs", {"id": "deep-new", "metadata": {"a": _nested(300)}}, "metadata['a']['a']"),
+    ],
+    ids=["metadata", "operations", "parentOperations", "admin"],
+)
+def test_values_nested_past_the_library_limit_are_400_naming_the_field(
+    bad_input_runs: Client, method: str, path: str, body: dict[str, Any], words: str
+) -> None:
+    """Values nested deeper than metaops takes (but not too deep for Python's JSON reader) are
+    400 with metaops's message, which names the field and the depth; nothing changes."""
+    client = bad_input_runs
+    before = _snapshot(client, "bad-child", "bad-parent")
+    status, payload = client.request(method, path, body)
+    assert status == 400, payload
+    assert words in payload["error"]
+    assert f"nested at most {metaops.MAX_DEPTH} levels" in payload["error"]
+    client.flush()
+    assert _snapshot(client, "bad-child", "bad-parent") == before
+    assert client.request("GET", "/admin/runs/deep-new")[0] == 404
 
 
 def test_unicode_and_big_numbers_round_trip(client: Client) -> None:

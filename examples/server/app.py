@@ -122,6 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(error)}
         except MetaopsError as error:
             status, payload = HTTPStatus.BAD_REQUEST, {"error": str(error)}
+        except RecursionError:
+            # Only input nested deeper than Python's stack gets here (metaops refuses most
+            # of it first, saying where), and only from parsing or applying: before any write.
+            _log.warning("%s %s: input nested too deeply", method, self.path)
+            status, payload = HTTPStatus.BAD_REQUEST, {"error": "Invalid JSON body: nested too deeply"}
         except Exception:
             _log.exception("%s %s failed", method, self.path)
             status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "Internal Server Error"}

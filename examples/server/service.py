@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from examples.server.storage import Metadata, OutboxEntry, RunRecord, Storage
-from metaops import JSON, MetadataTooLargeError, Operation, check_size, metadata_limit
+from metaops import JSON, InvalidValueError, MetadataTooLargeError, Operation, check_size, metadata_limit
 from metaops.server import (
     FlushPlan,
     FlushResult,
@@ -251,6 +251,8 @@ class MetadataService:
                 return flushed.plan.metadata
             for rejection in flushed.plan.rejected:
                 if rejection.entry.seq == seq:
+                    if rejection.depth is not None:
+                        raise InvalidValueError(rejection.reason, "metadata")
                     raise MetadataTooLargeError(rejection.size, rejection.limit)
         return optimistic
 
@@ -336,18 +338,23 @@ class MetadataService:
         parent_id: str | None = None,
         root_id: str | None = None,
     ) -> RunRecord:
-        """Create a run. A child's root defaults to its parent's root (or the parent)."""
+        """Create a run. A child's root defaults to its parent's root (or the parent).
+
+        ``metadata`` is checked as a ``PUT`` replacing it would be:
+        :class:`~metaops.InvalidRequestError` if it is not JSON metaops takes (nested too
+        deeply, say), :class:`~metaops.MetadataTooLargeError` past the limit.
+        """
         run_id = run_id or "run_" + secrets.token_hex(10)
-        check_size(metadata or {}, self._limit)
+        checked = parse_update_request({"metadata": metadata or {}}).metadata
+        assert checked is not None
+        check_size(checked, self._limit)
         if parent_id is not None and root_id is None:
             parent = self._storage.get_run(parent_id, metadata=False)
             if parent is None:
                 raise RunNotFoundError(parent_id)
             root_id = parent.root_id or parent.id
         try:
-            return self._storage.create_run(
-                run_id, metadata=metadata or {}, parent_id=parent_id, root_id=root_id
-            )
+            return self._storage.create_run(run_id, metadata=checked, parent_id=parent_id, root_id=root_id)
         except KeyError as error:
             raise RunNotFoundError(error.args[0]) from None
         except ValueError as error:
