@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -332,6 +333,7 @@ def test_kill_during_concurrent_writes_keeps_every_acknowledged_update(tmp_path:
 BIG = "x" * (LIMIT + 1)
 OPS_INCREMENT = [{"type": "increment", "key": "n", "value": 1}]
 TOO_DEEP = b"[" * 100_000 + b"]" * 100_000
+OVERSIZE_BODY = b'{"metadata": {"a": "' + b"x" * (2 * 1024 * 1024) + b'"}}'
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("malformed JSON", {"raw": b'{"operations": ['}, 400, "Invalid JSON body"),
@@ -357,8 +359,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
      f"over the limit of {LIMIT:,} bytes"),
     ("too large by replacement", {"body": {"metadata": {"big": BIG}}}, 413,
      f"over the limit of {LIMIT:,} bytes"),
-    ("body over 2 MiB", {"raw": b'{"metadata": {"a": "' + b"x" * (2 * 1024 * 1024) + b'"}}'}, 413,
-     "Request body is"),
+    ("body over 2 MiB", {"raw": OVERSIZE_BODY}, 413, "Request body is"),
+    ("body over 2 MiB without a token", {"raw": OVERSIZE_BODY, "auth": ""}, 401, "API key"),
     ("no token", {"body": {"operations": OPS_INCREMENT}, "auth": ""}, 401, "API key"),
     ("wrong token", {"body": {"operations": OPS_INCREMENT}, "auth": "Bearer nope"}, 401, "API key"),
     ("wrong scheme", {"body": {"operations": OPS_INCREMENT}, "auth": f"Basic {TOKEN}"}, 401, "API key"),
@@ -404,6 +406,31 @@ def test_bad_requests_get_their_status_and_change_nothing(
     after = _snapshot(client, "bad-child", "bad-parent")
     assert after == before
     assert all(run["queued"] == 0 and run["rejected"] == [] for run in after)
+
+
+def _raw_exchange(server: Server, head: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``head`` on a fresh socket and read until the server closes or stops sending."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as raw:
+        raw.sendall(head)
+        received = b""
+        while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("length", [3 * 1024 * 1024, 100 * 1024 * 1024])
+def test_the_token_is_checked_before_the_body_is_read(server: Server, length: int) -> None:
+    """A request without the token is answered 401 from its headers alone: the server neither
+    waits for a body it will not read nor answers 413 for one it would not take anyway."""
+    head = (
+        f"PUT /api/v1/runs/bad-child/metadata HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+    received = _raw_exchange(server, head)
+    assert received.startswith(b"HTTP/1.1 401 "), received[:200]
+    assert b"Invalid or Missing API key" in received
 
 
 def test_unknown_runs_and_routes_are_404(client: Client) -> None:

@@ -106,9 +106,19 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("%s " + format, self.address_string(), *args)
 
     def _handle(self, method: str) -> None:
+        unread = 0  # body bytes to drain after answering
         try:
-            body = self._read_body()
-            self._authenticate()
+            length = self._body_length()
+            try:
+                self._authenticate()
+            except _HTTPError:
+                # Answered from the headers alone: a client without the token is owed no
+                # reading of its body (nor a 413 for it). Draining it after the answer lets
+                # the client, still sending, read the 401 rather than a reset connection.
+                self.close_connection = True
+                unread = length
+                raise
+            body = self._read_body(length)
             status, payload = self._route(method, body)
         except _HTTPError as error:
             status, payload = error.status, {"error": str(error)}
@@ -131,14 +141,17 @@ class _Handler(BaseHTTPRequestHandler):
             _log.exception("%s %s failed", method, self.path)
             status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "Internal Server Error"}
         self._send(status, payload)
+        if unread:
+            self._discard(unread)
 
-    def _read_body(self) -> bytes:
+    def _body_length(self) -> int:
+        """The body's length from the headers; a body framed any other way is refused."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise _HTTPError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
         raw = self.headers.get("Content-Length")
         if raw is None:
-            return b""
+            return 0
         try:
             length = int(raw)
             if length < 0:
@@ -146,6 +159,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             raise _HTTPError(HTTPStatus.BAD_REQUEST, f"Invalid Content-Length: {raw!r}") from None
+        return length
+
+    def _read_body(self, length: int) -> bytes:
         if length > MAX_BODY_BYTES:
             self._discard(length)
             raise _HTTPError(
