@@ -433,6 +433,47 @@ def test_the_token_is_checked_before_the_body_is_read(server: Server, length: in
     assert b"Invalid or Missing API key" in received
 
 
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that waits at most half a second on a quiet client."""
+    running = Server(tmp_path_factory.mktemp("impatient") / "runs.sqlite3", "--request-timeout", "0.5")
+    setup = running.client()
+    setup.create_run("slow")
+    setup.close()
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"", b"PUT /api/v1/runs/slow/metadata HTTP/1.1\r\nHost: x\r\n"],
+    ids=["nothing sent", "headers never finished"],
+)
+def test_a_quiet_client_loses_its_connection(impatient_server: Server, head: bytes) -> None:
+    """A client that connects and goes quiet (before or during its headers) is hung up on after
+    the request timeout, instead of holding a server thread for ever."""
+    started = time.monotonic()
+    assert _raw_exchange(impatient_server, head) == b""
+    assert time.monotonic() - started < 5
+
+
+def test_a_body_that_stops_arriving_is_408_and_changes_nothing(impatient_server: Server) -> None:
+    """A body that stops short of its Content-Length is answered 408 after the request timeout,
+    the connection closed, and the run left as it was."""
+    body = json.dumps({"operations": OPS_INCREMENT}).encode()
+    head = (
+        "PUT /api/v1/runs/slow/metadata HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    received = _raw_exchange(impatient_server, head + body[:10])
+    assert received.startswith(b"HTTP/1.1 408 "), received[:200]
+    assert b"Connection: close" in received
+    assert b"10 of %d bytes" % len(body) in received
+    client = impatient_server.client()
+    assert client.get_metadata("slow") == {}
+    client.close()
+
+
 def test_unknown_runs_and_routes_are_404(client: Client) -> None:
     """An unknown run is 404 for GET and PUT, as the platform says it; so is an unknown route."""
     assert client.request("GET", "/api/v1/runs/run_nope/metadata") == (404, {"error": "Task Run not found"})

@@ -17,7 +17,7 @@ import signal
 import sys
 from types import FrameType
 
-from examples.server.app import MetadataHTTPServer
+from examples.server.app import REQUEST_TIMEOUT, MetadataHTTPServer
 from examples.server.service import MetadataService, ServiceConfig
 from examples.server.storage import SQLiteStorage
 from metaops.server import RetryPolicy
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--synchronous", default="FULL", choices=["NORMAL", "FULL"], help="SQLite durability (default FULL)"
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=REQUEST_TIMEOUT,
+        help=f"seconds a client may keep the server waiting before it hangs up (default {REQUEST_TIMEOUT:g})",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
 
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         inline_flush=not args.no_inline_flush,
     )
     service = MetadataService(SQLiteStorage(args.db, synchronous=args.synchronous), config)
-    server = MetadataHTTPServer((args.host, args.port), service, token)
+    server = MetadataHTTPServer((args.host, args.port), service, token, request_timeout=args.request_timeout)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

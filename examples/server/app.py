@@ -9,7 +9,9 @@ Platform routes (what the official SDK calls), bearer token required:
 Errors answer ``{"error": "<message>"}``: 400 malformed JSON, a wrong shape or an
 unsafe key (the message names the field and the operation's index), 400 for a run
 completed over an hour ago, 401 without the token or with another, 404 for an
-unknown run, 413 for a body over 2 MiB or metadata over the size limit.
+unknown run, 413 for a body over 2 MiB or metadata over the size limit, 408 for a
+body that stops arriving. A connection quiet for ``request_timeout`` seconds (30 by
+default) while the server waits on the client is closed.
 
 Admin routes (same token), for tests and demos:
 
@@ -42,12 +44,15 @@ from examples.server.storage import json_text
 from metaops import MetadataTooLargeError, MetaopsError
 from metaops.server import InvalidRequestError
 
-__all__ = ["MAX_BODY_BYTES", "MetadataHTTPServer", "running_server"]
+__all__ = ["MAX_BODY_BYTES", "REQUEST_TIMEOUT", "MetadataHTTPServer", "running_server"]
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 """The platform's request body limit on the metadata route (2 MiB)."""
 
 _DRAIN_BYTES = 4 * MAX_BODY_BYTES
+
+REQUEST_TIMEOUT = 30.0
+"""Seconds a connection may wait on the client (its request, body, or reading the answer)."""
 
 _log = logging.getLogger("examples.server.http")
 
@@ -67,12 +72,27 @@ class MetadataHTTPServer(ThreadingHTTPServer):
     # children flushing at once) would see connections reset.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], service: MetadataService, token: str) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        service: MetadataService,
+        token: str,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
         if not token:
             msg = "the bearer token must not be empty"
             raise ValueError(msg)
+        if (
+            isinstance(request_timeout, bool)
+            or not isinstance(request_timeout, (int, float))
+            or not request_timeout > 0
+        ):
+            msg = f"request_timeout must be a number of seconds > 0, got {request_timeout!r}"
+            raise ValueError(msg)
         self.service = service
         self.token = token
+        self.request_timeout = float(request_timeout)
         super().__init__(address, _Handler)
 
     @property
@@ -88,7 +108,14 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the body would wait for the
     # client's delayed ACK (~40 ms) on every keep-alive request.
     disable_nagle_algorithm = True
+    # Without a timeout, a client that stops sending (or reading) holds its thread for
+    # ever; with one, it loses the connection. setup() applies the server's own value.
+    timeout = REQUEST_TIMEOUT
     server: MetadataHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -168,7 +195,27 @@ class _Handler(BaseHTTPRequestHandler):
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"Request body is {length:,} bytes, over the limit of {MAX_BODY_BYTES:,} bytes",
             )
-        return self.rfile.read(length)
+        parts: list[bytes] = []
+        received = 0
+        while received < length:
+            try:
+                # read1, not read: on a timeout, what came before it is still counted.
+                part = self.rfile.read1(length - received)
+            except TimeoutError:
+                break
+            if not part:
+                break
+            parts.append(part)
+            received += len(part)
+        body = b"".join(parts)
+        if len(body) < length:
+            self.close_connection = True
+            raise _HTTPError(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"Request body: {len(body):,} of {length:,} bytes came before the connection "
+                f"went quiet for {self.server.request_timeout:g} s or closed",
+            )
+        return body
 
     def _discard(self, length: int) -> None:
         # Reading what the client is still sending lets it see the 413 rather than a
@@ -177,7 +224,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         while length > 0:
-            chunk = self.rfile.read(min(length, 65536))
+            try:
+                chunk = self.rfile.read(min(length, 65536))
+            except TimeoutError:
+                chunk = b""
             if not chunk:
                 self.close_connection = True
                 return
@@ -281,10 +331,15 @@ def _optional_metadata(spec: dict[str, Any]) -> dict[str, Any] | None:
 
 @contextmanager
 def running_server(
-    service: MetadataService, token: str, host: str = "127.0.0.1", port: int = 0
+    service: MetadataService,
+    token: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> Iterator[MetadataHTTPServer]:
     """Serve in a background thread for the ``with`` block (port 0: an ephemeral one)."""
-    server = MetadataHTTPServer((host, port), service, token)
+    server = MetadataHTTPServer((host, port), service, token, request_timeout=request_timeout)
     service.start()
     thread = threading.Thread(target=server.serve_forever, name="metadata-http", daemon=True)
     thread.start()
