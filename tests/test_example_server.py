@@ -670,6 +670,73 @@ def test_unicode_and_big_numbers_round_trip(client: Client) -> None:
     assert client.get_metadata("texts") == {"v": value}
 
 
+# ------------------------------------------------------------------ the command line
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m examples.server ARGS`` to completion (it must not start serving)."""
+    return subprocess.run(
+        [sys.executable, "-m", "examples.server", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "METAOPS_SERVER_TOKEN": TOKEN, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _assert_one_error_line(result: subprocess.CompletedProcess[str], words: str) -> None:
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("python -m examples.server: error: ")
+    assert words in line
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A port another process listens on: one line on stderr naming it, no traceback, exit 2."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _run_cli("--db", str(tmp_path / "db"), "--port", str(port))
+    _assert_one_error_line(result, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("directory missing", "cannot open the database"),
+        ("not a database", "file is not a database"),
+        ("bad limit in the environment", "TASK_RUN_METADATA_MAXIMUM_SIZE='lots'"),
+    ],
+)
+def test_startup_errors_are_one_line_and_exit_2(tmp_path: Path, case: str, words: str) -> None:
+    """A database that cannot be opened, or a bad limit in the environment: one line on stderr
+    saying so, no traceback, exit 2."""
+    (tmp_path / "notes.txt").write_text("not SQLite\n" * 100)
+    db = {"directory missing": tmp_path / "missing" / "db", "not a database": tmp_path / "notes.txt"}
+    env = {"TASK_RUN_METADATA_MAXIMUM_SIZE": "lots"} if case == "bad limit in the environment" else {}
+    result = _run_cli("--db", str(db.get(case, tmp_path / "db")), "--port", "0", env=env)
+    _assert_one_error_line(result, words)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--port", "70000"], ["--attempts", "0"], ["--request-timeout", "0"], ["--flush-interval", "-1"],
+     ["--limit", "-5"]],
+    ids=lambda args: args[0],
+)  # fmt: skip
+def test_bad_arguments_are_refused_with_the_usage_and_exit_2(args: list[str]) -> None:
+    """Arguments out of range are refused by the argument parser (usage, one error line naming the
+    option, exit 2), not by a traceback once the server is half started."""
+    result = _run_cli(*args)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: python -m examples.server")
+    assert f"error: {args[0]}: " in result.stderr.splitlines()[-1]
+
+
 # ------------------------------------------------------------------ the service, in process
 
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import secrets
 import signal
+import sqlite3
 import sys
 from types import FrameType
 
 from examples.server.app import REQUEST_TIMEOUT, MetadataHTTPServer
 from examples.server.service import MetadataService, ServiceConfig
 from examples.server.storage import SQLiteStorage
+from metaops import InvalidLimitError, metadata_limit
 from metaops.server import RetryPolicy
 
 TOKEN_ENV = "METAOPS_SERVER_TOKEN"
@@ -53,8 +56,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the server until SIGTERM or Ctrl-C."""
-    args = _parser().parse_args(argv)
+    """Run the server until SIGTERM or Ctrl-C; 2 (with one line on stderr) if it cannot start."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
@@ -68,8 +73,24 @@ def main(argv: list[str] | None = None) -> int:
         flush_interval=args.flush_interval,
         inline_flush=not args.no_inline_flush,
     )
-    service = MetadataService(SQLiteStorage(args.db, synchronous=args.synchronous), config)
-    server = MetadataHTTPServer((args.host, args.port), service, token, request_timeout=args.request_timeout)
+    # What can go wrong on a given machine (the file, the port) is told in one line, as a
+    # command line tool would; a traceback here would only be about this function.
+    try:
+        storage = SQLiteStorage(args.db, synchronous=args.synchronous)
+    except (sqlite3.Error, OSError, RuntimeError) as error:
+        return _fail(f"cannot open the database {args.db}: {error}")
+    try:
+        service = MetadataService(storage, config)
+    except (sqlite3.Error, ValueError) as error:
+        storage.close()
+        return _fail(f"cannot read the queued operations in {args.db}: {error}")
+    try:
+        server = MetadataHTTPServer(
+            (args.host, args.port), service, token, request_timeout=args.request_timeout
+        )
+    except OSError as error:
+        service.close()
+        return _fail(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -88,6 +109,29 @@ def main(argv: list[str] | None = None) -> int:
         server.server_close()
         service.close()
     return 0
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values that would fail later with a traceback; parser.error exits 2."""
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port: expected 0 to 65535, got {args.port}")
+    if args.attempts < 1:
+        parser.error(f"--attempts: expected at least 1, got {args.attempts}")
+    if not 0 <= args.flush_interval < math.inf:
+        parser.error(f"--flush-interval: expected seconds >= 0, got {args.flush_interval}")
+    if not 0 < args.request_timeout < math.inf:
+        parser.error(f"--request-timeout: expected seconds > 0, got {args.request_timeout}")
+    try:
+        metadata_limit(args.limit)  # without --limit, this reads TASK_RUN_METADATA_MAXIMUM_SIZE
+    except InvalidLimitError as error:
+        if args.limit is not None:
+            parser.error(f"--limit: {error}")
+        parser.exit(_fail(str(error)))
+
+
+def _fail(message: str) -> int:
+    print(f"python -m examples.server: error: {message}", file=sys.stderr, flush=True)
+    return 2
 
 
 if __name__ == "__main__":
