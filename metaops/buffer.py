@@ -642,7 +642,8 @@ class RunMetadata:
     ``TypeError``) for a value that is not JSON or an argument of the wrong type,
     :class:`~metaops.InvalidOperationError` for an unsafe key,
     :class:`~metaops.MetadataTooLargeError` for a call that would take the
-    metadata past the limit (or an operation too large for any request body).
+    metadata past the limit, that is, leave it over the limit and larger than it
+    was (or for an operation too large for any request body).
 
     Safe to call from several threads.
 
@@ -825,7 +826,9 @@ class RunMetadata:
                 return
             if metadata is state[0]:
                 return
-            if size > self._limit:
+            # Past the limit means ending over it and larger than before: metadata already
+            # over it (an adopted server answer) can still shrink, or change in place.
+            if size > self._limit and size > state[1]:
                 raise MetadataTooLargeError(size, self._limit, what=f"metadata after {_call_text(op)}")
             # Every queued operation must fit a request body alone, or no drain could send
             # it. Its JSON is at most its key and its value: a set's, an append's or a
@@ -965,7 +968,8 @@ class RunMetadata:
         What was queued while the flush was in flight is applied again on top, so
         the local metadata keeps showing it (it is still queued for the next drain).
         The size is measured once; the limit is not enforced here (the server's
-        metadata is what it is), later calls are checked against it as usual.
+        metadata is what it is). While the metadata is over the limit, a call that
+        does not make it larger is allowed, and one that does is refused.
         With an empty ``Flush()`` and nothing in flight, this is a refresh.
         """
         store = _plain_metadata(metadata, "accept: metadata")

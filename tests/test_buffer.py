@@ -531,6 +531,28 @@ def test_accept_adopts_server_metadata_over_the_limit() -> None:
     assert md.current() == {"a": 1}
 
 
+def test_over_the_limit_a_call_that_shrinks_is_allowed() -> None:
+    """Past the limit (an adopted server answer), calls that shrink or keep the size pass; growth is refused.
+
+    The rule is: refuse a call that would take the metadata past the limit, that is,
+    one ending over it and larger than before.
+    """
+    md = RunMetadata(limit=100)
+    md.accept(Flush(), {"logs": ["w" * 40, "x" * 40, "y" * 40, "z" * 40]})
+    assert md.size > 100
+    md.remove("logs", "w" * 40)  # still over the limit, but smaller
+    assert md.get("logs") == ["x" * 40, "y" * 40, "z" * 40]
+    assert md.size == json_size(md.current().to_dict()) > 100
+    md.set("$.logs.0", "v" * 40)  # the same size
+    before = snapshot(md)
+    with pytest.raises(MetadataTooLargeError) as caught:
+        md.set("$.logs.0", "v" * 41)  # one byte larger
+    assert caught.value.size == md.size + 1
+    assert same_json(snapshot(md), before)
+    md.set("logs", ["short"])
+    assert md.drain().operations == (Set("logs", ["short"]),)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -954,7 +976,8 @@ class BufferMachine(RuleBasedStateMachine):
             return None
         if same_json(new, self.model):
             return None
-        if json_size(new) > self.limit or _body_alone(op) > self.body_bytes:
+        grows_past_the_limit = json_size(new) > max(self.limit, json_size(self.model))
+        if grows_past_the_limit or _body_alone(op) > self.body_bytes:
             return MetadataTooLargeError
         self.model = new
         return None
@@ -1081,6 +1104,16 @@ class BufferMachine(RuleBasedStateMachine):
     @rule()
     def refresh(self) -> None:
         """Adopting the platform's metadata with nothing in flight keeps the local view."""
+        self.md.accept(Flush(), copy.deepcopy(self.server.own))
+
+    @precondition(lambda self: self.flight is None and not self.md.pending)
+    @rule(size=st.integers(min_value=0, max_value=500))
+    def another_writer(self, size: int) -> None:
+        """Another writer grows the platform's metadata, maybe past the limit, and a refresh adopts it."""
+        self.server.own = apply(self.server.own, Set("other", "x" * size)).metadata
+        # apply shares one value among the places a wildcard wrote it, and deepcopy keeps
+        # that sharing; the oracle mutates in place, so its state must share nothing.
+        self.model = json.loads(json.dumps(self.server.own))
         self.md.accept(Flush(), copy.deepcopy(self.server.own))
 
     @invariant()
