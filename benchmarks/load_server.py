@@ -265,23 +265,59 @@ def run_scenarios(
     return results
 
 
+_DESCRIPTION = """\
+Load test of the example server over loopback: PUT bodies shaped like the SDK's
+flush against runs holding about 256 KB of metadata. Prints flushes per second
+and latency percentiles per scenario, as a Markdown table."""
+
+_EPILOG = """\
+Scenarios, each bounded by --requests and --seconds (whichever comes first):
+  sequential      one client, one run: the latency of one flush
+  same-run xN     N clients racing on one run: compare-and-swap retries, the buffer
+  own-runs xN     N clients, each on its own run: write throughput
+  children x2N    2N child runs sending parentOperations to one parent
+
+The server runs as a subprocess on an ephemeral port with a temporary database.
+After each scenario the stored counters are checked against the acknowledged
+requests; a mismatch fails the run."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the load test and print a markdown table."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.load_server", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.load_server",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--requests", type=int, default=400, help="requests per scenario at most (default 400)"
+        "--requests",
+        type=int,
+        default=400,
+        help="requests per scenario at most, all clients together (default: %(default)s)",
     )
     parser.add_argument(
-        "--seconds", type=float, default=15.0, help="seconds per scenario at most (default 15)"
+        "--seconds",
+        type=float,
+        default=15.0,
+        help="seconds of requests per scenario at most (default: %(default)g)",
     )
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
-    parser.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL"], help="SQLite durability")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="concurrent clients; the children scenario uses twice as many (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--synchronous",
+        default="FULL",
+        choices=["NORMAL", "FULL"],
+        help="the server's SQLite durability (default: %(default)s)",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE, as JSON")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 100_000 or not 0 < args.seconds <= 600 or not 1 <= args.clients <= 64:
-        parser.error("bounds: 1..100000 requests, 0..600 seconds, 1..64 clients")
+        parser.error("bounds: --requests 1 to 100000, --seconds over 0 up to 600, --clients 1 to 64")
     state = json.loads((ensure_workloads() / "state_256k.json").read_text(encoding="utf-8"))
     size = json_size(state)
     results = run_scenarios(

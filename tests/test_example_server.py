@@ -737,6 +737,23 @@ def test_bad_arguments_are_refused_with_the_usage_and_exit_2(args: list[str]) ->
     assert f"error: {args[0]}: " in result.stderr.splitlines()[-1]
 
 
+@pytest.mark.parametrize("module", ["examples.server", "benchmarks.load_server"])
+def test_help_is_plain_text(module: str) -> None:
+    """--help reads as plain text: no reStructuredText markup (``literal``, :role:) shows."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert f"usage: python -m {module}" in result.stdout
+    assert "``" not in result.stdout
+    assert re.search(r":[a-z]+:`", result.stdout) is None
+
+
 # ------------------------------------------------------------------ the service, in process
 
 

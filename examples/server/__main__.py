@@ -17,6 +17,7 @@ import secrets
 import signal
 import sqlite3
 import sys
+import textwrap
 from types import FrameType
 
 from examples.server.app import REQUEST_TIMEOUT, MetadataHTTPServer
@@ -28,28 +29,78 @@ from metaops.server import RetryPolicy
 TOKEN_ENV = "METAOPS_SERVER_TOKEN"
 
 
+_DESCRIPTION = """\
+Serve run metadata over HTTP, stored in SQLite: GET and PUT
+/api/v1/runs/{runId}/metadata as the platform answers them, and the /admin routes."""
+
+_EPILOG = f"""\
+The token is --token, else ${TOKEN_ENV}, else a random one (printed).
+The first line on stdout says where the server listens, e.g.
+  listening on http://127.0.0.1:8030
+with --port 0 the system picks the port, and that line is how to find it.
+
+SIGTERM or Ctrl-C stops the server. Queued parent/root operations stay in the
+database's outbox and are written after a restart. If the server cannot start
+(the port is in use, the database cannot be opened), it prints one line saying
+why and exits with status 2."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # argparse would break "metaops-example.sqlite3" at its hyphen.
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m examples.server", description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default="metaops-example.sqlite3", help="SQLite file (created if missing)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8030, help="port (0: any free one)")
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.server",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--db",
+        default="metaops-example.sqlite3",
+        help="SQLite file, created if missing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback only)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8030, help="port; 0 for any free one (default: %(default)s)"
+    )
     parser.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV}, else random)")
-    parser.add_argument("--limit", type=int, default=None, help="metadata size limit in bytes")
     parser.add_argument(
-        "--flush-interval", type=float, default=0.1, help="seconds between background flushes (0: never)"
+        "--limit",
+        type=int,
+        default=None,
+        help="metadata size limit in bytes of JSON (default: $TASK_RUN_METADATA_MAXIMUM_SIZE, else 262144)",
     )
     parser.add_argument(
-        "--no-inline-flush", action="store_true", help="leave queued operations to the background flusher"
+        "--flush-interval",
+        type=float,
+        default=0.1,
+        help="seconds between background flushes of queued operations; 0 for none (default: %(default)s)",
     )
-    parser.add_argument("--attempts", type=int, default=5, help="compare-and-swap attempts per update")
     parser.add_argument(
-        "--synchronous", default="FULL", choices=["NORMAL", "FULL"], help="SQLite durability (default FULL)"
+        "--no-inline-flush",
+        action="store_true",
+        help="leave queued operations to the background flusher instead of flushing before answering",
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=5, help="compare-and-swap attempts per update (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--synchronous",
+        default="FULL",
+        choices=["NORMAL", "FULL"],
+        help="SQLite durability: FULL survives power loss, NORMAL a killed process (default: %(default)s)",
     )
     parser.add_argument(
         "--request-timeout",
         type=float,
         default=REQUEST_TIMEOUT,
-        help=f"seconds a client may keep the server waiting before it hangs up (default {REQUEST_TIMEOUT:g})",
+        help="seconds a quiet client may hold a connection before it is closed (default: %(default)g)",
     )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
