@@ -929,7 +929,9 @@ class RunMetadata:
                 self._flight = None
             raise
         with self._lock:
-            self._flight = flush
+            # Collapsing can leave nothing to send (operations no metadata can match): a
+            # host sends nothing then, and must not be left owing an accept or restore.
+            self._flight = flush if flush else None
         return flush
 
     def restore(self, flush: Flush, *, delivered: int = 0) -> None:

@@ -317,6 +317,23 @@ def test_an_unapplied_flush_only_report_is_not_in_flight() -> None:
     md.drain()  # no FlushInFlightError
 
 
+def test_a_drain_that_collapses_to_nothing_is_not_in_flight() -> None:
+    """Queued operations that collapse away leave nothing in flight, so the next drain works.
+
+    A parent write through a slice of the top level can match nothing (metadata is an
+    object), so collapse drops it: the flush is empty, and a host sends nothing.
+    """
+    md = RunMetadata(is_root=False)
+    md.parent.set("$.[0:1]", None)
+    assert md.pending
+    flush = md.drain()
+    assert not flush
+    assert md.in_flight is None
+    assert not md.pending
+    md.parent.increment("n")
+    assert md.drain().parent_operations == (Increment("n", 1),)
+
+
 # --------------------------------------------------------------------------- read-only views
 
 
