@@ -373,7 +373,7 @@ def _value(value: object, method: str) -> JSON:
 
 
 def _amount(value: object, method: str) -> int | float:
-    """``value`` as an increment amount: a JSON number, not a bool."""
+    """``value``, the argument ``n``, as an increment amount: a JSON number, not a bool."""
     kind = type(value)
     if kind is int:
         if -_SAFE_INT <= value <= _SAFE_INT:  # type: ignore[operator]
@@ -381,9 +381,9 @@ def _amount(value: object, method: str) -> int | float:
     elif kind is float and value - value == 0.0:  # type: ignore[operator]
         return value  # type: ignore[return-value]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"{method}: value must be a number (int or float, not bool), got {describe(value)}"
-        raise InvalidValueError(msg, "value")
-    return _normalized(value, "value", method)  # type: ignore[return-value]
+        msg = f"{method}: n must be a number (int or float, not bool), got {describe(value)}"
+        raise InvalidValueError(msg, "n")
+    return _normalized(value, "n", method)  # type: ignore[return-value]
 
 
 def _replacement(metadata: object, method: str) -> dict[str, JSON]:
@@ -791,16 +791,16 @@ class RunMetadata:
         self._local(Remove._trusted(key, _value(value, "remove")))
         return self
 
-    def increment(self, key: str, value: int | float = 1) -> RunMetadata:
-        """Add ``value`` to the number at ``key`` (anything else counts as 0)."""
+    def increment(self, key: str, n: int | float = 1) -> RunMetadata:
+        """Add ``n`` to the number at ``key`` (anything else counts as 0)."""
         if type(key) is not str or key not in _SAFE_KEYS:
             key = _key(key, "increment")
-        self._local(Increment._trusted(key, _amount(value, "increment")))
+        self._local(Increment._trusted(key, _amount(n, "increment")))
         return self
 
-    def decrement(self, key: str, value: int | float = 1) -> RunMetadata:
-        """Subtract ``value`` from the number at ``key`` (sent as an increment by ``-value``)."""
-        self._local(decrement(_key(key, "decrement"), _amount(value, "decrement")))
+    def decrement(self, key: str, n: int | float = 1) -> RunMetadata:
+        """Subtract ``n`` from the number at ``key`` (sent as an increment by ``-n``)."""
+        self._local(decrement(_key(key, "decrement"), _amount(n, "decrement")))
         return self
 
     def replace(self, metadata: Mapping[str, object]) -> RunMetadata:
@@ -1054,16 +1054,16 @@ class MetadataUpdater:
         self._owner._remote(self._target, Remove._trusted(_key(key, method), _value(value, method)))
         return self
 
-    def increment(self, key: str, value: int | float = 1) -> MetadataUpdater:
-        """Queue ``increment(key, value)`` for the target run."""
+    def increment(self, key: str, n: int | float = 1) -> MetadataUpdater:
+        """Queue ``increment(key, n)`` for the target run."""
         method = f"{self._target}.increment"
-        self._owner._remote(self._target, Increment._trusted(_key(key, method), _amount(value, method)))
+        self._owner._remote(self._target, Increment._trusted(_key(key, method), _amount(n, method)))
         return self
 
-    def decrement(self, key: str, value: int | float = 1) -> MetadataUpdater:
-        """Queue an increment by ``-value`` for the target run (not ``-abs(value)`` as the reference)."""
+    def decrement(self, key: str, n: int | float = 1) -> MetadataUpdater:
+        """Queue an increment by ``-n`` for the target run (not ``-abs(n)`` as the reference)."""
         method = f"{self._target}.decrement"
-        self._owner._remote(self._target, decrement(_key(key, method), _amount(value, method)))
+        self._owner._remote(self._target, decrement(_key(key, method), _amount(n, method)))
         return self
 
     def replace(self, metadata: Mapping[str, object]) -> MetadataUpdater:

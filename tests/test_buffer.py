@@ -184,6 +184,23 @@ def test_decrement_sends_a_negative_increment_everywhere() -> None:
     assert flush.root_operations == (Increment("r", -0.5),)
 
 
+def test_increment_and_decrement_take_n_by_name() -> None:
+    """The documented signatures are increment(key, n=1) and decrement(key, n=1), n by position or name."""
+    md = RunMetadata({"stock": 10}, is_root=False)
+    md.increment("stock", n=5).decrement("stock", n=2).decrement("stock", 3).increment(key="stock")
+    assert md.get("stock") == 11
+    md.parent.increment("rows", n=4).decrement("rows", n=1)
+    md.root.decrement("left", n=2).increment("left", n=0.5)
+    flush = md.drain()
+    assert flush.parent_operations == (Increment("rows", 3),)  # collapsed: 4 - 1
+    assert flush.root_operations == (Increment("left", -1.5),)
+    with pytest.raises(InvalidValueError, match="increment: n must be a number") as caught:
+        md.increment("stock", n="1")  # type: ignore[arg-type]
+    assert caught.value.where == "n"
+    with pytest.raises(TypeError):
+        md.increment("stock", value=1)  # type: ignore[call-arg]
+
+
 def test_replace_and_delete_examples() -> None:
     """replace swaps the whole object; delete removes one key."""
     md = RunMetadata()
@@ -586,9 +603,9 @@ def test_over_the_limit_a_call_that_shrinks_is_allowed() -> None:
         (lambda md: md.remove("a", 2**1100), InvalidValueError, "too large"),
         (lambda md: md.set(1, "v"), InvalidValueError, "set: key must be a str"),
         (lambda md: md.delete(None), InvalidValueError, "delete: key must be a str"),
-        (lambda md: md.increment("n", "1"), InvalidValueError, "increment: value must be a number"),
+        (lambda md: md.increment("n", "1"), InvalidValueError, "increment: n must be a number"),
         (lambda md: md.increment("n", True), InvalidValueError, "not bool"),
-        (lambda md: md.decrement("n", None), InvalidValueError, "decrement: value must be a number"),
+        (lambda md: md.decrement("n", None), InvalidValueError, "decrement: n must be a number"),
         (lambda md: md.increment("n", math.inf), InvalidValueError, "inf"),
         (lambda md: md.replace([1]), InvalidValueError, "replace: metadata must be a dict"),
         (lambda md: md.replace({"a": {1}}), InvalidValueError, "replace: metadata"),
@@ -599,7 +616,7 @@ def test_over_the_limit_a_call_that_shrinks_is_allowed() -> None:
         (lambda md: md.parent.set("__proto__", 1), InvalidOperationError, "parent.set: the key"),
         (lambda md: md.root.append("$.constructor", 1), InvalidOperationError, "root.append"),
         (lambda md: md.parent.set("a", {1, 2}), InvalidValueError, "parent.set: value is a set"),
-        (lambda md: md.root.increment("n", "2"), InvalidValueError, "root.increment: value must be a number"),
+        (lambda md: md.root.increment("n", "2"), InvalidValueError, "root.increment: n must be a number"),
         (lambda md: md.parent.replace("x"), InvalidValueError, "parent.replace: metadata must be a dict"),
     ],
 )
