@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import metaops
-from examples.server import MetadataService, RunNotFoundError, ServiceConfig, SQLiteStorage
+from examples.server import MetadataService, RunNotFoundError, ServiceConfig, SQLiteStorage, running_server
 from examples.server.storage import OutboxEntry
 from metaops import Append, Increment, MetadataTooLargeError, Set
 from metaops.server import FlushPlan, RetryPolicy
@@ -933,3 +933,67 @@ def test_a_failing_inline_flush_does_not_fail_the_committed_request(tmp_path: Pa
     assert service.flush_all() == 0
     assert storage.read("parent") == ({"log": ["child ran"]}, 1)
     service.close()
+
+
+class GatedStorage(SQLiteStorage):
+    """SQLite whose reads of run ``slow`` wait for ``gate``; ``events`` records what happened when."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.events: list[str] = []
+
+    def read(self, run_id: str) -> tuple[dict[str, Any], int]:
+        if run_id == "slow" and not self.gate.is_set():
+            self.entered.set()
+            self.gate.wait(timeout=30)
+        return super().read(run_id)
+
+    def compare_and_swap(
+        self,
+        run_id: str,
+        expected_version: int,
+        new_metadata: dict[str, Any],
+        enqueue: Sequence[OutboxEntry] = (),
+    ) -> list[int] | None:
+        seqs = super().compare_and_swap(run_id, expected_version, new_metadata, enqueue)
+        self.events.append(f"wrote {run_id}")
+        return seqs
+
+    def close(self) -> None:
+        self.events.append("closed")
+        super().close()
+
+
+def test_shutdown_lets_requests_in_flight_finish_before_closing_the_storage(tmp_path: Path) -> None:
+    """Stopping the server while a request is half way through waits for it: it is answered 200
+    with its update written, and only then is the storage closed. A request that arrives after
+    the stop (on a kept-alive connection) is refused with 503 and changes nothing."""
+    storage = GatedStorage(tmp_path / "db")
+    service = _service(storage)
+    service.create_run("slow")
+    service.create_run("other")
+    answers: queue.Queue[tuple[int, Any]] = queue.Queue()
+    with running_server(service, TOKEN) as http_server:
+        port = http_server.server_address[1]
+        idle = Client(port)
+        assert idle.get_metadata("other") == {}  # its handler thread now waits on the connection
+
+        def slow_request() -> None:
+            client = Client(port)
+            answers.put(client.put_metadata("slow", {"operations": OPS_INCREMENT}))
+            client.close()
+
+        threading.Thread(target=slow_request, daemon=True).start()
+        assert storage.entered.wait(timeout=10)
+        # Past serve_forever's 0.5 s poll, so that the stop is well under way when it is let go.
+        threading.Timer(1.0, storage.gate.set).start()
+    assert answers.get(timeout=10) == (200, {"metadata": {"n": 1}})
+    assert storage.events == ["wrote slow", "closed"]
+    status, payload = idle.put_metadata("other", {"operations": OPS_INCREMENT})
+    assert (status, payload) == (503, {"error": "The server is shutting down; nothing was done"})
+    idle.close()
+    reopened = SQLiteStorage(tmp_path / "db")
+    assert (reopened.read("slow"), reopened.read("other")) == (({"n": 1}, 1), ({}, 0))
+    reopened.close()

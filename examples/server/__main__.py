@@ -3,8 +3,9 @@
 The token comes from ``--token``, else ``$METAOPS_SERVER_TOKEN``, else a random one
 (printed). The first line on stdout says where it listens, e.g.
 ``listening on http://127.0.0.1:8030``; with ``--port 0`` the port is picked by the
-system, and that line is how to find it. SIGTERM or Ctrl-C stops it; queued
-parent/root operations stay in the database's outbox and are written after a restart.
+system, and that line is how to find it. SIGTERM or Ctrl-C stops it, after the
+requests in flight (see :meth:`MetadataHTTPServer.server_close`); queued parent/root
+operations stay in the database's outbox and are written after a restart.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ The first line on stdout says where the server listens, e.g.
   listening on http://127.0.0.1:8030
 with --port 0 the system picks the port, and that line is how to find it.
 
-SIGTERM or Ctrl-C stops the server. Queued parent/root operations stay in the
-database's outbox and are written after a restart. If the server cannot start
+SIGTERM or Ctrl-C stops the server: it stops listening, answers 503 to new
+requests, and lets those in flight finish (10 s at most) before it closes the
+database. Queued parent/root operations stay in the database's outbox and are
+written after a restart. If the server cannot start
 (the port is in use, the database cannot be opened), it prints one line saying
 why and exits with status 2."""
 

@@ -10,8 +10,9 @@ Errors answer ``{"error": "<message>"}``: 400 malformed JSON, a wrong shape or a
 unsafe key (the message names the field and the operation's index), 400 for a run
 completed over an hour ago, 401 without the token or with another, 404 for an
 unknown run, 413 for a body over 2 MiB or metadata over the size limit, 408 for a
-body that stops arriving. A connection quiet for ``request_timeout`` seconds (30 by
-default) while the server waits on the client is closed.
+body that stops arriving, 503 (nothing done) once the server is shutting down. A
+connection quiet for ``request_timeout`` seconds (30 by default) while the server
+waits on the client is closed.
 
 Admin routes (same token), for tests and demos:
 
@@ -44,7 +45,7 @@ from examples.server.storage import json_text
 from metaops import MetadataTooLargeError, MetaopsError
 from metaops.server import InvalidRequestError
 
-__all__ = ["MAX_BODY_BYTES", "REQUEST_TIMEOUT", "MetadataHTTPServer", "running_server"]
+__all__ = ["MAX_BODY_BYTES", "REQUEST_TIMEOUT", "SHUTDOWN_TIMEOUT", "MetadataHTTPServer", "running_server"]
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 """The platform's request body limit on the metadata route (2 MiB)."""
@@ -53,6 +54,9 @@ _DRAIN_BYTES = 4 * MAX_BODY_BYTES
 
 REQUEST_TIMEOUT = 30.0
 """Seconds a connection may wait on the client (its request, body, or reading the answer)."""
+
+SHUTDOWN_TIMEOUT = 10.0
+"""Seconds :meth:`MetadataHTTPServer.server_close` waits for requests in flight."""
 
 _log = logging.getLogger("examples.server.http")
 
@@ -79,6 +83,7 @@ class MetadataHTTPServer(ThreadingHTTPServer):
         token: str,
         *,
         request_timeout: float = REQUEST_TIMEOUT,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     ) -> None:
         if not token:
             msg = "the bearer token must not be empty"
@@ -93,7 +98,47 @@ class MetadataHTTPServer(ThreadingHTTPServer):
         self.service = service
         self.token = token
         self.request_timeout = float(request_timeout)
+        self.shutdown_timeout = shutdown_timeout
+        self._requests = threading.Condition()
+        self._in_flight = 0
+        self._closing = False
         super().__init__(address, _Handler)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`server_close` has begun: new requests are refused with 503."""
+        return self._closing
+
+    def server_close(self) -> None:
+        """Stop listening, refuse new requests, and wait (``shutdown_timeout`` at most) for
+        those in flight, so that the service can be closed after this returns.
+
+        Handler threads are daemons and are not joined (a keep-alive connection may sit
+        idle for ``request_timeout``); what must not outlive the service is a request
+        using its storage, and those are counted.
+        """
+        super().server_close()
+        with self._requests:
+            self._closing = True
+            if not self._requests.wait_for(lambda: self._in_flight == 0, self.shutdown_timeout):
+                _log.warning(
+                    "%d requests still in flight after %g s; closing anyway",
+                    self._in_flight,
+                    self.shutdown_timeout,
+                )
+
+    def _enter(self) -> bool:
+        with self._requests:
+            if self._closing:
+                return False
+            self._in_flight += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._requests:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._requests.notify_all()
 
     @property
     def url(self) -> str:
@@ -133,6 +178,25 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("%s " + format, self.address_string(), *args)
 
     def _handle(self, method: str) -> None:
+        if not self.server._enter():
+            self._refuse()
+            return
+        try:
+            self._answer(method)
+        finally:
+            self.server._leave()
+
+    def _refuse(self) -> None:
+        # Shutting down: the service may already be closed, so nothing here may touch it.
+        try:
+            unread = self._body_length()
+        except _HTTPError:
+            unread = 0
+        self.close_connection = True
+        self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "The server is shutting down; nothing was done"})
+        self._discard(unread)
+
+    def _answer(self, method: str) -> None:
         unread = 0  # body bytes to drain after answering
         try:
             length = self._body_length()
@@ -284,6 +348,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: Any) -> None:
         data = json_text(payload).encode("ascii")
+        if self.server.closing:
+            self.close_connection = True  # so that keep-alive threads end too
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -337,9 +403,15 @@ def running_server(
     port: int = 0,
     *,
     request_timeout: float = REQUEST_TIMEOUT,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> Iterator[MetadataHTTPServer]:
-    """Serve in a background thread for the ``with`` block (port 0: an ephemeral one)."""
-    server = MetadataHTTPServer((host, port), service, token, request_timeout=request_timeout)
+    """Serve in a background thread for the ``with`` block (port 0: an ephemeral one).
+
+    On leaving the block, requests in flight finish before the service is closed.
+    """
+    server = MetadataHTTPServer(
+        (host, port), service, token, request_timeout=request_timeout, shutdown_timeout=shutdown_timeout
+    )
     service.start()
     thread = threading.Thread(target=server.serve_forever, name="metadata-http", daemon=True)
     thread.start()
