@@ -29,12 +29,12 @@ case where ``collapse`` keeps two operations where the reference keeps one.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from metaops._apply import _HANDLERS, _Tree
 from metaops._errors import InvalidLimitError, MetadataTooLargeError
-from metaops._json import add_numbers, json_equal
+from metaops._json import add_numbers, fits_double, json_equal
 from metaops._paths import MAX_PADDING, Key, Slice, parse_key
 from metaops._size import json_size
 from metaops._values import OPERATION_TYPES, Append, Delete, Increment, Operation, Remove, Set, Update
@@ -50,6 +50,12 @@ MAX_REQUEST_BYTES = 1_048_576
 _BODY_OVERHEAD = len('{"operations":[]}')
 
 _ROOT: tuple[str, ...] = ()
+
+# Int sums inside this range are finite doubles, checked without converting.
+_SAFE_SUM = 2**1023
+
+# How far back _KeyState.contiguous looks before answering "no".
+_CONTIGUITY_SCAN = 32
 
 
 class _Route:
@@ -79,7 +85,8 @@ class _Route:
         components = parsed.components
         head = components[0]
         names = [c.name for c in components if isinstance(c, Key)]
-        far = any(c.index is not None and c.index > MAX_PADDING for c in components if isinstance(c, Key))
+        # Only a list can be padded, and the top level is a dict: its keys are never far.
+        far = any(c.index is not None and c.index > MAX_PADDING for c in components[1:] if isinstance(c, Key))
         self.leaf_plain = isinstance(components[-1], Key)
         crossed = len(names) != len(components)
         # Increments merge unless a first match can be a non-index key on a list
@@ -128,14 +135,19 @@ def _writes_value(op: Operation) -> bool:
 
 
 def _extend(
-    container: list[Any], chain: list[int], op: Operation, route: _Route, *, contiguous: bool
+    container: list[Any],
+    chain: list[int],
+    op: Operation,
+    route: _Route,
+    contiguous: Callable[[], bool] | None = None,
 ) -> None:
     """Add ``op`` to ``container`` after the ``chain`` of operations on the same place.
 
     ``chain`` holds the positions in ``container`` of the operations on exactly the
     place ``op`` acts on, with nothing in between that touches it. ``op`` merges into
     the chain when that cannot change a result, else it is appended and joins the
-    chain. ``contiguous`` says nothing at all stands between the chain's operations.
+    chain. ``contiguous`` tells whether nothing at all stands between the chain's
+    operations (None: nothing can); it is asked only when the answer matters.
     """
     literal = route.kind == "literal"
     last = container[chain[-1]]
@@ -148,22 +160,36 @@ def _extend(
         # have written (it starts with a remove), a list written between could have
         # padded the place with a null, which the set would then not reach.
         start = container[chain[0]]
-        if _writes_value(start) or contiguous or not route.leaf_plain:
-            container[chain[0]] = op
-            for index in chain[1:]:
-                container[index] = None
-            del chain[1:]
+        if _writes_value(start) or not route.leaf_plain or contiguous is None or contiguous():
+            _replace_from(container, chain, 0, op)
             return
+        # From the last operation that certainly wrote a value on, the place holds
+        # one, whatever stands between: the set can take over from there.
+        for position in range(len(chain) - 1, 0, -1):
+            if _writes_value(container[chain[position]]):
+                _replace_from(container, chain, position, op)
+                return
     elif type(op) is Increment and type(last) is Increment:
         if route.mergeable_increments:
-            container[chain[-1]] = Increment._trusted(op.key, add_numbers(last.value, op.value))
-            return
+            total = add_numbers(last.value, op.value)
+            if fits_double(total):
+                container[chain[-1]] = Increment._trusted(op.key, total)
+                return
+            # An overflowing sum could not be sent (the wire has no infinity): keep both.
     elif (
         type(op) is Remove and type(last) is Remove and not route.complex and json_equal(last.value, op.value)
     ):
         return  # nothing equal to the value is left to remove
     container.append(op)
     chain.append(len(container) - 1)
+
+
+def _replace_from(container: list[Any], chain: list[int], position: int, op: Operation) -> None:
+    """Put ``op`` in place of the chain's operations from ``position`` on."""
+    container[chain[position]] = op
+    for index in chain[position + 1 :]:
+        container[index] = None
+    del chain[position + 1 :]
 
 
 class _Sum:
@@ -175,12 +201,20 @@ class _Sum:
         self.key = key
         self.value = value
 
-    def add(self, amount: int | float) -> None:
+    def add(self, amount: int | float) -> bool:
+        """Add ``amount``; False (nothing added) where the sum would overflow a double."""
         total = self.value
         if type(total) is int and type(amount) is int:
-            self.value = total + amount
+            total += amount
+            if -_SAFE_SUM < total < _SAFE_SUM:
+                self.value = total
+                return True
         else:
-            self.value = add_numbers(total, amount)
+            total = add_numbers(total, amount)
+        if not fits_double(total):
+            return False
+        self.value = total
+        return True
 
     def operation(self) -> Increment:
         done: Increment = Increment._trusted(self.key, self.value)
@@ -195,6 +229,7 @@ class _KeyState:
         "below",
         "complex_entry",
         "deleted",
+        "deleted_at",
         "entries",
         "first",
         "known",
@@ -209,6 +244,10 @@ class _KeyState:
         self.anchor: int | None = None
         self.known = False
         self.deleted = False
+        # The sequence number of the latest delete: where a key that ends deleted
+        # leaves. (Not the first operation on the key: collapsing reorders those, and
+        # a later compose must place the delete where a collapse from scratch would.)
+        self.deleted_at = 0
         # The key's operations while its value is unknown (None: merged away).
         self.program: list[Operation | _Sum | None] = []
         # The chain of operations on each tracked path, valid while nothing since
@@ -252,9 +291,15 @@ class _KeyState:
             self.drop_entry(descendant)
 
     def contiguous(self, chain: list[int]) -> bool:
-        """Whether only the chain's own operations stand in the program from its start on."""
-        members = set(chain)
+        """Whether only the chain's own operations stand in the program from its start on.
+
+        Past a short stretch the answer is "no" without looking, so that collapse
+        stays linear: it only forgoes a merge the reference's rule would not make.
+        """
         program = self.program
+        if len(program) - chain[0] > _CONTIGUITY_SCAN:
+            return False
+        members = set(chain)
         return all(program[i] is None or i in members for i in range(chain[0], len(program)))
 
 
@@ -302,8 +347,19 @@ class _Reducer:
                     state = keys[route.top] = _KeyState(self.seq)
                 if state.known:
                     self._fold_known(state, route.top, op)
-                elif cls is Set or cls is Delete:
+                elif cls is Set:
                     self._learn(state, op)
+                elif cls is Delete:
+                    if route.top.startswith("$."):
+                        # Such a key cannot become known: its value could leave only as a
+                        # set, and a set of such a key is a path. Still, nothing before
+                        # the delete matters any more.
+                        state.program = [op]
+                        state.forget_entries()
+                        state.literal_entry = [0]
+                        state.anchor = None
+                    else:
+                        self._learn(state, op)
                 else:
                     if state.anchor is None and cls is not Remove:
                         state.anchor = self.seq
@@ -313,12 +369,15 @@ class _Reducer:
                         # can be open while a literal chain is.
                         program = state.program
                         last = program[chain[-1]]
-                        if isinstance(op, Increment) and isinstance(last, _Sum):
-                            last.add(op.value)
+                        if isinstance(op, Increment) and isinstance(last, _Sum) and last.add(op.value):
+                            pass
                         elif isinstance(op, Increment) and isinstance(last, Increment):
                             total = _Sum(last.key, last.value)
-                            total.add(op.value)
-                            program[chain[-1]] = total
+                            if total.add(op.value):
+                                program[chain[-1]] = total
+                            else:
+                                program.append(op)
+                                chain.append(len(program) - 1)
                         else:
                             program.append(op)
                             chain.append(len(program) - 1)
@@ -349,8 +408,10 @@ class _Reducer:
             last = self.inert[-1]
             if type(last) is type(op) and not isinstance(op, Update) and last.key == op.key:  # type: ignore[union-attr]
                 if isinstance(op, Increment) and isinstance(last, Increment):
-                    self.inert[-1] = Increment._trusted(op.key, add_numbers(last.value, op.value))
-                    return
+                    total = add_numbers(last.value, op.value)
+                    if fits_double(total):
+                        self.inert[-1] = Increment._trusted(op.key, total)
+                        return
                 if isinstance(op, (Set, Delete)):
                     self.inert[-1] = op if isinstance(op, Set) else last
                     return
@@ -361,7 +422,7 @@ class _Reducer:
             self._close_segment()
         chain = self.barrier_chain
         if chain is not None and self.emitted[chain[-1]].key == op.key:  # type: ignore[union-attr]
-            _extend(self.emitted, chain, op, route, contiguous=True)
+            _extend(self.emitted, chain, op, route)
             return
         self.emitted.append(op)
         self.barrier_chain = [len(self.emitted) - 1]
@@ -391,6 +452,7 @@ class _Reducer:
         """
         if type(op) is Delete:
             state.deleted = True
+            state.deleted_at = self.seq
             state.anchor = None
         else:
             if state.anchor is None:
@@ -408,6 +470,7 @@ class _Reducer:
             if present:
                 del known.own_root()[top]
             state.deleted = True
+            state.deleted_at = self.seq
             state.anchor = None
             return
         if cls is Set and op.key == top:  # type: ignore[union-attr]
@@ -424,7 +487,7 @@ class _Reducer:
         if state.entries or state.complex_entry is not None:
             state.forget_entries()
         if chain is not None:
-            _extend(state.program, chain, op, route, contiguous=True)
+            _extend(state.program, chain, op, route)
             state.literal_entry = chain
             return
         state.program.append(op)
@@ -438,7 +501,7 @@ class _Reducer:
             entry = state.complex_entry
             state.forget_entries()
             if entry is not None and entry[0] == op.key:  # type: ignore[union-attr]
-                _extend(program, entry[1], op, route, contiguous=True)
+                _extend(program, entry[1], op, route)
                 state.complex_entry = entry
                 return
             program.append(op)
@@ -451,8 +514,7 @@ class _Reducer:
             program.append(op)
             chain = [len(program) - 1]
         else:
-            contiguous = type(op) is Set and state.contiguous(chain)
-            _extend(program, chain, op, route, contiguous=contiguous)
+            _extend(program, chain, op, route, lambda: state.contiguous(chain))
         state.add_entry(path, chain)
 
     def _segment_ops(self) -> list[Operation]:
@@ -477,7 +539,7 @@ class _Reducer:
                     ops.insert(0, Delete._trusted(top))
                 placed.append((state.anchor or state.first, ops))
             elif state.deleted:
-                placed.append((state.first, [Delete._trusted(top)]))
+                placed.append((state.deleted_at, [Delete._trusted(top)]))
         placed.sort(key=lambda item: item[0])
         return [op for _, ops in placed for op in ops]
 
@@ -540,6 +602,9 @@ def compose(first: Sequence[Operation], second: Iterable[Operation]) -> tuple[Op
     (Increment(key='n', value=5),)
     """
     if isinstance(first, _Collapsed):
+        # Taken before the lock: a lazy ``second`` that composes onto ``first`` itself
+        # would otherwise wait for the lock forever.
+        second = tuple(second)
         reducer = first._reducer
         with reducer.lock:
             if reducer.version == first._version:

@@ -23,6 +23,7 @@ __all__ = [
     "JSONInput",
     "add_numbers",
     "describe",
+    "fits_double",
     "is_number",
     "js_iso_string",
     "js_key_order",
@@ -73,6 +74,11 @@ def to_double(value: int | float) -> float:
     except OverflowError:
         # Only an int can overflow here; copysign would convert it (and overflow) again.
         return math.inf if value > 0 else -math.inf
+
+
+def fits_double(value: int | float) -> bool:
+    """Whether ``value`` is a finite IEEE double, as every number on the wire must be."""
+    return math.isfinite(to_double(value))
 
 
 def add_numbers(a: int | float, b: int | float) -> int | float:

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -186,6 +188,80 @@ def test_collapse_examples() -> None:
     assert collapse([Set("$.p.x", None), Set("$.p.x", 5)]) == (Set("$.p.x", None),)
     # Unsafe operations are never applied and never dropped.
     assert collapse([Set("__proto__", 1), Increment("n")]) == (Increment("n"), Set("__proto__", 1))
+
+
+def _exact(state: dict[str, Any], ops: list[Operation], collapsed: tuple[Operation, ...]) -> None:
+    assert _snapshot(apply(state, collapsed).metadata) == _snapshot(apply(state, ops).metadata)
+
+
+@pytest.mark.parametrize("state", [{}, {"a": {"b": [0]}}, {"$.a.b": None, "x": 1}])
+def test_a_top_level_key_that_reads_as_a_path_is_never_written_as_one(state: dict[str, Any]) -> None:
+    """A key like "$.a.b", reached by an escaped path after a delete, is not sent back as a set of "$.a.b"."""
+    cases: list[list[Operation]] = [
+        [Delete("$.a.b"), Set("$.$\\.a\\.b", 5)],
+        [Delete("$.a.b"), Append("$.$\\.a\\.b", 1), Append("$.$\\.a\\.b", 2)],
+        [Append("$.$\\.a\\.b", 0), Delete("$.a.b"), Delete("$.a.b"), Increment("$.$\\.a\\.b")],
+    ]
+    for ops in cases:
+        collapsed = collapse(ops)
+        _exact(state, ops, collapsed)
+        assert len(collapsed) <= len(reference_rule(ops))
+
+
+def test_merged_increments_never_overflow_into_an_unsendable_number() -> None:
+    """Increments whose sum would not be a finite double stay apart: the wire has no infinity."""
+    for key in ("n", "$.a.n"):
+        ops = [Increment(key, 1e308), Increment(key, 1e308)]
+        assert collapse(ops) == tuple(ops)
+    big = [Increment("n", 2**1023), Increment("n", 2**1023)]
+    assert collapse(big) == tuple(big)
+    for op in collapse([Increment("n", 1e308), Increment("n", 1e308), Increment("n", -1e308)]):
+        assert parse_operations([op.to_wire()]) == (op,)  # every operation can be sent
+    # Sums that fit still merge.
+    assert collapse([Increment("n", 1e308), Increment("n", -1e308)]) == (Increment("n", 0.0),)
+
+
+def test_a_set_after_a_write_on_the_same_path_replaces_it() -> None:
+    """A set right after a set of the same path merges even when the path's chain began with a remove."""
+    ops: list[Operation] = [Remove("$.a.x", 0), Increment("$.a.y"), Set("$.a.x", 1), Set("$.a.x", 2)]
+    collapsed = collapse(ops)
+    assert collapsed == (Remove("$.a.x", 0), Increment("$.a.y"), Set("$.a.x", 2))
+    states: list[dict[str, Any]] = [{}, {"a": {"x": [0, 1]}}, {"a": []}, {"a": {"x": None}}]
+    for state in states:
+        _exact(state, ops, collapsed)
+
+
+def test_compose_depends_only_on_its_arguments() -> None:
+    """The same compose twice gives the same batch, and the batch a collapse from scratch gives."""
+    first = collapse([Delete("n"), Delete("m"), Increment("n")])
+    second = [Delete("n")]
+    once = compose(first, second)
+    assert compose(first, second) == once == collapse([*first, *second])
+
+
+def test_a_huge_index_at_the_top_is_an_ordinary_key() -> None:
+    """A path "$.5000000" names a top-level key (the top is a dict, never padded): key order is kept."""
+    ops: list[Operation] = [Remove("5000000", 1), Set("b", 1), Set("$.5000000", 2)]
+    collapsed = collapse(ops)
+    assert list(apply({}, collapsed).metadata) == ["b", "5000000"]
+    _exact({}, ops, collapsed)
+
+
+def test_compose_with_a_lazy_second_that_composes_onto_first() -> None:
+    """A generator for second that itself composes onto first does not deadlock."""
+    first = collapse([Increment("n")])
+    results: list[tuple[Operation, ...]] = []
+
+    def arriving() -> Iterator[Operation]:
+        yield Increment("n", 2)
+        results.append(compose(first, [Increment("n", 5)]))
+
+    # In a thread, so that a deadlock fails the test instead of hanging the suite.
+    worker = threading.Thread(target=lambda: results.append(compose(first, arriving())), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "compose deadlocked"
+    assert results == [(Increment("n", 6),), (Increment("n", 3),)]
 
 
 def test_unsound_reference_merge_is_not_made() -> None:
