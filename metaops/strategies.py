@@ -39,8 +39,28 @@ __all__ = [
     "unsafe_keys",
 ]
 
-LITERAL_KEYS: tuple[str, ...] = ("a", "b", "n", "logs", "tags", "10", "a.b", "$", "$x", "", "ключ", "emoji🎉")
-"""Top-level keys the strategies draw from: plain, numeric, dotted, dollar, empty, non-ASCII."""
+LITERAL_KEYS: tuple[str, ...] = (
+    "a",
+    "b",
+    "n",
+    "logs",
+    "tags",
+    "10",
+    "5000000",
+    "a.b",
+    "$",
+    "$x",
+    "",
+    "ключ",
+    "emoji🎉",
+)
+"""Literal keys the strategies draw from: plain, numeric (one past any list padding),
+dotted, dollar, empty, non-ASCII."""
+
+_PATH_NAMED_KEYS: tuple[str, ...] = ("$.a",)
+# A top-level key that reads as a path when an operation names it: only a delete
+# (always literal) or an escaped path ("$.$\.a") reaches it, as in the metadata.
+_TOP_KEYS = LITERAL_KEYS + _PATH_NAMED_KEYS
 
 _SEGMENTS: tuple[str, ...] = ("a", "b", "x", "n", "0", "1", "2", "10", "tags", "logs", "a.b")
 _UNSAFE: tuple[str, ...] = (
@@ -88,14 +108,14 @@ def json_values(*, integers_only: bool = False, max_leaves: int = 12) -> st.Sear
         scalars,
         lambda children: st.one_of(
             st.lists(children, max_size=4),
-            st.dictionaries(st.sampled_from(_SEGMENTS + LITERAL_KEYS), children, max_size=4),
+            st.dictionaries(st.sampled_from(_SEGMENTS + _TOP_KEYS), children, max_size=4),
         ),
         max_leaves=max_leaves,
     )
 
 
 def metadata(*, integers_only: bool = False, max_leaves: int = 16) -> st.SearchStrategy[dict[str, JSON]]:
-    """A metadata object (a dict at the top), keyed from :data:`LITERAL_KEYS`.
+    """A metadata object (a dict at the top), keyed from :data:`LITERAL_KEYS` (and ``"$.a"``).
 
     >>> from hypothesis import given, settings
     >>> from metaops import apply
@@ -106,7 +126,7 @@ def metadata(*, integers_only: bool = False, max_leaves: int = 16) -> st.SearchS
     >>> test_no_operations_change_nothing()
     """
     return st.dictionaries(
-        st.sampled_from(LITERAL_KEYS),
+        st.sampled_from(_TOP_KEYS),
         json_values(integers_only=integers_only, max_leaves=max_leaves),
         max_size=6,
     )
@@ -117,7 +137,7 @@ def _component() -> st.SearchStrategy[str]:
         st.sampled_from(_SEGMENTS).map(lambda s: s.replace(".", "\\.")),
         st.just("*"),
         st.sampled_from(["[0:2]", "[1:]", "[:1]", "[0:-1]", "[2:1]"]),
-        st.sampled_from(["01", "-1", "length", "a\\\\b", "x~1y"]),
+        st.sampled_from(["01", "-1", "length", "a\\\\b", "x~1y", "2000000"]),
     )
 
 
@@ -134,10 +154,12 @@ def paths(*, wildcards: bool = True) -> st.SearchStrategy[str]:
     component = _component()
     if not wildcards:
         component = component.filter(lambda c: c != "*" and not c.startswith("["))
-    first = st.sampled_from(LITERAL_KEYS).filter(bool).map(lambda k: k.replace(".", "\\."))
+    first = st.sampled_from(_TOP_KEYS).filter(bool).map(lambda k: k.replace(".", "\\."))
+    # A wildcard or a slice at the top reads every key (a slice of a dict matches nothing).
+    heads = st.one_of(first, st.just("*"), st.sampled_from(["[0:1]", "[:]"])) if wildcards else first
     return st.builds(
         lambda head, rest: "$." + ".".join([head, *rest]),
-        st.one_of(first, st.just("*")) if wildcards else first,
+        heads,
         st.lists(component, max_size=3),
     )
 
