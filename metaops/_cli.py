@@ -15,19 +15,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, NoReturn
 
-from metaops import _json
 from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
-from metaops._json import JSON, describe, normalize
+from metaops._json import JSON, MAX_DEPTH, describe, normalize
 from metaops._size import json_size, json_text
 from metaops._values import Operation, _parse, parse_operations
 
 __all__ = ["main"]
-
-# normalize's bound on nesting, which validate applies before the schema check.
-# (Looked up by name so that this module does not break while the bound is being added to _json.)
-_MAX_DEPTH: int = getattr(_json, "MAX_DEPTH", 256)
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -227,10 +222,10 @@ def _validate(args: argparse.Namespace) -> int:
         # How deep metaops can look is its own limit, not the platform's schema: a value past
         # it is input this oracle cannot judge (exit 2), not an operation the schema refuses.
         depth = _depth(obj.get("value")) if isinstance(obj, dict) else 0
-        if depth > _MAX_DEPTH:
+        if depth > MAX_DEPTH:
             msg = (
                 f"{_where('OPS', args.ops)}: operation {index}: field 'value': nested {depth:,} levels "
-                f"deep; metaops checks values nested at most {_MAX_DEPTH} levels"
+                f"deep; metaops checks values nested at most {MAX_DEPTH} levels"
             )
             raise _BadInput(msg)
         try:

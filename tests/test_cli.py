@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from metaops import Operation, json_equal, parse_operations
-from metaops._cli import _MAX_DEPTH, main
+from metaops import MAX_DEPTH, Operation, json_equal, parse_operations
+from metaops._cli import main
 from metaops._collapse import reference_rule
 from metaops._demo import run_demo
 from metaops.strategies import batches, metadata
@@ -494,9 +494,9 @@ def test_validate_checks_values_up_to_the_nesting_bound() -> None:
     The bound is metaops's own, not the platform's schema's, so the oracle does not claim the
     schema refuses such an operation.
     """
-    assert run("validate", "-", stdin=deep_ops(_MAX_DEPTH)).code == 0
-    ran = run("validate", "-", stdin=deep_ops(_MAX_DEPTH + 1))
-    assert_bad_input(ran, "validate", "operation 0: field 'value'", f"nested {_MAX_DEPTH + 1} levels deep")
+    assert run("validate", "-", stdin=deep_ops(MAX_DEPTH)).code == 0
+    ran = run("validate", "-", stdin=deep_ops(MAX_DEPTH + 1))
+    assert_bad_input(ran, "validate", "operation 0: field 'value'", f"nested {MAX_DEPTH + 1} levels deep")
 
 
 def test_validate_reports_nothing_before_bad_input() -> None:

@@ -619,7 +619,6 @@ def test_parent_operations_nesting_too_deep_are_rejected_not_retried_forever(cli
     )
 
 
-@pytest.mark.skipif(not hasattr(metaops, "MAX_DEPTH"), reason="metaops has no nesting limit yet")
 @pytest.mark.parametrize(
     ("method", "path", "body", "words"),
     [
