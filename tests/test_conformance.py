@@ -1,7 +1,8 @@
 """The conformance vectors computed by running the reference, one parametrized test per file.
 
-The vectors live in ``tests/data`` (copied from the project's shared conformance
-set; see ``tests/data/README.md``). Every case must pass: none is skipped.
+The vectors ship inside the package, in ``metaops/conformance/`` (what each file
+holds: its ``README.md``), so that ``python -m metaops vectors DIR`` can hand them
+to other implementations. Every case must pass: none is skipped.
 """
 
 from __future__ import annotations
