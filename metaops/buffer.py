@@ -484,7 +484,11 @@ class Flush:
         return tuple(json.loads(text) for text in self._texts)
 
     def texts(self) -> tuple[str, ...]:
-        """Each body as compact JSON text, ready to encode as UTF-8 and send (computed once)."""
+        """Each body as compact JSON text, ready to encode as UTF-8 and send (computed once).
+
+        >>> Flush((Delete("a"),)).texts()
+        ('{"operations":[{"type":"delete","key":"a"}],"parentOperations":[],"rootOperations":[]}',)
+        """
         return self._texts
 
     def packet(self) -> dict[str, str]:
@@ -492,6 +496,10 @@ class Flush:
 
         ``data`` holds the three lists in one body (the completion is not split).
         A flush with nothing to send gives ``{"dataType": "application/json"}``.
+
+        >>> packet = Flush((Delete("a"),)).packet()
+        >>> packet["dataType"], json.loads(packet["data"])["operations"]
+        ('application/json', [{'type': 'delete', 'key': 'a'}])
         """
         if not self:
             return {"dataType": "application/json"}
@@ -711,11 +719,22 @@ class RunMetadata:
     # ----------------------------------------------------------------- reading
 
     def current(self) -> DictView:
-        """The metadata now, as a read-only view (O(1); a snapshot later calls do not change)."""
+        """The metadata now, as a read-only view (O(1); a snapshot later calls do not change).
+
+        >>> md = RunMetadata({"n": 1})
+        >>> before = md.current()
+        >>> md.increment("n").current(), before
+        (DictView({'n': 2}), DictView({'n': 1}))
+        """
         return _view(self._state[0])  # type: ignore[no-any-return]
 
     def get(self, key: str) -> Any:
-        """The value at the top-level ``key`` (read-only views for containers); ``None`` when absent."""
+        """The value at the top-level ``key`` (read-only views for containers); ``None`` when absent.
+
+        >>> md = RunMetadata({"n": 1, "logs": ["a"]})
+        >>> md.get("n"), md.get("logs"), md.get("absent")
+        (1, ListView(['a']), None)
+        """
         if not isinstance(key, str):
             msg = f"get: key must be a str, got {describe(key)}"
             raise InvalidValueError(msg, "key")
@@ -766,45 +785,80 @@ class RunMetadata:
     # ----------------------------------------------------------------- updating
 
     def set(self, key: str, value: object) -> RunMetadata:
-        """Set ``key`` (a top-level key, or every match of a ``$.`` path) to ``value``."""
+        """Set ``key`` (a top-level key, or every match of a ``$.`` path) to ``value``.
+
+        >>> md = RunMetadata({"progress": {"done": 0}})
+        >>> md.set("status", "processing").set("$.progress.done", 3).current()
+        DictView({'progress': {'done': 3}, 'status': 'processing'})
+        """
         if type(key) is not str or key not in _SAFE_KEYS:
             key = _key(key, "set")
         self._local(Set._trusted(key, _value(value, "set")))
         return self
 
     def delete(self, key: str) -> RunMetadata:
-        """Delete the top-level ``key`` (the documented ``del``; always literal)."""
+        """Delete the top-level ``key`` (the documented ``del``; always literal).
+
+        >>> RunMetadata({"a": 1, "b": 2}).delete("a").current()
+        DictView({'b': 2})
+        """
         self._local(Delete._trusted(_key(key, "delete")))
         return self
 
     def append(self, key: str, value: object) -> RunMetadata:
-        """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``)."""
+        """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``).
+
+        >>> RunMetadata().append("logs", "one").append("logs", "two").get("logs")
+        ListView(['one', 'two'])
+        """
         if type(key) is not str or key not in _SAFE_KEYS:
             key = _key(key, "append")
         self._local(Append._trusted(key, _value(value, "append")))
         return self
 
     def remove(self, key: str, value: object) -> RunMetadata:
-        """Remove every item equal to ``value`` from the list at ``key`` (unapplied if not a list)."""
+        """Remove every item equal to ``value`` from the list at ``key`` (unapplied if not a list).
+
+        >>> md = RunMetadata({"tags": ["a", "b", "a"], "n": 1})
+        >>> md.remove("tags", "a").remove("n", 1).get("tags")
+        ListView(['b'])
+        >>> md.unapplied
+        (Remove(key='n', value=1),)
+        """
         if type(key) is not str or key not in _SAFE_KEYS:
             key = _key(key, "remove")
         self._local(Remove._trusted(key, _value(value, "remove")))
         return self
 
     def increment(self, key: str, n: int | float = 1) -> RunMetadata:
-        """Add ``n`` to the number at ``key`` (anything else counts as 0)."""
+        """Add ``n`` to the number at ``key`` (anything else counts as 0).
+
+        >>> RunMetadata({"rows": 1}).increment("rows").increment("rows", n=2).get("rows")
+        4
+        """
         if type(key) is not str or key not in _SAFE_KEYS:
             key = _key(key, "increment")
         self._local(Increment._trusted(key, _amount(n, "increment")))
         return self
 
     def decrement(self, key: str, n: int | float = 1) -> RunMetadata:
-        """Subtract ``n`` from the number at ``key`` (sent as an increment by ``-n``)."""
+        """Subtract ``n`` from the number at ``key`` (sent as an increment by ``-n``).
+
+        >>> md = RunMetadata({"stock": 5})
+        >>> md.decrement("stock", 2).get("stock")
+        3
+        >>> md.drain().operations
+        (Increment(key='stock', value=-2),)
+        """
         self._local(decrement(_key(key, "decrement"), _amount(n, "decrement")))
         return self
 
     def replace(self, metadata: Mapping[str, object]) -> RunMetadata:
-        """Replace the whole metadata with ``metadata`` (wire type ``update``)."""
+        """Replace the whole metadata with ``metadata`` (wire type ``update``).
+
+        >>> RunMetadata({"old": 1}).replace({"user": "Eric"}).current()
+        DictView({'user': 'Eric'})
+        """
         self._local(Update._trusted(_replacement(metadata, "replace")))
         return self
 
@@ -890,6 +944,13 @@ class RunMetadata:
         failed) before draining again: :class:`FlushInFlightError` otherwise. A flush
         with nothing to send is not in flight (it may still report ``unapplied``).
         The run's final flush is a drain too; send ``flush.packet()`` with the completion.
+
+        >>> md = RunMetadata()
+        >>> flush = md.set("a", 1).increment("n").increment("n").drain()
+        >>> flush.operations
+        (Set(key='a', value=1), Increment(key='n', value=2))
+        >>> md.in_flight is flush
+        True
         """
         with self._lock:
             if self._flight is not None:
@@ -941,6 +1002,12 @@ class RunMetadata:
         in order and the later ones failed): only the rest is put back. The local
         metadata stays as it is; it already shows every queued call. The flush's
         ``unapplied`` reports are not put back: they were handed out with it.
+
+        >>> md = RunMetadata()
+        >>> failed = md.set("status", "a").drain()
+        >>> md.append("logs", "meanwhile").restore(failed)
+        >>> md.drain().operations
+        (Set(key='status', value='a'), Append(key='logs', value='meanwhile'))
         """
         if isinstance(delivered, bool) or not isinstance(delivered, int):
             msg = f"restore: delivered must be an int, got {describe(delivered)}"
@@ -973,6 +1040,12 @@ class RunMetadata:
         metadata is what it is). While the metadata is over the limit, a call that
         does not make it larger is allowed, and one that does is refused.
         With an empty ``Flush()`` and nothing in flight, this is a refresh.
+
+        >>> md = RunMetadata()
+        >>> flush = md.increment("n").drain()
+        >>> md.append("logs", "meanwhile").accept(flush, {"n": 1, "fromChild": True})
+        >>> md.current()
+        DictView({'n': 1, 'fromChild': True, 'logs': ['meanwhile']})
         """
         store = _plain_metadata(metadata, "accept: metadata")
         size = json_size(store)
@@ -1023,6 +1096,15 @@ class MetadataUpdater:
     validated (JSON values, safe keys) and refused only when it could never
     succeed (a value larger than the limit, an operation too large for a request
     body). When this run is the root, the calls act on the run itself.
+
+    >>> md = RunMetadata(is_root=False)
+    >>> md.parent.increment("processedRows").append("runs", "run_1") is md.parent
+    True
+    >>> md.current(), md.drain().parent_operations
+    (DictView({}), (Increment(key='processedRows', value=1), Append(key='runs', value='run_1')))
+    >>> own = RunMetadata()  # a root run: its parent and root are itself
+    >>> own.root.increment("n", 2) is own.root, own.get("n")
+    (True, 2)
     """
 
     __slots__ = ("_owner", "_target")
@@ -1032,42 +1114,91 @@ class MetadataUpdater:
         self._target: _Target = target
 
     def set(self, key: str, value: object) -> MetadataUpdater:
-        """Queue ``set(key, value)`` for the target run."""
+        """Queue ``set(key, value)`` for the target run.
+
+        >>> md = RunMetadata(is_root=False)
+        >>> md.parent.set("status", "done").set("step", 3) is md.parent
+        True
+        >>> md.drain().parent_operations
+        (Set(key='status', value='done'), Set(key='step', value=3))
+        """
         method = f"{self._target}.set"
         self._owner._remote(self._target, Set._trusted(_key(key, method), _value(value, method)))
         return self
 
     def delete(self, key: str) -> MetadataUpdater:
-        """Queue ``delete(key)`` for the target run."""
+        """Queue ``delete(key)`` for the target run.
+
+        >>> md = RunMetadata(is_root=False)
+        >>> md.root.delete("draft")
+        MetadataUpdater(target='root')
+        >>> md.drain().root_operations
+        (Delete(key='draft'),)
+        """
         self._owner._remote(self._target, Delete._trusted(_key(key, f"{self._target}.delete")))
         return self
 
     def append(self, key: str, value: object) -> MetadataUpdater:
-        """Queue ``append(key, value)`` for the target run."""
+        """Queue ``append(key, value)`` for the target run.
+
+        >>> md = RunMetadata(is_root=False)
+        >>> md.parent.append("rowRuns", "run_1")
+        MetadataUpdater(target='parent')
+        >>> md.drain().parent_operations
+        (Append(key='rowRuns', value='run_1'),)
+        """
         method = f"{self._target}.append"
         self._owner._remote(self._target, Append._trusted(_key(key, method), _value(value, method)))
         return self
 
     def remove(self, key: str, value: object) -> MetadataUpdater:
-        """Queue ``remove(key, value)`` for the target run."""
+        """Queue ``remove(key, value)`` for the target run.
+
+        >>> md = RunMetadata(is_root=False)
+        >>> md.parent.remove("waiting", "run_1")
+        MetadataUpdater(target='parent')
+        >>> md.drain().parent_operations
+        (Remove(key='waiting', value='run_1'),)
+        """
         method = f"{self._target}.remove"
         self._owner._remote(self._target, Remove._trusted(_key(key, method), _value(value, method)))
         return self
 
     def increment(self, key: str, n: int | float = 1) -> MetadataUpdater:
-        """Queue ``increment(key, n)`` for the target run."""
+        """Queue ``increment(key, n)`` for the target run.
+
+        >>> md = RunMetadata(is_root=False)
+        >>> md.parent.increment("processedRows", n=2)
+        MetadataUpdater(target='parent')
+        >>> md.drain().parent_operations
+        (Increment(key='processedRows', value=2),)
+        """
         method = f"{self._target}.increment"
         self._owner._remote(self._target, Increment._trusted(_key(key, method), _amount(n, method)))
         return self
 
     def decrement(self, key: str, n: int | float = 1) -> MetadataUpdater:
-        """Queue an increment by ``-n`` for the target run (not ``-abs(n)`` as the reference)."""
+        """Queue an increment by ``-n`` for the target run (not ``-abs(n)`` as the reference).
+
+        >>> md = RunMetadata(is_root=False)
+        >>> md.root.decrement("left", -3)
+        MetadataUpdater(target='root')
+        >>> md.drain().root_operations
+        (Increment(key='left', value=3),)
+        """
         method = f"{self._target}.decrement"
         self._owner._remote(self._target, decrement(_key(key, method), _amount(n, method)))
         return self
 
     def replace(self, metadata: Mapping[str, object]) -> MetadataUpdater:
-        """Queue the replacement of the target run's whole metadata."""
+        """Queue the replacement of the target run's whole metadata.
+
+        >>> md = RunMetadata(is_root=False)
+        >>> md.parent.replace({"status": "reset"})
+        MetadataUpdater(target='parent')
+        >>> md.drain().parent_operations
+        (Update(value={'status': 'reset'}),)
+        """
         method = f"{self._target}.replace"
         self._owner._remote(self._target, Update._trusted(_replacement(metadata, method)))
         return self

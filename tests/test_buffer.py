@@ -325,6 +325,43 @@ def test_nothing_propagates_to_children() -> None:
     assert parent_md.current() == {"secret": 1}
 
 
+@pytest.mark.parametrize(
+    "member",
+    [
+        *(
+            getattr(RunMetadata, name)
+            for name in (
+                "set",
+                "delete",
+                "append",
+                "remove",
+                "increment",
+                "decrement",
+                "replace",
+                "current",
+                "get",
+                "drain",
+                "restore",
+                "accept",
+            )
+        ),
+        MetadataUpdater,
+        *(
+            getattr(MetadataUpdater, name)
+            for name in ("set", "delete", "append", "remove", "increment", "decrement", "replace")
+        ),
+        Flush.texts,
+        Flush.packet,
+        Flush.bodies,
+    ],
+    ids=lambda member: getattr(member, "__qualname__", None) or "Flush.bodies",
+)
+def test_public_methods_show_an_example(member: object) -> None:
+    """Each public method's docstring carries a doctest example, which --doctest-modules runs."""
+    doc = getattr(member, "__doc__", None) or ""
+    assert ">>> " in doc
+
+
 # --------------------------------------------------------------------------- local apply and reporting
 
 
