@@ -778,7 +778,13 @@ class RunMetadata:
 
     @property
     def unapplied(self) -> tuple[Operation, ...]:
-        """The run's own calls reported unapplied since the last drain, in order."""
+        """The run's own calls reported unapplied since the last drain, in order.
+
+        Their values are shared, not copied (see :class:`Flush`): read-only.
+
+        >>> RunMetadata({"n": 1}).remove("n", 1).unapplied
+        (Remove(key='n', value=1),)
+        """
         with self._lock:
             return tuple(self._unapplied)
 
