@@ -7,7 +7,6 @@ semantics read on paper. Property tests run batches through both and compare.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from metaops import Append, Delete, Increment, Operation, Remove, Set, Update, is_safe_key, json_equal
@@ -15,13 +14,26 @@ from metaops._json import MISSING, add_numbers, is_number
 from metaops._paths import DEAD, FAR, NOTHING, first, match, parse_key
 
 
+def _fresh(value: Any) -> Any:
+    """A copy sharing nothing, not even between places that shared one object.
+
+    (``copy.deepcopy`` keeps such sharing, and apply legitimately writes one value at
+    several places: mutating the oracle's copy in place would then change them all.)
+    """
+    if isinstance(value, dict):
+        return {key: _fresh(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fresh(item) for item in value]
+    return value
+
+
 def oracle_apply(state: dict[str, Any], ops: list[Operation]) -> tuple[dict[str, Any], list[int]]:
     """The metadata and the unapplied indices, computed the slow, obvious way."""
-    m = copy.deepcopy(state)
+    m = _fresh(state)
     unapplied: list[int] = []
     for i, op in enumerate(ops):
         if isinstance(op, Update):
-            m = copy.deepcopy(op.value)
+            m = _fresh(op.value)
             continue
         if not is_safe_key(op.key):
             unapplied.append(i)
@@ -40,7 +52,7 @@ def oracle_apply(state: dict[str, Any], ops: list[Operation]) -> tuple[dict[str,
 
 def _literal(m: dict[str, Any], op: Operation) -> bool:
     assert not isinstance(op, (Update, Delete))
-    key, value = op.key, copy.deepcopy(op.value)
+    key, value = op.key, _fresh(op.value)
     current = m.get(key, MISSING)
     if isinstance(op, Set):
         m[key] = value
@@ -111,5 +123,5 @@ def _path(m: dict[str, Any], op: Operation, components: Any) -> bool:
                 node.append(None)
             if key == len(node):
                 node.append(None)
-        node[key] = copy.deepcopy(new)
+        node[key] = _fresh(new)
     return True
