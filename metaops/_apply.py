@@ -13,7 +13,7 @@ first. A value written at several places is therefore never owned.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from metaops._json import (
@@ -28,7 +28,6 @@ from metaops._json import (
 from metaops._paths import DEAD, FAR, Match, Step, first, match, parse_key
 from metaops._size import json_size, value_size
 from metaops._values import (
-    OPERATION_TYPES,
     Append,
     Delete,
     Increment,
@@ -388,19 +387,13 @@ def apply_sized(
     return _run(_Tree(metadata, size), metadata, ops)
 
 
-def _run(
-    tree: _Tree, metadata: dict[str, Any], ops: Iterable[Operation] | Operation
-) -> tuple[ApplyResult, int]:
-    if not isinstance(metadata, dict):
-        msg = f"apply: metadata must be a dict (a JSON object), got {describe(metadata)}"
-        raise TypeError(msg)
-    if isinstance(ops, OPERATION_TYPES):
-        ops = (ops,)  # type: ignore[assignment]
-    elif isinstance(ops, dict):
+def _run_batch(tree: _Tree, ops: Iterable[Operation]) -> list[Operation]:
+    """Apply each of ``ops`` to ``tree``; the ones not applied."""
+    if isinstance(ops, dict):
         msg = "apply: ops must be operations, got a dict; parse wire dicts with parse_operations"
         raise TypeError(msg)
     try:
-        batch = iter(ops)  # type: ignore[arg-type]
+        batch = iter(ops)
     except TypeError:
         msg = f"apply: ops must be an operation or an iterable of operations, got {describe(ops)}"
         raise TypeError(msg) from None
@@ -416,6 +409,23 @@ def _run(
             raise TypeError(msg)
         if not handler(tree, op):
             unapplied.append(op)
+    return unapplied
+
+
+def _run(
+    tree: _Tree, metadata: dict[str, Any], ops: Iterable[Operation] | Operation
+) -> tuple[ApplyResult, int]:
+    if not isinstance(metadata, dict):
+        msg = f"apply: metadata must be a dict (a JSON object), got {describe(metadata)}"
+        raise TypeError(msg)
+    handler = _HANDLERS.get(type(ops))
+    unapplied: Sequence[Operation]
+    if handler is None:
+        unapplied = _run_batch(tree, ops)  # type: ignore[arg-type]
+    elif handler(tree, ops):  # one operation (every SDK call): no batch to iterate
+        unapplied = ()
+    else:
+        unapplied = (ops,)  # type: ignore[assignment]
     size = -1 if tree.size is None else tree.size
     if not tree.writes:
         return ApplyResult(metadata, tuple(unapplied)), size

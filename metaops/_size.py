@@ -341,7 +341,9 @@ def value_size(value: object) -> int:
             for key, item in entries.items():
                 if type(key) is not str:
                     return json_size(value)
-                size += value_size(key) + value_size(item) + 1
+                # (The str case of value_size, inline: keys are measured on every write.)
+                size += len(_encode_string(key)) if key.isascii() else json_size(key)
+                size += value_size(item) + 1
             return size
     if kind is list:
         items: list[object] = value  # type: ignore[assignment]
