@@ -90,8 +90,17 @@ def _strings() -> st.SearchStrategy[str]:
     )
 
 
-def json_values(*, integers_only: bool = False, max_leaves: int = 12) -> st.SearchStrategy[JSON]:
+def json_values(
+    *,
+    integers_only: bool = False,
+    max_leaves: int = 12,
+    numbers: st.SearchStrategy[int | float] | None = None,
+) -> st.SearchStrategy[JSON]:
     """Any JSON value: null, bools, numbers, strings, and nested lists and objects.
+
+    ``numbers`` replaces the numbers drawn (by default ints within ±2**53 and any
+    finite double; ints only with ``integers_only``): ``st.nothing()`` for values
+    without numbers, a bounded range where results are compared up to rounding.
 
     >>> from hypothesis import given, settings
     >>> from metaops import json_size
@@ -101,9 +110,9 @@ def json_values(*, integers_only: bool = False, max_leaves: int = 12) -> st.Sear
     ...     assert json_size(value) >= 1
     >>> test_every_value_has_a_size()
     """
-    scalars: st.SearchStrategy[JSON] = st.one_of(
-        st.none(), st.booleans(), _numbers(integers_only), _strings()
-    )
+    if numbers is None:
+        numbers = _numbers(integers_only)
+    scalars: st.SearchStrategy[JSON] = st.one_of(st.none(), st.booleans(), numbers, _strings())
     return st.recursive(
         scalars,
         lambda children: st.one_of(
@@ -114,8 +123,15 @@ def json_values(*, integers_only: bool = False, max_leaves: int = 12) -> st.Sear
     )
 
 
-def metadata(*, integers_only: bool = False, max_leaves: int = 16) -> st.SearchStrategy[dict[str, JSON]]:
+def metadata(
+    *,
+    integers_only: bool = False,
+    max_leaves: int = 16,
+    numbers: st.SearchStrategy[int | float] | None = None,
+) -> st.SearchStrategy[dict[str, JSON]]:
     """A metadata object (a dict at the top), keyed from :data:`LITERAL_KEYS` (and ``"$.a"``).
+
+    Its values are :func:`json_values`, with the same ``numbers`` option.
 
     >>> from hypothesis import given, settings
     >>> from metaops import apply
@@ -127,7 +143,7 @@ def metadata(*, integers_only: bool = False, max_leaves: int = 16) -> st.SearchS
     """
     return st.dictionaries(
         st.sampled_from(_TOP_KEYS),
-        json_values(integers_only=integers_only, max_leaves=max_leaves),
+        json_values(integers_only=integers_only, max_leaves=max_leaves, numbers=numbers),
         max_size=6,
     )
 

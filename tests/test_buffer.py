@@ -1282,21 +1282,11 @@ _WORDS = st.sampled_from(["", "a", "x", "日本語", "\ud800"])
 
 
 def _float_values(*, numbers: bool = True) -> st.SearchStrategy[Any]:
-    """JSON values with ints and floats (or with no numbers at all)."""
-    scalars: st.SearchStrategy[Any] = st.one_of(st.none(), st.booleans(), _WORDS)
-    if numbers:
-        scalars = st.one_of(scalars, _NUMBERS)
-    return st.recursive(
-        scalars,
-        lambda children: st.one_of(
-            st.lists(children, max_size=3),
-            st.dictionaries(st.sampled_from(LITERAL_KEYS), children, max_size=3),
-        ),
-        max_leaves=4,
-    )
+    """JSON values with bounded ints and floats (or with no numbers at all)."""
+    return json_values(numbers=_NUMBERS if numbers else st.nothing(), max_leaves=4)
 
 
-_FLOAT_METADATA = st.dictionaries(st.sampled_from(LITERAL_KEYS), _float_values(), max_size=6)
+_FLOAT_METADATA = metadata(numbers=_NUMBERS, max_leaves=4)
 
 
 def _float_operations(*, unsafe: bool = True, update: bool = True) -> st.SearchStrategy[Operation]:
