@@ -307,6 +307,40 @@ def test_collapse_is_deterministic_across_hash_seeds() -> None:
     assert len(outputs) == 1
 
 
+@given(batches(max_size=12), batches(max_size=12))
+def test_compose_never_mutates_its_inputs(first: list[Operation], second: list[Operation]) -> None:
+    """Neither batch, nor a collapsed buffer composed onto, nor their values change."""
+    buffer = collapse(first)
+    before = _snapshot([[op.to_wire() for op in batch] for batch in (first, buffer, second)])
+    compose(buffer, second)
+    compose(first, second)
+    assert _snapshot([[op.to_wire() for op in batch] for batch in (first, buffer, second)]) == before
+
+
+def test_compose_onto_one_buffer_from_many_threads() -> None:
+    """Eight threads composing onto the same buffer each get collapse(buffer + their batch)."""
+    buffer = collapse([Set("logs", []), Increment("n"), Append("$.tags", "t")])
+    seconds: list[list[Operation]] = [
+        [Append("logs", i), Increment("n", i), Set("$.tags.0", i)] for i in range(8)
+    ]
+    results: dict[int, tuple[Operation, ...]] = {}
+    start = threading.Barrier(len(seconds))
+
+    def work(index: int) -> None:
+        start.wait()
+        for _ in range(200):
+            results[index] = compose(buffer, seconds[index])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(seconds))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    for index, second in enumerate(seconds):
+        assert results[index] == collapse([*buffer, *second])
+
+
 def test_compose_does_not_disturb_an_earlier_buffer() -> None:
     """Composing twice from the same buffer gives two independent, exact results."""
     buffer = compose((), [Set("logs", []), Append("logs", "a")])
