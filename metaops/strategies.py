@@ -153,7 +153,7 @@ def _component() -> st.SearchStrategy[str]:
         st.sampled_from(_SEGMENTS).map(lambda s: s.replace(".", "\\.")),
         st.just("*"),
         st.sampled_from(["[0:2]", "[1:]", "[:1]", "[0:-1]", "[2:1]"]),
-        st.sampled_from(["01", "-1", "length", "a\\\\b", "x~1y", "2000000"]),
+        st.sampled_from(["01", "-1", "length", "a\\\\b", "x~1y"]),
     )
 
 

@@ -34,6 +34,7 @@ from metaops import (
     parse_operations,
 )
 from metaops._collapse import reference_rule
+from metaops._paths import MAX_PADDING
 from metaops.strategies import batches, metadata
 
 from .conftest import read_vectors
@@ -245,6 +246,27 @@ def test_a_huge_index_at_the_top_is_an_ordinary_key() -> None:
     collapsed = collapse(ops)
     assert list(apply({}, collapsed).metadata) == ["b", "5000000"]
     _exact({}, ops, collapsed)
+
+
+def test_writes_past_the_padding_limit_collapse_without_changing_results() -> None:
+    """Writes to a list index too far to pad are unapplied; collapsing keeps every result.
+
+    (Not drawn by the strategies: the reference allocates such lists, two million nulls
+    a case, which would make the differential test crawl.)
+    """
+    far = f"$.a.{MAX_PADDING + 1}"
+    cases: list[list[Operation]] = [
+        [Set(far, 1), Set(far, 2)],
+        [Increment(far), Increment(far), Set("$.a.0", 5)],
+        [Append(far, 1), Set("a", []), Append(far, 2)],
+        [Set("$.b.x", 1), Remove(far, 1), Set(far, None), Increment("$.b.x")],
+    ]
+    states: list[dict[str, Any]] = [{}, {"a": []}, {"a": [1], "b": {}}, {"a": {"x": 1}}]
+    for ops in cases:
+        collapsed = collapse(ops)
+        assert len(collapsed) <= len(reference_rule(ops))
+        for state in states:
+            _exact(state, ops, collapsed)
 
 
 def test_compose_with_a_lazy_second_that_composes_onto_first() -> None:
