@@ -527,29 +527,38 @@ def test_operations_take_precedence_over_metadata(client: Client) -> None:
     assert client.get_metadata("precedence") == {"replaced": [1, "two"]}
 
 
-def test_parent_operations_past_the_parent_limit_are_rejected_with_the_reason(client: Client) -> None:
-    """A child's parent operation that would overflow the parent is refused and recorded, not
-    dropped silently; the child's own update and the other children's parent operations land."""
-    client.create_run("full-parent", metadata={"pad": "y" * (LIMIT - 100)})
-    client.create_run("greedy-child", parentId="full-parent")
-    client.create_run("modest-child", parentId="full-parent")
+def _one_of_two_children_rejected(
+    client: Client, parent: str, refused: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two children of ``parent`` each send it one operation, the first ``refused``, the
+    second an increment of "seen"; both requests succeed. After a flush: the parent's
+    record, and its one rejection."""
+    greedy, modest = f"{parent}-greedy-child", f"{parent}-modest-child"
+    client.create_run(greedy, parentId=parent)
+    client.create_run(modest, parentId=parent)
     status, payload = client.put_metadata(
-        "greedy-child",
-        {
-            "operations": OPS_INCREMENT,
-            "parentOperations": [{"type": "set", "key": "blob", "value": "z" * 200}],
-        },
+        greedy, {"operations": OPS_INCREMENT, "parentOperations": [refused]}
     )
     assert (status, payload) == (200, {"metadata": {"n": 1}})
     status, _ = client.put_metadata(
-        "modest-child",
+        modest,
         {"operations": OPS_INCREMENT, "parentOperations": [{"type": "increment", "key": "seen", "value": 1}]},
     )
     assert status == 200
     client.flush()
-    parent = client.run("full-parent")
+    record = client.run(parent)
+    [rejection] = record["rejected"]
+    return record, rejection
+
+
+def test_parent_operations_past_the_parent_limit_are_rejected_with_the_reason(client: Client) -> None:
+    """A child's parent operation that would overflow the parent is refused and recorded, not
+    dropped silently; the child's own update and the other children's parent operations land."""
+    client.create_run("full-parent", metadata={"pad": "y" * (LIMIT - 100)})
+    parent, rejection = _one_of_two_children_rejected(
+        client, "full-parent", {"type": "set", "key": "blob", "value": "z" * 200}
+    )
     assert set(parent["metadata"]) == {"pad", "seen"}
-    [rejection] = parent["rejected"]
     assert rejection["operations"] == [{"type": "set", "key": "blob", "value": "z" * 200}]
     assert f"over the limit of {LIMIT:,} bytes" in rejection["reason"]
 
@@ -598,21 +607,8 @@ def test_parent_operations_nesting_too_deep_are_rejected_not_retried_forever(cli
     the reason at the flush, like one over the size limit; the queue moves on."""
     client.create_run("deep-parent")
     _grow_to_750_levels(client, "deep-parent")
-    client.create_run("deep-child", parentId="deep-parent")
-    client.create_run("deep-sibling", parentId="deep-parent")
-    status, _ = client.put_metadata(
-        "deep-child", {"operations": OPS_INCREMENT, "parentOperations": [_set_at_depth(750, _nested(250))]}
-    )
-    assert status == 200
-    status, _ = client.put_metadata(
-        "deep-sibling",
-        {"operations": OPS_INCREMENT, "parentOperations": [{"type": "increment", "key": "seen", "value": 1}]},
-    )
-    assert status == 200
-    client.flush()
-    parent = client.run("deep-parent")
+    parent, rejection = _one_of_two_children_rejected(client, "deep-parent", _set_at_depth(750, _nested(250)))
     assert parent["metadata"]["seen"] == 1
-    [rejection] = parent["rejected"]
     assert (
         "would nest the metadata of run 'deep-parent' 1,000 levels deep, too deeply to be written as JSON"
         in rejection["reason"]
