@@ -9,6 +9,7 @@ from metaops._apply import ApplyResult, apply
 from metaops._collapse import MAX_REQUEST_BYTES, chunk, collapse, compose
 from metaops._errors import (
     FlushInFlightError,
+    InvalidArgumentError,
     InvalidLimitError,
     InvalidOperationError,
     InvalidRequestError,
@@ -46,6 +47,7 @@ __all__ = [
     "Flush",
     "FlushInFlightError",
     "Increment",
+    "InvalidArgumentError",
     "InvalidLimitError",
     "InvalidOperationError",
     "InvalidRequestError",

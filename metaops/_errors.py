@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "FlushInFlightError",
+    "InvalidArgumentError",
     "InvalidLimitError",
     "InvalidOperationError",
     "InvalidRequestError",
@@ -30,7 +31,7 @@ class MetaopsError(Exception):
 
 
 class InvalidValueError(MetaopsError, TypeError):
-    """An operation was built from an argument of the wrong type.
+    """An argument of the wrong type: most often, an operation built from one.
 
     Raised when a value is not JSON (a ``set``, an arbitrary object, a non-``str``
     dict key, NaN or infinity, a naive ``datetime``, containers nested deeper than
@@ -49,6 +50,19 @@ class InvalidValueError(MetaopsError, TypeError):
     def __init__(self, message: str, where: str = "") -> None:
         super().__init__(message)
         self.where = where
+
+
+class InvalidArgumentError(MetaopsError, ValueError):
+    """An argument of the right type but a value metaops cannot take.
+
+    A count below its minimum, a batch handed back to something that did not give it
+    out, a retry policy with a negative delay: the message names the argument and
+    what was expected.
+
+    >>> from metaops import InvalidArgumentError
+    >>> issubclass(InvalidArgumentError, ValueError)
+    True
+    """
 
 
 class InvalidOperationError(MetaopsError, ValueError):
@@ -147,6 +161,7 @@ class FlushInFlightError(MetaopsError, RuntimeError):
 for _error in (
     MetaopsError,
     InvalidValueError,
+    InvalidArgumentError,
     InvalidOperationError,
     InvalidRequestError,
     MetadataTooLargeError,
