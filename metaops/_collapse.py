@@ -35,7 +35,7 @@ from typing import Any
 from metaops._apply import _HANDLERS, _Tree
 from metaops._errors import InvalidLimitError, MetadataTooLargeError
 from metaops._json import add_numbers, fits_double, json_equal
-from metaops._paths import MAX_PADDING, Key, Slice, parse_key
+from metaops._paths import CACHED_KEY_LENGTH, MAX_PADDING, Key, Slice, parse_key
 from metaops._size import json_size
 from metaops._values import OPERATION_TYPES, Append, Delete, Increment, Operation, Remove, Set, Update
 
@@ -118,12 +118,14 @@ def _route(op: Operation) -> _Route:
             _UPDATE_ROUTE = _Route(op)
         return _UPDATE_ROUTE
     table = _DELETE_ROUTES if type(op) is Delete else _ROUTES
-    route = table.get(op.key)  # type: ignore[union-attr]
+    key: str = op.key  # type: ignore[union-attr]
+    route = table.get(key)
     if route is None:
         route = _Route(op)
-        if len(table) > 65_536:
-            table.clear()
-        table[op.key] = route  # type: ignore[union-attr]
+        if len(key) <= CACHED_KEY_LENGTH:
+            if len(table) > 65_536:
+                table.clear()
+            table[key] = route
     return route
 
 
@@ -221,19 +223,33 @@ class _Sum:
         return done
 
 
+class _PathNode:
+    """One path below a top-level key, in a trie of the paths a key's chains are on.
+
+    A trie, not a table keyed by path tuples: finding a path's ancestors and
+    descendants then costs the path's length, not its square.
+    """
+
+    __slots__ = ("chain", "children")
+
+    def __init__(self) -> None:
+        # The chain of operations on exactly this path (see _extend), if one is open.
+        self.chain: list[int] | None = None
+        self.children: dict[str, _PathNode] = {}
+
+
 class _KeyState:
     """One top-level key within a segment."""
 
     __slots__ = (
         "anchor",
-        "below",
         "complex_entry",
         "deleted",
         "deleted_at",
-        "entries",
         "first",
         "known",
         "literal_entry",
+        "paths",
         "program",
     )
 
@@ -250,45 +266,39 @@ class _KeyState:
         self.deleted_at = 0
         # The key's operations while its value is unknown (None: merged away).
         self.program: list[Operation | _Sum | None] = []
-        # The chain of operations on each tracked path, valid while nothing since
-        # touched that path (see _extend).
-        self.entries: dict[tuple[str, ...], list[int]] = {}
-        self.below: dict[tuple[str, ...], dict[tuple[str, ...], None]] = {}
+        # The chains of operations on tracked paths, valid while nothing since touched
+        # their path (see _extend); None while there is none.
+        self.paths: _PathNode | None = None
         self.literal_entry: list[int] | None = None
         self.complex_entry: tuple[str, list[int]] | None = None
 
     def forget_entries(self) -> None:
-        self.entries.clear()
-        self.below.clear()
+        self.paths = None
         self.literal_entry = None
         self.complex_entry = None
 
-    def drop_entry(self, path: tuple[str, ...]) -> None:
-        del self.entries[path]
-        for i in range(len(path)):
-            prefix = path[:i]
-            under = self.below[prefix]
-            del under[path]
-            if not under:
-                del self.below[prefix]
+    def take_chain(self, path: tuple[str, ...]) -> _PathNode:
+        """The node of ``path``, after forgetting every chain a write there may change.
 
-    def add_entry(self, path: tuple[str, ...], chain: list[int]) -> None:
-        self.entries[path] = chain
-        for i in range(len(path)):
-            self.below.setdefault(path[:i], {})[path] = None
-
-    def clear_conflicts(self, path: tuple[str, ...]) -> None:
-        """Forget the entries a write at ``path`` may change: its ancestors and descendants."""
+        Those are the chains on its ancestors and its descendants (and the literal
+        and complex ones); its own chain is left on the node for the caller.
+        """
         self.literal_entry = None
         self.complex_entry = None
-        entries = self.entries
-        if not entries:
-            return
-        for i in range(len(path)):
-            if path[:i] in entries:
-                self.drop_entry(path[:i])
-        for descendant in list(self.below.get(path, ())):
-            self.drop_entry(descendant)
+        node = self.paths
+        if node is None:
+            node = self.paths = _PathNode()
+        for name in path:
+            node.chain = None
+            child = node.children.get(name)
+            if child is None:
+                child = node.children[name] = _PathNode()
+            node = child
+        if node.children:
+            # Every chain below goes: the subtree is dropped whole, each of its nodes
+            # visited once in its life (when it is freed), so this stays linear.
+            node.children = {}
+        return node
 
     def contiguous(self, chain: list[int]) -> bool:
         """Whether only the chain's own operations stand in the program from its start on.
@@ -484,7 +494,7 @@ class _Reducer:
     def _add_literal(self, state: _KeyState, op: Operation, route: _Route) -> None:
         # A literal operation touches the whole value: every path chain ends here.
         chain = state.literal_entry
-        if state.entries or state.complex_entry is not None:
+        if state.paths is not None or state.complex_entry is not None:
             state.forget_entries()
         if chain is not None:
             _extend(state.program, chain, op, route)
@@ -507,15 +517,14 @@ class _Reducer:
             program.append(op)
             state.complex_entry = (op.key, [len(program) - 1])  # type: ignore[union-attr]
             return
-        path = route.path
-        chain = state.entries.get(path)
-        state.clear_conflicts(path)
+        node = state.take_chain(route.path)
+        chain = node.chain
         if chain is None:
             program.append(op)
             chain = [len(program) - 1]
         else:
             _extend(program, chain, op, route, lambda: state.contiguous(chain))
-        state.add_entry(path, chain)
+        node.chain = chain
 
     def _segment_ops(self) -> list[Operation]:
         placed: list[tuple[int, list[Operation]]] = []

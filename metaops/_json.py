@@ -17,7 +17,9 @@ from typing import Any, TypeAlias, Union
 from metaops._errors import InvalidValueError
 
 __all__ = [
+    "INDEX_DIGITS",
     "JSON",
+    "MAX_ARRAY_INDEX",
     "MAX_DEPTH",
     "MISSING",
     "JSONInput",
@@ -59,7 +61,10 @@ MISSING = _Missing()
 
 # JavaScript orders an object's integer-like keys ("array indices", 0 .. 2**32 - 2)
 # before its other keys; wildcards enumerate in that order.
-_MAX_ARRAY_INDEX = 2**32 - 2
+MAX_ARRAY_INDEX = 2**32 - 2
+# The longest array index, in digits: a longer digit string is none (and is never
+# converted, which would cost the square of its length).
+INDEX_DIGITS = len(str(MAX_ARRAY_INDEX))
 
 
 def is_number(value: object) -> bool:
@@ -147,7 +152,13 @@ def json_hash(value: object) -> int:
 
 
 def _is_array_index(key: str) -> bool:
-    return key.isdigit() and key.isascii() and (key == "0" or key[0] != "0") and int(key) <= _MAX_ARRAY_INDEX
+    return (
+        len(key) <= INDEX_DIGITS
+        and key.isdigit()
+        and key.isascii()
+        and (key == "0" or key[0] != "0")
+        and int(key) <= MAX_ARRAY_INDEX
+    )
 
 
 def js_key_order(obj: dict[str, JSON]) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeAlias, Union
 
-from metaops._json import JSON, MISSING, _Missing, js_key_order
+from metaops._json import INDEX_DIGITS, JSON, MAX_ARRAY_INDEX, MISSING, _Missing, js_key_order
 
 __all__ = [
     "DEAD",
@@ -42,8 +42,9 @@ _SEGMENT_SPLIT = re.compile(r"[.\[\]'\"\\]+")
 _DANGEROUS_SEGMENTS = frozenset({"__proto__", "constructor", "prototype"})
 _SLICE = re.compile(r"\[([0-9]*):(-?[0-9]*)?\]")
 _CANONICAL_INDEX = re.compile(r"0|[1-9][0-9]*")
-# JavaScript arrays index up to 2**32 - 2; a larger "index" is an ordinary property.
-_MAX_ARRAY_INDEX = 2**32 - 2
+# A slice bound of more digits than this is past any list's end.
+_BOUND_DIGITS = 18
+_FAR_BOUND: int = 10**_BOUND_DIGITS
 # A write past the end of a list pads it with nulls. Past this many, the list alone
 # would be megabytes of JSON, beyond any metadata limit: the operation is reported
 # unapplied instead of allocating it (the reference makes a sparse array that no
@@ -119,45 +120,85 @@ def is_safe_key(key: str) -> bool:
     >>> is_safe_key("progress"), is_safe_key("$.a.b"), is_safe_key("$.constructor")
     (True, True, False)
     """
-    return _parse_key(key).safe
+    return parse_key(key).safe
 
 
 def parse_key(key: str) -> ParsedKey:
-    """Classify and parse ``key`` (cached)."""
+    """Classify and parse ``key`` (cached, unless it is long)."""
+    if len(key) <= CACHED_KEY_LENGTH:
+        return _parse_cached(key)
     return _parse_key(key)
 
 
-@lru_cache(maxsize=8192)
+CACHED_KEY_LENGTH = 1024
+"""Keys up to this many characters have their parse (and route) cached; longer ones,
+which a real task does not write over and over, are parsed each time, in time linear
+in their length, so that a cache of recent keys stays small whatever arrives."""
+
+
 def _parse_key(key: str) -> ParsedKey:
     if not key.startswith("$."):
         return ParsedKey(None, key != "__proto__")
     texts = _COMPONENTS.findall(key)
-    safe = len(texts) > 1 and not any(segment in _DANGEROUS_SEGMENTS for segment in _SEGMENT_SPLIT.split(key))
-    # The first component of a "$." key is always "$" itself.
-    return ParsedKey(tuple(_parse_component(text) for text in texts[1:]), safe)
+    safe = len(texts) > 1 and _DANGEROUS_SEGMENTS.isdisjoint(_SEGMENT_SPLIT.split(key))
+    # The first component of a "$." key is always "$" itself. Components repeat (and
+    # are immutable): each distinct text is parsed once per key.
+    seen: dict[str, Component] = {}
+    components = []
+    for text in texts[1:]:
+        component = seen.get(text)
+        if component is None:
+            component = seen[text] = _parse_component(text)
+        components.append(component)
+    return ParsedKey(tuple(components), safe)
+
+
+_parse_cached = lru_cache(maxsize=8192)(_parse_key)
 
 
 def _parse_component(text: str) -> Component:
     if text == "*":
         return Wildcard()
-    sliced = _SLICE.fullmatch(text)
+    sliced = _SLICE.fullmatch(text) if text[0] == "[" else None
     if sliced is not None:
         start_text, end_text = sliced.groups()
-        start = int(start_text) if start_text else 0
+        start = _bound(start_text) if start_text else 0
         if not end_text:
             end = None  # "[2:]" reads to the end
         elif end_text == "-":
             end = 0  # parseInt("-") is NaN, which slice() reads as 0
         else:
-            end = int(end_text)
+            end = _bound(end_text)
         return Slice(start, end)
     # The reference's unescaping, in its order: "\." then "\\", then the first "~1".
     name = text.replace("\\.", ".") if "\\" in text else text
     if "\\\\" in name:
         name = name.replace("\\\\", "\\")
-    name = name.replace("~1", "/", 1)
-    index = int(name) if _CANONICAL_INDEX.fullmatch(name) and int(name) <= _MAX_ARRAY_INDEX else None
+    if "~1" in name:
+        name = name.replace("~1", "/", 1)
+    index = (
+        int(name)
+        if name[:1].isdigit()
+        and len(name) <= INDEX_DIGITS
+        and _CANONICAL_INDEX.fullmatch(name)
+        and int(name) <= MAX_ARRAY_INDEX
+        else None
+    )
     return Key(name, index)
+
+
+def _bound(text: str) -> int:
+    """A slice bound's signed digits as an int; past any list's length, a stand-in.
+
+    Converting thousands of digits would cost their square (and CPython refuses past
+    4,300); every bound past a list's end slices alike.
+    """
+    negative = text.startswith("-")
+    digits = text.lstrip("-").lstrip("0")
+    if len(digits) > _BOUND_DIGITS:
+        return -_FAR_BOUND if negative else _FAR_BOUND
+    value = int(digits) if digits else 0
+    return -value if negative else value
 
 
 def match(root: dict[str, JSON], components: tuple[Component, ...]) -> list[Match]:
@@ -167,44 +208,60 @@ def match(root: dict[str, JSON], components: tuple[Component, ...]) -> list[Matc
     a missing child is kept as a missing match (it can be written). Wildcards and
     slices keep ``None`` children but nothing can be reached through them.
     """
-    results: list[Match] = [((), root, 0)]
+    # While walking, a match's steps are a chain of (step, previous link) pairs that
+    # share their prefix: copying a tuple of steps at every level would cost the
+    # square of the depth. Each match that survives is spelled out once at the end.
+    results: list[tuple[_Link, Value, int]] = [(None, root, 0)]
     for component in components:
-        found: list[Match] = []
+        found: list[tuple[_Link, Value, int]] = []
         if type(component) is Key:
             name = component.name
             index = component.index
-            for steps, node, depth in results:
+            for link, node, depth in results:
                 if isinstance(node, dict):
                     child = node.get(name, MISSING)
                     if child is not None:
-                        found.append(((*steps, name), child, depth))
+                        found.append(((name, link), child, depth))
                 elif isinstance(node, list):
                     if index is None:
-                        found.append(((*steps, DEAD), MISSING, depth))
+                        found.append(((DEAD, link), MISSING, depth))
                     elif index < len(node):
                         child = node[index]
                         if child is not None:
-                            found.append(((*steps, index), child, depth))
+                            found.append(((index, link), child, depth))
                     elif index - len(node) > MAX_PADDING:
-                        found.append(((*steps, FAR), MISSING, depth))
+                        found.append(((FAR, link), MISSING, depth))
                     else:
-                        found.append(((*steps, index), MISSING, depth))
+                        found.append(((index, link), MISSING, depth))
         elif type(component) is Wildcard:
-            for steps, node, depth in results:
+            for link, node, depth in results:
                 if isinstance(node, dict):
-                    found.extend(((*steps, k), node[k], depth + 1) for k in js_key_order(node))
+                    found.extend(((k, link), node[k], depth + 1) for k in js_key_order(node))
                 elif isinstance(node, list):
-                    found.extend(((*steps, i), child, depth + 1) for i, child in enumerate(node))
+                    found.extend(((i, link), child, depth + 1) for i, child in enumerate(node))
         else:
             assert isinstance(component, Slice)
-            for steps, node, depth in results:
+            for link, node, depth in results:
                 if isinstance(node, list):
                     lo, hi, _ = slice(component.start, component.end).indices(len(node))
-                    found.extend(((*steps, i), node[i], depth + 1) for i in range(lo, hi))
+                    found.extend(((i, link), node[i], depth + 1) for i in range(lo, hi))
         if not found:
-            return found
+            return []
         results = found
-    return results
+    return [(_steps(link), value, depth) for link, value, depth in results]
+
+
+# A match's steps while walking: the last step and the link of the steps before it.
+_Link: TypeAlias = Union[tuple[Step, "_Link"], None]  # noqa: UP007
+
+
+def _steps(link: _Link) -> tuple[Step, ...]:
+    steps: list[Step] = []
+    while link is not None:
+        step, link = link
+        steps.append(step)
+    steps.reverse()
+    return tuple(steps)
 
 
 class _Nothing:
