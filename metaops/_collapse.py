@@ -28,6 +28,7 @@ case where ``collapse`` keeps two operations where the reference keeps one.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -50,9 +51,6 @@ MAX_REQUEST_BYTES = 1_048_576
 _BODY_OVERHEAD = len('{"operations":[]}')
 
 _ROOT: tuple[str, ...] = ()
-
-# Int sums inside this range are finite doubles, checked without converting.
-_SAFE_SUM = 2**1023
 
 # How far back _KeyState.contiguous looks before answering "no".
 _CONTIGUITY_SCAN = 32
@@ -205,15 +203,8 @@ class _Sum:
 
     def add(self, amount: int | float) -> bool:
         """Add ``amount``; False (nothing added) where the sum would overflow a double."""
-        total = self.value
-        if type(total) is int and type(amount) is int:
-            total += amount
-            if -_SAFE_SUM < total < _SAFE_SUM:
-                self.value = total
-                return True
-        else:
-            total = add_numbers(total, amount)
-        if not fits_double(total):
+        total = add_numbers(self.value, amount)
+        if type(total) is float and not math.isfinite(total):
             return False
         self.value = total
         return True

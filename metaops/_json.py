@@ -1,10 +1,12 @@
 """The JSON value model: what a JSON value is, how two compare, and normalization.
 
 Metadata and operation values are plain Python JSON (``None``, ``bool``, ``int``,
-``float``, ``str``, ``list``, ``dict`` with ``str`` keys). Two rules differ from
-plain Python and follow JavaScript, where the reference runs: ``bool`` is never a
-number (``True != 1``), and ints beyond the range of an IEEE double are not JSON
-numbers (JavaScript would read them as ``Infinity``).
+``float``, ``str``, ``list``, ``dict`` with ``str`` keys). Three rules differ from
+plain Python and follow JavaScript, where the reference runs, whose numbers are
+IEEE doubles: ``bool`` is never a number (``True != 1``); an int past 2**53 in
+magnitude is held as the double JavaScript holds (a ``float``), whether it was
+given or computed; and ints beyond the range of a double are not JSON numbers
+(JavaScript would read them as ``Infinity``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ __all__ = [
     "JSON",
     "MAX_ARRAY_INDEX",
     "MAX_DEPTH",
+    "MAX_EXACT_INT",
     "MISSING",
     "JSONInput",
     "add_numbers",
+    "as_js_number",
     "describe",
     "fits_double",
     "is_number",
@@ -33,6 +37,7 @@ __all__ = [
     "json_hash",
     "json_identical",
     "normalize",
+    "to_double",
 ]
 
 # Union, not "|": the recursive forward references are strings at runtime.
@@ -72,6 +77,15 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+MAX_EXACT_INT = 2**53
+"""Ints up to this magnitude are held exactly by a double, as JavaScript holds numbers.
+
+metaops keeps such ints as ints; a larger one (given, or the result of arithmetic)
+becomes the double JavaScript would hold, a Python ``float``, so that what is stored
+reads back as the value JavaScript reads and is as long as the size check measured.
+"""
+
+
 def to_double(value: int | float) -> float:
     """``value`` as the IEEE double JavaScript would hold (``±inf`` past the range)."""
     try:
@@ -81,15 +95,42 @@ def to_double(value: int | float) -> float:
         return math.inf if value > 0 else -math.inf
 
 
+def as_js_number(value: int | float) -> int | float:
+    """``value`` as JavaScript holds it: an int up to 2**53 in magnitude, else a double.
+
+    >>> as_js_number(2**53), as_js_number(2**53 + 1), as_js_number(3 * 2**1023)
+    (9007199254740992, 9007199254740992.0, inf)
+    """
+    if type(value) is int and not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+        return to_double(value)
+    return value
+
+
 def fits_double(value: int | float) -> bool:
     """Whether ``value`` is a finite IEEE double, as every number on the wire must be."""
     return math.isfinite(to_double(value))
 
 
 def add_numbers(a: int | float, b: int | float) -> int | float:
-    """``a + b``: exact for two ints, IEEE double arithmetic otherwise (never raises)."""
-    if type(a) is int and type(b) is int:
-        return a + b
+    """``a + b`` as JavaScript adds them: IEEE doubles, except that ints stay ints while exact.
+
+    Two ints of at most 2**53 give their exact sum while it stays within 2**53, and the
+    double nearest to it past that (what adding the two doubles gives). Anything else
+    is added as doubles: an overflow is ``±inf``; nothing raises.
+
+    >>> add_numbers(2, 3), add_numbers(2**53, 1), add_numbers(1e308, 1e308)
+    (5, 9007199254740992.0, inf)
+    """
+    if (
+        type(a) is int
+        and type(b) is int
+        and -MAX_EXACT_INT <= a <= MAX_EXACT_INT
+        and -MAX_EXACT_INT <= b <= MAX_EXACT_INT
+    ):
+        total = a + b
+        if -MAX_EXACT_INT <= total <= MAX_EXACT_INT:
+            return total
+        return float(total)  # at most 2**54: exact operands, so one rounding, as JavaScript's
     return to_double(a) + to_double(b)
 
 
@@ -334,14 +375,12 @@ def _normalize(value: object, where: str, wire: bool, active: set[int], depth: i
     raise InvalidValueError(msg, where)
 
 
-# Ints inside this range are finite doubles; only larger ones need the exact check.
-# (A module constant: CPython would compute 2**1023 on every call.)
-_SAFE_INT = 2**1023
-
-
-def _checked_int(value: int, where: str) -> int:
-    if -_SAFE_INT < value < _SAFE_INT or math.isfinite(to_double(value)):
+def _checked_int(value: int, where: str) -> int | float:
+    if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
         return value
+    double = to_double(value)
+    if math.isfinite(double):
+        return double
     msg = f"{where} is an int too large for a JSON number (JavaScript would read Infinity)"
     raise InvalidValueError(msg, where)
 

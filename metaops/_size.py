@@ -4,7 +4,7 @@ The C ``json`` encoder does the walk; what JavaScript writes differently is then
 found in the encoded bytes and corrected, so no Python code visits the value:
 
 * numbers: Python writes ``5.0``, ``1e-05``, ``1e+16``, ``-0.0``, ``Infinity``
-  and exact big ints where JavaScript writes ``5``, ``0.00001``,
+  and exact ints past 2**53 where JavaScript writes ``5``, ``0.00001``,
   ``10000000000000000``, ``0``, ``null`` and the nearest double;
 * lone surrogates: JavaScript escapes them (``\\udXXX``, six bytes).
 
@@ -20,9 +20,10 @@ import json
 import math
 import os
 import re
+from datetime import datetime
 
-from metaops._errors import InvalidLimitError, MetadataTooLargeError
-from metaops._json import js_iso_string
+from metaops._errors import InvalidLimitError, InvalidValueError, MetadataTooLargeError
+from metaops._json import MAX_EXACT_INT, as_js_number, describe, js_iso_string, to_double
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -41,13 +42,18 @@ LIMIT_ENV = "TASK_RUN_METADATA_MAXIMUM_SIZE"
 """The environment variable a self-hosted platform sets its limit with (bytes)."""
 
 
-def _default(value: object) -> object:
-    from datetime import datetime
+class _NotJSON(Exception):
+    """Raised by the encoder's ``default`` hook: the caller names its function in the error."""
 
+    def __init__(self, value: object) -> None:
+        super().__init__()
+        self.value = value
+
+
+def _default(value: object) -> object:
     if isinstance(value, datetime) and value.tzinfo is not None:
         return js_iso_string(value)
-    msg = f"json_size: {type(value).__name__} is not a JSON value"
-    raise TypeError(msg)
+    raise _NotJSON(value)
 
 
 def _encoder(*, allow_nan: bool, ascii: bool = False) -> json.JSONEncoder:
@@ -78,14 +84,17 @@ _CLASSES[ord("+")] = _CLASSES[ord("-")] = ord("+")
 _CLASS_TABLE = bytes(_CLASSES)
 # Every number token whose JavaScript text can differ in length contains one of:
 # an integral float's ".0" before its end, an exponent sign ("1e-05"), or a run of
-# 16 digits (an int JavaScript rounds to a double).
+# 16 digits (an int past 2**53, which JavaScript holds as a double, or a float's digits).
 _INTEGRAL = re.compile(rb"\.0[,\]}]")  # a regex with a literal prefix outruns bytes.find here
 _SIGN = b"+"
+_EXPONENT_SIGN = b"0e+"
 _LONG_RUN = b"0" * 16
 # A sign is usually a dash inside a string; past this many such hits, search for the
 # longer "digit, e, sign" needle instead of stopping at every dash.
 _SIGN_MISSES = 64
-_NUMBER_BYTES = frozenset(b"0123456789.eE+-")
+# Bytes a number token is made of become "0", every other byte "x": the run around a
+# candidate is then found by bytes.rfind and bytes.find, in C.
+_RUN_TABLE = bytes(0x30 if byte in b"0123456789.eE+-" else 0x78 for byte in range(256))
 _NUMBER_STARTS = frozenset(b"-0123456789")
 _SPECIALS = re.compile(rb"-?Infinity|NaN")
 _SURROGATES = re.compile("[\ud800-\udbff][\udc00-\udfff]|[\ud800-\udfff]")
@@ -99,10 +108,7 @@ def js_number(value: int | float) -> str:
     >>> js_number(5.0), js_number(1e21), js_number(1e-7), js_number(0.000001), js_number(-0.0)
     ('5', '1e+21', '1e-7', '0.000001', '0')
     """
-    try:
-        number = float(value)
-    except OverflowError:
-        return "Infinity" if value > 0 else "-Infinity"
+    number = to_double(value)
     if math.isnan(number):
         return "NaN"
     if math.isinf(number):
@@ -143,46 +149,77 @@ def _structural(data: bytes, start: int) -> bool:
     return i < 0 or data[i] == 0
 
 
+class _Tokens:
+    """The structural number tokens found around candidate positions of ``data``.
+
+    Each candidate is looked at through the run of number bytes around it; a search
+    resumes past the run it last looked at, so no byte is walked twice by one search
+    and the cost stays linear in ``data`` however the candidates cluster.
+    """
+
+    __slots__ = ("data", "found", "runs")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.runs: bytes | None = None  # translated on the first candidate
+        self.found: dict[int, int] = {}  # start -> end of every structural token seen
+
+    def around(self, position: int) -> int:
+        """Record the token whose run holds ``position`` if it is structural; the run's end."""
+        runs = self.runs
+        if runs is None:
+            runs = self.runs = self.data.translate(_RUN_TABLE)
+        start = runs.rfind(b"x", 0, position) + 1
+        end = runs.find(b"x", position)
+        if end == -1:
+            end = len(runs)
+        if self.data[start] in _NUMBER_STARTS and _structural(self.data, start):
+            self.found[start] = end
+        return max(end, position + 1)
+
+    def long_runs(self, classes: bytes) -> None:
+        """Look at every run of 16 digits or more (an int past 2**53, or a float's digits)."""
+        position = classes.find(_LONG_RUN)
+        while position != -1:
+            position = classes.find(_LONG_RUN, self.around(position))
+
+
 def _number_tokens(data: bytes, special: bool) -> list[tuple[int, int]]:
     """``(start, end)`` of every number token whose JavaScript text may differ, in order."""
     classes = data.translate(_CLASS_TABLE)
-    starts: set[int] = set()
+    tokens = _Tokens(data)
     # Single-byte and long needles are the fast ones for bytes.find; each hit is
     # first checked on a byte or two before the token is looked at.
+    done = 0
     for found in _INTEGRAL.finditer(data):
-        _collect(data, found.start(), starts)
-    misses = 0
+        if found.start() >= done:
+            done = tokens.around(found.start())
+    done = misses = 0
     position = classes.find(_SIGN)
     while position != -1:
-        if position > 1 and classes[position - 1] == 0x65 and classes[position - 2] == 0x30:
-            _collect(data, position, starts)
+        if position < done:
+            pass
+        elif position > 1 and classes[position - 1] == 0x65 and classes[position - 2] == 0x30:
+            done = tokens.around(position)
         else:
             misses += 1
             if misses > _SIGN_MISSES:
-                position = classes.find(b"0e+", position)
+                position = classes.find(_EXPONENT_SIGN, max(position, done))
                 while position != -1:
-                    _collect(data, position + 2, starts)
-                    position = classes.find(b"0e+", position + 3)
+                    done = tokens.around(position + 2)
+                    position = classes.find(_EXPONENT_SIGN, done)
                 break
-        position = classes.find(_SIGN, position + 1)
-    position = classes.find(_LONG_RUN)
-    while position != -1:
-        end = _collect(data, position, starts)
-        position = classes.find(_LONG_RUN, end)
-    tokens = []
-    for start in starts:
-        end = start + 1
-        while end < len(data) and data[end] in _NUMBER_BYTES:
-            end += 1
-        tokens.append((start, end))
+        position = classes.find(_SIGN, max(position + 1, done))
+    tokens.long_runs(classes)
+    spans = sorted(tokens.found.items())
     if special:
-        tokens.extend(
+        spans.extend(
             (found.start(), found.end())
             for found in _SPECIALS.finditer(data)
             if _structural(data, found.start())
         )
-    tokens.sort()
-    return tokens
+        spans.sort()
+    return spans
 
 
 def _js_token(token: bytes) -> bytes:
@@ -195,48 +232,75 @@ def _js_token(token: bytes) -> bytes:
     return b"null" if written in ("NaN", "Infinity", "-Infinity") else written.encode("ascii")
 
 
-def _collect(data: bytes, position: int, starts: set[int]) -> int:
-    """Record the number token around ``position`` if it is structural; return its end."""
-    start = position
-    while start and data[start - 1] in _NUMBER_BYTES:
-        start -= 1
-    end = position
-    while end < len(data) and data[end] in _NUMBER_BYTES:
-        end += 1
-    if data[start] in _NUMBER_STARTS and _structural(data, start):
-        starts.add(start)
-    return max(end, position + 1)
+def _double_token(token: bytes) -> bytes | None:
+    """For an int token past 2**53, the double JavaScript holds, as Python spells it."""
+    if any(c in token for c in b".eE"):
+        return None  # a float: already a double, spelled exactly
+    number = int(token)
+    if -MAX_EXACT_INT <= number <= MAX_EXACT_INT:
+        return None
+    double = to_double(number)
+    return repr(double).encode("ascii") if math.isfinite(double) else b"null"
 
 
-def _encode(value: object, *, ascii: bool = False) -> tuple[str, bool]:
-    """The C encoder's text with NUL-marked separators, and whether it holds NaN/Infinity."""
+def _as_doubles(value: object) -> object:
+    """``value`` with every int past 2**53 replaced by the double JavaScript holds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return as_js_number(int(value))
+    if isinstance(value, dict):
+        return {key: _as_doubles(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_doubles(item) for item in value]
+    return value
+
+
+def _encode(value: object, what: str, *, ascii: bool = False) -> tuple[str, bool]:
+    """The C encoder's text with NUL-marked separators, and whether it may hold NaN/Infinity.
+
+    What is not JSON raises :class:`InvalidValueError` naming ``what`` (the public
+    function called).
+    """
     finite, anything = (_FINITE_ASCII, _ANY_ASCII) if ascii else (_FINITE, _ANY)
     try:
         try:
             return finite.encode(value), False
         except ValueError:
+            pass  # a non-finite float, or an int too long to write
+        try:
             return anything.encode(value), True
+        except ValueError:
+            # An int of thousands of digits, which CPython will not write in decimal;
+            # JavaScript holds it as a double (or Infinity), and so is it measured.
+            return anything.encode(_as_doubles(value)), True
     except RecursionError:
-        msg = "value is nested too deeply (or contains itself)"
-        raise ValueError(msg) from None
+        msg = f"{what}: the value is nested too deeply to measure (or contains itself)"
+        raise InvalidValueError(msg, "value") from None
+    except _NotJSON as error:
+        msg = f"{what}: the value holds {describe(error.value)}, which is not a JSON value"
+        raise InvalidValueError(msg, "value") from None
+    except (TypeError, ValueError) as error:
+        msg = f"{what}: the value is not JSON: {error}"
+        raise InvalidValueError(msg, "value") from None
 
 
 def json_size(value: object) -> int:
     """The UTF-8 byte length of JavaScript's ``JSON.stringify(value)``.
 
     Compact separators, non-ASCII written raw, lone surrogates escaped, numbers
-    as JavaScript writes them, non-finite numbers as ``null``.
+    as JavaScript writes them (an int past 2**53 as the double it holds), non-finite
+    numbers as ``null``. What is not JSON raises :class:`InvalidValueError`.
 
     >>> from metaops import json_size
     >>> json_size({"progress": 1.0, "note": "日本語"})
     33
+    >>> json_size(2**1023)  # JavaScript writes 8.98846567431158e+307
+    21
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         # A bare number has no separator after it; measure it directly.
-        if isinstance(value, float) and not math.isfinite(value):
-            return 4  # null
-        return len(_js_token(repr(value).encode("ascii")))
-    text, special = _encode(value)
+        written = js_number(value)
+        return 4 if written in ("NaN", "Infinity", "-Infinity") else len(written)  # null
+    text, special = _encode(value, "json_size")
     try:
         data = text.encode("utf-8")
         delta = 0
@@ -250,34 +314,56 @@ def json_size(value: object) -> int:
 
 
 def json_text(value: object, *, ascii: bool = False) -> str:
-    """Compact JSON text of ``value`` that every JSON parser reads back as the same value.
+    """Compact JSON text of ``value`` that every JSON parser reads back as the value JavaScript reads.
 
     Numbers keep Python's spelling, which is exact for JavaScript and Python alike
     (JavaScript's own spelling of ``5.311084116861613e+16``, ``53110841168616130``,
-    reads back in Python as a different int). As ``JSON.stringify`` does, non-finite
-    numbers are written ``null`` and lone surrogates as ``\\udXXX`` escapes, so the
-    text always encodes as UTF-8. ``ascii=True`` escapes every non-ASCII character.
-    Its byte length can differ from :func:`json_size` only in how numbers are spelled.
+    reads back in Python as a different int). An int past 2**53 is written as the
+    double JavaScript holds (``2**1023`` as ``8.98846567431158e+307``, not its 308
+    digits). As ``JSON.stringify`` does, non-finite numbers are written ``null`` and
+    lone surrogates as ``\\udXXX`` escapes, so the text always encodes as UTF-8.
+    ``ascii=True`` escapes every non-ASCII character. Its byte length can differ
+    from :func:`json_size` only in how numbers are spelled (``1.0`` for ``1``,
+    ``1e+16`` for ``10000000000000000``): a few bytes a number. What is not JSON
+    raises :class:`InvalidValueError`.
 
-    >>> json_text({"progress": 1.5, "n": float("inf"), "s": "\\ud800"})
-    '{"progress":1.5,"n":null,"s":"\\\\ud800"}'
+    >>> json_text({"progress": 1.5, "n": float("inf"), "s": "\\ud800", "big": 2**60})
+    '{"progress":1.5,"n":null,"s":"\\\\ud800","big":1.152921504606847e+18}'
     """
-    if isinstance(value, float) and not math.isfinite(value):
-        return "null"
-    text, special = _encode(value, ascii=ascii)
-    if special:
+    text, special = _encode(value, "json_text", ascii=ascii)
+    try:
+        data = text.encode("utf-8")
+        surrogates = False
+    except UnicodeEncodeError:
         data = text.encode("utf-8", "surrogatepass")
+        surrogates = True
+    classes = data.translate(_CLASS_TABLE)
+    replaced: list[tuple[int, int, bytes]] = []
+    if classes.find(_LONG_RUN) != -1:
+        tokens = _Tokens(data)
+        tokens.long_runs(classes)
+        for start, end in tokens.found.items():
+            double = _double_token(data[start:end])
+            if double is not None:
+                replaced.append((start, end, double))
+    if special:
+        replaced.extend(
+            (found.start(), found.end(), b"null")
+            for found in _SPECIALS.finditer(data)
+            if _structural(data, found.start())
+        )
+    if replaced:
+        replaced.sort()
         pieces = []
         done = 0
-        for found in _SPECIALS.finditer(data):
-            if _structural(data, found.start()):
-                pieces.append(data[done : found.start()])
-                pieces.append(b"null")
-                done = found.end()
+        for start, end, written in replaced:
+            pieces.append(data[done:start])
+            pieces.append(written)
+            done = end
         pieces.append(data[done:])
         text = b"".join(pieces).decode("utf-8", "surrogatepass")
     text = text.replace("\x00", "")
-    if not ascii and not text.isascii() and _SURROGATES.search(text):
+    if surrogates:
         text = _SURROGATES.sub(_js_surrogate, text)
     return text
 

@@ -25,6 +25,7 @@ from metaops import (
     Update,
     apply,
     json_size,
+    json_text,
 )
 from metaops._apply import apply_sized
 
@@ -189,17 +190,37 @@ def test_increment(state: dict[str, Any], op: Operation, expected: dict[str, Any
 @pytest.mark.parametrize(
     ("start", "amount", "expected"),
     [
-        (2**53, 1, 2**53 + 1),
-        (2**53 + 1, 2**53 + 1, 2**54 + 2),
-        (10**30, 1, 10**30 + 1),
-        (-(2**63), -1, -(2**63) - 1),
+        (2**53 - 1, 1, 9007199254740992),
+        (2**53, 1, 9007199254740992),  # the double sum is 2**53 again: nothing changes
+        (2**53, 2, 9007199254740994.0),
+        (2**53 + 1, 2**53 + 1, 18014398509481984.0),
+        (10**30, 1, 1e30),
+        (-(2**53), -3, -9007199254740996.0),  # node: -(2**53) - 3
     ],
 )
-def test_int_increments_stay_exact_beyond_2_to_the_53(start: int, amount: int, expected: int) -> None:
-    """SPEC.md: Python ints stay exact ints (JavaScript would round to a double)."""
+def test_int_increments_past_2_to_the_53_give_the_double_javascript_holds(
+    start: int, amount: int, expected: int | float
+) -> None:
+    """Ints stay exact up to 2**53; past it, a sum is the double JavaScript computes (a float)."""
     result = apply({"n": start}, [Increment("n", amount)])
-    assert type(result.metadata["n"]) is int
+    assert type(result.metadata["n"]) is type(expected)
     assert result.metadata["n"] == expected
+
+
+def test_stored_text_is_what_the_size_check_measured() -> None:
+    """Big ints cannot slip past the size check: they are held, measured and written as doubles."""
+    overflow = apply({}, [Increment("n", 3 * 2**1022)] * 2).metadata
+    assert overflow == {"n": math.inf}
+    assert json_text(overflow) == '{"n":null}'
+    assert json_size(overflow) == 10
+    assert Set("a", 2**1023).value == 8.98846567431158e307
+    big = apply({}, Set("a", 2**1023)).metadata
+    assert json_text(big) == '{"a":8.98846567431158e+307}'
+    assert json_size(big) == 27  # node: '{"a":8.98846567431158e+307}'
+    # Given past 2**53 but exact: the value is JavaScript's, a few bytes spelled otherwise.
+    sixty = apply({}, [Set("a", 2**60), Increment("b", 2**60)]).metadata
+    assert json_text(sixty) == '{"a":1.152921504606847e+18,"b":1.152921504606847e+18}'
+    assert json_size(sixty) == len('{"a":1152921504606847000,"b":1152921504606847000}')  # node's text
 
 
 def test_float_increment_overflows_to_infinity() -> None:
@@ -565,8 +586,9 @@ SIZED_CASES: list[tuple[str, dict[str, Any], list[Operation], int]] = [
     ),
     # JavaScript would hold Infinity and write null: {"n":null}
     ("overflow to infinity", {"n": 1.7976931348623157e308}, [Increment("n", 1.7976931348623157e308)], 10),
-    # metaops keeps the exact int; JavaScript writes it as the double 9007199254740992
-    ("exact int beyond 2**53", {"n": 2**53}, [Increment("n")], 22),
+    # 2**53 + 1 is the double 2**53, as in JavaScript: nothing changes
+    ("int sum beyond 2**53", {"n": 2**53}, [Increment("n")], 22),
+    ("int sums beyond 2**53", {"n": 2**53 - 1}, [Increment("n", 2), Increment("n", 2**60)], 25),
 ]
 
 

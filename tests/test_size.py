@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from hypothesis import given
 from metaops import (
     DEFAULT_LIMIT,
     InvalidLimitError,
+    InvalidValueError,
     MetadataTooLargeError,
     check_size,
     json_size,
@@ -184,11 +187,84 @@ def test_aware_datetimes_are_measured_as_their_js_string() -> None:
     assert json_size([datetime(2026, 11, 22, 9, 30, 0, 123456, tzinfo=timezone.utc)]) == 28
 
 
-@pytest.mark.parametrize("value", [{1, 2}, object(), {"a": b"x"}])
-def test_non_json_values_are_refused(value: Any) -> None:
-    """json_size of something JSON cannot hold is a TypeError, not a guess."""
-    with pytest.raises(TypeError):
-        json_size(value)
+def _deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _circular() -> Any:
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ({1, 2}, "holds a set, which is not a JSON value"),
+        (object(), "holds a bare object(), which is not a JSON value"),
+        ({"a": b"x"}, "holds a bytes, which is not a JSON value"),
+        ({(1,): 1}, "keys must be str"),
+        (_deep(100_000), "nested too deeply"),
+        (_circular(), "contains itself"),
+    ],
+    ids=["set", "object", "bytes", "tuple key", "deep", "circular"],
+)
+def test_non_json_values_are_refused(value: Any, words: str) -> None:
+    """Something JSON cannot hold is an InvalidValueError (a TypeError) naming the function called."""
+    for function in (json_size, json_text):
+        with pytest.raises(InvalidValueError, match=f"^{function.__name__}: .*{re.escape(words)}") as caught:
+            function(value)
+        assert isinstance(caught.value, TypeError)
+
+
+@pytest.mark.parametrize(
+    ("value", "text", "node_size"),
+    [
+        (2**53, "9007199254740992", 16),
+        (2**53 + 1, "9007199254740992.0", 16),
+        (-(2**60), "-1.152921504606847e+18", 20),
+        ([2**1023], "[8.98846567431158e+307]", 23),
+        ({"n": 3 * 2**1023}, '{"n":null}', 10),
+        ([10**5000, -(10**5000)], "[null,null]", 11),
+        (10**5000, "null", 4),
+        (["1234567890123456789", 1234567890123456789], '["1234567890123456789",1.2345678901234568e+18]', 43),
+    ],
+    ids=["2**53", "2**53+1", "-2**60", "2**1023", "overflow", "5,000 digits", "bare", "in a string"],
+)
+def test_ints_past_2_to_the_53_are_written_as_the_doubles_javascript_holds(
+    value: Any, text: str, node_size: int
+) -> None:
+    """json_text writes what JavaScript reads, never hundreds of digits; json_size measures node's text.
+
+    (Digits inside strings stay as they are.)
+    """
+    assert json_text(value) == text
+    assert json_size(value) == node_size
+
+
+def _best(run: Any, times: int) -> float:
+    best = math.inf
+    for _ in range(times):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.parametrize("piece", ["1e+", "1e-", "1.0,", "1.0]", "0" * 17 + ",", "[1.0"])
+def test_text_that_looks_like_numbers_is_measured_in_linear_time(piece: str) -> None:
+    """A string of 32,000 number-like pieces costs far less than 32**2 times one of 1,000.
+
+    (Each exponent sign once sent json_size back over the whole run before it: a 30 KB
+    string took a minute.) A ratio, never an absolute time: linear gives about 32.
+    """
+    short, long = [piece * 1_000], [piece * 32_000]
+    assert json_size(long) == len(json.dumps(long, separators=(",", ":")))
+    ratio = _best(lambda: json_size(long), 2) / _best(lambda: json_size(short), 5)
+    assert ratio < 32 * 4, f"{piece!r}: {ratio:.0f}x"
 
 
 # ---------------------------------------------------------------- js_number

@@ -333,10 +333,33 @@ def test_a_missing_value_names_the_class_called(cls: Any) -> None:
 
 
 def test_the_largest_finite_int_is_accepted() -> None:
-    """An int just below the point where JavaScript overflows is a JSON number."""
+    """An int just below the point where JavaScript overflows is a JSON number: the largest double."""
     largest = 2**1024 - 2**970 - 1  # node: Number(2n**1024n - 2n**970n - 1n) is finite
-    assert Set("n", largest).value == largest
-    assert Set("n", -largest).value == -largest
+    assert Set("n", largest).value == 1.7976931348623157e308
+    assert Set("n", -largest).value == -1.7976931348623157e308
+
+
+@pytest.mark.parametrize(
+    ("given", "held"),
+    [
+        (2**53, 9007199254740992),
+        (-(2**53), -9007199254740992),
+        (2**53 + 1, 9007199254740992.0),
+        (-(2**53) - 3, -9007199254740996.0),
+        (2**1023, 8.98846567431158e307),
+    ],
+)
+def test_an_int_past_2_to_the_53_is_held_as_the_double_javascript_holds(
+    given: int, held: int | float
+) -> None:
+    """Values, amounts and wire values alike: exact up to 2**53, a double (a float) past it."""
+    for value in (Set("n", given).value, Increment("n", given).value, decrement("n", -given).value):
+        assert type(value) is type(held)
+        assert value == held
+    wire = parse_operation({"type": "set", "key": "n", "value": [given]})
+    assert isinstance(wire, Set)
+    assert wire.value == [held]
+    assert Set("n", {"a": [given]}).value == {"a": [held]}
 
 
 def test_a_shared_but_not_circular_value_is_accepted() -> None:
