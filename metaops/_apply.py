@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+from metaops._errors import InvalidValueError
 from metaops._json import (
     JSON,
     MISSING,
@@ -35,6 +36,8 @@ from metaops._values import (
     Remove,
     Set,
     Update,
+    iterate_operations,
+    not_an_operation,
 )
 
 __all__ = ["ApplyResult", "apply", "apply_sized"]
@@ -389,24 +392,11 @@ def apply_sized(
 
 def _run_batch(tree: _Tree, ops: Iterable[Operation]) -> list[Operation]:
     """Apply each of ``ops`` to ``tree``; the ones not applied."""
-    if isinstance(ops, dict):
-        msg = "apply: ops must be operations, got a dict; parse wire dicts with parse_operations"
-        raise TypeError(msg)
-    try:
-        batch = iter(ops)
-    except TypeError:
-        msg = f"apply: ops must be an operation or an iterable of operations, got {describe(ops)}"
-        raise TypeError(msg) from None
     unapplied: list[Operation] = []
-    for index, op in enumerate(batch):
+    for index, op in enumerate(iterate_operations(ops, "apply", one=True)):
         handler = _HANDLERS.get(type(op))
         if handler is None:
-            msg = (
-                f"apply: operation {index} is {describe(op)}, not an operation "
-                "(Set, Delete, Append, Remove, Increment, Update); "
-                "parse wire dicts with parse_operations"
-            )
-            raise TypeError(msg)
+            raise not_an_operation("apply", index, op)
         if not handler(tree, op):
             unapplied.append(op)
     return unapplied
@@ -417,7 +407,7 @@ def _run(
 ) -> tuple[ApplyResult, int]:
     if not isinstance(metadata, dict):
         msg = f"apply: metadata must be a dict (a JSON object), got {describe(metadata)}"
-        raise TypeError(msg)
+        raise InvalidValueError(msg, "metadata")
     handler = _HANDLERS.get(type(ops))
     unapplied: Sequence[Operation]
     if handler is None:

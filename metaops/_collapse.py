@@ -38,7 +38,18 @@ from metaops._errors import InvalidLimitError, MetadataTooLargeError
 from metaops._json import add_numbers, fits_double, json_equal
 from metaops._paths import CACHED_KEY_LENGTH, MAX_PADDING, Key, Slice, parse_key
 from metaops._size import json_size
-from metaops._values import OPERATION_TYPES, Append, Delete, Increment, Operation, Remove, Set, Update
+from metaops._values import (
+    OPERATION_TYPES,
+    Append,
+    Delete,
+    Increment,
+    Operation,
+    Remove,
+    Set,
+    Update,
+    iterate_operations,
+    not_an_operation,
+)
 
 __all__ = ["MAX_REQUEST_BYTES", "chunk", "collapse", "compose", "reference_rule"]
 
@@ -327,17 +338,17 @@ class _Reducer:
         self.whole = False  # after an update: known holds the whole metadata
         self.seq = 0
 
-    def feed(self, ops: Iterable[Operation]) -> None:
+    def feed(self, ops: Iterable[Operation], function: str = "collapse") -> None:
         routes = _ROUTES
         keys = self.keys
-        for op in ops:
+        before = self.seq
+        for op in iterate_operations(ops, function):
             cls = type(op)
             if cls not in _OPERATION_CLASSES:
-                msg = f"collapse: {op!r} is not an operation; parse wire dicts with parse_operations"
-                raise TypeError(msg)
+                raise not_an_operation(function, self.seq - before, op)
             self.seq += 1
             self.version += 1
-            route = routes.get(op.key) if cls is not Update and cls is not Delete else None  # type: ignore[union-attr]
+            route = routes.get(op.key) if cls is not Update and cls is not Delete else None
             if route is None:
                 route = _route(op)
             kind = route.kind
@@ -604,15 +615,15 @@ def compose(first: Sequence[Operation], second: Iterable[Operation]) -> tuple[Op
     if isinstance(first, _Collapsed):
         # Taken before the lock: a lazy ``second`` that composes onto ``first`` itself
         # would otherwise wait for the lock forever.
-        second = tuple(second)
+        second = tuple(iterate_operations(second, "compose"))
         reducer = first._reducer
         with reducer.lock:
             if reducer.version == first._version:
-                reducer.feed(second)
+                reducer.feed(second, "compose")
                 return _finish(reducer)
     reducer = _Reducer()
-    reducer.feed(first)
-    reducer.feed(second)
+    reducer.feed(first, "compose")
+    reducer.feed(second, "compose")
     return _finish(reducer)
 
 
@@ -662,9 +673,12 @@ def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= _BODY_OVERHEAD:
         msg = f"chunk: max_bytes must be an int over {_BODY_OVERHEAD}, got {max_bytes!r}"
         raise InvalidLimitError(msg)
-    batch = tuple(ops)
+    batch = tuple(iterate_operations(ops, "chunk"))
     if not batch:
         return []
+    for index, op in enumerate(batch):
+        if type(op) not in _OPERATION_CLASSES:
+            raise not_an_operation("chunk", index, op)
     wires = [op.to_wire() for op in batch]
     if json_size({"operations": wires}) <= max_bytes:
         return [batch]

@@ -13,7 +13,7 @@ them by default, as the reference's schema does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -312,6 +312,36 @@ def decrement(key: str, n: int | float = 1) -> Increment:
         raise InvalidValueError(msg, "n")
     _check_value(n, "decrement", "n")
     return Increment(key, -n)
+
+
+def iterate_operations(ops: object, function: str, *, one: bool = False) -> Iterator[Any]:
+    """An iterator over the batch ``ops``; :class:`InvalidValueError` naming ``function`` when it is none.
+
+    A wire dict, a string or bytes are refused whole (iterating them would give keys
+    or characters); each item is then checked by the caller, with
+    :func:`not_an_operation` for the error. ``one`` says ``function`` also takes a
+    single operation (which the caller handles before).
+    """
+    if isinstance(ops, dict):
+        msg = f"{function}: ops must be operations, got a dict; parse wire dicts with parse_operations"
+        raise InvalidValueError(msg, "ops")
+    if not isinstance(ops, (str, bytes, bytearray)):
+        try:
+            return iter(ops)  # type: ignore[call-overload,no-any-return]
+        except TypeError:
+            pass
+    expected = "an operation or an iterable of operations" if one else "an iterable of operations"
+    msg = f"{function}: ops must be {expected}, got {describe(ops)}"
+    raise InvalidValueError(msg, "ops")
+
+
+def not_an_operation(function: str, index: int, item: object) -> InvalidValueError:
+    """The error for ``item``, at ``index`` of a batch given to ``function``, which is no operation."""
+    msg = (
+        f"{function}: operation {index} is {describe(item)}, not an operation "
+        "(Set, Delete, Append, Remove, Increment, Update); parse wire dicts with parse_operations"
+    )
+    return InvalidValueError(msg, f"ops[{index}]")
 
 
 WIRE_TYPES: Mapping[str, type] = MappingProxyType(

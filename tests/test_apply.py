@@ -19,6 +19,7 @@ from metaops import (
     Append,
     Delete,
     Increment,
+    InvalidValueError,
     Operation,
     Remove,
     Set,
@@ -494,9 +495,9 @@ def test_ops_may_be_any_iterable() -> None:
     ],
 )
 def test_non_operations_raise_type_error_naming_the_index(ops: list[Any], index: int) -> None:
-    """A wire dict or anything else in the batch is a TypeError naming its place, not a silent skip."""
+    """A wire dict or anything else in the batch is an InvalidValueError (a TypeError) naming its place."""
     state: dict[str, Any] = {"a": 0}
-    with pytest.raises(TypeError, match=f"operation {index}") as caught:
+    with pytest.raises(InvalidValueError, match=f"operation {index}") as caught:
         apply(state, ops)
     assert "parse_operations" in str(caught.value)
     assert state == {"a": 0}
@@ -504,21 +505,22 @@ def test_non_operations_raise_type_error_naming_the_index(ops: list[Any], index:
 
 def test_a_wire_dict_as_ops_is_a_type_error() -> None:
     """A single wire dict is not an operation (and not a batch of its keys)."""
-    with pytest.raises(TypeError, match="parse_operations"):
+    with pytest.raises(InvalidValueError, match="parse_operations"):
         apply({}, _untyped({"type": "set", "key": "a", "value": 1}))
 
 
-@pytest.mark.parametrize("ops", [None, 3, Increment])
+@pytest.mark.parametrize("ops", [None, 3, Increment, "ab", b"ab"])
 def test_ops_that_are_not_iterable_are_a_type_error_saying_what_came(ops: Any) -> None:
-    """None, a number or a class as ops is refused naming what apply takes, not a bare iteration error."""
-    with pytest.raises(TypeError, match=r"^apply: ops must be an operation or an iterable of operations"):
+    """None, a number, a class or a string as ops is refused naming what apply takes."""
+    expected = r"^apply: ops must be an operation or an iterable of operations"
+    with pytest.raises(InvalidValueError, match=expected):
         apply({}, ops)
 
 
 @pytest.mark.parametrize("metadata", [[], None, "{}", 1])
 def test_metadata_must_be_a_dict(metadata: Any) -> None:
-    """Metadata is a JSON object; anything else is a TypeError."""
-    with pytest.raises(TypeError, match="dict"):
+    """Metadata is a JSON object; anything else is an InvalidValueError (a TypeError)."""
+    with pytest.raises(InvalidValueError, match="dict"):
         apply(metadata, [Set("a", 1)])
 
 

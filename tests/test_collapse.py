@@ -21,6 +21,7 @@ from metaops import (
     Delete,
     Increment,
     InvalidLimitError,
+    InvalidValueError,
     MetadataTooLargeError,
     Operation,
     Remove,
@@ -401,3 +402,60 @@ def test_chunk_refuses_an_operation_larger_than_a_body() -> None:
     with pytest.raises(InvalidLimitError):
         chunk([Set("a", 1)], max_bytes=10)
     assert chunk([]) == []
+
+
+def _odd(value: object) -> Any:
+    """``value`` typed as anything: the calls below pass what the signatures forbid."""
+    return value
+
+
+def _deep_list(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        (lambda: collapse(_odd([_deep_list(5_000)])), "^collapse: operation 0 is a list, not an operation"),
+        (lambda: collapse(_odd([Set("a", 1), 2.5])), "^collapse: operation 1 is 2.5, not an operation"),
+        (lambda: collapse(_odd(5)), "^collapse: ops must be an iterable of operations, got 5"),
+        (lambda: collapse(_odd("ab")), "^collapse: ops must be an iterable of operations, got the string"),
+        (
+            lambda: collapse(_odd(Set("a", 1))),
+            "^collapse: ops must be an iterable of operations, got a",
+        ),
+        (lambda: compose(_odd(5), []), "^compose: ops must be an iterable"),
+        (lambda: compose(collapse([Increment("n")]), _odd(5)), "^compose: ops must be an iterable"),
+        (lambda: compose([], _odd([Set("a", 1), "x"])), "^compose: operation 1 is the string 'x'"),
+        (lambda: chunk(_odd("ab")), "^chunk: ops must be an iterable of operations, got the string 'ab'"),
+        (lambda: chunk(_odd(["ab"])), "^chunk: operation 0 is the string 'ab', not an operation"),
+        (lambda: chunk(_odd(5)), "^chunk: ops must be an iterable"),
+        (lambda: chunk(_odd({"type": "set"})), "^chunk: ops must be operations, got a dict; parse"),
+    ],
+    ids=[
+        "collapse deep",
+        "collapse float",
+        "collapse int",
+        "collapse str",
+        "collapse one",
+        "compose int first",
+        "compose int second",
+        "compose str item",
+        "chunk str",
+        "chunk str item",
+        "chunk int",
+        "chunk dict",
+    ],
+)
+def test_a_batch_of_anything_but_operations_is_an_invalid_value_error(call: Any, words: str) -> None:
+    """collapse, compose and chunk refuse what is not a batch of operations with a typed error.
+
+    (A 5,000-deep list once made collapse raise RecursionError, writing its repr; a
+    string made chunk raise AttributeError.)
+    """
+    with pytest.raises(InvalidValueError, match=words) as caught:
+        call()
+    assert isinstance(caught.value, TypeError)
