@@ -19,12 +19,14 @@ from typing import Any, NamedTuple
 from metaops._errors import InvalidValueError
 from metaops._json import (
     JSON,
+    MAX_METADATA_DEPTH,
     MISSING,
     add_numbers,
     describe,
     is_number,
     json_equal,
     json_identical,
+    nests_within,
 )
 from metaops._paths import DEAD, FAR, Match, Step, first, match, parse_key
 from metaops._size import json_size, value_size
@@ -112,9 +114,15 @@ class _Tree:
         *,
         fresh: bool = False,
         appended_to: object = MISSING,
+        nested: JSON = None,
+        below: int = 0,
     ) -> bool:
         """Write ``value`` at every match; False (nothing written) if a match is out of reach.
 
+        Out of reach: an index too far past a list's end, or a place so deep that
+        ``nested``, ``below`` levels under it, would take the metadata past
+        MAX_METADATA_DEPTH (``nested`` is the value written, or the item an append
+        adds one level down; every match of a path is equally deep).
         ``fresh`` says ``value`` was built by this call from the metadata's own
         containers (an append or remove result): written at one place only, it is
         owned from then on, so later writes of the call change it in place.
@@ -129,6 +137,8 @@ class _Tree:
                 return False
             if last is not DEAD:
                 live.append((steps, old))
+        if live and isinstance(nested, (dict, list)) and not _fits(nested, len(live[0][0]) + below):
+            return False
         if fresh and len(live) > 1:
             self._disown_within(value)
         written = 0
@@ -186,6 +196,16 @@ class _Tree:
                     stack.append(child)
 
 
+def _fits(value: JSON, place: int) -> bool:
+    """Whether ``value`` can sit ``place`` levels below the top (1: at a top-level key).
+
+    At a top-level key, whatever an operation may hold fits (values nest at most
+    MAX_DEPTH levels, MAX_METADATA_DEPTH - 1 for one an append made): the hot path
+    measures nothing.
+    """
+    return place <= 1 or nests_within(value, MAX_METADATA_DEPTH - place)
+
+
 def _entry_delta(obj: dict[str, JSON], key: str, old: object, new_size: int) -> int:
     """How the size of ``obj`` changes when ``obj[key]`` becomes a value of ``new_size`` bytes."""
     if old is MISSING:
@@ -205,7 +225,7 @@ def _apply_set(tree: _Tree, op: Set) -> bool:
     if not parsed.safe:
         return False
     assert parsed.components is not None
-    return tree.write_all(match(tree.root, parsed.components), op.value)
+    return tree.write_all(match(tree.root, parsed.components), op.value, nested=op.value)
 
 
 def _apply_delete(tree: _Tree, op: Delete) -> bool:
@@ -231,6 +251,11 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
             return False
         root = tree.root
         existing = root.get(key, MISSING)
+        # The item goes one level down, into a list; a dict is wrapped in one.
+        if (isinstance(value, (dict, list)) and not _fits(value, 2)) or (
+            isinstance(existing, dict) and not _fits(existing, 2)
+        ):
+            return False
         if tree.size is not None:
             if isinstance(existing, list):
                 tree.size += value_size(value) + (1 if existing else 0)
@@ -260,7 +285,12 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
     if not matches:
         return True
     current = first(matches)
+    below = len(matches[0][0]) + 1  # where the item lands, and where a wrapped dict would
+    if isinstance(current, dict) and not _fits(current, below):
+        return False
     if len(matches) == 1 and isinstance(current, list) and id(current) in tree.owned:
+        if isinstance(value, (dict, list)) and not _fits(value, below):
+            return False
         # A list this call made, at its one place (first() of a single plain path
         # returns the list itself): it grows in place, as a top-level one does, so
         # appends to one path cost one copy of the list per call, not one each.
@@ -275,7 +305,7 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
         grown = [*current, value]
     else:
         grown = [current, value]  # type: ignore[list-item]
-    return tree.write_all(matches, grown, fresh=True, appended_to=current)
+    return tree.write_all(matches, grown, fresh=True, appended_to=current, nested=value, below=1)
 
 
 def _without(items: list[JSON], value: JSON) -> list[JSON]:
@@ -364,7 +394,10 @@ def apply(metadata: dict[str, Any], ops: Iterable[Operation] | Operation) -> App
     Never mutates ``metadata`` or any operation's value, and never raises for an
     operation: one the reference would not apply (an unsafe key, ``remove`` on a
     non-list, a write padding a list by over a million nulls) is returned in
-    ``unapplied``. When nothing changed, ``result.metadata is metadata``.
+    ``unapplied``, and so is a write that would nest the metadata deeper than
+    ``MAX_DEPTH + 2`` levels (see :data:`metaops.MAX_DEPTH`). When nothing changed,
+    ``result.metadata is metadata``. Numbers are added as JavaScript adds them: ints
+    stay exact up to 2**53 in magnitude, and past it become the double JavaScript holds.
 
     >>> from metaops import Append, Increment, Remove, apply
     >>> state = {"n": 1, "tags": ["a"]}

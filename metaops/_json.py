@@ -12,7 +12,7 @@ given or computed; and ints beyond the range of a double are not JSON numbers
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeAlias, Union
 
@@ -24,6 +24,7 @@ __all__ = [
     "MAX_ARRAY_INDEX",
     "MAX_DEPTH",
     "MAX_EXACT_INT",
+    "MAX_METADATA_DEPTH",
     "MISSING",
     "JSONInput",
     "add_numbers",
@@ -36,6 +37,7 @@ __all__ = [
     "json_equal",
     "json_hash",
     "json_identical",
+    "nests_within",
     "normalize",
     "to_double",
 ]
@@ -295,21 +297,85 @@ Comparing, hashing, measuring and serializing values recurse; past a few hundred
 levels Python runs out of stack (its own ``json`` module fails near 1,000). A
 bound checked once, when a value enters, keeps every later step from failing.
 Real metadata nests a handful of levels; serde_json's default bound is 128.
+
+Metadata itself nests at most ``MAX_DEPTH + 2`` = 258 levels: the top-level
+object, a list that an append wraps around a value that was not a list, and a value
+of ``MAX_DEPTH`` levels. ``apply`` keeps it so: every write at a top-level key of a
+value within this bound lands, as it always did (appending to a dict that path
+writes already made deeper than ``MAX_DEPTH`` excepted), and a write whose place
+depth plus its value's depth would pass 258 is reported unapplied, as a write past
+the padding limit is. A whole metadata object (a replacement, a starting state) may
+nest as deeply as metadata does.
 """
 
+MAX_METADATA_DEPTH = MAX_DEPTH + 2
+"""How deeply metadata nests, its top-level object counted (see ``MAX_DEPTH``)."""
 
-def normalize(value: object, where: str = "value", *, wire: bool = False) -> JSON:
+_CONTAINERS = (dict, list)
+
+
+def nests_within(value: object, levels: int) -> bool:
+    """Whether the containers of ``value`` nest at most ``levels`` deep (``[[1]]`` is 2).
+
+    In time linear in the distinct containers met (a container shared by several
+    places is walked once), without recursion, and never past ``levels + 1`` deep:
+    a cycle or a value nested a million deep is answered as quickly as a flat one.
+
+    >>> nests_within([[1]], 2), nests_within([[1]], 1), nests_within(5, 0)
+    (True, False, True)
+    """
+    if not isinstance(value, _CONTAINERS):
+        return True
+    if levels < 1:
+        return False
+    # Post-order over the containers: heights[id] is a container's own height, known
+    # once all its children are; a path longer than ``levels`` answers at once.
+    heights: dict[int, int] = {}
+    path: list[tuple[object, Iterator[object]]] = [(value, _children(value))]
+    tallest_below = [0]
+    while path:
+        node, children = path[-1]
+        for child in children:
+            if not isinstance(child, _CONTAINERS):
+                continue
+            known = heights.get(id(child))
+            if known is None:
+                if len(path) == levels:
+                    return False
+                path.append((child, _children(child)))
+                tallest_below.append(0)
+                break
+            if known + len(path) > levels:
+                return False
+            tallest_below[-1] = max(tallest_below[-1], known)
+        else:
+            path.pop()
+            height = tallest_below.pop() + 1
+            heights[id(node)] = height
+            if tallest_below:
+                tallest_below[-1] = max(tallest_below[-1], height)
+    return True
+
+
+def _children(node: object) -> Iterator[object]:
+    return iter(node.values()) if isinstance(node, dict) else iter(node)  # type: ignore[call-overload]
+
+
+def normalize(value: object, where: str = "value", *, wire: bool = False, metadata: bool = False) -> JSON:
     """A fresh JSON copy of ``value``, or :class:`InvalidValueError` saying where it is not JSON.
 
     Tuples become lists; ``dict``/``list`` subclasses become plain ones; an aware
-    ``datetime`` becomes the string JavaScript's ``Date.toJSON()`` writes. With
-    ``wire=True`` (values that arrived as JSON text), a ``datetime`` is refused.
-    Containers nested deeper than :data:`MAX_DEPTH` are refused.
+    ``datetime`` becomes the string JavaScript's ``Date.toJSON()`` writes; an int past
+    2**53 becomes the double JavaScript holds. With ``wire=True`` (values that arrived
+    as JSON text), a ``datetime`` is refused. Containers nested deeper than
+    :data:`MAX_DEPTH` are refused; with ``metadata=True`` (a whole metadata object, as
+    a replacement or a starting state) deeper than :data:`MAX_METADATA_DEPTH`, so that
+    whatever ``apply`` produces can be given back.
     """
-    return _normalize(value, where, wire, set())
+    return _normalize(value, where, wire, set(), 0, MAX_METADATA_DEPTH if metadata else MAX_DEPTH)
 
 
-def _normalize(value: object, where: str, wire: bool, active: set[int], depth: int = 0) -> JSON:
+def _normalize(value: object, where: str, wire: bool, active: set[int], depth: int, levels: int) -> JSON:
     kind = type(value)
     if kind is str or value is None or kind is bool:
         return value  # type: ignore[return-value]
@@ -322,11 +388,12 @@ def _normalize(value: object, where: str, wire: bool, active: set[int], depth: i
         if marker in active:
             msg = f"{where} contains itself (a circular reference), which JSON cannot hold"
             raise InvalidValueError(msg, where)
-        if depth == MAX_DEPTH:
+        if depth == levels:
             shown = where if len(where) <= 60 else f"{where[:40]}...{where[-12:]}"
+            what = "values" if levels == MAX_DEPTH else "metadata"
             msg = (
-                f"{shown} is a container nested {MAX_DEPTH + 1} levels deep; "
-                f"metaops takes values nested at most {MAX_DEPTH} levels"
+                f"{shown} is a container nested {levels + 1} levels deep; "
+                f"metaops takes {what} nested at most {levels} levels"
             )
             raise InvalidValueError(msg, where)
         active.add(marker)
@@ -341,9 +408,13 @@ def _normalize(value: object, where: str, wire: bool, active: set[int], depth: i
                             "JSON object keys must be str"
                         )
                         raise InvalidValueError(msg, where)
-                    out[str.__str__(key)] = _normalize(item, _index_text(where, key), wire, active, depth)
+                    out[str.__str__(key)] = _normalize(
+                        item, _index_text(where, key), wire, active, depth, levels
+                    )
                 return out
-            return [_normalize(item, f"{where}[{i}]", wire, active, depth) for i, item in enumerate(value)]
+            return [
+                _normalize(item, f"{where}[{i}]", wire, active, depth, levels) for i, item in enumerate(value)
+            ]
         finally:
             active.discard(marker)
     if isinstance(value, str):

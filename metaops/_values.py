@@ -55,9 +55,9 @@ def _check_key(key: object, op: str) -> str:
     raise InvalidValueError(msg, "key")
 
 
-def _check_value(value: object, op: str, where: str = "value") -> JSON:
+def _check_value(value: object, op: str, where: str = "value", *, metadata: bool = False) -> JSON:
     try:
-        return normalize(value, where)
+        return normalize(value, where, metadata=metadata)
     except InvalidValueError as error:
         raise InvalidValueError(f"{op}: {error}", error.where) from None
 
@@ -73,7 +73,7 @@ def _check_object(value: object, op: str) -> dict[str, JSON]:
     if not isinstance(value, dict):
         msg = f"{op}: value must be a dict (the whole metadata object), got {describe(value)}"
         raise InvalidValueError(msg, "value")
-    return _check_value(value, op)  # type: ignore[return-value]
+    return _check_value(value, op, metadata=True)  # type: ignore[return-value]
 
 
 class _KeyValueOperation:
@@ -398,7 +398,7 @@ def _parse(obj: object, safe_keys: bool, index: int | None) -> Operation:
     if cls is Update:
         if not isinstance(value, dict):
             raise _invalid(index, "value", "an object (the whole metadata)", value)
-        return Update._trusted(_wire_value(value, index))  # type: ignore[arg-type]
+        return Update._trusted(_wire_value(value, index, metadata=True))  # type: ignore[arg-type]
     key = obj.get("key", _ABSENT)
     if not isinstance(key, str):
         raise _invalid(index, "key", "a string", key)
@@ -421,9 +421,9 @@ def _parse(obj: object, safe_keys: bool, index: int | None) -> Operation:
     return cls._trusted(key, _wire_value(value, index))  # type: ignore[attr-defined,no-any-return]
 
 
-def _wire_value(value: object, index: int | None) -> JSON:
+def _wire_value(value: object, index: int | None, *, metadata: bool = False) -> JSON:
     try:
-        return normalize(value, "value", wire=True)
+        return normalize(value, "value", wire=True, metadata=metadata)
     except InvalidValueError as error:
         msg = f"{_where(index)}: field 'value': expected a JSON value, but {error}"
         raise InvalidOperationError(msg, index=index, field="value") from None

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from metaops import (
+    MAX_DEPTH,
     Append,
     Delete,
     Increment,
@@ -25,6 +26,9 @@ from metaops import (
     Set,
     Update,
     apply,
+    collapse,
+    compose,
+    json_equal,
     json_size,
     json_text,
 )
@@ -607,3 +611,156 @@ def test_apply_sized_keeps_the_size_exact(
     assert _text(result.metadata) == _text(apply(state, ops).metadata)
     assert result.unapplied == apply(state, ops).unapplied
     assert _text(state) == before
+
+
+# ------------------------------------------------------------------ the depth bound
+
+
+def _tower(levels: int, container: type = dict) -> Any:
+    """Containers nested ``levels`` deep: {"a": {"a": ... 1}} or [[... 1]]."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value} if container is dict else [value]
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply containers nest, walked without recursion ([[1]] is 2)."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            level += 1
+            deepest = max(deepest, level)
+            stack.extend((child, level) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+BOUND = MAX_DEPTH + 2  # the top-level object, a list an append wraps, a value of MAX_DEPTH
+
+
+def _path(levels: int) -> str:
+    """The path of the place ``levels`` below the top along "a" keys: $.a.a...a."""
+    return "$." + ".".join(["a"] * levels)
+
+
+def test_what_a_top_level_key_accepted_is_still_accepted() -> None:
+    """Values of MAX_DEPTH levels at a top-level key: set, appended to anything, wrapping a dict."""
+    value = _tower(MAX_DEPTH)
+    for container in (dict, list):
+        full = _tower(MAX_DEPTH, container)
+        cases: list[tuple[dict[str, Any], Operation]] = [
+            ({}, Set("k", full)),
+            ({}, Append("k", full)),
+            ({"k": [1]}, Append("k", full)),
+            ({"k": "x"}, Append("k", full)),
+            ({"k": full}, Append("k", 1)),
+            ({"k": value}, Append("k", full)),
+            ({"k": [value]}, Append("k", full)),
+        ]
+        for state, op in cases:
+            result = apply(state, op)
+            assert result.unapplied == ()
+            assert result.metadata is not state
+            assert _depth(result.metadata) <= BOUND
+
+
+@pytest.mark.parametrize("place", [1, 2, 100, BOUND - 1])
+def test_a_path_write_lands_exactly_when_the_metadata_stays_within_the_bound(place: int) -> None:
+    """A write's place depth plus its value's depth may reach the bound, not pass it.
+
+    Place 1 is a top-level key; an appended item sits one place below its list.
+    """
+    state = {"a": _tower(BOUND - 2)}  # "a" keys down to place BOUND - 1
+    new_key = "$." + "a." * (place - 1) + "new"
+    landing: list[Operation] = [Set(_path(place), _tower(min(BOUND - place, MAX_DEPTH)))]
+    refused: list[Operation] = []
+    if BOUND - place < MAX_DEPTH:
+        refused.append(Set(_path(place), _tower(BOUND - place + 1)))
+    landing.append(Append(new_key, _tower(min(BOUND - place - 1, MAX_DEPTH))))
+    if BOUND - place - 1 < MAX_DEPTH:
+        refused.append(Append(new_key, _tower(BOUND - place)))
+    for op in landing:
+        result = apply(state, op)
+        assert result.unapplied == ()
+        assert isinstance(op, (Set, Append))
+        reached = place + _depth(op.value) + (1 if isinstance(op, Append) else 0)
+        assert _depth(result.metadata) == max(reached, _depth(state)) <= BOUND
+    for op in refused:
+        result = apply(state, [Set("other", 1), op, Increment("n")])
+        assert result.unapplied == (op,)
+        assert result.metadata == {**state, "other": 1, "n": 1}
+
+
+def test_deep_path_writes_no_longer_stack_past_the_bound() -> None:
+    """The audit's case: writing a 255-level value at the leaf of the last one built 1,275 levels."""
+    value = _tower(MAX_DEPTH - 1)
+    metadata = apply({}, Set("a", value)).metadata
+    leaf = _path(MAX_DEPTH)  # where the value's innermost 1 sits
+    stacked = Set(leaf, value)
+    result = apply(metadata, stacked)
+    assert result.unapplied == (stacked,)
+    assert result.metadata is metadata
+    # What still fits under that leaf lands, up to the bound and no further.
+    fits = apply(metadata, Set(leaf, _tower(BOUND - MAX_DEPTH)))
+    assert fits.unapplied == ()
+    assert _depth(fits.metadata) == BOUND
+
+
+def test_appends_cannot_stack_wraps_past_the_bound() -> None:
+    """Wrapping a dict in a list (an append onto it) counts: at a top-level key and on a path."""
+    # A top-level dict as deep as path writes can make it: wrapping it would pass the bound.
+    tall = apply({"k": {}}, Set("$.k.a", _tower(MAX_DEPTH))).metadata
+    assert _depth(tall) == BOUND
+    for op in (Append("k", 1), Append("$.k", 1)):
+        assert apply(tall, op).unapplied == (op,)
+    # The same append onto a dict one level shorter lands.
+    short = {"k": _tower(MAX_DEPTH)}
+    for op in (Append("k", 1), Append("$.k", 1)):
+        assert apply(short, op).unapplied == ()
+    # Appending the metadata's own list to itself (RunMetadata shares what its views
+    # show, without copying) stops at the bound.
+    state: dict[str, Any] = {"k": [_tower(MAX_DEPTH - 1, list)]}
+    for _ in range(5):
+        state = apply(state, [Append._trusted("k", state["k"])]).metadata
+    assert _depth(state) == BOUND
+
+
+def test_a_wildcard_write_too_deep_is_refused_at_every_match() -> None:
+    """Every match of a path is as deep as the others: a refusal leaves every place as it was."""
+    state = {"x": {"a": {"b": 1}}, "y": {"a": {"b": 2}}}
+    op = Set("$.*.a.b", _tower(BOUND - 2))  # place 3
+    result = apply(state, op)
+    assert (result.unapplied, result.metadata) == ((op,), state)
+    fits = Set("$.*.a.b", _tower(BOUND - 3))
+    assert apply(state, fits).unapplied == ()
+    assert _depth(apply(state, fits).metadata) == BOUND
+
+
+def test_a_shared_value_is_measured_once() -> None:
+    """A value holding one container at many places is walked once per container, not per path.
+
+    (RunMetadata shares what its views show without copying; wildcard writes leave
+    one value at many places.)
+    """
+    shared: Any = [1]
+    for _ in range(60):
+        shared = [shared, shared]  # 61 containers, 2**60 paths
+    # (Compared by identity: a failure message would write out every path.)
+    deep = {"a": _tower(BOUND - 61)}  # places down to BOUND - 60
+    too_deep = Set._trusted(_path(BOUND - 60), shared)
+    assert [op is too_deep for op in apply(deep, too_deep).unapplied] == [True]
+    assert len(apply(deep, Set._trusted(_path(BOUND - 61), shared)).unapplied) == 0
+
+
+def test_nothing_raises_recursion_error_on_the_deepest_metadata() -> None:
+    """At the bound, every public function answers: sizes, texts, equality, collapse, compose."""
+    deepest = apply({"k": {}}, [Set("$.k.a", _tower(MAX_DEPTH, list)), Append("other", _tower(MAX_DEPTH))])
+    metadata = deepest.metadata
+    assert _depth(metadata) == BOUND
+    assert json_size(metadata) == len(json_text(metadata).encode())
+    assert json_equal(metadata, json.loads(json_text(metadata)))
+    assert collapse([Update(metadata), Set("x", 1)]) == (Update({**metadata, "x": 1}),)
+    assert compose([Update(metadata)], [Delete("k")]) == (Update({"other": metadata["other"]}),)
+    assert apply(metadata, Set("k", 1)).metadata["k"] == 1

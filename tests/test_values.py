@@ -308,6 +308,22 @@ def test_values_nested_past_the_depth_limit_are_refused_saying_so(container: typ
     assert parsed.value.field == "value"
 
 
+def test_a_replacement_is_metadata_and_may_nest_as_deeply_as_metadata() -> None:
+    """An update's value is a whole metadata object: MAX_DEPTH + 2 levels, as apply can leave it."""
+    bound = metaops.MAX_DEPTH + 2
+    deepest = {"k": _nested(bound - 1, dict)}
+    assert Update(deepest).value == deepest
+    assert parse_operation({"type": "update", "value": deepest}) == Update(deepest)
+    too_deep = {"k": _nested(bound, dict)}
+    with pytest.raises(InvalidValueError, match=f"nested {bound + 1} levels deep; metaops takes metadata"):
+        Update(too_deep)
+    with pytest.raises(InvalidOperationError, match=f"metadata nested at most {bound} levels"):
+        parse_operation({"type": "update", "value": too_deep})
+    # A value under a key is still bounded by MAX_DEPTH.
+    with pytest.raises(InvalidValueError, match="values nested at most"):
+        Set("k", deepest["k"])
+
+
 @pytest.mark.parametrize(
     ("build", "prefix"),
     [
