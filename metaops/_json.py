@@ -30,6 +30,7 @@ __all__ = [
     "add_numbers",
     "as_js_number",
     "describe",
+    "describe_json",
     "fits_double",
     "is_number",
     "js_iso_string",
@@ -257,33 +258,63 @@ def _civil_from_days(days: int) -> tuple[int, int, int]:
 
 
 def describe(value: object) -> str:
-    """A short description of what came, for error messages."""
-    if value is None or isinstance(value, (bool, int, float)):
-        return _js_literal(value)
-    if isinstance(value, str):
-        text = value if len(value) <= 40 else value[:37] + "..."
-        return f"the string {text!r}"
+    """A short description of a Python value that came where it should not, for error messages.
+
+    >>> describe(None), describe(True), describe({}), describe("x"), describe(2.5)
+    ('None', 'True', 'a dict', "the string 'x'", '2.5')
+    """
+    if value is None or value is True or value is False:
+        return repr(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a dict"
+    return _describe_other(value)
+
+
+def describe_json(value: object) -> str:
+    """A short description of a value read from JSON text, in JSON's words (``null``, ``an object``).
+
+    For errors about what a JSON document or the platform's wire held.
+
+    >>> describe_json(None), describe_json(True), describe_json({}), describe_json([])
+    ('null', 'true', 'an object', 'a list')
+    """
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "an object"
+    return _describe_other(value)
+
+
+# Past this many digits an int is described by its length (and never converted to
+# text, which CPython refuses past 4,300 digits).
+_SHOWN_DIGITS = 40
+
+
+def _describe_other(value: object) -> str:
+    if isinstance(value, str):
+        text = value if len(value) <= _SHOWN_DIGITS else value[: _SHOWN_DIGITS - 3] + "..."
+        return f"the string {str.__repr__(text)}"
+    if isinstance(value, int) and not -(10**_SHOWN_DIGITS) < value < 10**_SHOWN_DIGITS:
+        try:
+            return f"an int of {len(str(abs(int(value)))):,} digits"
+        except ValueError:  # too long for CPython to write in decimal
+            return f"an int of about {int(abs(int(value)).bit_length() * 0.30103) + 1:,} digits"
+    if isinstance(value, (int, float)):
+        return repr(value)
     if type(value) is object:
         return "a bare object()"
-    name = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    kind = type(value)
+    module = kind.__module__
+    if module.startswith("metaops.") and module.split(".")[1].startswith("_"):
+        module = "metaops"  # a private module's class is public under metaops
+    name = f"{module}.{kind.__qualname__}".removeprefix("builtins.")
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-def _js_literal(value: object) -> str:
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    text = repr(value)
-    if len(text) > 40 and type(value) is int:
-        return f"an int of {len(text.lstrip('-'))} digits"
-    return text
 
 
 def _index_text(where: str, key: object) -> str:

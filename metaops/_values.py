@@ -23,6 +23,7 @@ from metaops._json import (
     JSON,
     JSONInput,
     describe,
+    describe_json,
     is_number,
     json_equal,
     json_hash,
@@ -362,7 +363,7 @@ def _where(index: int | None) -> str:
 
 def _invalid(index: int | None, field: str | None, expected: str, got: object) -> InvalidOperationError:
     place = _where(index) if field is None else f"{_where(index)}: field {field!r}"
-    got_text = "nothing (the field is missing)" if got is _ABSENT else describe(got)
+    got_text = "nothing (the field is missing)" if got is _ABSENT else describe_json(got)
     return InvalidOperationError(f"{place}: expected {expected}, got {got_text}", index=index, field=field)
 
 
@@ -439,6 +440,6 @@ def parse_operations(objs: Iterable[object], *, safe_keys: bool = True) -> tuple
     (Set(key='a', value=1), Delete(key='b'))
     """
     if isinstance(objs, (str, bytes, dict)) or not isinstance(objs, Iterable):
-        msg = f"operations: expected a list of operations, got {describe(objs)}"
+        msg = f"operations: expected a list of operations, got {describe_json(objs)}"
         raise InvalidOperationError(msg)
     return tuple(_parse(obj, safe_keys, i) for i, obj in enumerate(objs))

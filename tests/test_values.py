@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 import pickle
+import re
 from collections import OrderedDict, UserDict
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -747,3 +748,77 @@ def test_parsed_values_are_copies() -> None:
     op = parse_operation(wire)
     wire["value"]["b"].append(2)
     assert op == Set("a", {"b": [1]})
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Set(_untyped(None), 1), "set: key must be a str, got None"),
+        (lambda: Delete(_untyped(True)), "delete: key must be a str, got True"),
+        (
+            lambda: Increment("n", _untyped(False)),
+            "increment: value must be a number (int or float, not bool), got False",
+        ),
+        (
+            lambda: Increment("n", _untyped({})),
+            "increment: value must be a number (int or float, not bool), got a dict",
+        ),
+        (
+            lambda: Update(_untyped([1])),
+            "update: value must be a dict (the whole metadata object), got a list",
+        ),
+        (
+            lambda: Update(_untyped(None)),
+            "update: value must be a dict (the whole metadata object), got None",
+        ),
+        (
+            lambda: decrement("n", _untyped(True)),
+            "decrement: n must be a number (int or float, not bool), got True",
+        ),
+        (lambda: Set(_untyped(10**5000), 1), "set: key must be a str, got an int of about 5,001 digits"),
+        (lambda: Set(_untyped(10**50), 1), "set: key must be a str, got an int of 51 digits"),
+        (
+            lambda: metaops.apply(_untyped(None), []),
+            "apply: metadata must be a dict (a JSON object), got None",
+        ),
+        (
+            lambda: metaops.apply({}, _untyped([Set("a", 1), True])),
+            "apply: operation 1 is True, not an operation",
+        ),
+        (lambda: metaops.collapse(_untyped([{}])), "collapse: operation 0 is a dict, not an operation"),
+        (
+            lambda: metaops.json_size({"a": Set("a", 1)}),
+            "json_size: the value holds a metaops.Set, which is not",
+        ),
+    ],
+)
+def test_errors_about_python_values_use_python_words(build: Any, message: str) -> None:
+    """A Python value is described as Python writes it: None, True, a dict, a list, metaops.Set."""
+    with pytest.raises(InvalidValueError) as caught:
+        build()
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("wire", "words"),
+    [
+        (None, "operation: expected an object with a 'type' field, got null"),
+        (
+            {"type": "increment", "key": "n", "value": True},
+            "field 'value': expected a finite number (not a boolean), got true",
+        ),
+        (
+            {"type": "update", "value": None},
+            "field 'value': expected an object (the whole metadata), got null",
+        ),
+        ({"type": False}, "field 'type': expected one of"),
+    ],
+)
+def test_errors_about_wire_json_keep_json_words(wire: Any, words: str) -> None:
+    """What the platform sent is JSON, and is described in JSON's words: null, true, an object."""
+    with pytest.raises(InvalidOperationError, match=re.escape(words)):
+        parse_operation(wire)
+    with pytest.raises(
+        InvalidOperationError, match="operations: expected a list of operations, got an object"
+    ):
+        parse_operations(_untyped({"type": "set"}))
