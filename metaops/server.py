@@ -37,7 +37,7 @@ from metaops._errors import (
     InvalidValueError,
     MetadataTooLargeError,
 )
-from metaops._json import JSON, describe, json_identical, normalize
+from metaops._json import JSON, describe, describe_json, json_identical, normalize
 from metaops._size import json_size, metadata_limit
 from metaops._values import Operation, Update, parse_operations
 
@@ -117,7 +117,8 @@ def parse_update_request(body: object) -> UpdateRequest:
     metaops.InvalidRequestError: operations: operation 0: field 'key': expected a safe key, ...
     """
     if not isinstance(body, dict):
-        msg = f"request body: expected a JSON object with 'operations' or 'metadata', got {describe(body)}"
+        got = describe_json(body)
+        msg = f"request body: expected a JSON object with 'operations' or 'metadata', got {got}"
         raise InvalidRequestError(msg, section=None)
     metadata = _parse_metadata(body["metadata"]) if "metadata" in body else None
     sections = {name: _parse_section(body, name) for name in _SECTIONS}
@@ -135,7 +136,7 @@ def parse_update_request(body: object) -> UpdateRequest:
 
 def _parse_metadata(value: object) -> Metadata:
     if not isinstance(value, dict):
-        msg = f"metadata: expected an object (the whole metadata), got {describe(value)}"
+        msg = f"metadata: expected an object (the whole metadata), got {describe_json(value)}"
         raise InvalidRequestError(msg, section="metadata", field="metadata")
     try:
         return normalize(value, "metadata", wire=True)  # type: ignore[return-value]
@@ -148,7 +149,7 @@ def _parse_section(body: dict[str, object], name: str) -> tuple[Operation, ...] 
         return None
     raw = body[name]
     if not isinstance(raw, list):
-        msg = f"{name}: expected a list of operations, got {describe(raw)}"
+        msg = f"{name}: expected a list of operations, got {describe_json(raw)}"
         raise InvalidRequestError(msg, section=name)
     try:
         return parse_operations(raw)
