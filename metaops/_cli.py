@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
-from metaops._json import JSON, MAX_DEPTH, describe, normalize
+from metaops._json import JSON, MAX_DEPTH, describe_json, normalize
 from metaops._size import json_size, json_text
 from metaops._values import Operation, _parse, parse_operations
 
@@ -132,7 +132,7 @@ def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
 
 def _as_list(value: object, name: str, source: str) -> list[Any]:
     if not isinstance(value, list):
-        msg = f"{_where(name, source)}: expected a JSON array of operations, got {describe(value)}"
+        msg = f"{_where(name, source)}: expected a JSON array of operations, got {describe_json(value)}"
         raise _BadInput(msg)
     return value
 
@@ -140,7 +140,7 @@ def _as_list(value: object, name: str, source: str) -> list[Any]:
 def _load_metadata(name: str, source: str) -> dict[str, JSON]:
     value = _load(name, source)
     if not isinstance(value, dict):
-        msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {describe(value)}"
+        msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {describe_json(value)}"
         raise _BadInput(msg)
     try:
         return normalize(value, name, wire=True)  # type: ignore[return-value]
