@@ -15,8 +15,17 @@ operations keep hitting the same places (collisions are where bugs live)::
     def test_apply_never_raises(state, ops):
         apply(state, ops)
 
-``integers_only=True`` keeps every number an int, where results are exact (float
-increments merged by the reducer are equal only up to reassociation).
+``integers_only=True`` keeps every number an int small enough (within 2**46) that a
+batch's sums stay exact, where results are exact (float increments merged by the
+reducer are equal only up to reassociation, and so are ints past 2**53, which are
+added as JavaScript's doubles).
+
+The adversarial strategies (:func:`adversarial_keys`, :func:`deep_values`,
+:func:`extreme_numbers`, :func:`adversarial_operations`) draw what broke
+implementations before: paths of thousands of segments, escapes and brackets that
+confuse a parser, values nested at and past :data:`metaops.MAX_DEPTH`, ints past
+2**53 and floats whose sums overflow. They are for laws about robustness (nothing
+but typed errors, invariants kept), not for comparing results with a model.
 """
 
 from __future__ import annotations
@@ -25,12 +34,16 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from metaops._json import JSON
+from metaops._json import JSON, MAX_DEPTH
 from metaops._values import Append, Delete, Increment, Operation, Remove, Set, Update
 
 __all__ = [
     "LITERAL_KEYS",
+    "adversarial_keys",
+    "adversarial_operations",
     "batches",
+    "deep_values",
+    "extreme_numbers",
     "json_values",
     "keys",
     "metadata",
@@ -75,10 +88,14 @@ _UNSAFE: tuple[str, ...] = (
 )
 
 
+# A dozen increments of ints within this bound never leave 2**53, where sums are exact.
+_EXACT_INTS = 2**46
+
+
 def _numbers(integers_only: bool) -> st.SearchStrategy[int | float]:
-    ints = st.integers(min_value=-(2**53), max_value=2**53)
     if integers_only:
-        return ints
+        return st.integers(min_value=-_EXACT_INTS, max_value=_EXACT_INTS)
+    ints = st.integers(min_value=-(2**53), max_value=2**53)
     floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
     return st.one_of(ints, floats, st.sampled_from([0.5, -0.0, 1.0, 1e21, 1e-7, 0.1]))
 
@@ -259,4 +276,145 @@ def batches(
     return st.lists(
         operations(integers_only=integers_only, unsafe=unsafe, paths=paths, update=update),
         max_size=max_size,
+    )
+
+
+# ------------------------------------------------------------------------ adversarial
+
+_LARGEST = 1.7976931348623157e308
+
+
+def extreme_numbers() -> st.SearchStrategy[int | float]:
+    """Numbers at the edges of a double: ints around and far past 2**53, floats near overflow.
+
+    Ints past 2**53 become the doubles JavaScript holds; two large floats added
+    overflow to infinity (written ``null``).
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import Set, json_size
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(extreme_numbers())
+    ... def test_every_number_is_held_as_javascript_holds_it(n):
+    ...     assert json_size(Set("n", n).value) <= 24
+    >>> test_every_number_is_held_as_javascript_holds_it()
+    """
+    exact = 2**53
+    return st.one_of(
+        st.integers(min_value=exact - 4, max_value=exact + 4).flatmap(lambda n: st.sampled_from([n, -n])),
+        st.integers(min_value=exact, max_value=2**1024 - 2**970 - 1).flatmap(
+            lambda n: st.sampled_from([n, -n])
+        ),
+        st.sampled_from([3 * 2**1022, 2**1023, _LARGEST, -_LARGEST, 1e308, -1e308, 5e-324, 2.0**53, 1e21]),
+        st.floats(min_value=1e300, max_value=_LARGEST).flatmap(lambda f: st.sampled_from([f, -f])),
+    )
+
+
+_KEY_PIECES: tuple[str, ...] = (
+    "a",
+    "a\\.b",
+    "a\\\\",
+    "\\",
+    "x~1y",
+    "~1",
+    "*",
+    "[0:2]",
+    "[:]",
+    "[-1:]",
+    "[0:-]",
+    "[",
+    "]",
+    "['a']",
+    '["a"]',
+    "[99999999999999999999999:]",
+    "0",
+    "01",
+    "4294967294",
+    "4294967295",
+    "1048577",
+    "",
+    " ",
+    "日本",
+    "\ud800",
+    "length",
+    "__proto__",
+    "prototype",
+)
+
+
+def adversarial_keys() -> st.SearchStrategy[str]:
+    """Keys that stress the key parser and matcher: long paths, escapes, brackets, wildcards.
+
+    Paths of up to a few thousand segments (one segment repeated, or a run of
+    wildcards), digit runs of thousands of digits, empty segments, lone escapes,
+    unbalanced brackets, slices with bounds past any list, and the unsafe words.
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import Set, apply
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(adversarial_keys())
+    ... def test_apply_takes_any_key(key):
+    ...     apply({"a": {"b": [1]}}, [Set(key, 1)])
+    >>> test_apply_takes_any_key()
+    """
+    piece = st.sampled_from(_KEY_PIECES)
+    short_path = st.lists(piece, min_size=1, max_size=6).map(lambda parts: "$." + ".".join(parts))
+    long_path = st.tuples(piece, st.integers(min_value=100, max_value=3_000), piece).map(
+        lambda drawn: "$." + ".".join([drawn[0]] * drawn[1] + [drawn[2]])
+    )
+    digits = st.integers(min_value=11, max_value=5_000).map(lambda n: "$.a." + "1" * n)
+    literal = st.one_of(piece, st.text(max_size=6), st.integers(1, 5_000).map(lambda n: "a" * n))
+    return st.one_of(short_path, short_path, long_path, digits, literal, keys())
+
+
+def _tower(levels: int, dict_levels: list[bool]) -> JSON:
+    value: JSON = 1
+    for level in range(levels):
+        value = {"a": value} if dict_levels[level % len(dict_levels)] else [value]
+    return value
+
+
+def deep_values(*, min_levels: int = MAX_DEPTH - 3, max_levels: int = MAX_DEPTH) -> st.SearchStrategy[JSON]:
+    """Values whose containers nest between ``min_levels`` and ``max_levels`` deep.
+
+    Dicts keyed ``"a"`` and lists, mixed. By default at the edge of what an
+    operation's value may hold; ``max_levels`` past :data:`metaops.MAX_DEPTH` draws
+    values that construction must refuse.
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import Set
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(deep_values())
+    ... def test_values_up_to_the_bound_are_taken(value):
+    ...     assert Set("a", value).value == value
+    >>> test_values_up_to_the_bound_are_taken()
+    """
+    return st.builds(
+        _tower,
+        st.integers(min_value=min_levels, max_value=max_levels),
+        st.lists(st.booleans(), min_size=1, max_size=4),
+    )
+
+
+def adversarial_operations() -> st.SearchStrategy[Operation]:
+    """One operation over :func:`adversarial_keys`, with deep values and extreme numbers.
+
+    >>> from hypothesis import given, settings
+    >>> from metaops import apply
+    >>> @settings(max_examples=5, derandomize=True)
+    ... @given(adversarial_operations())
+    ... def test_one_operation_never_raises(op):
+    ...     apply({"a": [1]}, [op])
+    >>> test_one_operation_never_raises()
+    """
+    key = adversarial_keys()
+    value = st.one_of(
+        json_values(max_leaves=4), deep_values(), extreme_numbers(), json_values(numbers=extreme_numbers())
+    )
+    return st.one_of(
+        st.builds(Set, key, value),
+        st.builds(Delete, key),
+        st.builds(Append, key, value),
+        st.builds(Remove, key, value),
+        st.builds(Increment, key, st.one_of(extreme_numbers(), _numbers(False))),
+        st.builds(Update, st.dictionaries(st.sampled_from(_TOP_KEYS), value, max_size=3)),
     )
