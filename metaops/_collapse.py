@@ -35,7 +35,7 @@ from typing import Any
 
 from metaops._apply import _HANDLERS, _Tree
 from metaops._errors import InvalidLimitError, MetadataTooLargeError
-from metaops._json import add_numbers, fits_double, json_equal
+from metaops._json import add_numbers, describe, fits_double, json_equal
 from metaops._paths import CACHED_KEY_LENGTH, MAX_PADDING, Key, Slice, parse_key
 from metaops._size import json_size
 from metaops._values import (
@@ -671,7 +671,7 @@ def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[
     [2, 2, 1]
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= _BODY_OVERHEAD:
-        msg = f"chunk: max_bytes must be an int over {_BODY_OVERHEAD}, got {max_bytes!r}"
+        msg = f"chunk: max_bytes must be an int over {_BODY_OVERHEAD}, got {describe(max_bytes)}"
         raise InvalidLimitError(msg)
     batch = tuple(iterate_operations(ops, "chunk"))
     if not batch:

@@ -150,10 +150,15 @@ def json_equal(a: object, b: object) -> bool:
     """
     if a is b:
         return True
-    if a != b:
-        return False
-    # Python's == already agrees everywhere except where a bool meets a number.
-    return _no_bool_confusion(a, b, ordered=False)
+    try:
+        if a != b:
+            return False
+        # Python's == already agrees everywhere except where a bool meets a number.
+        return _no_bool_confusion(a, b, ordered=False)
+    except RecursionError:
+        # Not from anything apply produces (metadata nests at most MAX_DEPTH + 2 levels).
+        msg = "json_equal: the values are nested too deeply to compare (or contain themselves)"
+        raise InvalidValueError(msg, "value") from None
 
 
 def json_identical(a: object, b: object) -> bool:
@@ -317,8 +322,25 @@ def _describe_other(value: object) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
-def _index_text(where: str, key: object) -> str:
-    return f"{where}[{key!r}]"
+# Where a part of a value is, while normalize walks it: the argument's name, then
+# (the place of the container, the key or index) pairs. Spelled out only for an
+# error, so that the walk costs no string building per item, and the text stays
+# short however long the keys.
+_Place: TypeAlias = Union[str, tuple["_Place", Union[str, int]]]  # noqa: UP007
+
+_SHOWN_KEY = 40
+
+
+def _place_text(place: _Place) -> str:
+    steps: list[str] = []
+    while not isinstance(place, str):
+        place, step = place
+        if isinstance(step, str) and len(step) > _SHOWN_KEY:
+            step = step[: _SHOWN_KEY - 3] + "..."
+        steps.append(f"[{step!r}]")
+    steps.append(place)
+    steps.reverse()
+    return "".join(steps)
 
 
 MAX_DEPTH = 256
@@ -406,20 +428,22 @@ def normalize(value: object, where: str = "value", *, wire: bool = False, metada
     return _normalize(value, where, wire, set(), 0, MAX_METADATA_DEPTH if metadata else MAX_DEPTH)
 
 
-def _normalize(value: object, where: str, wire: bool, active: set[int], depth: int, levels: int) -> JSON:
+def _normalize(value: object, place: _Place, wire: bool, active: set[int], depth: int, levels: int) -> JSON:
     kind = type(value)
     if kind is str or value is None or kind is bool:
         return value  # type: ignore[return-value]
     if kind is int:
-        return _checked_int(value, where)  # type: ignore[arg-type]
+        return _checked_int(value, place)  # type: ignore[arg-type]
     if kind is float:
-        return _checked_float(value, where)  # type: ignore[arg-type]
+        return _checked_float(value, place)  # type: ignore[arg-type]
     if isinstance(value, (dict, list, tuple)):
         marker = id(value)
         if marker in active:
+            where = _place_text(place)
             msg = f"{where} contains itself (a circular reference), which JSON cannot hold"
             raise InvalidValueError(msg, where)
         if depth == levels:
+            where = _place_text(place)
             shown = where if len(where) <= 60 else f"{where[:40]}...{where[-12:]}"
             what = "values" if levels == MAX_DEPTH else "metadata"
             msg = (
@@ -434,18 +458,16 @@ def _normalize(value: object, where: str, wire: bool, active: set[int], depth: i
                 out: dict[str, JSON] = {}
                 for key, item in value.items():
                     if not isinstance(key, str):
+                        where = _place_text(place)
                         msg = (
-                            f"{where} has the key {key!r} ({type(key).__name__}); "
+                            f"{where} has a key that is {describe(key)}, not a str; "
                             "JSON object keys must be str"
                         )
                         raise InvalidValueError(msg, where)
-                    out[str.__str__(key)] = _normalize(
-                        item, _index_text(where, key), wire, active, depth, levels
-                    )
+                    key = str.__str__(key)
+                    out[key] = _normalize(item, (place, key), wire, active, depth, levels)
                 return out
-            return [
-                _normalize(item, f"{where}[{i}]", wire, active, depth, levels) for i, item in enumerate(value)
-            ]
+            return [_normalize(item, (place, i), wire, active, depth, levels) for i, item in enumerate(value)]
         finally:
             active.discard(marker)
     if isinstance(value, str):
@@ -453,11 +475,12 @@ def _normalize(value: object, where: str, wire: bool, active: set[int], depth: i
     if isinstance(value, bool):  # pragma: no cover - bool cannot be subclassed
         return bool(value)
     if isinstance(value, int):
-        return _checked_int(int(value), where)
+        return _checked_int(int(value), place)
     if isinstance(value, float):
-        return _checked_float(float(value), where)
+        return _checked_float(float(value), place)
     if isinstance(value, datetime) and not wire:
         if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+            where = _place_text(place)
             msg = (
                 f"{where} is a naive datetime ({value.isoformat()}): it names no instant, "
                 "so it cannot become a JSON date string; give it a tzinfo "
@@ -465,6 +488,7 @@ def _normalize(value: object, where: str, wire: bool, active: set[int], depth: i
             )
             raise InvalidValueError(msg, where)
         return js_iso_string(value)
+    where = _place_text(place)
     if isinstance(value, (datetime, date, timedelta)):
         msg = f"{where} is {describe(value)}, not a JSON value"
         if isinstance(value, date) and not isinstance(value, datetime):
@@ -477,18 +501,20 @@ def _normalize(value: object, where: str, wire: bool, active: set[int], depth: i
     raise InvalidValueError(msg, where)
 
 
-def _checked_int(value: int, where: str) -> int | float:
+def _checked_int(value: int, place: _Place) -> int | float:
     if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
         return value
     double = to_double(value)
     if math.isfinite(double):
         return double
+    where = _place_text(place)
     msg = f"{where} is an int too large for a JSON number (JavaScript would read Infinity)"
     raise InvalidValueError(msg, where)
 
 
-def _checked_float(value: float, where: str) -> float:
+def _checked_float(value: float, place: _Place) -> float:
     if math.isfinite(value):
         return value
+    where = _place_text(place)
     msg = f"{where} is {value!r}, which JSON cannot hold (JSON numbers are finite)"
     raise InvalidValueError(msg, where)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeAlias, Union
 
-from metaops._json import INDEX_DIGITS, JSON, MAX_ARRAY_INDEX, MISSING, _Missing, js_key_order
+from metaops._errors import InvalidValueError
+from metaops._json import INDEX_DIGITS, JSON, MAX_ARRAY_INDEX, MISSING, _Missing, describe, js_key_order
 
 __all__ = [
     "DEAD",
@@ -120,6 +121,9 @@ def is_safe_key(key: str) -> bool:
     >>> is_safe_key("progress"), is_safe_key("$.a.b"), is_safe_key("$.constructor")
     (True, True, False)
     """
+    if not isinstance(key, str):
+        msg = f"is_safe_key: key must be a str, got {describe(key)}"
+        raise InvalidValueError(msg, "key")
     return parse_key(key).safe
 
 

@@ -456,7 +456,7 @@ def metadata_limit(limit: int | None = None) -> int:
     """
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            msg = f"limit must be a non-negative int of bytes, got {limit!r}"
+            msg = f"limit must be a non-negative int of bytes, got {describe(limit)}"
             raise InvalidLimitError(msg)
         return limit
     raw = os.environ.get(LIMIT_ENV)

@@ -822,3 +822,73 @@ def test_errors_about_wire_json_keep_json_words(wire: Any, words: str) -> None:
         InvalidOperationError, match="operations: expected a list of operations, got an object"
     ):
         parse_operations(_untyped({"type": "set"}))
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+
+def _deep_list(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (
+            lambda: metaops.is_safe_key(_untyped(None)),
+            InvalidValueError,
+            "is_safe_key: key must be a str, got None",
+        ),
+        (lambda: metaops.is_safe_key(_untyped(["$.a"])), InvalidValueError, "got a list"),
+        (
+            lambda: metaops.json_equal(_deep_list(5_000), _deep_list(5_000)),
+            InvalidValueError,
+            "nested too deeply",
+        ),
+        (lambda: metaops.chunk([], _untyped(_deep_list(5_000))), metaops.InvalidLimitError, "got a list"),
+        (lambda: metaops.chunk([], _untyped(_Unprintable())), metaops.InvalidLimitError, "got a tests."),
+        (
+            lambda: metaops.metadata_limit(_untyped(_deep_list(5_000))),
+            metaops.InvalidLimitError,
+            "got a list",
+        ),
+        (lambda: metaops.check_size({}, _untyped(_Unprintable())), metaops.InvalidLimitError, "got a tests."),
+    ],
+    ids=[
+        "key None",
+        "key list",
+        "equal deep",
+        "chunk deep",
+        "chunk unprintable",
+        "limit deep",
+        "check unprintable",
+    ],
+)
+def test_odd_arguments_raise_typed_errors_describing_them(call: Any, error: type, words: str) -> None:
+    """Found by fuzzing the public functions: each odd argument is named, never repr'd into a crash."""
+    with pytest.raises(error, match=re.escape(words)):
+        call()
+
+
+def test_error_places_stay_short_and_cheap_whatever_the_keys() -> None:
+    """A value's place in an error cuts long keys short, and is built only for the error.
+
+    (It was spelled out for every item while walking: 256 levels of 8 KB keys copied
+    a quarter of a gigabyte.)
+    """
+    value: Any = {"bad": {1, 2}}
+    for level in range(256 - 1):
+        value = {f"{level}{'k' * 8_000}": value}
+    with pytest.raises(InvalidValueError) as caught:
+        Set("a", value)
+    assert len(str(caught.value)) < 60 * 256
+    assert str(caught.value).endswith("['bad'] is a set, not a JSON value")
+    long_unsafe = "$.constructor." + "a" * 1_000_000
+    with pytest.raises(InvalidOperationError) as refused:
+        parse_operation({"type": "set", "key": long_unsafe, "value": 1})
+    assert len(str(refused.value)) < 400
