@@ -17,7 +17,9 @@ Four laws:
    object shared by several places), or from an operation the detector names.
 2. ``parse_operation`` accepts exactly the raw dicts the reference schema accepts, and
    reads them as the schema does.
-3. ``json_size`` is the byte length of the reference's ``JSON.stringify``.
+3. ``json_size`` is the byte length of the reference's ``JSON.stringify``. Numbers past
+   2**53, sums that pass it and sums that overflow are compared exactly (law 1 and 3):
+   metaops holds the doubles the reference holds.
 4. The reference gives the same metadata for ``collapse(ops)`` as for ``ops``.
 
 Run it alone with ``pytest -m reference tests/test_reference.py``; with
@@ -56,9 +58,17 @@ from metaops import (
     parse_operation,
     parse_operations,
 )
-from metaops._json import MISSING, js_key_order
+from metaops._json import MISSING, js_key_order, normalize
 from metaops._paths import DEAD, Key, Slice, Wildcard, first, match, parse_key
-from metaops.strategies import batches, json_values, keys, metadata, operations, unsafe_keys
+from metaops.strategies import (
+    batches,
+    extreme_numbers,
+    json_values,
+    keys,
+    metadata,
+    operations,
+    unsafe_keys,
+)
 
 from .node_reference import ReferenceRunner, ensure_reference
 
@@ -738,6 +748,37 @@ def test_apply_agrees_on_hostile_keys(
     """With keys that break the reference's path re-parse (dots, backslashes, '~1', '*',
     inherited names), every operation outside the documented divergences still agrees."""
     _check_apply(reference, state, ops, "hostile")
+
+
+def _number_keys() -> st.SearchStrategy[str]:
+    return st.sampled_from(["n", "a", "logs", "$.n", "$.a.n", "$.a.0", "$.logs.1"])
+
+
+@settings(max_examples=_examples(8), suppress_health_check=[HealthCheck.too_slow])
+@given(
+    state=metadata(numbers=st.one_of(extreme_numbers(), st.integers(-3, 3))).map(
+        lambda state: normalize(state, metadata=True)
+    ),
+    ops=st.lists(
+        st.one_of(
+            st.builds(Increment, _number_keys(), st.one_of(extreme_numbers(), st.integers(-3, 3))),
+            st.builds(Set, _number_keys(), extreme_numbers()),
+            st.builds(Append, _number_keys(), extreme_numbers()),
+        ),
+        max_size=8,
+    ),
+)
+def test_numbers_past_2_to_the_53_are_what_the_reference_computes(
+    reference: ReferenceRunner, state: dict[str, Any], ops: list[Operation]
+) -> None:
+    """Ints past 2**53, sums that pass it and sums that overflow: apply holds exactly the
+    doubles the reference holds (an overflow is Infinity, written null), and json_size
+    measures the reference's JSON.stringify of the result."""
+    _check_apply(reference, state, ops, "numbers")
+    result = apply(state, ops).metadata
+    assert json_size(result) == reference.ask({"sizeof": _carried(result)})["size"], json.dumps(
+        _as_js(result)
+    )
 
 
 # ---------------------------------------------------------------------------------------
