@@ -576,43 +576,32 @@ def _set_at_depth(depth: int, value: object) -> dict[str, Any]:
     return {"type": "set", "key": "$." + ".".join(["a"] * depth), "value": value}
 
 
-def _grow_to_750_levels(client: Client, run_id: str) -> None:
-    """Nest the run's metadata 750 levels deep, each request's values 250 levels at most."""
-    for depth in (0, 250, 500):
-        write = (
-            {"type": "set", "key": "a", "value": _nested(250)}
-            if depth == 0
-            else _set_at_depth(depth, _nested(250))
-        )
-        status, payload = client.put_metadata(run_id, {"operations": [write]})
-        assert status == 200, payload
-
-
-def test_writes_nesting_metadata_too_deep_for_json_are_400_and_change_nothing(client: Client) -> None:
-    """Values within bounds, written so deep into deep metadata that the result could not be
-    written as JSON: 400 saying so, and the run is as it was (and still readable)."""
-    client.create_run("deep-own")
-    _grow_to_750_levels(client, "deep-own")
+def test_writes_that_would_nest_past_the_depth_bound_are_unapplied_and_change_nothing(client: Client) -> None:
+    """Values within bounds, set at the end of a path so deep that the metadata would nest past
+    MAX_DEPTH + 2 levels: apply leaves such a write unapplied, so the answer is 200 with the run as
+    it was (and still readable)."""
+    client.create_run("deep-own", metadata={"a": _nested(250)})
     before = client.run("deep-own")
-    status, payload = client.put_metadata("deep-own", {"operations": [_set_at_depth(750, _nested(250))]})
-    assert (status, payload) == (
-        400,
-        {"error": "the update would nest the metadata 1,000 levels deep, too deeply to be written as JSON"},
-    )
+    status, payload = client.put_metadata("deep-own", {"operations": [_set_at_depth(250, _nested(250))]})
+    assert (status, payload) == (200, {"metadata": before["metadata"]})
     assert client.run("deep-own") == before
 
 
-def test_parent_operations_nesting_too_deep_are_rejected_not_retried_forever(client: Client) -> None:
-    """A child's parent operation that would nest the parent too deeply for JSON is rejected with
-    the reason at the flush, like one over the size limit; the queue moves on."""
-    client.create_run("deep-parent")
-    _grow_to_750_levels(client, "deep-parent")
-    parent, rejection = _one_of_two_children_rejected(client, "deep-parent", _set_at_depth(750, _nested(250)))
-    assert parent["metadata"]["seen"] == 1
-    assert (
-        "would nest the metadata of run 'deep-parent' 1,000 levels deep, too deeply to be written as JSON"
-        in rejection["reason"]
-    )
+def test_parent_operations_that_would_nest_past_the_depth_bound_are_unapplied(client: Client) -> None:
+    """A child's parent operation that would nest the parent past the bound is left unapplied at
+    the flush (nothing to reject, nothing retried); the other child's parent operation lands."""
+    client.create_run("deep-parent", metadata={"a": _nested(250)})
+    child, sibling = "deep-parent-child", "deep-parent-sibling"
+    client.create_run(child, parentId="deep-parent")
+    client.create_run(sibling, parentId="deep-parent")
+    too_deep = {"operations": OPS_INCREMENT, "parentOperations": [_set_at_depth(250, _nested(250))]}
+    assert client.put_metadata(child, too_deep) == (200, {"metadata": {"n": 1}})
+    seen = {"type": "increment", "key": "seen", "value": 1}
+    assert client.put_metadata(sibling, {"operations": OPS_INCREMENT, "parentOperations": [seen]})[0] == 200
+    client.flush()
+    parent = client.run("deep-parent")
+    assert parent["metadata"] == {"a": _nested(250), "seen": 1}
+    assert parent["rejected"] == []
 
 
 @pytest.mark.parametrize(
