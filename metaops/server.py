@@ -182,9 +182,7 @@ def compute_update(
 
     The limit is ``limit``, else ``TASK_RUN_METADATA_MAXIMUM_SIZE``, else 256 KB. A
     result that changes nothing is never measured, so metadata already over a
-    lowered limit can still take updates that leave it as it is. A result nested too
-    deeply to be written as JSON (each value within bounds, but set at the end of a
-    long path into deep metadata) raises :class:`InvalidValueError`.
+    lowered limit can still take updates that leave it as it is.
 
     >>> from metaops import Increment, Remove
     >>> compute_update({"n": 1}, [Increment("n", 2)])
@@ -196,44 +194,10 @@ def compute_update(
     result = apply(current, operations)
     if result.metadata is current:
         return ComputedUpdate(current, False, result.unapplied, None)
-    size, depth = _measure(result.metadata)
-    if depth is not None:
-        raise InvalidValueError(f"the update {_too_deep(depth)}", "metadata")
+    size = json_size(result.metadata)
     if size > allowed:
         raise MetadataTooLargeError(size, allowed)
     return ComputedUpdate(result.metadata, True, result.unapplied, size)
-
-
-def _measure(metadata: Metadata) -> tuple[int, int | None]:
-    """The JSON size and ``None``; or, for metadata too deep to write as JSON, the size and depth."""
-    try:
-        return json_size(metadata), None
-    except (RecursionError, ValueError):
-        # Of what apply builds, json_size refuses only this: its encoder ran out of stack.
-        return _walk(metadata)
-
-
-def _walk(value: JSON) -> tuple[int, int]:
-    """``json_size(value)`` and how deeply containers nest in it (``[[1]]`` is 2), without recursing."""
-    size = deepest = 0
-    stack: list[tuple[JSON, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            size += 2 + max(len(item) - 1, 0) + sum(json_size(key) + 1 for key in item)
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            size += 2 + max(len(item) - 1, 0)
-            stack.extend((child, depth + 1) for child in item)
-        else:
-            size += json_size(item)
-            continue
-        deepest = max(deepest, depth + 1)
-    return size, deepest
-
-
-def _too_deep(depth: int, whose: str = "the metadata") -> str:
-    return f"would nest {whose} {depth:,} levels deep, too deeply to be written as JSON"
 
 
 # --------------------------------------------------------------------------- retry
@@ -325,8 +289,7 @@ def update_run(
     operations are applied in the order it sent them.
 
     A batch that would take the run past the limit raises
-    :class:`MetadataTooLargeError` before anything is written or buffered; one that
-    would nest it too deeply to be written as JSON, :class:`InvalidValueError`.
+    :class:`MetadataTooLargeError` before anything is written or buffered.
 
     >>> from metaops import Increment
     >>> store = {"run": ({"n": 1}, 7)}
@@ -536,16 +499,13 @@ def _fold(entries: Iterable[BufferedEntry]) -> tuple[Operation, ...]:
 class Rejection:
     """An entry a flush refused because it would take its run past the size limit.
 
-    ``size`` is the JSON size it would give the run. ``depth`` is set when the entry
-    was refused instead for nesting the run's metadata ``depth`` levels deep, too
-    deeply to be written as JSON (``size`` may then be within the limit).
+    ``size`` is the JSON size it would give the run.
     """
 
     entry: BufferedEntry
     reason: str
     size: int
     limit: int
-    depth: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,10 +536,9 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
     """The new metadata for ``batch`` written onto ``current``, within the size limit.
 
     The folded batch is applied in one go. Only when the result is over the limit
-    (or nested too deeply to be written as JSON) are the entries applied one by one,
-    in ``seq`` order, each one skipped (and reported as a :class:`Rejection`) when it
-    would leave the metadata over the limit (or that deep), so that one oversized
-    writer does not cost the others their updates.
+    are the entries applied one by one, in ``seq`` order, each one skipped (and
+    reported as a :class:`Rejection`) when it would leave the metadata over the
+    limit, so that one oversized writer does not cost the others their updates.
 
     >>> from metaops import Append, Increment
     >>> buffer = OperationBuffer()
@@ -592,8 +551,8 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
     result = apply(current, batch.operations)
     if result.metadata is current:
         return FlushPlan(batch.run_id, current, False, batch.entries, (), result.unapplied)
-    size, depth = _measure(result.metadata)
-    if depth is None and size <= allowed:
+    size = json_size(result.metadata)
+    if size <= allowed:
         return FlushPlan(batch.run_id, result.metadata, True, batch.entries, (), result.unapplied)
     state = current
     applied: list[BufferedEntry] = []
@@ -602,12 +561,8 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
     for entry in batch.entries:
         step = apply(state, entry.operations)
         if step.metadata is not state:
-            size, depth = _measure(step.metadata)
+            size = json_size(step.metadata)
             what = f"operations #{entry.seq}"
-            if depth is not None:
-                reason = f"{what} {_too_deep(depth, f'the metadata of run {batch.run_id!r}')}"
-                rejected.append(Rejection(entry, reason, size, allowed, depth))
-                continue
             if size > allowed:
                 reason = (
                     f"{what} would make the metadata of run {batch.run_id!r} "

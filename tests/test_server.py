@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +22,6 @@ from metaops import (
     Delete,
     Increment,
     InvalidOperationError,
-    InvalidValueError,
     MetadataTooLargeError,
     Operation,
     Remove,
@@ -39,7 +37,6 @@ from metaops.server import (
     OperationBuffer,
     PendingBatch,
     RetryPolicy,
-    _walk,
     compute_update,
     flush_run,
     parse_update_request,
@@ -408,69 +405,32 @@ def _deep_write(depth: int) -> Set:
     return Set("$." + ".".join(["a"] * depth), _nested(200))
 
 
-DEEP: dict[str, Any] = {"a": _nested(800), "n": 0}
-"""Metadata nested 801 levels: as deep as it may be and still be written as JSON."""
+DEEP: dict[str, Any] = {"a": _nested(250), "n": 0}
+"""Metadata nested 251 levels: a write 250 keys into it of a 200-level value would pass the bound."""
 
 
-def test_update_nesting_too_deep_for_json_raises_before_writing_or_buffering() -> None:
-    """Each value within bounds, but written so deep into deep metadata that the result cannot be
-    written as JSON: InvalidValueError (a TypeError) saying so, store and buffer untouched."""
-    store = FakeStore({})
-    store.runs["r"] = (DEEP, 0)  # not through FakeStore's deepcopy, which recurses too deep
+def test_a_write_that_would_nest_past_the_depth_bound_is_unapplied_not_an_error() -> None:
+    """apply leaves such a write unapplied: the update changes nothing and says so; nothing is
+    written, nothing raises."""
+    store = FakeStore({"r": DEEP})
+    deep = _deep_write(250)
+    computed = compute_update(DEEP, [deep, Increment("n")])
+    assert (computed.metadata["n"], computed.unapplied) == (1, (deep,))
     buffer = OperationBuffer()
-    for queued in (False, True):
-        if queued:
-            buffer.add("r", [Increment("n")])
-        with pytest.raises(InvalidValueError, match="1,001 levels deep, too deeply to be written as JSON"):
-            update_run(
-                "r",
-                [_deep_write(801)],
-                read=store.read,
-                compare_and_swap=store.compare_and_swap,
-                buffer=buffer,
-            )
-    assert (store.runs["r"][1], store.calls, len(buffer)) == (0, 0, 1)
-    assert compute_update(DEEP, [Increment("n")]).metadata["n"] == 1
+    outcome = update_run("r", [deep], read=store.read, compare_and_swap=store.compare_and_swap, buffer=buffer)
+    assert (outcome.status, outcome.metadata) == ("unchanged", DEEP)
+    assert (store.runs["r"], store.calls, len(buffer)) == ((DEEP, 0), 0, 0)
 
 
-@pytest.mark.parametrize("depth", [0, 1, 2, 5, 1500])
-def test_metadata_too_deep_for_the_encoder_is_measured_without_it(depth: int) -> None:
-    """The size counted, without recursing, for metadata too deep to encode is json_size's own (as
-    json_size gives it with a deeper stack), and the depth is how deeply its containers nest."""
-    value: Any = [
-        "x",
-        1.5,
-        10**21,
-        float("nan"),
-        {"k\u00e9y": [True, None, -0.0, "\ud800\U0001f389"]},
-        {},
-        [],
-    ]
-    for level in range(depth):
-        value = {"a": value, "b": level} if level % 2 else [value, "é"]
-    metadata = {"top": value}
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(10_000)
-    try:
-        expected = json_size(metadata)
-    finally:
-        sys.setrecursionlimit(limit)
-    assert _walk(metadata) == (expected, depth + 4)  # top, the levels, value, its object, its list
-
-
-def test_flush_rejects_only_the_entry_nesting_too_deep() -> None:
-    """Of three writers, the one whose write would nest the metadata too deeply to be written as
-    JSON is rejected with the reason, the depth and the size it would have had; the others land."""
-    batch = _entries([[Increment("n")], [_deep_write(801)], [Append("log", "ok")]])
+def test_a_flush_leaves_unapplied_only_the_entry_that_would_nest_past_the_bound() -> None:
+    """Of three writers, the one whose write would nest the metadata past the depth bound has its
+    operation unapplied; the others land; nothing is rejected or retried."""
+    deep = _deep_write(250)
+    batch = _entries([[Increment("n")], [deep], [Append("log", "ok")]])
     plan = plan_flush(DEEP, batch)
-    assert (plan.metadata["n"], plan.metadata["log"]) == (1, ["ok"])
-    assert [e.seq for e in plan.applied] == [1, 3]
-    [rejection] = plan.rejected
-    assert (rejection.entry.seq, rejection.depth) == (2, 1001)
-    assert rejection.size == len('{"a":' * 1001 + "1" + "}" * 1001 + ',"n":1}') - 1
-    assert rejection.reason == (
-        "operations #2 would nest the metadata of run 'r' 1,001 levels deep, too deeply to be written as JSON"
-    )
+    assert (plan.metadata["n"], plan.metadata["log"], plan.metadata["a"]) == (1, ["ok"], DEEP["a"])
+    assert [e.seq for e in plan.applied] == [1, 2, 3]
+    assert (plan.rejected, plan.unapplied) == ((), (deep,))
 
 
 @given(

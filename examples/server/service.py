@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from examples.server.storage import Metadata, OutboxEntry, RunRecord, Storage
-from metaops import JSON, InvalidValueError, MetadataTooLargeError, Operation, check_size, metadata_limit
+from metaops import JSON, MetadataTooLargeError, Operation, check_size, metadata_limit
 from metaops.server import (
     FlushPlan,
     FlushResult,
@@ -251,8 +251,6 @@ class MetadataService:
                 return flushed.plan.metadata
             for rejection in flushed.plan.rejected:
                 if rejection.entry.seq == seq:
-                    if rejection.depth is not None:
-                        raise InvalidValueError(rejection.reason, "metadata")
                     raise MetadataTooLargeError(rejection.size, rejection.limit)
         return optimistic
 
