@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
-from metaops._json import JSON, MAX_DEPTH, describe_json, normalize
+from metaops._json import JSON, MAX_DEPTH, describe_json, nests_within, normalize
 from metaops._size import json_size, json_text
 from metaops._values import Operation, _parse, parse_operations
 
@@ -57,10 +57,6 @@ class _BadInput(Exception):
 
 
 _DEEP = "JSON nested too deeply to process"
-
-
-class _TooDeep(Exception):
-    """A value nested too deeply to process or write out (which argument it came from is unknown)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,26 +146,9 @@ def _load_metadata(name: str, source: str) -> dict[str, JSON]:
         raise _BadInput(f"{_where(name, source)}: {_DEEP}") from None
 
 
-def _depth(value: object) -> int:
-    """How deeply ``value``'s containers nest (``[[1]]`` is 2), without recursing."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            depth += 1
-            deepest = max(deepest, depth)
-            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
 def _dump(value: object) -> str:
     """``value`` as one line of the documented output format."""
-    try:
-        return json_text(value, ascii=True) + "\n"
-    except (RecursionError, ValueError):
-        # json_text fails only on a value nested past what the encoder's stack holds.
-        raise _TooDeep from None
+    return json_text(value, ascii=True) + "\n"
 
 
 def _wire(ops: Sequence[Operation]) -> list[dict[str, JSON]]:
@@ -221,11 +200,10 @@ def _validate(args: argparse.Namespace) -> int:
     for index, obj in enumerate(raw):
         # How deep metaops can look is its own limit, not the platform's schema: a value past
         # it is input this oracle cannot judge (exit 2), not an operation the schema refuses.
-        depth = _depth(obj.get("value")) if isinstance(obj, dict) else 0
-        if depth > MAX_DEPTH:
+        if isinstance(obj, dict) and not nests_within(obj.get("value"), MAX_DEPTH):
             msg = (
-                f"{_where('OPS', args.ops)}: operation {index}: field 'value': nested {depth:,} levels "
-                f"deep; metaops checks values nested at most {MAX_DEPTH} levels"
+                f"{_where('OPS', args.ops)}: operation {index}: field 'value': nested more than "
+                f"{MAX_DEPTH} levels deep; metaops checks values nested at most {MAX_DEPTH} levels"
             )
             raise _BadInput(msg)
         try:
@@ -420,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (_BadInput, MetaopsError) as error:
         sys.stderr.write(f"metaops {args.command}: {error}\n")
         return EXIT_BAD_INPUT
-    except (RecursionError, _TooDeep):
+    except RecursionError:
         # The last resort, for input that was read but recursed past the stack while being
         # processed or written out; which argument held it is not known here, so name them all.
         inputs: list[tuple[str, str]] = getattr(args, "inputs", [])
