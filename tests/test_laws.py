@@ -306,3 +306,12 @@ def test_run_metadata_tracks_exactly_the_size_it_stores(
     flush = md.drain()
     for text in flush.texts():
         assert json_size(json.loads(text)) <= flush.max_bytes
+
+
+def test_run_metadata_tracks_big_numbers_as_javascript_stores_them() -> None:
+    """The audit's case through the SDK: sums past the double range and an int of 308 digits."""
+    md = RunMetadata()
+    md.increment("n", 3 * 2**1022).increment("n", 3 * 2**1022).set("a", 2**1023)
+    stored = md.current().to_dict()
+    assert json_text(stored) == '{"n":null,"a":8.98846567431158e+307}'  # JSON.stringify's text
+    assert md.size == json_size(stored) == 36
