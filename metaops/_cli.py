@@ -236,8 +236,19 @@ def _validate(args: argparse.Namespace) -> int:
             detail = str(error) if isinstance(error, InvalidValueError) else _DEEP
             raise _BadInput(f"{_where('OPS', args.ops)}: operation {index}: {detail}") from None
     # Written at the end, so that bad input found part way leaves nothing on standard output.
-    sys.stdout.write("".join(lines))
-    return EXIT_INVALID if lines else EXIT_OK
+    checked = _count(len(raw), "operation")
+    if lines:
+        sys.stdout.write("".join(lines))
+        sys.stderr.write(f"metaops validate: {len(lines):,} of {checked} invalid\n")
+        return EXIT_INVALID
+    # A line even when there is nothing to report, so that success is seen, not inferred.
+    sys.stdout.write(f"{checked}, {'valid' if len(raw) == 1 else 'all valid'}\n")
+    return EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    """``3 operations``, ``1 operation``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _vectors(args: argparse.Namespace) -> int:
@@ -380,8 +391,9 @@ def _parser() -> _Parser:
         "Check operations against the platform's schema",
         "OPS is a JSON array of wire operations, each checked as the platform's schema checks\n"
         "it (unsafe keys are refused). Prints one line per invalid operation,\n"
-        '{"index": <0-based>, "field": <the field at fault, or null>, "message": "..."};\n'
-        "nothing when all are valid.",
+        '{"index": <0-based>, "field": <the field at fault, or null>, "message": "..."},\n'
+        'and "N of M operations invalid" on standard error. When all are valid it prints one\n'
+        'line of text instead, "M operations, all valid" ("1 operation, valid").',
         epilog=_OUTPUT.replace("exit status: 0 done,", "exit status: 0 all valid, 1 some invalid,"),
     )
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")

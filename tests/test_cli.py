@@ -239,12 +239,35 @@ def test_validate_names_the_field() -> None:
     assert [(line["index"], line["field"]) for line in lines] == [(0, "value"), (1, None), (2, "type")]
 
 
-def test_validate_prints_nothing_when_all_are_valid() -> None:
-    """All valid: exit 0, empty output."""
+def test_validate_says_so_when_all_are_valid() -> None:
+    """All valid: exit 0 and one line that says how many operations were checked."""
     ops = [case["op"] for case in WIRE if case["valid"]]
-    assert ops
+    assert len(ops) > 100
     ran = run("validate", "-", stdin=json.dumps(ops))
-    assert (ran.code, ran.out, ran.err) == (0, "", "")
+    assert (ran.code, ran.out, ran.err) == (0, f"{len(ops):,} operations, all valid\n", "")
+
+
+@pytest.mark.parametrize(
+    ("ops", "line"),
+    [
+        ([], "0 operations, all valid\n"),
+        ([{"type": "delete", "key": "a"}], "1 operation, valid\n"),
+        ([{"type": "delete", "key": "a"}] * 2, "2 operations, all valid\n"),
+    ],
+)
+def test_validate_counts_in_words(ops: list[Any], line: str) -> None:
+    """The summary reads as English for none, one and many operations."""
+    ran = run("validate", "-", stdin=json.dumps(ops))
+    assert (ran.code, ran.out, ran.err) == (0, line, "")
+
+
+def test_validate_counts_the_invalid_on_standard_error() -> None:
+    """Some invalid: the JSON lines on standard output stay machine-readable; the count goes to stderr."""
+    ops = [{"type": "delete", "key": "a"}, {"type": "nope"}, {"type": "set"}]
+    ran = run("validate", "-", stdin=json.dumps(ops))
+    assert ran.code == 1
+    assert [json.loads(line)["index"] for line in ran.out.splitlines()] == [1, 2]
+    assert ran.err == "metaops validate: 2 of 3 operations invalid\n"
 
 
 def test_validate_refuses_unsafe_keys() -> None:
