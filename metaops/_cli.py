@@ -8,8 +8,12 @@ oracle that other implementations can test against from any language: JSON in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -27,17 +31,47 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_BAD_INPUT = 2
+EXIT_OUTPUT = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 _OUTPUT = """\
 output: one line of compact JSON (no spaces), newline-terminated, ASCII only
 (other characters as \\u escapes), object keys in the order metaops holds them
 (not sorted). Numbers are written as Python writes them (1.0, 1e-05), which parse
 to the same values; a number that is not finite (a float increment that
-overflowed) is written null, as JavaScript's JSON.stringify writes it.
+overflowed) is written null, as JavaScript's JSON.stringify writes it."""
 
-exit status: 0 done, 2 bad input (a file that cannot be read, malformed JSON,
-the wrong shape, an invalid operation, JSON nested too deeply): one line on
-standard error says what."""
+# Every command's exit statuses, as --help lists them: (status, what it means). A test runs
+# each listed status of each command, so a status added here or in a command needs a case there.
+_BAD_JSON = (
+    "a wrong command line, a file that cannot be read, input that is empty or not JSON "
+    "(not UTF-8 text, malformed JSON, NaN), JSON of the wrong shape, JSON nested too deeply"
+)
+_DONE = (EXIT_OK, "done")
+_NOT_WRITTEN = (
+    EXIT_OUTPUT,
+    "standard output could not be written (a full disk, a closed stream: one line on "
+    "standard error says why; nothing is said when a reader such as head stopped reading); "
+    "what was written before may be cut short",
+)
+_STOPPED = (EXIT_INTERRUPTED, "interrupted (Ctrl-C)")
+
+
+def _bad(what: str) -> tuple[int, str]:
+    return (EXIT_BAD_INPUT, f"bad input: {what}; one line on standard error says what and where")
+
+
+def _exit_statuses(*statuses: tuple[int, str]) -> str:
+    rows = (
+        textwrap.fill(meaning, width=80, initial_indent=f"  {status:<5}", subsequent_indent=" " * 7)
+        for status, meaning in statuses
+    )
+    return "exit status:\n" + "\n".join(rows)
+
+
+def _epilog(output: str, *statuses: tuple[int, str]) -> str:
+    return f"{output}\n\n{_exit_statuses(*statuses)}" if output else _exit_statuses(*statuses)
+
 
 _FLOATS = """\
 Exactly so for integers; float increments merged into one are equal up to
@@ -54,6 +88,10 @@ refuses them)."""
 
 class _BadInput(Exception):
     """Input the command cannot work on; the message says which argument and what is wrong."""
+
+
+class _OutputFailed(Exception):
+    """Standard output cannot be written; the message says why."""
 
 
 _DEEP = "JSON nested too deeply to process"
@@ -172,6 +210,63 @@ def _dump(value: object) -> str:
         raise _TooDeep from None
 
 
+def _out(text: str) -> None:
+    """Write ``text`` to standard output; :class:`_OutputFailed` when it cannot be written."""
+    stream = sys.stdout
+    binary = getattr(stream, "buffer", None)
+    try:
+        if binary is None:  # a text stream without bytes underneath (e.g. io.StringIO)
+            stream.write(text)
+            return
+        stream.flush()
+        # The bytes, in a loop: over an unbuffered file (python -u, PYTHONUNBUFFERED=1) the
+        # text layer ignores a short write, so output cut short by a reader leaving (| head)
+        # would pass for complete and end with status 0.
+        view = memoryview(_encoded(text, stream))
+        while view:
+            written = binary.write(view)
+            if not written:  # None: a non-blocking stream that cannot take more now
+                raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            view = view[written:]
+    except BrokenPipeError:
+        raise  # the reader left on purpose (| head): main() ends quietly
+    except OSError as error:
+        msg = f"cannot write to standard output: {error.strerror or error}"
+        raise _OutputFailed(msg) from None
+
+
+def _encoded(text: str, stream: Any) -> bytes:
+    """``text`` in ``stream``'s encoding; what it cannot encode (a path's odd bytes) escaped."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, getattr(stream, "errors", None) or "strict")
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace")
+
+
+def _say(command: str, message: str) -> None:
+    """One line on standard error, if there is a standard error to write to."""
+    with contextlib.suppress(AttributeError, OSError):  # closed (None) or broken: nobody to tell
+        sys.stderr.write(f"metaops {command}: {message}\n")
+
+
+def _abandon_stdout() -> None:
+    """Point the process's standard output at the null device.
+
+    What is still buffered would otherwise fail again when the interpreter flushes it
+    on exit, with a second report ("Exception ignored ... BrokenPipeError").
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's StringIO): nothing buffered
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, descriptor)
+    finally:
+        os.close(null)
+
+
 def _wire(ops: Sequence[Operation]) -> list[dict[str, JSON]]:
     return [op.to_wire() for op in ops]
 
@@ -186,13 +281,13 @@ def _apply(args: argparse.Namespace) -> int:
     result = apply(state, ops)
     unapplied = {id(op) for op in result.unapplied}
     indices = [index for index, op in enumerate(ops) if id(op) in unapplied]
-    sys.stdout.write(_dump({"metadata": result.metadata, "unapplied": indices}))
+    _out(_dump({"metadata": result.metadata, "unapplied": indices}))
     return EXIT_OK
 
 
 def _collapse(args: argparse.Namespace) -> int:
     ops = _load_operations("OPS", args.ops)
-    sys.stdout.write(_dump(_wire(collapse(ops))))
+    _out(_dump(_wire(collapse(ops))))
     return EXIT_OK
 
 
@@ -200,7 +295,7 @@ def _compose(args: argparse.Namespace) -> int:
     _one_stdin(args.first, args.second)
     first = _load_operations("A", args.first)
     second = _load_operations("B", args.second)
-    sys.stdout.write(_dump(_wire(compose(first, second))))
+    _out(_dump(_wire(compose(first, second))))
     return EXIT_OK
 
 
@@ -211,7 +306,7 @@ def _size(args: argparse.Namespace) -> int:
     except (RecursionError, ValueError):
         # Read, but nested past what the encoder's stack holds.
         raise _BadInput(f"{_where('JSON', args.json)}: {_DEEP}") from None
-    sys.stdout.write(f"{size}\n")
+    _out(f"{size}\n")
     return EXIT_OK
 
 
@@ -238,11 +333,11 @@ def _validate(args: argparse.Namespace) -> int:
     # Written at the end, so that bad input found part way leaves nothing on standard output.
     checked = _count(len(raw), "operation")
     if lines:
-        sys.stdout.write("".join(lines))
-        sys.stderr.write(f"metaops validate: {len(lines):,} of {checked} invalid\n")
+        _out("".join(lines))
+        _say("validate", f"{len(lines):,} of {checked} invalid")
         return EXIT_INVALID
     # A line even when there is nothing to report, so that success is seen, not inferred.
-    sys.stdout.write(f"{checked}, {'valid' if len(raw) == 1 else 'all valid'}\n")
+    _out(f"{checked}, {'valid' if len(raw) == 1 else 'all valid'}\n")
     return EXIT_OK
 
 
@@ -265,7 +360,7 @@ def _vectors(args: argparse.Namespace) -> int:
         msg = f"DIR ({args.dir}): cannot write the vectors there: {error.strerror or error}"
         raise _BadInput(msg) from None
     for path in written:
-        sys.stdout.write(f"{path}\n")
+        _out(f"{path}\n")
     return EXIT_OK
 
 
@@ -277,7 +372,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise _BadInput(msg)
     tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
     if not args.json:
-        sys.stdout.write(
+        _out(
             f"metaops demo: the CSV example of the run-metadata docs, {args.rows:,} rows, "
             "in one process (SQLite in a temporary directory)\n"
         )
@@ -288,7 +383,7 @@ def _demo(args: argparse.Namespace) -> int:
         progress=None if args.json else sys.stdout,
         tty=tty,
     )
-    sys.stdout.write(_dump(report.to_json()) if args.json else summary(report))
+    _out(_dump(report.to_json()) if args.json else summary(report))
     return EXIT_OK if report.consistent else EXIT_INVALID
 
 
@@ -314,7 +409,11 @@ def _parser() -> _Parser:
     parser.add_argument("--version", action="version", version=f"metaops {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, summary: str, description: str, epilog: str = _OUTPUT) -> _Parser:
+    operations_epilog = _epilog(
+        _OUTPUT, _DONE, _bad(_BAD_JSON + ", an invalid operation"), _NOT_WRITTEN, _STOPPED
+    )
+
+    def command(name: str, summary: str, description: str, epilog: str = operations_epilog) -> _Parser:
         sub: _Parser = commands.add_parser(
             name,
             help=summary,
@@ -333,7 +432,14 @@ def _parser() -> _Parser:
         "directory. Shows a progress bar on a terminal (plain lines otherwise), then a summary:\n"
         "calls made, operations sent after collapsing against what the reference's rule would\n"
         "send, bytes sent, flushes, the final metadata and its size.",
-        epilog="exit status: 0 when the stored metadata equals every call applied one by one, else 1.",
+        epilog=_epilog(
+            "",
+            (EXIT_OK, "the stored metadata equals every accepted call applied one by one"),
+            (EXIT_INVALID, "it does not"),
+            _bad("a wrong command line, an option out of range"),
+            _NOT_WRITTEN,
+            _STOPPED,
+        ),
     )
     demo.add_argument("--rows", type=int, default=3000, help="rows in the CSV file (default 3000)")
     demo.add_argument(
@@ -382,6 +488,7 @@ def _parser() -> _Parser:
         "Measure the JSON size of a value",
         "JSON is any JSON value. Prints its size in bytes as JavaScript measures it: the\n"
         "UTF-8 length of JSON.stringify(value), as a decimal integer.",
+        epilog=_epilog("", _DONE, _bad(_BAD_JSON), _NOT_WRITTEN, _STOPPED),
     )
     sub.add_argument("json", metavar="JSON", help="any JSON value")
     sub.set_defaults(handler=_size, inputs=[("JSON", "json")])
@@ -394,7 +501,15 @@ def _parser() -> _Parser:
         '{"index": <0-based>, "field": <the field at fault, or null>, "message": "..."},\n'
         'and "N of M operations invalid" on standard error. When all are valid it prints one\n'
         'line of text instead, "M operations, all valid" ("1 operation, valid").',
-        epilog=_OUTPUT.replace("exit status: 0 done,", "exit status: 0 all valid, 1 some invalid,"),
+        epilog=_epilog(
+            "output: each line for an invalid operation is compact JSON, ASCII only (other\n"
+            "characters as \\u escapes).",
+            (EXIT_OK, "all valid"),
+            (EXIT_INVALID, "some invalid (a line for each on standard output)"),
+            _bad(_BAD_JSON + " (an operation that is not valid is status 1, not bad input)"),
+            _NOT_WRITTEN,
+            _STOPPED,
+        ),
     )
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
     sub.set_defaults(handler=_validate, inputs=[("OPS", "ops")])
@@ -405,7 +520,9 @@ def _parser() -> _Parser:
         "Writes apply.jsonl, divergences.jsonl, size.jsonl, wire.jsonl and their README.md into\n"
         "DIR (created if missing; files of those names are replaced), for another implementation\n"
         "to run metaops's own cases. Prints the path of each file written, one a line.",
-        epilog="exit status: 0 done, 2 DIR cannot be written (one line on standard error says why).",
+        epilog=_epilog(
+            "", _DONE, _bad("a wrong command line, DIR cannot be written"), _NOT_WRITTEN, _STOPPED
+        ),
     )
     sub.add_argument("dir", metavar="DIR", help="the directory to write into")
     sub.set_defaults(handler=_vectors)
@@ -427,11 +544,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as done:  # --help, --version, or a usage error (already reported)
         return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
+    if sys.stdout is None:  # started with its standard output closed (>&-)
+        _say(args.command, "standard output is closed: there is nowhere to write the answer")
+        return EXIT_OUTPUT
     try:
         code: int = args.handler(args)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            msg = f"cannot write to standard output: {error.strerror or error}"
+            raise _OutputFailed(msg) from None
     except (_BadInput, MetaopsError) as error:
-        sys.stderr.write(f"metaops {args.command}: {error}\n")
+        _say(args.command, str(error))
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _say(args.command, "interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Its reader stopped reading (| head): as other tools do, end without a word.
+        _abandon_stdout()
+        return EXIT_OUTPUT
+    except _OutputFailed as error:
+        _say(args.command, str(error))
+        _abandon_stdout()
+        return EXIT_OUTPUT
     except (RecursionError, _TooDeep):
         # The last resort, for input that was read but recursed past the stack while being
         # processed or written out; which argument held it is not known here, so name them all.
@@ -439,7 +577,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not inputs:
             raise
         named = " or ".join(_where(name, getattr(args, attr)) for name, attr in inputs)
-        sys.stderr.write(f"metaops {args.command}: {named}: {_DEEP}\n")
+        _say(args.command, f"{named}: {_DEEP}")
         return EXIT_BAD_INPUT
-    sys.stdout.flush()
     return code

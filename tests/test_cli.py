@@ -8,10 +8,13 @@ status and standard input.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from importlib.resources import files
@@ -53,15 +56,25 @@ class Ran:
         return json.loads(self.out)
 
 
-def run(*argv: str, stdin: bytes | str = b"") -> Ran:
-    """``main(argv)`` with ``stdin`` as standard input, capturing standard output and error."""
-    data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
-    out, err = io.StringIO(), io.StringIO()
+def run(*argv: str, stdin: bytes | str | io.TextIOBase = b"", stdout: io.StringIO | None = None) -> Ran:
+    """``main(argv)`` with ``stdin`` as standard input, capturing standard output and error.
+
+    ``stdin`` is the bytes (or text) standard input holds, or a stream to use as it;
+    ``stdout``, a stream to use as standard output instead of a fresh one.
+    """
+    if isinstance(stdin, io.TextIOBase):
+        stream = stdin
+    else:
+        data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
+        stream = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    out, err = stdout or io.StringIO(), io.StringIO()
     saved = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    sys.stdin = stream
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(list(argv))
+    except KeyboardInterrupt:  # left to escape, it would stop the whole test session
+        pytest.fail("KeyboardInterrupt escaped main()")
     finally:
         sys.stdin = saved
     return Ran(code, out.getvalue(), err.getvalue())
@@ -581,7 +594,7 @@ def test_every_command_has_help(command: str) -> None:
     assert ran.code == 0
     assert ran.out.startswith(f"usage: metaops {command} ")
     assert "exit status:" in ran.out
-    if command not in ("demo", "vectors"):
+    if command in ("apply", "collapse", "compose"):
         assert "one line of compact JSON" in ran.out
 
 
@@ -614,6 +627,218 @@ def test_version() -> None:
 
     ran = run("--version")
     assert (ran.code, ran.out) == (0, f"metaops {metaops.__version__}\n")
+
+
+# --------------------------------------------------------------------------- exit statuses
+
+
+def documented_statuses(command: str) -> set[int]:
+    """The exit statuses ``COMMAND --help`` lists (its "exit status:" section, one a row)."""
+    help_text = run(command, "--help").out
+    assert "\nexit status:\n" in help_text, command
+    section = help_text.split("\nexit status:\n", 1)[1]
+    return {int(status) for status in re.findall(r"^  (\d+) +\S", section, flags=re.MULTILINE)}
+
+
+def parser_commands() -> list[str]:
+    """Every subcommand the parser knows (read from --help, so that a new one shows up here)."""
+    return re.findall(r"^    ([a-z]+) ", run("--help").out, flags=re.MULTILINE)
+
+
+def inconsistent_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the demo's check fail: its report says the stored metadata differs."""
+    import metaops._demo
+
+    real = metaops._demo.run_demo
+
+    def differs(*args: Any, **kwargs: Any) -> Any:
+        return dataclasses.replace(real(*args, **kwargs), consistent=False)
+
+    monkeypatch.setattr(metaops._demo, "run_demo", differs)
+
+
+# For each command, a command line that ends with each status it documents, other than 3
+# and 130 (output that cannot be written, Ctrl-C), which every command shares and which are
+# run below from its status-0 command line. Arguments in braces are files made by the test.
+EXITS: dict[str, dict[int, tuple[list[str], str]]] = {
+    "apply": {0: (["apply", "{state}", "{ops}"], ""), 2: (["apply", "{state}", "-"], "[{")},
+    "collapse": {0: (["collapse", "{ops}"], ""), 2: (["collapse", "-"], '[{"type": "nope"}]')},
+    "compose": {0: (["compose", "{ops}", "-"], "[]"), 2: (["compose", "{ops}", "{missing}"], "")},
+    "size": {0: (["size", "-"], '{"a": [1, 2]}'), 2: (["size", "-"], "NaN")},
+    "validate": {
+        0: (["validate", "{ops}"], ""),
+        1: (["validate", "-"], '[{"type": "nope"}]'),
+        2: (["validate", "-"], '{"type": "nope"}'),
+    },
+    "vectors": {0: (["vectors", "{dir}"], ""), 2: (["vectors", "{state}/under-a-file"], "")},
+    "demo": {
+        0: (["demo", "--rows", "8", "--flush-every", "4", "--json"], ""),
+        1: (["demo", "--rows", "8", "--flush-every", "4", "--json"], ""),
+        2: (["demo", "--rows", "-1"], ""),
+    },
+}
+SHARED = {3, 130}
+
+
+def exit_case(command: str, status: int, tmp_path: Path) -> tuple[list[str], str]:
+    """The command line and standard input of ``EXITS[command][status]``, with its files made."""
+    argv, stdin = EXITS[command][status]
+    paths = {
+        "state": write(tmp_path, "state.json", {"a": 1}),
+        "ops": write(tmp_path, "ops.json", [{"type": "increment", "key": "a", "value": 1}]),
+        "missing": str(tmp_path / "missing.json"),
+        "dir": str(tmp_path / "vectors"),
+    }
+    return [arg.format(**paths) for arg in argv], stdin
+
+
+def test_every_command_documents_the_statuses_tested_here() -> None:
+    """Each command the parser has lists its exit statuses in --help, and this file runs each one."""
+    commands = parser_commands()
+    assert sorted(commands) == sorted(COMMANDS)
+    for command in commands:
+        assert documented_statuses(command) == set(EXITS[command]) | SHARED, command
+
+
+@pytest.mark.parametrize(
+    ("command", "status"), [(command, status) for command in COMMANDS for status in EXITS[command]]
+)
+def test_each_documented_status_happens(
+    command: str, status: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line listed for a status ends with that status: --help says what really happens."""
+    if (command, status) == ("demo", 1):
+        inconsistent_demo(monkeypatch)
+    argv, stdin = exit_case(command, status, tmp_path)
+    ran = run(*argv, stdin=stdin)
+    assert ran.code == status, (ran.out, ran.err)
+    if status == 2:
+        assert_bad_input(ran, command)
+
+
+def test_validate_help_says_an_invalid_operation_is_status_1() -> None:
+    """validate's --help does not list an invalid operation as bad input (it is status 1)."""
+    text = " ".join(run("validate", "--help").out.split())
+    assert "1 some invalid" in text
+    bad_input = text.split(" 2 bad input: ", 1)[1].split(" 3 ", 1)[0]
+    assert "an invalid operation;" not in bad_input
+    assert "an operation that is not valid is status 1, not bad input" in bad_input
+
+
+class BrokenStdout(io.StringIO):
+    """Standard output whose writes fail with ``failure``, at the write or at the flush."""
+
+    def __init__(self, failure: BaseException, *, at: str = "write") -> None:
+        super().__init__()
+        self.failure = failure
+        self.at = at
+
+    def write(self, text: str) -> int:
+        """Fail, or keep ``text`` when the failure is due at the flush."""
+        if self.at == "write":
+            raise self.failure
+        return super().write(text)
+
+    def flush(self) -> None:
+        """Fail, when the failure is due at the flush."""
+        if self.at == "flush":
+            raise self.failure
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("at", ["write", "flush"])
+def test_output_that_cannot_be_written_is_status_3(command: str, at: str, tmp_path: Path) -> None:
+    """A full disk under standard output: exit 3 and one line saying so, for every command."""
+    argv, stdin = exit_case(command, 0, tmp_path)
+    full = BrokenStdout(OSError(errno.ENOSPC, "No space left on device"), at=at)
+    ran = run(*argv, stdin=stdin, stdout=full)
+    assert ran.code == 3
+    assert ran.err == f"metaops {command}: cannot write to standard output: No space left on device\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_reader_that_stopped_reading_ends_quietly_with_status_3(command: str, tmp_path: Path) -> None:
+    """Standard output's reader left (`| head -1`): exit 3 without a word, as other tools end."""
+    argv, stdin = exit_case(command, 0, tmp_path)
+    ran = run(*argv, stdin=stdin, stdout=BrokenStdout(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    assert (ran.code, ran.err) == (3, "")
+
+
+def test_a_closed_standard_output_is_status_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with standard output closed (`>&-`, which Python shows as None): exit 3, saying so."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["size", str(ROOT / "pyproject.toml")]) == 3
+    assert err.getvalue() == "metaops size: standard output is closed: there is nowhere to write the answer\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_ctrl_c_is_status_130(command: str, tmp_path: Path) -> None:
+    """Ctrl-C while a command runs: exit 130 and one line, no traceback."""
+    argv, stdin = exit_case(command, 0, tmp_path)
+    ran = run(*argv, stdin=stdin, stdout=BrokenStdout(KeyboardInterrupt()))
+    assert (ran.code, ran.err) == (130, f"metaops {command}: interrupted\n")
+
+
+class WaitingStdin(io.TextIOWrapper):
+    """Standard input the user interrupts (Ctrl-C) while the command waits to read it."""
+
+    def __init__(self) -> None:
+        super().__init__(Interrupted(), encoding="utf-8")
+
+
+class Interrupted(io.BytesIO):
+    """Bytes whose read is interrupted."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Ctrl-C, as the user presses it while the read waits."""
+        raise KeyboardInterrupt
+
+
+class Trickle(io.RawIOBase):
+    """An unbuffered file that takes at most ``step`` bytes a write, then, once ``room`` is used, none."""
+
+    def __init__(self, step: int, room: int) -> None:
+        self.taken = bytearray()
+        self.step = step
+        self.room = room
+
+    def writable(self) -> bool:
+        """Yes."""
+        return True
+
+    def write(self, data: Any) -> int:
+        """Take the first ``step`` bytes; a broken pipe once ``room`` bytes are taken."""
+        if len(self.taken) >= self.room:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        part = bytes(data[: min(self.step, self.room - len(self.taken))])
+        self.taken += part
+        return len(part)
+
+
+@pytest.mark.parametrize(("room", "status"), [(10**9, 0), (40, 3)], ids=["all taken", "reader left"])
+def test_short_writes_to_unbuffered_output_are_written_in_full_or_reported(
+    room: int, status: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Standard output over an unbuffered file (as under python -u) that takes a few bytes a write:
+    every byte arrives, or, when its reader leaves part way, the status says it did not."""
+    raw = Trickle(step=7, room=room)
+    err = io.StringIO()
+    # TextIOWrapper over a raw file, as Python builds standard output under -u.
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", write_through=True))  # type: ignore[type-var]
+    monkeypatch.setattr(sys, "stderr", err)
+    state = write(tmp_path, "state.json", {"log": "x" * 1000})
+    assert main(["apply", state, write(tmp_path, "ops.json", [])]) == status
+    expected = b'{"metadata":{"log":"' + b"x" * 1000 + b'"},"unapplied":[]}\n'
+    assert bytes(raw.taken) == expected[: min(room, len(expected))]
+    assert err.getvalue() == ""
+
+
+def test_ctrl_c_while_waiting_for_standard_input_is_status_130() -> None:
+    """Ctrl-C at a terminal where `metaops size -` waits for input: exit 130, one line."""
+    ran = run("size", "-", stdin=WaitingStdin())
+    assert (ran.code, ran.out, ran.err) == (130, "", "metaops size: interrupted\n")
 
 
 # --------------------------------------------------------------------------- the demo
@@ -768,6 +993,54 @@ def test_python_m_metaops_reads_stdin_and_exits_with_the_status() -> None:
     assert done.stdout == ""
     assert done.stderr.startswith(
         "metaops collapse: OPS (standard input): malformed JSON at line 1, column 3"
+    )
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["PYTHONUNBUFFERED=1", "buffered"])
+def test_python_m_metaops_stops_quietly_when_its_reader_does(unbuffered: str, tmp_path: Path) -> None:
+    """`metaops apply ... | head -c 10`: exit 3 and nothing on stderr, not even at the interpreter's exit.
+
+    Also with unbuffered output, where Python's text layer would take the short write the
+    reader's leaving causes for a complete one.
+    """
+    state = write(tmp_path, "state.json", {"log": "x" * 4_000_000})  # far more than a pipe buffers
+    ops = write(tmp_path, "ops.json", [])
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "metaops", "apply", state, ops],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**env, "PYTHONPATH": str(ROOT), **({"PYTHONUNBUFFERED": "1"} if unbuffered else {})},
+        cwd=ROOT,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(10) == b'{"metadata'
+        process.stdout.close()
+        err = process.stderr.read()
+        assert process.wait(timeout=120) == 3
+    assert err == b""
+
+
+def test_python_m_metaops_onto_a_full_disk(tmp_path: Path) -> None:
+    """Standard output onto /dev/full: exit 3 with one line, no traceback."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system to stand for a full disk")
+    ops = write(tmp_path, "ops.json", [{"type": "set", "key": "a", "value": 1}])
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "metaops", "collapse", ops],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+    assert (done.returncode, done.stderr) == (
+        3,
+        "metaops collapse: cannot write to standard output: No space left on device\n",
     )
 
 
