@@ -132,6 +132,9 @@ def _read_text(name: str, source: str) -> str:
         raise _BadInput(msg) from None
 
 
+_JSON_WHITESPACE = " \t\n\r"
+
+
 def _refuse_constant(name: str) -> NoReturn:
     msg = f"{name} is not JSON"
     raise ValueError(msg)
@@ -141,6 +144,10 @@ def _load(name: str, source: str) -> Any:
     """The JSON value in ``source``; :class:`_BadInput` naming the argument when it is not JSON."""
     text = _read_text(name, source)
     where = f"{name} ({'standard input' if source == '-' else source})"
+    if not text.strip(_JSON_WHITESPACE):
+        # Said plainly: the parser's "Expecting value at line 2, column 1" reads as a syntax error.
+        msg = f"{where}: {'only whitespace' if text else 'empty'}, no JSON in it"
+        raise _BadInput(msg)
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:

@@ -343,6 +343,16 @@ def test_an_unreadable_file_is_named(argv: list[str], command: str, tmp_path: Pa
     assert_bad_input(ran, command, paths["missing"], "cannot read the file", "No such file")
 
 
+@pytest.mark.parametrize("text", ["", "\n"], ids=["empty", "a newline"])
+def test_an_empty_file_is_named_as_empty(text: str, tmp_path: Path) -> None:
+    """An empty file (or one blank line): exit 2, saying it is empty, naming the argument and the file."""
+    path = tmp_path / "state.json"
+    path.write_text(text, encoding="utf-8")
+    ran = run("apply", str(path), write(tmp_path, "ops.json", []))
+    assert_bad_input(ran, "apply", f"STATE ({path}): ", "no JSON in it")
+    assert "malformed" not in ran.err
+
+
 def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
     """Given a directory where a file is expected: exit 2, saying it cannot be read."""
     assert_bad_input(run("size", str(tmp_path)), "size", f"JSON ({tmp_path})", "cannot read the file")
@@ -364,14 +374,26 @@ def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
     ("text", "what"),
     [
         ('{"a": ', "malformed JSON at line 1, column 7: Expecting value"),
-        ("", "malformed JSON at line 1, column 1"),
+        ("", ": empty, no JSON in it"),
+        ("\n", ": only whitespace, no JSON in it"),
+        (" \r\n\t\n", ": only whitespace, no JSON in it"),
         ('{"a": 1}\n[', "malformed JSON at line 2, column 1: Extra data"),
         ("[NaN]", "malformed JSON: NaN is not JSON"),
         ('{"x": -Infinity}', "malformed JSON: -Infinity is not JSON"),
         (b"\xff\xfe[]", "not UTF-8 text (byte 0"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ],
-    ids=["truncated", "empty", "extra data", "NaN", "Infinity", "not utf-8", "deep"],
+    ids=[
+        "truncated",
+        "empty",
+        "a newline",
+        "whitespace",
+        "extra data",
+        "NaN",
+        "Infinity",
+        "not utf-8",
+        "deep",
+    ],
 )
 def test_input_that_is_not_json_is_named(
     argv: list[str], name: str, text: str | bytes, what: str, tmp_path: Path
