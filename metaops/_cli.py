@@ -23,7 +23,7 @@ from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
 from metaops._json import JSON, MAX_DEPTH, describe, normalize
-from metaops._size import json_size, json_text
+from metaops._size import DEFAULT_LIMIT, LIMIT_ENV, json_size, json_text, metadata_limit
 from metaops._values import Operation, _parse, parse_operations
 
 __all__ = ["main"]
@@ -283,13 +283,38 @@ def _wire(ops: Sequence[Operation]) -> list[dict[str, JSON]]:
 
 def _apply(args: argparse.Namespace) -> int:
     _one_stdin(args.state, args.ops)
+    # Before reading anything, so that a malformed TASK_RUN_METADATA_MAXIMUM_SIZE is found at once.
+    limit = metadata_limit(args.limit)
     state = _load_metadata("STATE", args.state)
     ops = _load_operations("OPS", args.ops)
     result = apply(state, ops)
     unapplied = {id(op) for op in result.unapplied}
     indices = [index for index, op in enumerate(ops) if id(op) in unapplied]
     _out(_dump({"metadata": result.metadata, "unapplied": indices}))
+    # apply() itself has no limit (the service checks it); an oracle that printed 300 KB of
+    # metadata without a word would let a user believe the platform takes it.
+    size = json_size(result.metadata)
+    if size > limit:
+        if args.limit is not None:
+            origin = "--limit"
+        elif LIMIT_ENV in os.environ:
+            origin = LIMIT_ENV
+        else:
+            origin = f"the default; --limit or {LIMIT_ENV} sets another"
+        _say(
+            "apply",
+            f"warning: the new metadata is {size:,} bytes of JSON, over the {limit:,}-byte limit "
+            f"({origin}); the platform would refuse this update",
+        )
     return EXIT_OK
+
+
+def _byte_count(text: str) -> int:
+    """``--limit``'s value: a whole number of bytes."""
+    if not (text.isascii() and text.isdigit()):
+        msg = f"expected a whole number of bytes, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
 
 
 def _collapse(args: argparse.Namespace) -> int:
@@ -464,10 +489,26 @@ def _parser() -> _Parser:
         "apply",
         "Apply operations to metadata",
         "STATE is a JSON object (the metadata).\n" + _OPERATIONS + "\n\n"
-        'Prints {"metadata": <the new metadata>, "unapplied": [<0-based indices into OPS>]}.',
+        'Prints {"metadata": <the new metadata>, "unapplied": [<0-based indices into OPS>]}.\n'
+        "When the new metadata is larger than the size limit (as JSON.stringify measures it),\n"
+        "a warning on standard error says by how much: the platform refuses such an update.\n"
+        "The metadata is printed all the same, and the exit status is 0.",
+        epilog=_epilog(
+            _OUTPUT,
+            (EXIT_OK, "done (also when the new metadata is over the size limit)"),
+            _bad(_BAD_JSON + f", an invalid operation, a malformed {LIMIT_ENV}"),
+            _NOT_WRITTEN,
+            _STOPPED,
+        ),
     )
     sub.add_argument("state", metavar="STATE", help="the metadata: a JSON object")
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
+    sub.add_argument(
+        "--limit",
+        type=_byte_count,
+        metavar="BYTES",
+        help=f"the metadata size limit to warn about (default: {LIMIT_ENV}, else {DEFAULT_LIMIT:,})",
+    )
     sub.set_defaults(handler=_apply, inputs=[("STATE", "state"), ("OPS", "ops")])
 
     sub = command(

@@ -170,6 +170,81 @@ def test_unsafe_keys_are_reported_unapplied_not_refused(tmp_path: Path) -> None:
     assert ran.json() == {"metadata": {"a": 2}, "unapplied": [0]}
 
 
+def big_state(tmp_path: Path, size: int) -> str:
+    """A file holding metadata of exactly ``size`` bytes of JSON: {"a":"xx...x"}, 8 bytes and the x's."""
+    return write(tmp_path, "state.json", {"a": "x" * (size - len('{"a":""}'))})
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "limit", "origin"),
+    [
+        (None, [], 262_144, "(the default; --limit or TASK_RUN_METADATA_MAXIMUM_SIZE sets another)"),
+        ("1000", [], 1000, "(TASK_RUN_METADATA_MAXIMUM_SIZE)"),
+        ("1000", ["--limit", "500"], 500, "(--limit)"),
+        (None, ["--limit", "0"], 0, "(--limit)"),
+    ],
+    ids=["default", "environment", "option over environment", "zero"],
+)
+def test_apply_warns_when_the_metadata_passes_the_limit(
+    env: str | None,
+    argv: list[str],
+    limit: int,
+    origin: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over the limit: the metadata is printed (exit 0) and one warning line names the size, the limit
+    and where the limit came from."""
+    if env is None:
+        monkeypatch.delenv("TASK_RUN_METADATA_MAXIMUM_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("TASK_RUN_METADATA_MAXIMUM_SIZE", env)
+    size = 300_000 if limit > 100_000 else max(limit + 1, 8)
+    ran = run("apply", *argv, big_state(tmp_path, size), write(tmp_path, "ops.json", []))
+    assert ran.code == 0
+    assert ran.json()["metadata"] == {"a": "x" * (size - 8)}
+    assert ran.err == (
+        f"metaops apply: warning: the new metadata is {size:,} bytes of JSON, over the {limit:,}-byte "
+        f"limit {origin}; the platform would refuse this update\n"
+    )
+
+
+def test_apply_measures_the_new_metadata_not_the_old(tmp_path: Path) -> None:
+    """The warning is about the result: operations that take the metadata past the limit warn, and
+    operations that bring it back under do not."""
+    state = big_state(tmp_path, 100)
+    grow = write(tmp_path, "grow.json", [{"type": "set", "key": "b", "value": 1}])
+    shrink = write(tmp_path, "shrink.json", [{"type": "delete", "key": "a"}])
+    assert "warning" in run("apply", "--limit", "100", state, grow).err
+    assert run("apply", "--limit", "99", state, shrink).err == ""
+
+
+@pytest.mark.parametrize("size", [262_143, 262_144])
+def test_apply_at_the_limit_says_nothing(size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metadata of exactly the limit is allowed, as the platform allows it: no warning."""
+    monkeypatch.delenv("TASK_RUN_METADATA_MAXIMUM_SIZE", raising=False)
+    ran = run("apply", big_state(tmp_path, size), write(tmp_path, "ops.json", []))
+    assert (ran.code, ran.err) == (0, "")
+
+
+def test_apply_with_a_malformed_limit_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TASK_RUN_METADATA_MAXIMUM_SIZE that is not a number of bytes: exit 2, naming it, not ignored."""
+    monkeypatch.setenv("TASK_RUN_METADATA_MAXIMUM_SIZE", "256kb")
+    ran = run("apply", write(tmp_path, "state.json", {}), write(tmp_path, "ops.json", []))
+    assert_bad_input(ran, "apply", "TASK_RUN_METADATA_MAXIMUM_SIZE='256kb'", "not a whole number of bytes")
+
+
+@pytest.mark.parametrize("value", ["-5", "1.5", "lots", ""])
+def test_apply_with_a_malformed_limit_option(value: str, tmp_path: Path) -> None:
+    """--limit takes a whole number of bytes; anything else is a usage error (exit 2, one line)."""
+    ran = run("apply", "--limit", value, write(tmp_path, "s.json", {}), write(tmp_path, "o.json", []))
+    assert ran.code == 2
+    assert ran.err.count("\n") == 1, ran.err
+    assert f"argument --limit: expected a whole number of bytes, got {value!r}" in ran.err
+
+
 # --------------------------------------------------------------------------- collapse and compose
 
 
