@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import os
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from typing import Any, NoReturn
 from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
-from metaops._json import JSON, MAX_DEPTH, describe, normalize
+from metaops._json import JSON, MAX_DEPTH, normalize
 from metaops._size import DEFAULT_LIMIT, LIMIT_ENV, json_size, json_text, metadata_limit
 from metaops._values import Operation, _parse, parse_operations
 
@@ -140,8 +141,48 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(msg)
 
 
-def _load(name: str, source: str) -> Any:
-    """The JSON value in ``source``; :class:`_BadInput` naming the argument when it is not JSON."""
+class _PastDoubles(Exception):
+    """A number in the input that a double cannot hold (JavaScript reads it as Infinity)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _read_int(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        # Past Python's digit limit (4,300 digits), so far past the doubles that JavaScript
+        # reads it as Infinity; so does float().
+        return float(text)
+
+
+def _finite_int(text: str) -> int | float:
+    number = _read_int(text)
+    if len(text) > 300:  # shorter ones are all well inside the doubles (up to 1.8e308)
+        try:
+            float(number)  # OverflowError exactly where JavaScript's reading rounds to Infinity
+        except OverflowError:
+            raise _PastDoubles(text) from None
+        if isinstance(number, float):
+            raise _PastDoubles(text)
+    return number
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # 1e400: no NaN comes here (the constant NaN is refused)
+        raise _PastDoubles(text)
+    return number
+
+
+def _load(name: str, source: str, *, finite: bool = False) -> Any:
+    """The JSON value in ``source``; :class:`_BadInput` naming the argument when it is not JSON.
+
+    A number past the doubles' range is read as JavaScript reads it, as infinity, unless
+    ``finite``: then it is bad input, said in the input's words (not Python's ``inf``).
+    """
     text = _read_text(name, source)
     where = f"{name} ({'standard input' if source == '-' else source})"
     if not text.strip(_JSON_WHITESPACE):
@@ -149,7 +190,20 @@ def _load(name: str, source: str) -> Any:
         msg = f"{where}: {'only whitespace' if text else 'empty'}, no JSON in it"
         raise _BadInput(msg)
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        if finite:
+            return json.loads(
+                text, parse_constant=_refuse_constant, parse_int=_finite_int, parse_float=_finite_float
+            )
+        return json.loads(text, parse_constant=_refuse_constant, parse_int=_read_int)
+    except _PastDoubles as error:
+        shown = (
+            error.text if len(error.text) <= 24 else f"{error.text[:20]}... ({len(error.text):,} characters)"
+        )
+        msg = (
+            f"{where}: the number {shown} is past the range of a double: JavaScript reads it as "
+            "Infinity, which JSON cannot hold"
+        )
+        raise _BadInput(msg) from None
     except json.JSONDecodeError as error:
         msg = f"{where}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
         raise _BadInput(msg) from None
@@ -166,7 +220,7 @@ def _where(name: str, source: str) -> str:
 
 
 def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
-    value = _load(name, source)
+    value = _load(name, source, finite=True)
     try:
         return parse_operations(_as_list(value, name, source), safe_keys=False)
     except (InvalidOperationError, InvalidValueError) as error:
@@ -177,15 +231,32 @@ def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
 
 def _as_list(value: object, name: str, source: str) -> list[Any]:
     if not isinstance(value, list):
-        msg = f"{_where(name, source)}: expected a JSON array of operations, got {describe(value)}"
+        msg = f"{_where(name, source)}: expected a JSON array of operations, got {_json_kind(value)}"
         raise _BadInput(msg)
     return value
 
 
+def _json_kind(value: object) -> str:
+    """What ``value``, read from JSON text, is, in JSON's words (the user wrote JSON, not Python)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {json.dumps(shown, ensure_ascii=False)}"
+    if isinstance(value, float) and math.isinf(value):
+        return "a number past the range of a double"
+    text = repr(value)
+    return f"a number of {len(text.lstrip('-')):,} digits" if len(text) > 40 else f"the number {text}"
+
+
 def _load_metadata(name: str, source: str) -> dict[str, JSON]:
-    value = _load(name, source)
+    value = _load(name, source, finite=True)
     if not isinstance(value, dict):
-        msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {describe(value)}"
+        msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {_json_kind(value)}"
         raise _BadInput(msg)
     try:
         return normalize(value, name, wire=True)  # type: ignore[return-value]

@@ -482,12 +482,17 @@ def test_input_that_is_not_json_is_named(
 @pytest.mark.parametrize(
     ("argv", "stdin", "fragments"),
     [
-        (["apply", "-", "{ops}"], "[]", ["STATE (standard input)", "expected a JSON object", "got a list"]),
-        (["apply", "-", "{ops}"], '"x"', ["STATE", "expected a JSON object", "got the string 'x'"]),
+        (["apply", "-", "{ops}"], "[]", ["STATE (standard input)", "expected a JSON object", "got an array"]),
+        (["apply", "-", "{ops}"], '"x"', ["STATE", "expected a JSON object", 'got the string "x"']),
+        (["apply", "-", "{ops}"], "true", ["STATE", "expected a JSON object", "got true"]),
+        (["apply", "-", "{ops}"], '"\\u00e9t\\u00e9"', ["STATE", 'got the string "\u00e9t\u00e9"']),
         (["apply", "{state}", "-"], "{}", ["OPS (standard input)", "expected a JSON array", "got an object"]),
-        (["collapse", "-"], "7", ["OPS", "expected a JSON array of operations, got 7"]),
+        (["collapse", "-"], "7", ["OPS", "expected a JSON array of operations, got the number 7"]),
+        (["collapse", "-"], "-2.5e-3", ["OPS", "got the number -0.0025"]),
+        (["collapse", "-"], "1" * 50, ["OPS", "got a number of 50 digits"]),
+        (["collapse", "-"], '"' + "y" * 50 + '"', ["OPS", 'got the string "' + "y" * 37 + '..."']),
         (["compose", "-", "{ops}"], "null", ["A (standard input)", "expected a JSON array", "got null"]),
-        (["compose", "{ops}", "-"], "{}", ["B (standard input)", "expected a JSON array"]),
+        (["compose", "{ops}", "-"], "false", ["B (standard input)", "expected a JSON array", "got false"]),
         (["validate", "-"], '{"type": "set"}', ["OPS", "expected a JSON array", "got an object"]),
     ],
 )
@@ -526,11 +531,85 @@ def test_an_invalid_operation_is_named(
     assert_bad_input(ran, argv[0], name, *fragments)
 
 
+@pytest.mark.parametrize(
+    ("argv", "stdin", "name", "shown"),
+    [
+        (["apply", "-", "{ops}"], '{"a": 1e400}', "STATE", "1e400"),
+        (["apply", "-", "{ops}"], '{"a": [-1.5E+999]}', "STATE", "-1.5E+999"),
+        (["apply", "-", "{ops}"], '{"a": ' + "1" * 5000 + "}", "STATE", "1" * 20 + "... (5,000 characters)"),
+        (["apply", "{state}", "-"], '[{"type": "increment", "key": "n", "value": 1e400}]', "OPS", "1e400"),
+        (["collapse", "-"], '[{"type": "set", "key": "n", "value": ' + "9" * 5000 + "}]", "OPS", "9" * 20),
+        (["compose", "{ops}", "-"], '[{"type": "update", "value": {"x": 2e308}}]', "B", "2e308"),
+    ],
+    ids=["1e400", "in a list", "5,000 digits", "increment", "set of 5,000 digits", "update"],
+)
+def test_a_number_past_the_doubles_is_named_as_written(
+    argv: list[str], stdin: str, name: str, shown: str, tmp_path: Path
+) -> None:
+    """A number JavaScript reads as Infinity: exit 2, quoting the number as the input spells it
+    (not Python's inf, nor its advice about int_max_str_digits)."""
+    paths = {"state": write(tmp_path, "state.json", {}), "ops": write(tmp_path, "ops.json", [])}
+    ran = run(*(arg.format(**paths) for arg in argv), stdin=stdin)
+    assert_bad_input(
+        ran, argv[0], f"{name} (standard input): the number {shown}", "past the range of a double"
+    )
+    assert " inf" not in ran.err
+    assert "int_max_str_digits" not in ran.err
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1e400", 4), ("[-1e400]", 6), ("1" * 5000, 4), ('{"n": -' + "1" * 5000 + "}", 10)],
+    ids=["1e400", "-1e400 in a list", "5,000 digits", "-5,000 digits in an object"],
+)
+def test_size_reads_numbers_past_the_doubles_as_javascript_does(text: str, size: int) -> None:
+    """`size` measures what JSON.stringify(JSON.parse(text)) writes: a number past the doubles is
+    Infinity, written null (4 bytes), however many digits it has."""
+    ran = run("size", "-", stdin=text)
+    assert (ran.code, ran.out, ran.err) == (0, f"{size}\n", "")
+
+
+def test_validate_judges_a_long_number_as_it_judges_1e400() -> None:
+    """A 5,000-digit increment is the same number to the schema as 1e400: the same verdict (invalid),
+    not bad input about Python's digit limit."""
+    long, short = (
+        run("validate", "-", stdin='[{"type": "increment", "key": "n", "value": ' + number + "}]")
+        for number in ("1" * 5000, "1e400")
+    )
+    assert (long.code, long.out) == (short.code, short.out)
+    assert long.code == 1
+
+
 def test_metadata_holding_an_int_beyond_javascript_is_refused(tmp_path: Path) -> None:
     """STATE with an integer no double can hold (JavaScript would read Infinity): exit 2, saying where."""
     ops = write(tmp_path, "ops.json", [])
     ran = run("apply", "-", ops, stdin='{"big": ' + "9" * 400 + "}")
-    assert_bad_input(ran, "apply", "STATE (standard input)", "STATE['big']", "too large")
+    assert_bad_input(ran, "apply", "STATE (standard input): the number 99999", "past the range of a double")
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        # The largest double and the last integers that still round to it, written in full;
+        # 2**1024 - 2**970 is the first that rounds to Infinity.
+        str(int(sys.float_info.max)),
+        str(2**1024 - 2**970 - 1),
+        str(-(2**1024 - 2**970 - 1)),
+    ],
+    ids=["the largest double", "just below the rounding point", "negative"],
+)
+def test_the_largest_integers_a_double_holds_are_taken(number: str, tmp_path: Path) -> None:
+    """Integers of 309 digits that a double still holds are not refused as past its range."""
+    ran = run("apply", "-", write(tmp_path, "ops.json", []), stdin='{"big": ' + number + "}")
+    assert "past the range of a double" not in ran.err, ran.err
+
+
+def test_the_first_integer_past_the_doubles_is_refused(tmp_path: Path) -> None:
+    """2**1024 - 2**970, where JavaScript's reading rounds to Infinity: refused, as 1e400 is."""
+    ran = run("apply", "-", write(tmp_path, "ops.json", []), stdin='{"big": ' + str(2**1024 - 2**970) + "}")
+    assert_bad_input(
+        ran, "apply", "STATE (standard input): the number 17976931348623158079", "past the range"
+    )
 
 
 def test_standard_input_for_two_arguments_is_refused() -> None:
