@@ -35,6 +35,10 @@ EXIT_BAD_INPUT = 2
 EXIT_OUTPUT = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
+MAX_INPUT = 64 * 1024 * 1024
+"""The most bytes read from one input: far more than any metadata or request (the service
+takes 2 MiB bodies), and a bound on what ``yes |`` or ``/dev/zero`` can make it hold."""
+
 _OUTPUT = """\
 output: one line of compact JSON (no spaces), newline-terminated, ASCII only
 (other characters as \\u escapes), object keys in the order metaops holds them
@@ -45,8 +49,8 @@ overflowed) is written null, as JavaScript's JSON.stringify writes it."""
 # Every command's exit statuses, as --help lists them: (status, what it means). A test runs
 # each listed status of each command, so a status added here or in a command needs a case there.
 _BAD_JSON = (
-    "a wrong command line, a file that cannot be read, input that is empty or not JSON "
-    "(not UTF-8 text, malformed JSON, NaN), JSON of the wrong shape, JSON nested too deeply"
+    f"a wrong command line, a file that cannot be read, input over {MAX_INPUT // 2**20} MiB, input "
+    "that is empty or not JSON (not UTF-8 text, malformed JSON, NaN), JSON nested too deeply"
 )
 _DONE = (EXIT_OK, "done")
 _NOT_WRITTEN = (
@@ -111,29 +115,69 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- input and output
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-32's little-endian mark starts like UTF-16's
+
+
 def _read_text(name: str, source: str) -> str:
     """The text of ``source`` (a path, or ``-`` for standard input) for the argument ``name``."""
-    if source == "-":
-        stream = getattr(sys.stdin, "buffer", None)
-        if stream is None:  # a text stream without bytes underneath (e.g. io.StringIO)
-            return sys.stdin.read()
-        data: bytes = stream.read()
-        where = f"{name} (standard input)"
-    else:
-        where = f"{name} ({source})"
-        try:
-            data = Path(source).read_bytes()
-        except OSError as error:
-            msg = f"{where}: cannot read the file: {error.strerror or error}"
-            raise _BadInput(msg) from None
+    where = _where(name, source)
+    if not source:
+        msg = f"{name}: the path is empty (give a file, or - for standard input)"
+        raise _BadInput(msg)
     try:
-        return data.decode("utf-8")
+        data = _read_bytes(source, where)
+    except OSError as error:
+        what = "standard input" if source == "-" else "the file"
+        msg = f"{where}: cannot read {what}: {error.strerror or error}{_json_not_path(source, error)}"
+        raise _BadInput(msg) from None
+    if isinstance(data, str):  # standard input as text without bytes underneath (e.g. io.StringIO)
+        return data
+    if len(data) > MAX_INPUT:
+        limit = f"{MAX_INPUT // 2**20} MiB" if MAX_INPUT % 2**20 == 0 else f"{MAX_INPUT:,} bytes"
+        msg = f"{where}: more than {limit}, the most metaops reads from one input"
+        raise _BadInput(msg)
+    if data.startswith(_UTF16_BOMS):
+        msg = f"{where}: UTF-16 or UTF-32 text (it starts with their byte order mark); metaops reads UTF-8"
+        raise _BadInput(msg)
+    # JSON's standard lets a reader skip a UTF-8 byte order mark; Windows editors write one.
+    offset = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        return data[offset:].decode("utf-8")
     except UnicodeDecodeError as error:
-        msg = f"{where}: not UTF-8 text (byte {error.start}: {error.reason})"
+        msg = f"{where}: not UTF-8 text (byte {offset + error.start}: {error.reason})"
         raise _BadInput(msg) from None
 
 
+def _read_bytes(source: str, where: str) -> bytes | str:
+    """Up to ``MAX_INPUT + 1`` bytes of ``source``: one more than allowed tells that there are more."""
+    if source != "-":
+        with open(source, "rb") as file:
+            return file.read(MAX_INPUT + 1)
+    if sys.stdin is None:  # started with standard input closed (<&-)
+        msg = f"{where}: standard input is closed"
+        raise _BadInput(msg)
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        text: str = sys.stdin.read(MAX_INPUT + 1)
+        return text
+    data: bytes = stream.read(MAX_INPUT + 1)
+    return data
+
+
+def _json_not_path(source: str, error: OSError) -> str:
+    """A hint when a missing "file" is JSON text given where a path belongs (metaops size '{"a": 1}')."""
+    looks_like_json = source.lstrip()[:1] in ("{", "[", '"') or source in ("true", "false", "null")
+    if isinstance(error, FileNotFoundError) and looks_like_json:
+        return "; to give JSON itself rather than a file, pipe it in and pass - (echo '...' | metaops ...)"
+    return ""
+
+
 _JSON_WHITESPACE = " \t\n\r"
+
+
+def _where(name: str, source: str) -> str:
+    return f"{name} ({'standard input' if source == '-' else source})"
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -213,10 +257,6 @@ def _load(name: str, source: str, *, finite: bool = False) -> Any:
     except RecursionError:
         msg = f"{where}: JSON nested too deeply to read"
         raise _BadInput(msg) from None
-
-
-def _where(name: str, source: str) -> str:
-    return f"{name} ({'standard input' if source == '-' else source})"
 
 
 def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
@@ -513,7 +553,11 @@ def _parser() -> _Parser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     operations_epilog = _epilog(
-        _OUTPUT, _DONE, _bad(_BAD_JSON + ", an invalid operation"), _NOT_WRITTEN, _STOPPED
+        _OUTPUT,
+        _DONE,
+        _bad(_BAD_JSON + ", JSON of the wrong shape, an invalid operation"),
+        _NOT_WRITTEN,
+        _STOPPED,
     )
 
     def command(name: str, summary: str, description: str, epilog: str = operations_epilog) -> _Parser:
@@ -567,7 +611,7 @@ def _parser() -> _Parser:
         epilog=_epilog(
             _OUTPUT,
             (EXIT_OK, "done (also when the new metadata is over the size limit)"),
-            _bad(_BAD_JSON + f", an invalid operation, a malformed {LIMIT_ENV}"),
+            _bad(_BAD_JSON + f", JSON of the wrong shape, an invalid operation, a malformed {LIMIT_ENV}"),
             _NOT_WRITTEN,
             _STOPPED,
         ),
@@ -625,7 +669,10 @@ def _parser() -> _Parser:
             "characters as \\u escapes).",
             (EXIT_OK, "all valid"),
             (EXIT_INVALID, "some invalid (a line for each on standard output)"),
-            _bad(_BAD_JSON + " (an operation that is not valid is status 1, not bad input)"),
+            _bad(
+                _BAD_JSON
+                + ", JSON of the wrong shape (an operation that is not valid is status 1, not bad input)"
+            ),
             _NOT_WRITTEN,
             _STOPPED,
         ),

@@ -428,9 +428,114 @@ def test_an_empty_file_is_named_as_empty(text: str, tmp_path: Path) -> None:
     assert "malformed" not in ran.err
 
 
-def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["apply", "{dir}", "{ops}"], "STATE"),
+        (["apply", "{state}", "{dir}"], "OPS"),
+        (["collapse", "{dir}"], "OPS"),
+        (["compose", "{ops}", "{dir}"], "B"),
+        (["size", "{dir}"], "JSON"),
+        (["validate", "{dir}"], "OPS"),
+    ],
+)
+def test_a_directory_is_not_a_file(argv: list[str], name: str, tmp_path: Path) -> None:
     """Given a directory where a file is expected: exit 2, saying it cannot be read."""
-    assert_bad_input(run("size", str(tmp_path)), "size", f"JSON ({tmp_path})", "cannot read the file")
+    paths = {
+        "dir": str(tmp_path),
+        "ops": write(tmp_path, "ops.json", []),
+        "state": write(tmp_path, "s.json", {}),
+    }
+    ran = run(*(arg.format(**paths) for arg in argv))
+    assert_bad_input(ran, argv[0], f"{name} ({tmp_path}): cannot read the file: Is a directory")
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [(["apply", "", "{ops}"], "STATE"), (["compose", "{ops}", ""], "B"), (["size", ""], "JSON")],
+)
+def test_an_empty_path_is_named(argv: list[str], name: str, tmp_path: Path) -> None:
+    """An empty path (an unset shell variable: metaops size "$FILE"): exit 2, saying the path is empty,
+    not "Is a directory" (the working directory) nor "No such file"."""
+    ran = run(*(arg.format(ops=write(tmp_path, "ops.json", [])) for arg in argv))
+    assert_bad_input(ran, argv[0], f"{name}: the path is empty (give a file, or - for standard input)")
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', "[1, 2]", '"x"', "null", ' {"a": 1}'])
+def test_json_given_where_a_path_belongs_gets_a_hint(text: str) -> None:
+    """`metaops size '{"a": 1}'`: no such file, and a hint that JSON itself is piped in with -."""
+    ran = run("size", text)
+    assert_bad_input(ran, "size", f"JSON ({text}): cannot read the file: No such file or directory")
+    assert ran.err.endswith(
+        "; to give JSON itself rather than a file, pipe it in and pass - (echo '...' | metaops ...)\n"
+    )
+
+
+def test_a_missing_file_that_is_not_json_gets_no_hint(tmp_path: Path) -> None:
+    """The hint is for text that looks like JSON; a plain missing path is only named."""
+    missing = tmp_path / "value.json"
+    ran = run("size", str(missing))
+    assert ran.err == f"metaops size: JSON ({missing}): cannot read the file: No such file or directory\n"
+
+
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    """A file a Windows editor saved with a UTF-8 byte order mark reads as the JSON after it."""
+    state = tmp_path / "state.json"
+    state.write_bytes(b"\xef\xbb\xbf" + b'{"a": 1}')
+    ops = tmp_path / "ops.json"
+    ops.write_bytes(b"\xef\xbb\xbf" + b'[{"type": "increment", "key": "a", "value": 2}]')
+    assert run("apply", str(state), str(ops)).json() == {"metadata": {"a": 3}, "unapplied": []}
+    assert run("size", "-", stdin=b"\xef\xbb\xbf" + b'{"a": 1}').out == "7\n"
+
+
+def test_a_byte_that_is_not_utf8_is_counted_from_the_start_of_the_input() -> None:
+    """After a byte order mark, the offset named is still the byte's place in the input as given."""
+    ran = run("size", "-", stdin=b"\xef\xbb\xbf[\xff]")
+    assert_bad_input(ran, "size", "not UTF-8 text (byte 4: invalid start byte)")
+
+
+def test_a_closed_standard_input_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with standard input closed (`<&-`, which Python shows as None): exit 2, saying so."""
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdin", None)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["collapse", "-"]) == 2
+    assert out.getvalue() == ""
+    assert err.getvalue() == "metaops collapse: OPS (standard input): standard input is closed\n"
+
+
+class FailingBytes(io.BytesIO):
+    """Bytes whose read fails as a broken device's does."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        """An input/output error."""
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_standard_input_that_cannot_be_read_is_named() -> None:
+    """A read of standard input that fails: exit 2 with the reason, not a traceback."""
+    ran = run("size", "-", stdin=io.TextIOWrapper(FailingBytes(), encoding="utf-8"))
+    assert_bad_input(ran, "size", "JSON (standard input): cannot read standard input: Input/output error")
+
+
+@pytest.mark.parametrize("excess", [0, 1])
+def test_input_past_the_size_bound_is_refused(excess: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input larger than MAX_INPUT: exit 2, naming the bound; exactly MAX_INPUT bytes is read."""
+    monkeypatch.setattr("metaops._cli.MAX_INPUT", 100)
+    text = '"' + "x" * (98 + excess) + '"'
+    ran = run("size", "-", stdin=text)
+    if excess:
+        assert_bad_input(ran, "size", "JSON (standard input): more than 100 bytes, the most metaops reads")
+    else:
+        assert (ran.code, ran.out) == (0, "100\n")
+
+
+def test_the_size_bound_is_64_mib_and_stops_an_endless_input() -> None:
+    """`metaops size /dev/zero` ends (exit 2) after 64 MiB instead of filling memory."""
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero on this system to stand for an endless input")
+    ran = run("size", "/dev/zero")
+    assert_bad_input(ran, "size", "JSON (/dev/zero): more than 64 MiB, the most metaops reads from one input")
 
 
 @pytest.mark.parametrize(
@@ -455,7 +560,9 @@ def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
         ('{"a": 1}\n[', "malformed JSON at line 2, column 1: Extra data"),
         ("[NaN]", "malformed JSON: NaN is not JSON"),
         ('{"x": -Infinity}', "malformed JSON: -Infinity is not JSON"),
-        (b"\xff\xfe[]", "not UTF-8 text (byte 0"),
+        (b"[\xff]", "not UTF-8 text (byte 1: invalid start byte)"),
+        (b"\x89PNG\r\n\x1a\n\x00", "not UTF-8 text (byte 0"),
+        ('[1, "\ufeff"]'.encode("utf-16"), "UTF-16 or UTF-32 text (it starts with their byte order mark)"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ],
     ids=[
@@ -467,6 +574,8 @@ def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
         "NaN",
         "Infinity",
         "not utf-8",
+        "binary",
+        "utf-16",
         "deep",
     ],
 )
