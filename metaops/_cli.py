@@ -490,7 +490,21 @@ def _count(number: int, noun: str) -> str:
 
 
 def _vectors(args: argparse.Namespace) -> int:
+    # Path("") is the working directory, and "-" means standard input everywhere else: both
+    # would put files where the user did not ask for them.
+    if not args.dir:
+        msg = "DIR: the path is empty; name a directory (. for the working directory)"
+        raise _BadInput(msg)
+    if args.dir == "-":
+        msg = (
+            "DIR (-): the vectors are files for a directory, not standard output; "
+            "name a directory (./- for one called -)"
+        )
+        raise _BadInput(msg)
     target = Path(args.dir)
+    if target.exists() and not target.is_dir():
+        msg = f"DIR ({args.dir}): a file, not a directory"
+        raise _BadInput(msg)
     try:
         target.mkdir(parents=True, exist_ok=True)
         written = []

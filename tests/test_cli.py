@@ -539,6 +539,29 @@ def test_the_size_bound_is_64_mib_and_stops_an_endless_input() -> None:
 
 
 @pytest.mark.parametrize(
+    ("argument", "fragment"),
+    [
+        ("", "DIR: the path is empty; name a directory (. for the working directory)"),
+        ("-", "DIR (-): the vectors are files for a directory, not standard output"),
+    ],
+)
+def test_vectors_refuses_a_path_that_would_surprise(
+    argument: str, fragment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vectors ""` would fill the working directory and `vectors -` make a directory called -:
+    exit 2, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    assert_bad_input(run("vectors", argument), "vectors", fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_vectors_into_a_file(tmp_path: Path) -> None:
+    """`vectors FILE`: exit 2, saying it is a file, not a directory."""
+    path = write(tmp_path, "ops.json", [])
+    assert_bad_input(run("vectors", path), "vectors", f"DIR ({path}): a file, not a directory")
+
+
+@pytest.mark.parametrize(
     ("argv", "name"),
     [
         (["apply", "-", "{ops}"], "STATE"),
