@@ -723,6 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as done:  # --help, --version, or a usage error (already reported)
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except OSError:  # the reader of --help left (| head): no second report at exit
+            _abandon_stdout()
         return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     if sys.stdout is None:  # started with its standard output closed (>&-)
         _say(args.command, "standard output is closed: there is nowhere to write the answer")

@@ -1313,12 +1313,11 @@ def test_python_m_metaops_stops_quietly_when_its_reader_does(unbuffered: str, tm
     """
     state = write(tmp_path, "state.json", {"log": "x" * 4_000_000})  # far more than a pipe buffers
     ops = write(tmp_path, "ops.json", [])
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
     with subprocess.Popen(
         [sys.executable, "-m", "metaops", "apply", state, ops],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**env, "PYTHONPATH": str(ROOT), **({"PYTHONUNBUFFERED": "1"} if unbuffered else {})},
+        env={**without_unbuffered(), **({"PYTHONUNBUFFERED": "1"} if unbuffered else {})},
         cwd=ROOT,
     ) as process:
         assert process.stdout is not None
@@ -1328,6 +1327,39 @@ def test_python_m_metaops_stops_quietly_when_its_reader_does(unbuffered: str, tm
         err = process.stderr.read()
         assert process.wait(timeout=120) == 3
     assert err == b""
+
+
+def without_unbuffered() -> dict[str, str]:
+    """The environment for ``python -m metaops`` from this checkout, with output buffered as by default."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [(["--help"], 0), (["apply", "--help"], 0), (["--version"], 0), (["size", "-"], 3)],
+)
+def test_python_m_metaops_into_a_pipe_nobody_reads(argv: list[str], status: int) -> None:
+    """Output into a pipe whose reader has already gone (`| head -0`): no traceback, no report at exit.
+
+    Help was written; a command's answer was not, which its status says."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "metaops", *argv],
+            input="[1, 2]",
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=without_unbuffered(),
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert (done.returncode, done.stderr) == (status, "")
 
 
 def test_python_m_metaops_onto_a_full_disk(tmp_path: Path) -> None:
