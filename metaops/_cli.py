@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import json
 import math
 import os
@@ -553,7 +554,10 @@ def _one_stdin(*sources: str) -> None:
 # --------------------------------------------------------------------------- the parser
 
 
+@functools.cache
 def _parser() -> _Parser:
+    """The command line's parser, built once: building it (argparse's gettext look-ups, the
+    help's wrapping) costs more than most commands take to run."""
     from metaops import __version__
 
     parser = _Parser(
