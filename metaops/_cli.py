@@ -229,7 +229,7 @@ def _load(name: str, source: str, *, finite: bool = False) -> Any:
     ``finite``: then it is bad input, said in the input's words (not Python's ``inf``).
     """
     text = _read_text(name, source)
-    where = f"{name} ({'standard input' if source == '-' else source})"
+    where = _where(name, source)
     if not text.strip(_JSON_WHITESPACE):
         # Said plainly: the parser's "Expecting value at line 2, column 1" reads as a syntax error.
         msg = f"{where}: {'only whitespace' if text else 'empty'}, no JSON in it"
