@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import metaops.service._codec as codec
-from metaops import Increment, Operation, apply, json_text
+from metaops import Append, Delete, Increment, Operation, Remove, Set, apply, json_text
 from metaops.service._codec import TextCache, loads
 from metaops.strategies import batches, json_values, metadata
 
@@ -118,3 +118,34 @@ def test_loads_refuses_what_is_not_json() -> None:
     for text in ("NaN", "[Infinity]", "-Infinity", '{"a": '):
         with pytest.raises(ValueError):  # noqa: PT011 - the message is the json module's
             loads(text)
+
+
+def _row_operations() -> st.SearchStrategy[Operation]:
+    index = st.integers(0, 45)
+    value = st.one_of(
+        st.integers(-3, 3), st.sampled_from(["x", "é", "\ud800", 1e-05]), st.just({"deep": [1]})
+    )
+    return st.one_of(
+        st.builds(lambda i, v: Set(f"$.rows.{i}.i", v), index, value),
+        st.builds(lambda i, v: Set(f"$.rows.{i}", {"i": v}), index, value),
+        st.builds(lambda i: Append(f"$.rows.{i}.tags", "t"), index),
+        st.builds(lambda v: Append("rows", {"i": v}), value),
+        st.builds(lambda i: Remove("rows", {"i": i, "tags": []}), index),
+        st.builds(lambda i: Delete(f"$.rows.{i}"), index),
+        st.just(Set("other", [[1], [2]])),
+    )
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@settings(max_examples=60)
+@given(steps=st.lists(st.lists(_row_operations(), min_size=1, max_size=3), min_size=1, max_size=6))
+def test_long_lists_patched_by_position_stay_exact(encoder: str, steps: list[list[Operation]]) -> None:
+    """A list of 40 rows keeps its items' texts; a copy with rows changed, appended, removed or
+    deleted (which shifts the rest) is written by patching the items that are not the same objects."""
+    state: dict[str, Any] = {"rows": [{"i": i, "tags": []} for i in range(40)]}
+    with _leaves_written_by(encoder):
+        cache = TextCache()
+        assert cache.encode(state) == _expected(state)
+        for ops in steps:
+            state = apply(state, ops).metadata
+            assert cache.encode(state) == _expected(state)
