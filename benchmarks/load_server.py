@@ -30,7 +30,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import queue
 import re
 import subprocess
@@ -48,6 +47,8 @@ from metaops import json_size
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "load-test-token"
+_HEADER = "| scenario | clients | requests | s | updates/s | p50 ms | p90 ms | p99 ms | max ms | writes |"
+SETTLE_SECONDS = 2.0
 HISTORY = 8  # log lines each client keeps: appended, then removed this many flushes later
 
 
@@ -99,13 +100,17 @@ class _Server:
 class _Client:
     def __init__(self, port: int) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.last_used = time.monotonic()
 
     def call(self, method: str, path: str, body: object = None, *, parse: bool = True) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        if time.monotonic() - self.last_used > 3:
+            self.connection.close()  # the server closes connections idle for 5 s: do not race it
         self.connection.request(method, path, body=data, headers=headers)
         response = self.connection.getresponse()
         payload = response.read()
+        self.last_used = time.monotonic()
         if parse or response.status != 200:
             return response.status, json.loads(payload)
         return response.status, None
@@ -245,6 +250,8 @@ def run_scenarios(
         children = [make_run(parent, {}) for _ in range(clients * 2)]
         plans.append((f"children x{len(children)}", children, as_child, [parent]))
 
+        # The runs were just written (4 MB of snapshots): let the server put them away first.
+        time.sleep(SETTLE_SECONDS)
         for name, targets, body_for, checked in plans:
             before = sum(_version(admin, run) for run in checked)
             stored_before = sum(_counter_sum(admin, run) for run in checked)
@@ -327,9 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--server",
-        choices=["service", "example"],
+        choices=["service", "example", "both"],
         default="service",
-        help="what to load: metaops serve, or the example server it replaced (while it exists)",
+        help="what to load: metaops serve, the example server it replaced (while it exists), or both "
+        "one after the other, with their ratios",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE, as JSON")
     args = parser.parse_args(argv)
@@ -337,33 +345,52 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("bounds: --requests 1 to 100000, --seconds over 0 up to 600, --clients 1 to 64")
     state = json.loads((ensure_workloads() / "state_256k.json").read_text(encoding="utf-8"))
     size = json_size(state)
+    machine = f"metadata {size:,} bytes of JSON; loopback; {os.cpu_count()} cores"
+    runs: list[tuple[str, list[Result]]] = []
+    kinds = ["example", "service"] if args.server == "both" else [args.server]
     with tempfile.TemporaryDirectory(prefix="metaops-load-") as directory:
-        if args.server == "example":
-            database = str(Path(directory) / "runs.sqlite3")
-            command = [sys.executable, "-m", "examples.server", "--db", database]
-            label = "example server (http.server), SQLite synchronous=FULL"
-        else:
-            database = args.database or f"sqlite:///{Path(directory) / 'runs.sqlite3'}"
-            command = [sys.executable, "-m", "metaops", "serve", "--database", database]
-            command += ["--workers", str(args.workers)]
-            kind = database.partition(":")[0]
-            label = f"metaops serve, {kind}, {args.workers} worker(s)"
-        results = run_scenarios(
-            command, state, clients=args.clients, max_requests=args.requests, max_seconds=args.seconds
-        )
-    print(
-        f"{label}; metadata {size:,} bytes of JSON; loopback; {os.cpu_count()} cores, {platform.processor()}"
-    )
-    print()
-    print("| scenario | clients | requests | s | updates/s | p50 ms | p90 ms | p99 ms | max ms | writes |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(
-            f"| {r.scenario} | {r.clients} | {r.requests} | {r.seconds} | {r.updates_per_second} | "
-            f"{r.p50_ms} | {r.p90_ms} | {r.p99_ms} | {r.max_ms} | {r.writes} |"
-        )
+        for kind in kinds:
+            if kind == "example":
+                database = str(Path(directory) / "example.sqlite3")
+                command = [sys.executable, "-m", "examples.server", "--db", database]
+                label = "example server (http.server), SQLite synchronous=FULL"
+            else:
+                database = args.database or f"sqlite:///{Path(directory) / 'runs.sqlite3'}"
+                command = [sys.executable, "-m", "metaops", "serve", "--database", database]
+                command += ["--workers", str(args.workers)]
+                label = f"metaops serve, {database.partition(':')[0]}, {args.workers} worker(s)"
+            results = run_scenarios(
+                command, state, clients=args.clients, max_requests=args.requests, max_seconds=args.seconds
+            )
+            runs.append((label, results))
+            print(f"{label}; {machine}")
+            print()
+            print(_HEADER)
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for r in results:
+                print(
+                    f"| {r.scenario} | {r.clients} | {r.requests} | {r.seconds} | {r.updates_per_second} | "
+                    f"{r.p50_ms} | {r.p90_ms} | {r.p99_ms} | {r.max_ms} | {r.writes} |"
+                )
+            print()
+    if len(runs) == 2:
+        print("metaops serve against the example server, in this run:")
+        print()
+        print("| scenario | throughput × | p50 ÷ |")
+        print("|---|---:|---:|")
+        for old, new in zip(runs[0][1], runs[1][1], strict=True):
+            print(
+                f"| {new.scenario} | {new.updates_per_second / old.updates_per_second:.1f} | "
+                f"{old.p50_ms / new.p50_ms:.1f} |"
+            )
+    for label, results in runs:
+        same = next(r for r in results if r.scenario.startswith("same-run"))
+        print(f"{label}: {same.scenario} p99/p50 = {same.p99_ms / same.p50_ms:.1f}")
     if args.json:
-        payload = {"server": label, "metadata_bytes": size, "results": [asdict(r) for r in results]}
+        payload = {
+            "machine": machine,
+            "runs": [{"server": label, "results": [asdict(r) for r in results]} for label, results in runs],
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 

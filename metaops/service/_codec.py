@@ -88,17 +88,12 @@ def _encode(value: JSON, previous: JSON, texts: Texts) -> tuple[bytes, int]:
     """
     added = 0
 
-    def item_text(item: Any, old: Any) -> bytes:
-        kind = type(item)
-        if kind is dict or kind is list:
-            hit = texts.get(id(item))
-            if hit is not None and hit[0] is item:
-                return hit[1]
-            return text_of(item, old)
-        return _scalar(item)
-
     def text_of(node: Any, old: Any) -> bytes:
+        """The text of container ``node``; one frame per level of nesting, as deep metadata needs."""
         nonlocal added
+        hit = texts.get(id(node))
+        if hit is not None and hit[0] is node:
+            return hit[1]
         parts: list[bytes] | None = None
         if type(node) is dict:
             kinds = set(map(type, node.values()))
@@ -114,7 +109,10 @@ def _encode(value: JSON, previous: JSON, texts: Texts) -> tuple[bytes, int]:
                         _encode_ascii(name).encode() if name.isascii() else json_text(name).encode()
                     )
                     pieces.append(b":")
-                    pieces.append(item_text(item, olds.get(name)))
+                    kind = type(item)
+                    pieces.append(
+                        text_of(item, olds.get(name)) if kind is dict or kind is list else _scalar(item)
+                    )
                 pieces[0] = b"{"
                 pieces.append(b"}")
                 text = b"".join(pieces)
@@ -128,11 +126,20 @@ def _encode(value: JSON, previous: JSON, texts: Texts) -> tuple[bytes, int]:
                 if entry is not None and entry[0] is before and entry[2] is not None:
                     parts = entry[2][: len(node)]
                     common = min(len(node), len(before))
-                    for index in compress(range(common), map(is_not, node, before)):
-                        parts[index] = item_text(node[index], before[index])
-                    parts.extend(item_text(node[index], None) for index in range(common, len(node)))
+                    changed = list(compress(range(common), map(is_not, node, before)))
+                    changed += range(common, len(node))
+                    parts.extend([b""] * (len(node) - len(parts)))
                 else:
-                    parts = [item_text(item, None) for item in node]
+                    parts = [b""] * len(node)
+                    changed = list(range(len(node)))
+                # Plain loops, no comprehension: one stack frame per level of nesting.
+                for index in changed:
+                    item = node[index]
+                    kind = type(item)
+                    if kind is dict or kind is list:
+                        parts[index] = text_of(item, before[index] if index < len(before) else None)
+                    else:
+                        parts[index] = _scalar(item)
                 text = b"[" + b",".join(parts) + b"]"
                 if len(parts) < _KEEP_PARTS:
                     parts = None
@@ -141,7 +148,7 @@ def _encode(value: JSON, previous: JSON, texts: Texts) -> tuple[bytes, int]:
         return text
 
     if type(value) is dict or type(value) is list:
-        return item_text(value, previous), added
+        return text_of(value, previous), added
     return _scalar(value), 0
 
 

@@ -73,6 +73,7 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_used_at ON idempotency_keys (used_at
 
 _RECORD = "SELECT id, parent_id, root_id, version, snapshot_version, created_at, completed_at FROM runs"
 _IDLE_CONNECTIONS = 16
+CHECKPOINT_INTERVAL = 1.0
 _SYNCHRONOUS = ("FULL", "EXTRA")
 
 
@@ -112,6 +113,11 @@ class SQLiteStorage:
                 msg = f"{self._path}: SQLite refused WAL mode (got {mode_set!r})"
                 raise StorageError(msg)
             db.executescript(_SCHEMA)
+        self._stopping = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_forever, name="metaops-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     @property
     def url(self) -> str:
@@ -131,6 +137,9 @@ class SQLiteStorage:
         )
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA foreign_keys=ON")
+        # Checkpoints (copying the WAL into the database) run in a thread of their own, not in
+        # the commit of whichever request happens to pass the threshold.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         return db
 
     @contextmanager
@@ -165,8 +174,20 @@ class SQLiteStorage:
             if not keep:
                 db.close()
 
+    def _checkpoint_forever(self) -> None:
+        """Copy the WAL into the database every second, without blocking writers (PASSIVE)."""
+        while not self._stopping.wait(CHECKPOINT_INTERVAL):
+            try:
+                with self._connection() as db:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except StorageError:  # closed, or busy: the next round does it
+                continue
+
     def close(self) -> None:
         """Close every idle connection; later calls raise :class:`StorageError`."""
+        self._stopping.set()
+        if self._checkpointer is not threading.current_thread():
+            self._checkpointer.join(timeout=30)
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
