@@ -1,4 +1,4 @@
-"""Shared test configuration: hypothesis profiles and the conformance vectors."""
+"""Shared test configuration: hypothesis profiles, the conformance vectors, the PostgreSQL fixtures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from importlib.resources import files
 from typing import Any
 
 from hypothesis import HealthCheck, settings
+
+# postgres_cluster and postgres_url: a throwaway PostgreSQL cluster, a fresh schema per test.
+pytest_plugins = ("tests._postgres",)
 
 # The vectors ship inside the package (``python -m metaops vectors DIR`` writes them out).
 DATA = files("metaops") / "conformance"
