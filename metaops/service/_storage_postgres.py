@@ -266,7 +266,9 @@ class PostgresStorage:
     def write(self, run_id: str, *, wait: bool = True) -> Iterator[_Transaction | None]:
         lock = "FOR NO KEY UPDATE" if wait else "FOR NO KEY UPDATE SKIP LOCKED"
         with self._connection() as db:
-            with db.transaction():
+            # Pipeline mode: statements whose results nobody reads (BEGIN, the appends, the
+            # keys, settling) go out without waiting for their answers; COMMIT waits for all.
+            with db.pipeline(), db.transaction():
                 row = db.execute(f"{_RECORD} WHERE id = %s {lock}", (run_id,)).fetchone()
                 if row is None:
                     if wait or not _exists(db, run_id):
