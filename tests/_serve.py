@@ -158,6 +158,16 @@ class Client:
         answer = json.loads(raw) if raw else None
         return response.status, answer, {k.lower(): v for k, v in response.getheaders()}
 
+    def abandon(self, method: str, path: str, body: object, headers: dict[str, str]) -> None:
+        """Send a request whole, then close the connection without reading the answer."""
+        self.close()
+        connection = http.client.HTTPConnection(*self._address, timeout=self._timeout)
+        sent = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json", **headers}
+        try:
+            connection.request(method, path, body=json.dumps(body).encode(), headers=sent)
+        finally:
+            connection.close()
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
@@ -183,9 +193,18 @@ class Writer:
         self._retry_for = retry_for
         self.counts = WriterCounts()
 
-    def put(self, body: dict[str, Any]) -> dict[str, Any]:
-        """PUT ``body`` until it is answered 200 (same key on every attempt); return the answer."""
-        key = secrets.token_hex(12)
+    def put(
+        self, body: dict[str, Any], *, key: str | None = None, abandon_first: bool = False
+    ) -> dict[str, Any]:
+        """PUT ``body`` until it is answered 200 (same key on every attempt); return the answer.
+
+        ``abandon_first`` sends the first attempt and hangs up without reading the
+        answer: a lost response, whose outcome the writer cannot know.
+        """
+        key = key or secrets.token_hex(12)
+        if abandon_first:
+            self._client.abandon("PUT", self._path, body, {"Idempotency-Key": key})
+            self.counts.failed_attempts += 1
         deadline = time.monotonic() + self._retry_for
         delay = 0.01
         while True:

@@ -250,3 +250,42 @@ def test_a_worker_killed_mid_load_loses_nothing_and_applies_nothing_twice(
     finally:
         after.close()
     assert answer["metadata"]["n"] == WRITERS * INCREMENTS + 1
+
+
+def test_lost_answers_retried_with_their_key_apply_once_whichever_worker_answers(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each request is sent, its connection dropped unread (the writer cannot know whether
+    # it was applied), then sent again with the same key on a new connection: the kernel
+    # hands that one to any of the workers, maybe while the first is still in flight.
+    _create(served, "counter")
+    writers, requests = 8, 50
+    counts: list[WriterCounts] = []
+
+    def writer() -> None:
+        own = Writer(served, "counter")
+        counts.append(own.counts)
+        try:
+            for _ in range(requests):
+                own.put({"operations": [INCREMENT]}, abandon_first=True)
+        finally:
+            own.close()
+
+    _in_threads([writer] * writers)
+    stored = int(_metadata(served, "counter")["n"])
+    tally = Tally("8 writers x 50, each answer lost once", sum(c.acknowledged for c in counts), stored)
+    replayed = sum(c.replayed for c in counts)
+    with capsys.disabled():
+        print(f"\n--workers {WORKERS}, lost answers\n  {tally.line()}; answered as replays: {replayed}")
+    assert (tally.acknowledged, tally.stored) == (writers * requests, writers * requests)
+    # One key, asked of every worker in turn: applied once, then replayed by all.
+    key_writer = Writer(served, "counter")
+    answers = []
+    try:
+        for _ in range(20):
+            answers.append(key_writer.put({"operations": [INCREMENT]}, key="one-key"))
+            key_writer.close()  # a new connection each time: any worker may take it
+    finally:
+        key_writer.close()
+    assert [a["metadata"]["n"] for a in answers] == [writers * requests + 1] * 20
+    assert key_writer.counts.replayed == 19
