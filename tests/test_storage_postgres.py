@@ -315,3 +315,83 @@ def test_tables_of_another_schema_version_are_refused(postgres_url: str) -> None
         db.execute("UPDATE metaops_schema SET version = 99")
     with pytest.raises(StorageError, match="version 99"):
         PostgresStorage(postgres_url)
+
+
+class _Heard:
+    """What a listener heard, and a way to wait until it heard something."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+        self._condition = threading.Condition()
+
+    def __call__(self, *item: object) -> None:
+        with self._condition:
+            self.items.append(item if len(item) > 1 else item[0])
+            self._condition.notify_all()
+
+    def wait_for(self, item: object) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: item in self.items, timeout=30)
+        assert item in self.items, f"never heard {item!r}; heard {self.items}"
+
+
+def test_completing_a_run_is_announced_to_every_process(open_many: Callable[[], PostgresStorage]) -> None:
+    # A Realtime subscriber stops at completion: it must hear of it, at the run's version.
+    first, second = open_many(), open_many()
+    _create(first, "r")
+    with first.write("r") as tx:
+        assert tx is not None
+        tx.append(OPS)
+    here, there = _Heard(), _Heard()
+    first.subscribe(here)
+    second.subscribe(there)
+    record = first.complete_run("r", 50.0)
+    assert (record.version, record.completed_at) == (1, 50.0)
+    here.wait_for(("r", 1))
+    there.wait_for(("r", 1))
+    with pytest.raises(RunNotFoundError):
+        first.complete_run("ghost", 50.0)
+
+
+def test_subscribing_again_after_unsubscribing_hears_each_change_once(
+    open_many: Callable[[], PostgresStorage],
+) -> None:
+    storage, other = open_many(), open_many()
+    _create(storage, "r")
+    storage.subscribe(_Heard())()  # subscribed, then unsubscribed at once
+    heard = _Heard()
+    storage.subscribe(heard)
+    for writer in (other, other):
+        with writer.write("r") as tx:
+            assert tx is not None
+            tx.append(OPS)
+    heard.wait_for(("r", 2))  # notifications arrive in commit order: version 1 came before
+    assert heard.items == [("r", 1), ("r", 2)]
+
+
+def test_other_modules_get_pooled_connections_and_their_own_channels(
+    postgres_url: str, open_many: Callable[[], PostgresStorage]
+) -> None:
+    storage = open_many()
+    with storage.connection() as db, db.transaction():
+        db.execute("CREATE TABLE streams_of_mine (id int)")
+        db.execute("INSERT INTO streams_of_mine VALUES (1)")
+    with pytest.raises(StorageError, match="no_such_table"), storage.connection() as db:
+        db.execute("SELECT * FROM no_such_table")
+    heard = _Heard()
+    stop = storage.listen("my channel", heard)
+    with psycopg.connect(postgres_url, autocommit=True) as elsewhere:
+        elsewhere.execute("SELECT count(*) FROM streams_of_mine")
+        elsewhere.execute("NOTIFY \"my channel\", 'one'")
+        heard.wait_for("one")
+        stop()
+        elsewhere.execute("NOTIFY \"my channel\", 'two'")
+        # Stopped: 'two' goes unheard. Wait for a later change on the feed to be sure it came and went.
+        feed = _Heard()
+        storage.subscribe(feed)
+        _create(storage, "r")
+        with open_many().write("r") as tx:  # another process
+            assert tx is not None
+            tx.append(OPS)
+        feed.wait_for(("r", 1))
+    assert heard.items == ["one"]

@@ -143,6 +143,13 @@ WITH logged AS (
 SELECT pg_notify(%(channel)s, %(payload)s)
 """
 
+_COMPLETE = f"""
+WITH done AS (
+    UPDATE metaops_runs SET completed_at = %(at)s WHERE id = %(run_id)s RETURNING {_RECORD_COLUMNS}
+)
+SELECT {_RECORD_COLUMNS}, pg_notify(%(channel)s, version || ':' || %(origin)s || ':' || id) FROM done
+"""
+
 _APPEND_SNAPSHOT = """
 WITH snapshot AS (
     UPDATE metaops_snapshots SET version = %(version)s, metadata = %(operations)s WHERE run_id = %(run_id)s
@@ -170,7 +177,8 @@ class PostgresStorage:
         self._origin = secrets.token_hex(6)
         self._lock = threading.Lock()
         self._listeners: list[ChangeListener] = []
-        self._listener: _Listener | None = None
+        self._listener = _Listener(url)  # connects on first use
+        self._feed_registered = False
         self._closed = False
         try:
             # One connection first, so that a wrong URL fails at once rather than after
@@ -202,6 +210,14 @@ class PostgresStorage:
         return self._channel
 
     @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection (autocommit; open a transaction with ``db.transaction()``), for
+        modules that keep their own tables in this schema. psycopg errors raised in the
+        block become :class:`StorageError`."""
+        with self._connection() as db:
+            yield db
+
+    @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         if self._closed:
             msg = f"{self._shown_url}: storage is closed"
@@ -218,9 +234,7 @@ class PostgresStorage:
         """Stop listening and close every connection; later calls raise :class:`StorageError`."""
         with self._lock:
             self._closed = True
-            listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.stop()
+        self._listener.stop()
         self._pool.close()
 
     # ------------------------------------------------------------------ runs
@@ -282,14 +296,18 @@ class PostgresStorage:
                 self._dispatch(run_id, tx.appended)
 
     def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
+        """Mark the run completed, and announce it on the change feed at its current version
+        (a Realtime subscriber stops at completion, so it must hear of it)."""
         with self._connection() as db:
             row = db.execute(
-                f"UPDATE metaops_runs SET completed_at = %s WHERE id = %s RETURNING {_RECORD_COLUMNS}",
-                (completed_at, run_id),
+                _COMPLETE,
+                {"run_id": run_id, "at": completed_at, "channel": self._channel, "origin": self._origin},
             ).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        return RunRecord(*row)
+        record = RunRecord(*row[:7])
+        self._dispatch(run_id, record.version)
+        return record
 
     # ------------------------------------------------------------------ outbox and keys
 
@@ -340,15 +358,11 @@ class PostgresStorage:
                 msg = f"{self._shown_url}: storage is closed"
                 raise StorageError(msg)
             self._listeners.append(listener)
-            start = self._listener is None
-            if start:
-                self._listener = _Listener(self._url, self._channel, self._origin, self._dispatch)
-            listening = self._listener
-        assert listening is not None
-        if start:
-            listening.start()
+            first, self._feed_registered = not self._feed_registered, True
+        if first:
+            self._listener.add(self._channel, self._on_notification)
         else:
-            listening.wait()
+            self._listener.add(self._channel, None)  # returns once the channel is listened to
 
         def unsubscribe() -> None:
             with self._lock:
@@ -356,6 +370,24 @@ class PostgresStorage:
                     self._listeners.remove(listener)
 
         return unsubscribe
+
+    def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(payload)`` for each ``NOTIFY`` on ``channel`` (from any session), on the
+        one listening connection of this storage; return a function that stops it.
+
+        Returns once ``LISTEN`` is in effect. Callbacks run on the listening thread: keep
+        them quick. Notifications sent while that connection is being re-established
+        (after it dropped) are missed.
+        """
+        if self._closed:
+            msg = f"{self._shown_url}: storage is closed"
+            raise StorageError(msg)
+        return self._listener.add(channel, callback)
+
+    def _on_notification(self, payload: str) -> None:
+        version, origin, run_id = _parse_payload(payload)
+        if origin != self._origin:  # this process's own were dispatched after their commit
+            self._dispatch(run_id, version)
 
     def _dispatch(self, run_id: str, version: int) -> None:
         with self._lock:
@@ -516,43 +548,80 @@ def _describe(error: psycopg.Error) -> str:
 
 
 class _Listener:
-    """One connection ``LISTEN``ing on the channel, on a daemon thread; it reconnects when dropped."""
+    """One connection ``LISTEN``ing on any number of channels, on a daemon thread started on
+    first use; it reconnects (and listens again) when the connection drops."""
 
-    def __init__(self, url: str, channel: str, origin: str, dispatch: Callable[[str, int], None]) -> None:
+    def __init__(self, url: str) -> None:
         self._url = url
-        self._channel = channel
-        self._origin = origin
-        self._dispatch = dispatch
+        self._lock = threading.Lock()
+        self._callbacks: dict[str, list[Callable[[str], None]]] = {}
+        self._waiting: list[tuple[str, threading.Event]] = []  # channels to LISTEN to, and who waits
         self._stop = threading.Event()
-        self._listening = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="metaops-listen", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread.start()
-        self.wait()
+    def add(
+        self, channel: str, callback: Callable[[str], None] | None, timeout: float = 10.0
+    ) -> Callable[[], None]:
+        """Listen to ``channel`` (and call ``callback`` with each payload); return once in effect."""
+        listening = threading.Event()
+        with self._lock:
+            if callback is not None:
+                self._callbacks.setdefault(channel, []).append(callback)
+            self._waiting.append((channel, listening))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="metaops-listen", daemon=True)
+                self._thread.start()
+        if not listening.wait(timeout):
+            _log.warning("LISTEN %s: not in effect after %.0f s; still trying", channel, timeout)
 
-    def wait(self, timeout: float = 10.0) -> None:
-        if not self._listening.wait(timeout):
-            _log.warning("listening for changes: not connected after %.0f s; still trying", timeout)
+        def remove() -> None:
+            with self._lock:
+                callbacks = self._callbacks.get(channel, [])
+                if callback in callbacks:
+                    callbacks.remove(callback)
+
+        return remove
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
 
     def _run(self) -> None:
         delay = 0.05
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._url, autocommit=True) as db:
-                    db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    self._listening.set()
+                    with self._lock:
+                        channels = list(self._callbacks)
+                    for channel in channels:
+                        db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     delay = 0.05
                     while not self._stop.is_set():
+                        self._listen_to_new(db)
                         for notification in db.notifies(timeout=0.1):
-                            version, origin, run_id = _parse_payload(notification.payload)
-                            if origin != self._origin:
-                                self._dispatch(run_id, version)
+                            self._deliver(notification.channel, notification.payload)
             except psycopg.Error as error:
                 _log.warning("listening for changes: %s; reconnecting in %.2f s", _describe(error), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _listen_to_new(self, db: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            waiting = list(self._waiting)
+        for channel, listening in waiting:
+            db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))  # a repeat is a no-op
+            listening.set()
+            with self._lock:
+                self._waiting.remove((channel, listening))
+
+    def _deliver(self, channel: str, payload: str) -> None:
+        with self._lock:
+            callbacks = tuple(self._callbacks.get(channel, ()))
+        for callback in callbacks:
+            try:
+                callback(payload)
+            except Exception:  # one failing callback must not starve the others
+                _log.exception("notification callback %r failed on channel %s", callback, channel)
