@@ -54,7 +54,7 @@ def _backends_waiting_on_a_lock(url: str) -> int:
     return int(row[0])
 
 
-def _run_unless_it_waits_for_a_lock(url: str, work: Callable[[], None]) -> None:
+def _run_unless_it_waits_for_a_lock(url: str, work: Callable[[], object]) -> None:
     """Run ``work`` on a thread; fail (and let it go on) as soon as a backend waits on a row lock."""
     errors: list[BaseException] = []
 
@@ -395,3 +395,19 @@ def test_other_modules_get_pooled_connections_and_their_own_channels(
             tx.append(OPS)
         feed.wait_for(("r", 1))
     assert heard.items == ["one"]
+
+
+def test_a_process_starting_beside_busy_writers_does_not_wait_for_them(
+    postgres_url: str, open_many: Callable[[], PostgresStorage]
+) -> None:
+    # A worker restarted under load: its startup must not lock the tables that requests write.
+    running = open_many()
+    _create(running, "parent")
+    _create(running, "child", parent_id="parent")
+    with running.write("child") as tx:
+        assert tx is not None
+        for table_writes in range(3):
+            tx.enqueue("parent", OPS, float(table_writes))
+        tx.use_key("k", 1.0)
+        tx.append(OPS)
+        _run_unless_it_waits_for_a_lock(postgres_url, lambda: open_many().get_run("child"))

@@ -488,18 +488,30 @@ def _create_schema(db: psycopg.Connection[Any], shown_url: str) -> str:
     if schema is None:
         msg = f"{shown_url}: no schema to create the tables in: none on the search_path exists"
         raise StorageError(msg)
-    with db.transaction():
-        # CREATE ... IF NOT EXISTS is not safe against itself running in another session.
-        db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"metaops.schema:{schema}",))
-        db.execute(_SCHEMA.encode())
-        stored = db.execute("SELECT version FROM metaops_schema").fetchone()
-        if stored is None:
-            db.execute("INSERT INTO metaops_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
-        elif stored[0] != SCHEMA_VERSION:
-            found = f"metaops tables of version {stored[0]}, not {SCHEMA_VERSION}"
-            msg = f"{shown_url}: schema {schema!r} holds {found}"
-            raise StorageError(msg)
+    # Tables already there: no DDL at all. CREATE INDEX IF NOT EXISTS locks its table
+    # against writes before it finds the index exists, so a worker restarting under load
+    # would stall the others' writes (or deadlock with one).
+    if _stored_version(db) is None:
+        with db.transaction():
+            # CREATE ... IF NOT EXISTS is not safe against itself running in another session.
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"metaops.schema:{schema}",))
+            if _stored_version(db) is None:
+                db.execute(_SCHEMA.encode())
+                db.execute("INSERT INTO metaops_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+    stored = _stored_version(db)
+    if stored != SCHEMA_VERSION:
+        found = f"metaops tables of version {stored}, not {SCHEMA_VERSION}"
+        msg = f"{shown_url}: schema {schema!r} holds {found}"
+        raise StorageError(msg)
     return _channel_name(schema)
+
+
+def _stored_version(db: psycopg.Connection[Any]) -> int | None:
+    """The version of the metaops tables in the current schema; ``None`` when there are none."""
+    if db.execute("SELECT to_regclass('metaops_schema')").fetchone() == (None,):
+        return None
+    row = db.execute("SELECT max(version) FROM metaops_schema").fetchone()
+    return None if row is None else row[0]
 
 
 def _history(db: psycopg.Connection[Any], run_id: str, since: int | None) -> History | None:
