@@ -102,6 +102,9 @@ class SQLiteStorage:
         self._closed = False
         self._listeners: list[ChangeListener] = []
         self._held: dict[str, int] = {}  # run -> how many threads of this process hold or wait for it
+        # SQLite has one writer at a time; waiting for it here wakes the next writer as soon as
+        # the last commits, where SQLite's own busy handler polls with sleeps of up to 100 ms.
+        self._writer = threading.Lock()
         with self._connection() as db:
             # WAL lets readers run beside the one writer; it is a property of the file.
             mode_set = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -181,7 +184,7 @@ class SQLiteStorage:
         root_id: str | None,
         created_at: float,
     ) -> RunRecord:
-        with self._connection() as db:
+        with self._writer, self._connection() as db:
             db.execute("BEGIN IMMEDIATE")
             if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None:
                 db.execute("ROLLBACK")
@@ -229,7 +232,7 @@ class SQLiteStorage:
             yield None
             return
         try:
-            with self._connection() as db:
+            with self._writer, self._connection() as db:
                 db.execute("BEGIN IMMEDIATE")
                 row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
                 if row is None:
@@ -248,7 +251,7 @@ class SQLiteStorage:
             self._notify(run_id, tx.appended)
 
     def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
-        with self._connection() as db:
+        with self._writer, self._connection() as db:
             cursor = db.execute("UPDATE runs SET completed_at = ? WHERE id = ?", (completed_at, run_id))
             if cursor.rowcount != 1:
                 raise RunNotFoundError(run_id)
@@ -282,7 +285,7 @@ class SQLiteStorage:
         return [RejectedEntry(*row) for row in rows]
 
     def expire_keys(self, before: float) -> int:
-        with self._connection() as db:
+        with self._writer, self._connection() as db:
             cursor = db.execute("DELETE FROM idempotency_keys WHERE used_at < ?", (before,))
         return cursor.rowcount
 
