@@ -411,3 +411,48 @@ def test_a_process_starting_beside_busy_writers_does_not_wait_for_them(
         tx.use_key("k", 1.0)
         tx.append(OPS)
         _run_unless_it_waits_for_a_lock(postgres_url, lambda: open_many().get_run("child"))
+
+
+def test_a_writer_waits_for_a_held_run_at_most_the_lock_timeout(postgres_url: str) -> None:
+    holder = PostgresStorage(postgres_url)
+    impatient = PostgresStorage(postgres_url, lock_timeout=0.2)
+    try:
+        _create(holder, "r")
+        with holder.write("r") as tx:
+            assert tx is not None
+            with pytest.raises(StorageError, match="lock timeout"), impatient.write("r"):
+                pass
+            tx.append(OPS)
+        record = impatient.get_run("r")
+        assert record is not None
+        assert record.version == 1
+    finally:
+        holder.close()
+        impatient.close()
+
+
+def _get_stuck_holding(stuck: PostgresStorage, other: PostgresStorage) -> None:
+    with stuck.write("r") as tx:
+        assert tx is not None
+        assert not tx.key_used("k")
+        # Stuck while deciding (a hung worker): meanwhile another process waits for the
+        # run, and gets it once PostgreSQL has ended the stuck session.
+        with other.write("r") as theirs:
+            assert theirs is not None
+            theirs.append(OPS)
+        tx.append(OPS)
+
+
+def test_a_process_stuck_inside_a_transaction_is_cut_off_and_its_run_freed(postgres_url: str) -> None:
+    stuck = PostgresStorage(postgres_url, idle_timeout=0.3)
+    other = PostgresStorage(postgres_url)
+    try:
+        _create(stuck, "r")
+        with pytest.raises(StorageError, match=r"idle-in-transaction|terminat|closed"):
+            _get_stuck_holding(stuck, other)
+        record = other.get_run("r")
+        assert record is not None
+        assert record.version == 1
+    finally:
+        stuck.close()
+        other.close()

@@ -134,6 +134,8 @@ CROSS JOIN LATERAL (
 ) log
 """
 
+_EXISTS = "SELECT 1 FROM metaops_runs WHERE id = %s"
+
 _APPEND = """
 WITH logged AS (
     INSERT INTO metaops_run_log (run_id, version, operations) VALUES (%(run_id)s, %(version)s, %(operations)s)
@@ -166,11 +168,28 @@ class PostgresStorage:
     """:class:`~metaops.service.Storage` on PostgreSQL: ``postgresql://user:pass@host:port/dbname``.
 
     ``pool_size`` bounds the connections this process holds for requests (one more
-    listens for changes once something subscribes). ``timeout`` is how long a call
-    waits for a free connection, or to connect, before :class:`StorageError`.
+    listens for changes once something subscribes): with N worker processes the
+    server needs ``N * (pool_size + 1)`` of PostgreSQL's ``max_connections`` (100 by
+    default). ``timeout`` is how long a call waits for a free connection, or to
+    connect, before :class:`StorageError`.
+
+    Two guards keep one stuck process from stalling the others: a statement waits at
+    most ``lock_timeout`` seconds for a row another session holds (then
+    :class:`StorageError`; the client retries), and PostgreSQL ends a session left
+    idle inside a transaction for ``idle_timeout`` seconds (a worker hung while it
+    holds a run and decides what to write), rolling it back. A process that dies
+    outright releases its runs at once: PostgreSQL sees its connections close.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout: float = 30.0,
+        lock_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
         self._url = url
         self._shown_url = _without_password(url)
         # Notifications carry it, so that the listener skips what this process already dispatched.
@@ -188,11 +207,20 @@ class PostgresStorage:
         except psycopg.Error as error:
             msg = f"{self._shown_url}: {_describe(error)}"
             raise StorageError(msg) from None
+        guards = (
+            f"SET lock_timeout = {max(1, round(lock_timeout * 1000))};"
+            f" SET idle_in_transaction_session_timeout = {max(1, round(idle_timeout * 1000))}"
+        ).encode()
+
+        def configure(db: psycopg.Connection[Any]) -> None:
+            db.execute(guards)
+
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
             max_size=max(1, pool_size),
             kwargs={"autocommit": True},
+            configure=configure,
             open=False,
             timeout=timeout,
             name="metaops",
@@ -282,14 +310,18 @@ class PostgresStorage:
         with self._connection() as db:
             # Pipeline mode: statements whose results nobody reads (BEGIN, the appends, the
             # keys, settling) go out without waiting for their answers; COMMIT waits for all.
-            with db.pipeline(), db.transaction():
-                row = db.execute(f"{_RECORD} WHERE id = %s {lock}", (run_id,)).fetchone()
+            # A read ends its batch with a Sync rather than a flush (the same round trip), so
+            # that the session is "idle in transaction" while the service computes, and
+            # idle_timeout can cut off a process stuck there.
+            with db.pipeline() as pipeline, db.transaction():
+                tx = _Transaction(db, pipeline, self._channel, self._origin)
+                row = tx.ask(f"{_RECORD} WHERE id = %s {lock}", (run_id,)).fetchone()
                 if row is None:
-                    if wait or not _exists(db, run_id):
+                    if wait or tx.ask(_EXISTS, (run_id,)).fetchone() is None:
                         raise RunNotFoundError(run_id)
                     yield None  # another session holds it
                     return
-                tx = _Transaction(db, RunRecord(*row), self._channel, self._origin)
+                tx.hold(RunRecord(*row))
                 yield tx
             # Committed: tell this process's listeners now, the others through the notification.
             if tx.appended is not None:
@@ -402,22 +434,35 @@ class PostgresStorage:
 class _Transaction:
     """:class:`~metaops.service.RunTransaction`: one connection, in a transaction holding the run's row."""
 
-    def __init__(self, db: psycopg.Connection[Any], record: RunRecord, channel: str, origin: str) -> None:
+    def __init__(
+        self, db: psycopg.Connection[Any], pipeline: psycopg.Pipeline, channel: str, origin: str
+    ) -> None:
         self._db = db
-        self._record = record
-        self._version = record.version
+        self._pipeline = pipeline
+        self._record = RunRecord("", None, None, 0, 0, 0.0, None)
+        self._version = 0
         self._channel = channel
         self._origin = origin
         self.appended: int | None = None
+
+    def hold(self, record: RunRecord) -> None:
+        self._record = record
+        self._version = record.version
+
+    def ask(self, query: str, params: Sequence[object] | dict[str, object]) -> psycopg.Cursor[Any]:
+        """Run a query whose answer is needed now: send it with a Sync, wait for the answer."""
+        cursor = self._db.execute(query.encode(), params)
+        self._pipeline.sync()
+        return cursor
 
     @property
     def record(self) -> RunRecord:
         return self._record
 
     def history(self, since: int | None) -> History:
-        history = _history(self._db, self._record.id, since)
-        assert history is not None  # the row is held: it exists
-        return history
+        row = self.ask(_HISTORY, {"run_id": self._record.id, "since": since}).fetchone()
+        assert row is not None  # the row is held: it exists
+        return _history_from(row)
 
     def append(self, operations: str, *, snapshot: str | None = None) -> int:
         self._version += 1
@@ -436,7 +481,7 @@ class _Transaction:
         return version
 
     def key_used(self, key: str) -> bool:
-        row = self._db.execute(
+        row = self.ask(
             "SELECT 1 FROM metaops_idempotency_keys WHERE run_id = %s AND key = %s", (self._record.id, key)
         ).fetchone()
         return row is not None
@@ -449,7 +494,7 @@ class _Transaction:
 
     def enqueue(self, run_id: str, operations: str, at: float) -> int:
         # Checked in the statement, not by the foreign key's error: an error would abort the transaction.
-        row = self._db.execute(
+        row = self.ask(
             "INSERT INTO metaops_outbox (run_id, operations, queued_at) "
             "SELECT %(run_id)s, %(operations)s, %(at)s "
             "WHERE EXISTS (SELECT 1 FROM metaops_runs WHERE id = %(run_id)s) RETURNING seq",
@@ -461,7 +506,7 @@ class _Transaction:
         return seq
 
     def pending(self, limit: int) -> tuple[OutboxEntry, ...]:
-        rows = self._db.execute(
+        rows = self.ask(
             "SELECT seq, run_id, operations FROM metaops_outbox WHERE run_id = %s ORDER BY seq LIMIT %s",
             (self._record.id, limit),
         ).fetchall()
@@ -515,9 +560,11 @@ def _stored_version(db: psycopg.Connection[Any]) -> int | None:
 
 
 def _history(db: psycopg.Connection[Any], run_id: str, since: int | None) -> History | None:
-    row = db.execute(_HISTORY, {"run_id": run_id, "since": since}).fetchone()
-    if row is None:
-        return None
+    row = db.execute(_HISTORY.encode(), {"run_id": run_id, "since": since}).fetchone()
+    return None if row is None else _history_from(row)
+
+
+def _history_from(row: tuple[Any, ...]) -> History:
     record = RunRecord(*row[:7])
     _from_log, snapshot, start, versions, operations = row[7:]
     entries = tuple(LogEntry(v, o) for v, o in zip(versions or (), operations or (), strict=True))
@@ -525,7 +572,7 @@ def _history(db: psycopg.Connection[Any], run_id: str, since: int | None) -> His
 
 
 def _exists(db: psycopg.Connection[Any], run_id: str) -> bool:
-    return db.execute("SELECT 1 FROM metaops_runs WHERE id = %s", (run_id,)).fetchone() is not None
+    return db.execute(_EXISTS, (run_id,)).fetchone() is not None
 
 
 def _payload(version: int, origin: str, run_id: str) -> str:
