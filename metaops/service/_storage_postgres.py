@@ -20,8 +20,9 @@ process, opened by the first :meth:`PostgresStorage.subscribe`) receives it.
 The tables live in the first schema on the connection's ``search_path`` (put
 ``?options=-c%20search_path%3Dname`` in the URL to keep several deployments in one
 database apart), each name prefixed ``metaops_``; the notification channel is named
-after that schema. They are created at startup under an advisory lock, so that N
-workers starting at once do not race on ``CREATE TABLE IF NOT EXISTS``.
+after that schema. They are created at startup when missing, under an advisory lock
+so that N workers starting at once do not race on ``CREATE TABLE IF NOT EXISTS``; when
+they exist, startup runs no DDL (which would lock tables that requests write).
 """
 
 from __future__ import annotations
