@@ -277,7 +277,9 @@ class SQLiteStorage:
             if cursor.rowcount != 1:
                 raise RunNotFoundError(run_id)
             row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
-        return _record(row)
+        record = _record(row)
+        self._notify(run_id, record.version)  # listeners re-read the record: it completed
+        return record
 
     # ------------------------------------------------------------------ outbox and keys
 
