@@ -731,7 +731,10 @@ def _serve(argv: Sequence[str]) -> int:
             "pip install 'metaops[server]'\n"
         )
         return EXIT_BAD_INPUT
-    return serve(list(argv))
+    try:
+        return serve(list(argv))
+    except SystemExit as done:  # --help, or a usage error argparse has already reported
+        return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
 
 
 def main(argv: Sequence[str] | None = None) -> int:

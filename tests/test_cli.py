@@ -1000,12 +1000,20 @@ def exit_case(command: str, status: int, tmp_path: Path) -> tuple[list[str], str
     return [arg.format(**paths) for arg in argv], stdin
 
 
+# Commands that run until stopped: their --help lists what their own suites run
+# (tests/test_service_cli.py for serve: a stop by SIGTERM is 0, a startup error 2).
+SERVING = {"serve": {0, 2}}
+
+
 def test_every_command_documents_the_statuses_tested_here() -> None:
-    """Each command the parser has lists its exit statuses in --help, and this file runs each one."""
+    """Each command the parser has lists its exit statuses in --help, and this file (or, for a
+    command that serves until stopped, its own suite) runs each one."""
     commands = parser_commands()
-    assert sorted(commands) == sorted(COMMANDS)
-    for command in commands:
+    assert sorted(commands) == sorted([*COMMANDS, *SERVING])
+    for command in COMMANDS:
         assert documented_statuses(command) == set(EXITS[command]) | SHARED, command
+    for command, statuses in SERVING.items():
+        assert documented_statuses(command) == statuses, command
 
 
 @pytest.mark.parametrize(
