@@ -87,6 +87,24 @@ def test_startup_errors_are_one_line_and_exit_2(tmp_path: Path, case: str, words
     _assert_one_error_line(result, words)
 
 
+def test_a_password_in_the_database_url_is_never_printed() -> None:
+    result = _run("--database", "mysql://admin:hunter2@db.example:3306/runs", "--port", "0")
+    _assert_one_error_line(result, "mysql://admin:***@db.example:3306/runs")
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_importing_the_service_does_not_import_psycopg() -> None:
+    """SQLite users never load PostgreSQL's driver; PostgresStorage is imported when asked for."""
+    code = (
+        "import sys, metaops.service as s; print('psycopg' in sys.modules); "
+        "s.PostgresStorage; print('psycopg' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["False", "True"], result
+
+
 @pytest.mark.parametrize(
     "args",
     [["--port", "70000"], ["--workers", "0"], ["--request-timeout", "0"], ["--flush-interval", "-1"],
@@ -167,6 +185,7 @@ def test_a_random_token_is_printed_and_the_default_database_is_in_the_working_di
     assert (tmp_path / "metaops.sqlite3").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_gracefully_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'runs.sqlite3'}"
     first = ServeProcess(url)
