@@ -16,6 +16,7 @@ from metaops._errors import (
     InvalidValueError,
     MetadataTooLargeError,
     MetaopsError,
+    ReadOnlyError,
 )
 from metaops._json import JSON, MAX_DEPTH, json_equal
 from metaops._paths import is_safe_key
@@ -55,6 +56,7 @@ __all__ = [
     "MetadataTooLargeError",
     "MetaopsError",
     "Operation",
+    "ReadOnlyError",
     "Remove",
     "RunMetadata",
     "Set",

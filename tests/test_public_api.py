@@ -38,6 +38,7 @@ PUBLIC_API = [
     "MetadataTooLargeError",
     "MetaopsError",
     "Operation",
+    "ReadOnlyError",
     "Remove",
     "RunMetadata",
     "Set",
