@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from metaops._errors import InvalidOperationError, InvalidValueError
-from metaops._json import JSON, describe, normalize
+from metaops._json import JSON, MAX_DEPTH, describe, normalize
 from metaops._paths import is_safe_key
 from metaops._views import DictView, ListView
 
@@ -123,8 +123,9 @@ def checked_metadata(value: object, method: str) -> dict[str, JSON]:
     A view is shared; anything else is copied into fresh JSON. The copy goes through
     the C JSON codec, about twice as fast as normalize's walk. Whatever JSON would
     change (a non-str key, a tuple) makes the copy differ, and whatever it refuses
-    (NaN, a datetime, a cycle) raises: normalize then converts or explains. Ints
-    long enough to leave the double range go there too.
+    (NaN, a datetime, a cycle) raises: normalize then converts or explains. So do
+    values nested deeper than :data:`~metaops.MAX_DEPTH` and ints a double does not
+    hold exactly, which the codec would take.
     """
     if isinstance(value, DictView):
         return value._data
@@ -135,8 +136,10 @@ def checked_metadata(value: object, method: str) -> dict[str, JSON]:
         text = _COPY_ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
         return _normalized(value, "metadata", method)  # type: ignore[return-value]
+    if not _copies_exactly(text):
+        return _normalized(value, "metadata", method)  # type: ignore[return-value]
     copy = json.loads(text)
-    if copy != value or text.encode("ascii").translate(_DIGITS_AS_ZERO).find(_LONG_NUMBER) != -1:
+    if copy != value:
         return _normalized(value, "metadata", method)  # type: ignore[return-value]
     return copy  # type: ignore[no-any-return]
 
@@ -144,6 +147,47 @@ def checked_metadata(value: object, method: str) -> dict[str, JSON]:
 # ensure_ascii (the default) keeps the text ASCII, lone surrogates included.
 _COPY_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
-# normalize refuses ints of 2**1023 and more (308 digits); shorter digit runs are always fine.
-_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
-_LONG_NUMBER = b"0" * 300
+# For the int check: digits become "0", the bytes before a value ("[", ":", ",") "(".
+# An int token past 15 digits may be past 2**53; a float's digits run into "." or "e".
+_NUMBER_CLASSES = bytes(
+    ord("0") if byte in b"0123456789" else ord("(") if byte in b"[:," else byte if byte == ord("-") else 0
+    for byte in range(256)
+)
+_LONG_INTS = (b"(" + b"0" * 16, b"(-" + b"0" * 16)
+# For the depth check: quotes and brackets kept ("{" and "}" as "[" and "]"), the rest dropped.
+_AS_SHAPE = bytes.maketrans(b"{}", b"[]")
+_NOT_SHAPE = bytes(set(range(256)) - set(b'[]{}"'))
+
+
+def _copies_exactly(text: str) -> bool:
+    """Whether the C codec's ``text`` of a value holds no long int and nests at most MAX_DEPTH deep.
+
+    Linear in the text, and all in C but for a loop over (rare) int tokens of 16 digits.
+    """
+    data = text.encode("ascii")
+    classes = data.translate(_NUMBER_CLASSES)
+    for needle in _LONG_INTS:
+        found = classes.find(needle)
+        while found != -1:
+            end = found + len(needle)
+            while classes[end] == 0x30:  # "0", a digit
+                end += 1
+            if data[end] in b"]},":  # the token ends: an int (a string's digits may pass too)
+                return False
+            found = classes.find(needle, end)
+    if b'\\"' in data:
+        # An escape is a backslash and one character: with the escaped backslashes gone,
+        # each backslash-quote left is an escaped quote, which ends no string.
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Strings are cut out of the shape. Two adjacent quotes enclose no bracket (a string
+    # without any, or the separator between two strings): dropping them keeps every
+    # other quote paired with its partner, and drops no bracket outside a string.
+    shape = data.translate(_AS_SHAPE, _NOT_SHAPE).replace(b'""', b"")
+    if b'"' in shape:
+        shape = b"".join(shape.split(b'"')[::2])
+    # Each pass removes the innermost pairs: one level of nesting.
+    for _ in range(MAX_DEPTH):
+        if not shape:
+            return True
+        shape = shape.replace(b"[]", b"")
+    return not shape

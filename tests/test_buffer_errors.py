@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
 
 from metaops import (
     MAX_DEPTH,
@@ -18,9 +20,13 @@ from metaops import (
     InvalidValueError,
     MetaopsError,
     Set,
+    json_size,
 )
+from metaops._arguments import _copies_exactly
+from metaops._json import normalize
 from metaops.buffer import DictView, Flush, ListView, RunMetadata
-from tests.buffer_support import snapshot
+from metaops.strategies import metadata
+from tests.buffer_support import Metadata, snapshot
 from tests.oracle import same_json
 
 # --------------------------------------------------------------------------- bad input
@@ -139,7 +145,7 @@ def _nested(depth: int) -> Any:
     return value
 
 
-@pytest.mark.parametrize("depth", [1_200, 100_000])
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 1_200, 100_000])
 @pytest.mark.parametrize(
     ("call", "where"),
     [
@@ -159,7 +165,7 @@ def test_values_nested_too_deeply_are_refused_with_a_typed_error(call: Any, wher
     """A value past MAX_DEPTH is an InvalidValueError naming the call and the place, never a RecursionError.
 
     (A list nested 1,200 deep used to raise RecursionError from set, append, remove, replace
-    and the constructor.)
+    and the constructor, and one 500 deep was taken by the constructor.)
     """
     md = RunMetadata({"a": [1]}, is_root=False)
     before = snapshot(md)
@@ -167,6 +173,66 @@ def test_values_nested_too_deeply_are_refused_with_a_typed_error(call: Any, wher
         call(md, _nested(depth))
     assert str(caught.value).startswith(where.replace("[", "[").rstrip())
     assert same_json(snapshot(md), before)
+
+
+def test_metadata_as_deep_as_allowed_is_taken() -> None:
+    """Metadata nested exactly MAX_DEPTH levels (the top dict counts) is taken, by every way in."""
+    deep = {"a": _nested(MAX_DEPTH - 1)}
+    md = RunMetadata(deep, is_root=False)
+    assert md.current() == deep
+    md.replace(deep).accept(Flush(), deep)
+    md.parent.replace(deep)
+    assert md.current() == deep
+    with pytest.raises(InvalidValueError, match="nested"):
+        RunMetadata({"a": _nested(MAX_DEPTH)})
+
+
+@pytest.mark.parametrize("decoy", ["][", "}{", '"][', '\\"][', "\\", "]]]]]]", "[[[[[["])
+def test_brackets_and_quotes_inside_strings_cannot_hide_depth(decoy: str) -> None:
+    """Strings full of brackets, quotes and backslashes neither hide nor fake the nesting depth."""
+    deep: Any = []
+    for level in range(MAX_DEPTH + 40):
+        deep = [decoy, deep] if level % 2 else {"k": decoy, "v": deep}
+    with pytest.raises(InvalidValueError, match="nested"):
+        RunMetadata({"a": deep})
+    shallow = {"a": [decoy, {"k": decoy * 50, decoy: [decoy]}]}
+    assert same_json(RunMetadata(shallow).current(), shallow)
+    # (and such metadata still takes the fast copy, not normalize's walk)
+    assert _copies_exactly(json.dumps(shallow, separators=(",", ":")))
+    assert not _copies_exactly(json.dumps({"a": deep}, separators=(",", ":")))
+
+
+# --------------------------------------------------------------------------- whole metadata in
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"s": 'a "quoted" [[[ {{ ]] \\ \\" string', "t": ["\\", '"', "[", "]"]},
+        {"digits": "12345678901234567890", "n": 12345678901234567890, "m": -12345678901234567890},
+        {"f": 0.30000000000000004, "big": 1.2345678901234567e300, "small": -5e-324, "z": -0.0},
+        {"exact": 2**53, "past": 2**53 + 1, "neg": -(2**53) - 1},
+        {"nested": [[[[["x"]]]], {"k": {"k": [1]}}], "text": "日本語 \ud800 \udfff 🎉"},
+    ],
+)
+def test_the_fast_copy_of_whole_metadata_agrees_with_normalize(given: Metadata) -> None:
+    """Constructor, accept and replace copy metadata through the C codec; the result is normalize's."""
+    expected = normalize(given)
+    md = RunMetadata(given, limit=10**6)
+    assert same_json(md.current(), expected)
+    md.replace(given)
+    assert same_json(md.current(), expected)
+    md.accept(md.drain(), given)
+    assert same_json(md.current(), expected)
+    assert md.size == json_size(expected)
+
+
+@given(initial=metadata())
+def test_any_metadata_is_copied_as_normalize_copies_it(initial: Metadata) -> None:
+    """For any metadata, the constructor holds what normalize makes of it, and shares nothing with it."""
+    md = RunMetadata(initial, limit=10**7)
+    assert same_json(md.current(), normalize(initial))
+    assert md.current()._data is not initial
 
 
 # --------------------------------------------------------------------------- error types and words
