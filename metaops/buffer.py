@@ -41,6 +41,8 @@ Where this differs from the reference SDK (``StandardMetadataManager`` in
   keeps what was queued meanwhile (:meth:`RunMetadata.accept`); the reference logs
   the failure and drops the operations, and overwrites its store with the response,
   losing the calls made during the request;
+* ``get`` takes ``$.`` paths, as the update methods do (the reference's ``getKey``
+  reads a top-level key, whatever it holds);
 * bodies are split under the request limit.
 """
 
@@ -67,7 +69,8 @@ from metaops._errors import (
     InvalidValueError,
     MetadataTooLargeError,
 )
-from metaops._json import JSON, describe
+from metaops._json import JSON, MISSING, describe
+from metaops._paths import NOTHING, first, match, parse_key
 from metaops._size import json_size, metadata_limit, value_size
 from metaops._values import Append, Delete, Increment, Operation, Remove, Set, Update
 from metaops._views import DictView, ListView, view
@@ -350,16 +353,27 @@ class RunMetadata(_UpdateMethods):
         return shown
 
     def get(self, key: str) -> Any:
-        """The value at the top-level ``key`` (read-only views for containers); ``None`` when absent.
+        """The value at ``key`` (read-only views for containers); ``None`` when there is none.
 
-        >>> md = RunMetadata({"n": 1, "logs": ["a"]})
+        ``key`` is what the update methods take: a top-level key, read literally, or a
+        ``$.`` path. Through wildcards or slices, a path reads what an update at that
+        key reads (an ``increment`` adds to it): its first match, a list found through
+        ``d`` of them flattened ``d`` levels (the reference's ``first``). An unsafe key
+        is refused as the update methods refuse it.
+
+        >>> md = RunMetadata({"n": 1, "logs": ["a"], "runs": [{"rows": 2}, {"rows": 5}]})
         >>> md.get("n"), md.get("logs"), md.get("absent")
         (1, ListView(['a']), None)
+        >>> md.get("$.runs.1.rows"), md.get("$.runs.*.rows"), md.get("$.logs.7")
+        (5, 2, None)
         """
-        if not isinstance(key, str):
-            msg = f"get: key must be a str, got {describe(key)}"
-            raise InvalidValueError(msg, "key")
-        return view(self._state[0].get(key))
+        if type(key) is not str or key not in SAFE_KEYS:
+            key = checked_key(key, "get")
+        metadata = self._state[0]
+        if not key.startswith("$."):
+            return view(metadata.get(key))
+        found = first(match(metadata, parse_key(key).components))  # type: ignore[arg-type]
+        return None if found is MISSING or found is NOTHING else view(found)  # type: ignore[arg-type]
 
     @property
     def size(self) -> int:

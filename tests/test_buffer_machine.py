@@ -389,6 +389,7 @@ def test_any_json_value_round_trips_through_set_and_get(value: Any) -> None:
     md = RunMetadata(limit=10**7)
     md.set("v", value)
     assert same_json(md.get("v"), value)
+    assert same_json(md.get("$.v"), value)
     (text,) = md.drain().texts()
     assert same_json(json.loads(text.encode("utf-8"))["operations"][0]["value"], value)
 

@@ -13,6 +13,7 @@ from hypothesis import given
 
 from metaops import (
     Increment,
+    InvalidOperationError,
     InvalidValueError,
     MetaopsError,
     ReadOnlyError,
@@ -23,7 +24,7 @@ from metaops import (
     json_text,
 )
 from metaops.buffer import DictView, Flush, ListView, RunMetadata
-from metaops.strategies import metadata
+from metaops.strategies import json_values, keys, metadata
 from tests.buffer_support import Metadata, snapshot
 from tests.oracle import same_json
 
@@ -59,7 +60,7 @@ def test_what_current_and_get_return_serializes_as_the_plain_json(dumps: Callabl
     assert dumps(md.current()) == dumps(plain)
     assert dumps(md.get("user")) == dumps(plain["user"])
     assert dumps(md.get("logs")) == dumps(plain["logs"])
-    assert dumps(md.get("user")["tags"]) == dumps(plain["user"]["tags"])
+    assert dumps(md.get("$.user.tags")) == dumps(plain["user"]["tags"])
     assert dumps({"wrapped": [md.current(), md.get("logs")]}) == dumps({"wrapped": [plain, plain["logs"]]})
     assert dumps(RunMetadata().current()) == dumps({})
 
@@ -145,8 +146,8 @@ def test_every_way_to_change_a_view_raises_and_changes_nothing(mutate: Callable[
     """Each mutating method of dict and list raises ReadOnlyError (a TypeError) on a view, at any depth."""
     md = RunMetadata({"user": {"tags": ["a", "b"], "inner": {"k": 1}}, "logs": ["a", "b"]})
     before = snapshot(md)
-    views = (md.current(), md.get("user"), md.get("user")["inner"])
-    lists = (md.get("logs"), md.get("user")["tags"], md.current()["user"]["tags"])
+    views = (md.current(), md.get("user"), md.get("$.user.inner"))
+    lists = (md.get("logs"), md.get("$.user.tags"), md.current()["user"]["tags"])
     for view in views if mutate in _DICT_MUTATIONS else lists:
         shown = json.dumps(view)
         with pytest.raises(ReadOnlyError) as caught:
@@ -334,3 +335,50 @@ def test_get_reads_a_top_level_key_literally() -> None:
     assert {"a": 2} in items
     with pytest.raises(InvalidValueError, match="get: key must be a str"):
         md.get(1)  # type: ignore[arg-type]
+
+
+def test_get_takes_paths_as_the_update_methods_do() -> None:
+    """get("$.a.b") reads the path (it used to read a top-level key named "$.a.b" and return None)."""
+    md = RunMetadata(
+        {
+            "a": {"b": 1, "list": [10, 20, {"c": "deep"}], "null": None},
+            "runs": [{"rows": 2, "tags": ["x"]}, {"rows": 5, "tags": ["y", "z"]}],
+            "grid": [[["a"], "b"], [["c"]]],
+            "$.a.b": "a key named like a path",
+        }
+    )
+    assert md.get("$.a.b") == 1
+    assert md.get("$.a.list.1") == 20
+    assert md.get("$.a.list.2.c") == "deep"
+    assert isinstance(md.get("$.a"), DictView)
+    assert isinstance(md.get("$.a.list"), ListView)
+    assert md.current()["$.a.b"] == "a key named like a path"
+    for absent in ("$.absent", "$.a.absent.deeper", "$.a.list.9", "$.a.list.name", "$.a.null", "$.a.b.c"):
+        assert md.get(absent) is None, absent
+    # Through a wildcard: the first match, as an update there reads it (an increment adds to it).
+    assert md.get("$.runs.*.rows") == 2
+    assert md.get("$.*.b") == 1
+    # A list found through a wildcard is flattened one level per wildcard crossed.
+    assert md.get("$.runs.*") == {"rows": 2, "tags": ["x"]}
+    assert md.get("$.grid.*") == ["a", "b"]
+    assert md.get("$.grid.*.*") == ["a"]
+    assert md.increment("$.runs.*.rows").get("$.runs.1.rows") == 3
+    with pytest.raises(InvalidOperationError, match=r"get: the key '\$\.constructor' is unsafe"):
+        md.get("$.constructor")
+    with pytest.raises(InvalidOperationError, match="unsafe"):
+        md.get("__proto__")
+    with pytest.raises(InvalidOperationError, match="unsafe"):
+        md.get("$.")
+
+
+_NOT_LISTS = json_values().filter(lambda value: not isinstance(value, list))
+
+
+@given(initial=metadata(max_leaves=8), key=keys(unsafe=False), value=_NOT_LISTS)
+def test_get_reads_back_what_set_wrote_at_the_same_key(initial: Metadata, key: str, value: Any) -> None:
+    """For any metadata and key: once set(key, v) changed the metadata, get(key) is v."""
+    md = RunMetadata(initial, limit=10**7)
+    before = md.current()
+    md.set(key, value)
+    if md.current() is not before and not md.unapplied:
+        assert same_json(md.get(key), value)
