@@ -34,7 +34,7 @@ from metaops._values import (
     parse_operation,
     parse_operations,
 )
-from metaops.buffer import Flush, RunMetadata
+from metaops.buffer import Flush, RejectedFlush, RunMetadata
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -57,6 +57,7 @@ __all__ = [
     "MetaopsError",
     "Operation",
     "ReadOnlyError",
+    "RejectedFlush",
     "Remove",
     "RunMetadata",
     "Set",

@@ -5,7 +5,8 @@ object. It holds the run's metadata, applies every call at once (so ``current()`
 and ``get()`` see it), enforces the size limit on every call, and queues the
 operations for the host to send: there is no network code here. The host drains a
 :class:`Flush`, sends its bodies, and then hands back the server's answer
-(:meth:`RunMetadata.accept`) or the failed flush to retry (:meth:`RunMetadata.restore`).
+(:meth:`RunMetadata.accept`), the failed flush to retry (:meth:`RunMetadata.restore`),
+or the flush the platform refused for good (:meth:`RunMetadata.reject`).
 
 >>> from metaops.buffer import RunMetadata
 >>> md = RunMetadata({"status": "queued"})
@@ -37,10 +38,11 @@ Where this differs from the reference SDK (``StandardMetadataManager`` in
   where the reference drops it silently;
 * ``decrement(key, n)`` sends ``increment(key, -n)`` on the parent and root too
   (the reference sends ``-abs(n)`` there);
-* a failed flush is put back (:meth:`RunMetadata.restore`) and a successful one
-  keeps what was queued meanwhile (:meth:`RunMetadata.accept`); the reference logs
-  the failure and drops the operations, and overwrites its store with the response,
-  losing the calls made during the request;
+* a failed flush is put back (:meth:`RunMetadata.restore`), a refused one is kept
+  with its reason (:meth:`RunMetadata.reject`), and a successful one keeps what was
+  queued meanwhile (:meth:`RunMetadata.accept`); the reference logs a failure and
+  drops the operations, and overwrites its store with the response, losing the
+  calls made during the request;
 * ``get`` takes ``$.`` paths, as the update methods do (the reference's ``getKey``
   reads a top-level key, whatever it holds);
 * bodies are split under the request limit.
@@ -81,6 +83,7 @@ __all__ = [
     "FlushInFlightError",
     "ListView",
     "MetadataUpdater",
+    "RejectedFlush",
     "RunMetadata",
 ]
 
@@ -241,6 +244,18 @@ class _UpdateMethods:
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedFlush:
+    """A flush the platform refused for good, set aside by :meth:`RunMetadata.reject`.
+
+    ``flush`` is what was refused (its operations were not sent again) and
+    ``reason`` why, in the host's words (e.g. the server's error message).
+    """
+
+    flush: Flush
+    reason: str
+
+
 class RunMetadata(_UpdateMethods):
     """A run's metadata as the task sees it, and the operations queued for the platform.
 
@@ -284,6 +299,7 @@ class RunMetadata(_UpdateMethods):
         "_parent",
         "_parent_queue",
         "_queue",
+        "_rejected",
         "_root",
         "_root_queue",
         "_shown",
@@ -323,6 +339,7 @@ class RunMetadata(_UpdateMethods):
         self._parent_queue: list[Operation] = []
         self._root_queue: list[Operation] = []
         self._unapplied: list[Operation] = []
+        self._rejected: tuple[RejectedFlush, ...] = ()
         # The flush out for delivery; _DRAINING while drain() builds it.
         self._flight: Flush | object | None = None
         self._parent = MetadataUpdater(self, "parent")
@@ -407,7 +424,7 @@ class RunMetadata(_UpdateMethods):
 
     @property
     def in_flight(self) -> Flush | None:
-        """The flush drained and not yet accepted or restored, if any."""
+        """The flush drained and not yet accepted, restored or rejected, if any."""
         flight = self._flight
         return flight if isinstance(flight, Flush) else None
 
@@ -422,6 +439,11 @@ class RunMetadata(_UpdateMethods):
         """
         with self._lock:
             return tuple(self._unapplied)
+
+    @property
+    def rejected(self) -> tuple[RejectedFlush, ...]:
+        """Every flush set aside by :meth:`reject`, with its reason, oldest first."""
+        return self._rejected
 
     # ----------------------------------------------------------------- updating
 
@@ -503,10 +525,11 @@ class RunMetadata(_UpdateMethods):
     def drain(self) -> Flush:
         """Take everything queued as one :class:`Flush`, which is then in flight.
 
-        Resolve it with :meth:`accept` (the platform took it) or :meth:`restore` (it
-        failed) before draining again: :class:`FlushInFlightError` otherwise. A flush
-        with nothing to send is not in flight (it may still report ``unapplied``).
-        The run's final flush is a drain too; send ``flush.packet()`` with the completion.
+        Resolve it with :meth:`accept` (the platform took it), :meth:`restore` (it
+        failed; it is sent again) or :meth:`reject` (the platform refused it for good)
+        before draining again: :class:`FlushInFlightError` otherwise. A flush with
+        nothing to send is not in flight (it may still report ``unapplied``). The
+        run's final flush is a drain too; send ``flush.packet()`` with the completion.
 
         >>> md = RunMetadata()
         >>> flush = md.set("a", 1).increment("n").increment("n").drain()
@@ -517,7 +540,7 @@ class RunMetadata(_UpdateMethods):
         """
         with self._lock:
             if self._flight is not None:
-                msg = "drain: a flush is in flight; accept() or restore() it first"
+                msg = "drain: a flush is in flight; accept(), restore() or reject() it first"
                 raise FlushInFlightError(msg)
             taken = (self._queue, self._parent_queue, self._root_queue)
             unapplied = tuple(self._unapplied)
@@ -584,6 +607,31 @@ class RunMetadata(_UpdateMethods):
                 msg = f"restore: delivered must be between 0 and {bodies} (the bodies), got {delivered}"
                 raise InvalidArgumentError(msg)
             self._requeue(flush._after(delivered))
+            self._flight = None
+
+    def reject(self, flush: Flush, reason: str) -> None:
+        """Set aside a flush the platform refused for good (a 400, 413, ...), with ``reason``.
+
+        The flush leaves flight and its operations are not queued again: they are kept,
+        with the reason, in :attr:`rejected` for the host to report or inspect. The
+        local metadata is left as it is (it still shows the refused calls); the next
+        :meth:`accept` adopts the server's metadata and applies what was queued since,
+        which heals any difference. Calls and drains go on as before.
+
+        >>> md = RunMetadata()
+        >>> refused = md.set("status", "x" * 10).drain()
+        >>> md.increment("n").reject(refused, "413: the metadata is too large")
+        >>> md.in_flight, md.get("status"), md.drain().operations
+        (None, 'xxxxxxxxxx', (Increment(key='n', value=1),))
+        >>> md.rejected[0].flush is refused, md.rejected[0].reason
+        (True, '413: the metadata is too large')
+        """
+        if not isinstance(reason, str):
+            msg = f"reject: reason must be a str, got {describe(reason)}"
+            raise InvalidValueError(msg, "reason")
+        with self._lock:
+            self._check_flight(flush, "reject")
+            self._rejected = (*self._rejected, RejectedFlush(flush, str.__str__(reason)))
             self._flight = None
 
     def _requeue(self, ops: Sequence[Sequence[Operation]]) -> None:

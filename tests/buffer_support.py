@@ -49,8 +49,8 @@ class Server:
 def snapshot(md: RunMetadata) -> dict[str, Any]:
     """Everything a refused call must leave as it was, as JSON: compare two with ``same_json``.
 
-    The metadata and its tracked size, the unapplied reports, each of the three queues
-    operation by operation, and which flush is in flight. The queues are
+    The metadata and its tracked size, the unapplied and rejected reports, each of the
+    three queues operation by operation, and which flush is in flight. The queues are
     read from the buffer's private lists: nothing public shows them without draining.
     """
     queues = (md._queue, md._parent_queue, md._root_queue)
@@ -58,6 +58,7 @@ def snapshot(md: RunMetadata) -> dict[str, Any]:
         "metadata": md.current().to_dict(),
         "size": md.size,
         "unapplied": [op.to_wire() for op in md.unapplied],
+        "rejected": [[id(rejected.flush), rejected.reason] for rejected in md.rejected],
         "queues": [[op.to_wire() for op in queue] for queue in queues],
         "in_flight": id(md.in_flight),
     }

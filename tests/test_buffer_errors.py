@@ -249,6 +249,10 @@ def test_every_refusal_is_a_metaops_error_and_the_matching_builtin() -> None:
         md.restore(flush, delivered=2)
     with pytest.raises(InvalidArgumentError, match="not the one in flight"):
         md.accept(Flush((Set("z", 1),)), {})
+    with pytest.raises(InvalidArgumentError, match="not the one in flight"):
+        md.reject(Flush((Set("z", 1),)), "400")
+    with pytest.raises(InvalidValueError, match="reject: reason must be a str"):
+        md.reject(flush, 400)  # type: ignore[arg-type]
     for error in (InvalidArgumentError, InvalidValueError):
         assert issubclass(error, MetaopsError)
     assert issubclass(InvalidArgumentError, ValueError)

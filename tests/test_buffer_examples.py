@@ -226,7 +226,7 @@ def test_nothing_propagates_to_children() -> None:
         *(getattr(RunMetadata, name) for name in UPDATE_METHODS),
         *(
             getattr(RunMetadata, name)
-            for name in ("current", "get", "drain", "restore", "accept", "unapplied")
+            for name in ("current", "get", "drain", "restore", "accept", "reject", "unapplied")
         ),
         MetadataUpdater,
         Flush,

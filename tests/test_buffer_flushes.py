@@ -13,6 +13,7 @@ from metaops import (
     Increment,
     InvalidArgumentError,
     InvalidValueError,
+    RejectedFlush,
     Remove,
     Set,
     apply,
@@ -134,7 +135,7 @@ def test_an_interrupted_drain_loses_nothing(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_a_flush_being_drained_cannot_be_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Between a drain's start and its Flush, accept and restore are refused (another thread's)."""
+    """Between a drain's start and its Flush, accept, restore and reject are refused (another thread's)."""
     md = RunMetadata()
     md.set("a", 1)
     refusals: list[str] = []
@@ -144,6 +145,7 @@ def test_a_flush_being_drained_cannot_be_resolved(monkeypatch: pytest.MonkeyPatc
         resolutions: list[Callable[[], None]] = [
             lambda: md.accept(Flush(), {}),
             lambda: md.restore(Flush()),
+            lambda: md.reject(Flush(), "400"),
         ]
         for resolve in resolutions:
             with pytest.raises(InvalidArgumentError, match="a flush is being drained") as caught:
@@ -153,7 +155,7 @@ def test_a_flush_being_drained_cannot_be_resolved(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(buffer, "collapse", collapse_meanwhile)
     flush = md.drain()
-    assert refusals == ["accept", "restore"] * 3  # once per list collapsed
+    assert refusals == ["accept", "restore", "reject"] * 3  # once per list collapsed
     assert md.in_flight is flush
 
 
@@ -176,6 +178,92 @@ def test_a_refresh_racing_a_drain_and_restore_starts_over(monkeypatch: pytest.Mo
     assert raced == [True]
     assert md.current() == {"n": 6, "x": True, "log": ["a"]}
     assert md.size == json_size(md.current())
+
+
+# --------------------------------------------------------------------------- reject
+
+
+def test_reject_sets_a_refused_flush_aside_and_calls_go_on() -> None:
+    """reject: the flush leaves flight, nothing is requeued, (flush, reason) is kept, the metadata stays."""
+    md = RunMetadata({"n": 0}, is_root=False)
+    md.set("status", "x" * 20).increment("n")
+    md.parent.append("runs", "run_1")
+    refused = md.drain()
+    md.increment("n", 10)  # made while the refused flush was out
+    shown = md.current()
+    size = md.size
+    md.reject(refused, "413: metadata too large")
+    assert md.in_flight is None
+    assert md.rejected == (RejectedFlush(refused, "413: metadata too large"),)
+    assert md.rejected[0].flush is refused
+    assert md.current() is shown
+    assert md.current() == {"n": 11, "status": "x" * 20}
+    assert md.size == size
+    # Only what came after the drain is still queued; calls and drains go on.
+    assert md.set("later", True).drain().operations == (Increment("n", 10), Set("later", True))
+    assert md.in_flight is not None
+    assert md.rejected == (RejectedFlush(refused, "413: metadata too large"),)
+
+
+def test_the_next_accept_heals_what_a_rejected_flush_left_behind() -> None:
+    """The refused calls show locally until the next accept adopts the platform's metadata."""
+    md = RunMetadata()
+    server = Server()
+    md.set("a", 1).append("log", "refused")
+    md.reject(md.drain(), "400: invalid body")
+    md.set("b", 2)
+    assert md.current() == {"a": 1, "log": ["refused"], "b": 2}
+    server.flush(md)
+    assert server.own == {"b": 2}
+    assert md.current() == {"b": 2}
+    assert md.size == json_size({"b": 2})
+    md.set("a", 1)  # the same call again is a change now, and is sent
+    server.flush(md)
+    assert server.own == md.current() == {"b": 2, "a": 1}
+
+
+def test_a_split_flush_is_rejected_whole() -> None:
+    """A flush of several bodies is set aside as one: none of its bodies is sent again."""
+    md = RunMetadata(max_request_bytes=120, limit=10_000)
+    for i in range(6):
+        md.set(f"key{i}", "v" * 20)
+    refused = md.drain()
+    assert len(refused.texts()) > 1
+    md.reject(refused, "400: refused")
+    assert not md.pending
+    assert not md.drain()
+    assert md.rejected[0].flush.operations == refused.operations
+
+
+def test_reject_needs_the_flush_in_flight_and_a_reason() -> None:
+    """Rejecting a flush that is not out, or without a str reason, raises and changes nothing."""
+    md = RunMetadata()
+    md.set("a", 1)
+    with pytest.raises(InvalidArgumentError, match="reject: no flush is in flight"):
+        md.reject(Flush((Set("a", 1),)), "400")
+    flush = md.drain()
+    before = snapshot(md)
+    with pytest.raises(InvalidArgumentError, match="reject: this flush is not the one in flight"):
+        md.reject(Flush((Set("z", 1),)), "400")
+    with pytest.raises(InvalidValueError, match="reject: expected the Flush that drain"):
+        md.reject("flush", "400")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="reject: reason must be a str, got 413"):
+        md.reject(flush, 413)  # type: ignore[arg-type]
+    assert same_json(snapshot(md), before)
+    md.reject(Flush((Set("a", 1),)), "an equal flush is the same flush")
+    with pytest.raises(InvalidArgumentError, match="no flush is in flight"):
+        md.reject(flush, "twice")
+    assert [rejected.reason for rejected in md.rejected] == ["an equal flush is the same flush"]
+
+
+def test_rejected_flush_is_a_frozen_value() -> None:
+    """RejectedFlush compares by value and cannot be changed."""
+    flush = Flush((Set("a", 1),))
+    rejected = RejectedFlush(flush, "400")
+    assert rejected == RejectedFlush(Flush((Set("a", 1),)), "400")
+    assert rejected != RejectedFlush(flush, "413")
+    with pytest.raises(AttributeError):
+        rejected.reason = "other"  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- request bodies

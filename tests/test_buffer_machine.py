@@ -23,6 +23,7 @@ from metaops import (
     InvalidOperationError,
     MetadataTooLargeError,
     Operation,
+    RejectedFlush,
     Remove,
     Set,
     Update,
@@ -31,6 +32,7 @@ from metaops import (
     json_size,
 )
 from metaops.buffer import Flush, MetadataUpdater, RunMetadata
+from metaops.server import parse_update_request
 from metaops.strategies import LITERAL_KEYS, json_values, keys, metadata, operations
 from tests.buffer_support import Metadata, Server, body_alone, make_call, snapshot
 from tests.oracle import close_json, oracle_apply, same_json
@@ -38,14 +40,29 @@ from tests.oracle import close_json, oracle_apply, same_json
 # --------------------------------------------------------------------------- the model-based test
 
 
+def _sent_after(flush: Flush, delivered: int) -> tuple[list[Operation], list[Operation], list[Operation]]:
+    """The operations of the bodies ``flush`` sends from index ``delivered`` on, per list, as sent."""
+    sections: tuple[list[Operation], list[Operation], list[Operation]] = ([], [], [])
+    for text in flush.texts()[delivered:]:
+        request = parse_update_request(json.loads(text))
+        assert request.operations is not None
+        sections[0].extend(request.operations)
+        sections[1].extend(request.parent_operations)
+        sections[2].extend(request.root_operations)
+    return sections
+
+
 class BufferMachine(RuleBasedStateMachine):
     """RunMetadata against a plain dict oracle, with a simulated platform receiving its flushes.
 
-    ``model`` is what the run's metadata should be after every call; the platform's
-    dicts (``server.own``, ``.parent``, ``.root``) must reach the oracle's once
-    everything is delivered, through failures, partial deliveries and calls made
-    while a flush is in flight. Numbers are ints, so every result is exact
-    (:class:`FloatBufferMachine` adds floats).
+    ``model`` is what the run's metadata should show after every call. The platform's
+    dicts (``server.own``, ``.parent``, ``.root``) must reach ``platform_model``,
+    ``parent_model`` and ``root_model`` once everything is delivered, through
+    failures, partial deliveries, refusals and calls made while a flush is in flight.
+    Without a refusal, ``platform_model`` is ``model``. A refused flush's operations
+    never arrive: the platform's models start again from what it holds, plus what is
+    still queued, and the run's own metadata heals to that at the next accept.
+    Numbers are ints, so every result is exact (:class:`FloatBufferMachine` adds floats).
     """
 
     # Whether every number is an int, so that buffer, platform and oracle agree exactly.
@@ -70,11 +87,17 @@ class BufferMachine(RuleBasedStateMachine):
         self.body_bytes = body_bytes
         self.is_root = is_root
         self.model: Metadata = copy.deepcopy(initial)
+        self.platform_model: Metadata = copy.deepcopy(initial)
         self.parent_model: Metadata = {}
         self.root_model: Metadata = {}
         self.server = Server(initial)
         self.flight: Flush | None = None
         self.unapplied: list[Operation] = []
+        self.rejected: list[RejectedFlush] = []
+        # What the buffer holds queued for each list (own, parent, root), not yet drained.
+        self.queued: tuple[list[Operation], list[Operation], list[Operation]] = ([], [], [])
+        # Whether a refusal left the run's metadata showing calls the platform never got.
+        self.healing = False
 
     def _expect_local(self, op: Operation) -> type[Exception] | None:
         """What a call on the run itself should do, updating the oracle when it is applied."""
@@ -95,6 +118,8 @@ class BufferMachine(RuleBasedStateMachine):
         if grows_past_the_limit or body_alone(op) > self.body_bytes:
             return MetadataTooLargeError
         self.model = new if self.exact else oracle_apply(self.model, [op])[0]
+        self.platform_model = oracle_apply(self.platform_model, [op])[0]
+        self.queued[0].append(op)
         return None
 
     def _expect_remote(self, op: Operation, target: str) -> type[Exception] | None:
@@ -107,9 +132,17 @@ class BufferMachine(RuleBasedStateMachine):
             return MetadataTooLargeError
         if target == "parent":
             self.parent_model = oracle_apply(self.parent_model, [op])[0]
+            self.queued[1].append(op)
         else:
             self.root_model = oracle_apply(self.root_model, [op])[0]
+            self.queued[2].append(op)
         return None
+
+    def _heal(self) -> None:
+        """After an accept: a refusal's difference is gone, the run shows the platform plus its queue."""
+        if self.healing:
+            self.model = oracle_apply(self.server.own, self.queued[0])[0]
+            self.healing = False
 
     @rule(
         op=operations(integers_only=True),
@@ -189,6 +222,8 @@ class BufferMachine(RuleBasedStateMachine):
         ):
             sent = [wire for body in bodies for wire in body[section]]
             assert same_json(sent, [op.to_wire() for op in ops])
+        for queued in self.queued:
+            queued.clear()
         if flush:
             assert self.md.in_flight is flush
             self.flight = flush
@@ -202,6 +237,7 @@ class BufferMachine(RuleBasedStateMachine):
         assert self.flight is not None
         self.server.deliver(self.md, self.flight)
         self.flight = None
+        self._heal()
 
     @precondition(lambda self: self.flight is not None)
     @rule(delivered=st.integers(min_value=0, max_value=3))
@@ -213,13 +249,38 @@ class BufferMachine(RuleBasedStateMachine):
         for text in texts[:delivered]:
             self.server.take(text)
         self.md.restore(self.flight, delivered=delivered)
+        for queued, rest in zip(self.queued, _sent_after(self.flight, delivered), strict=True):
+            queued[:0] = rest
         self.flight = None
+
+    @precondition(lambda self: self.flight is not None)
+    @rule(reason=st.sampled_from(["400: invalid body", "413: metadata too large"]))
+    def reject(self, reason: str) -> None:
+        """The platform refuses the flush for good: it is set aside, nothing else changes."""
+        assert self.flight is not None
+        before = snapshot(self.md)
+        self.md.reject(self.flight, reason)
+        self.rejected.append(RejectedFlush(self.flight, reason))
+        assert self.md.rejected == tuple(self.rejected)
+        assert self.md.in_flight is None
+        after = snapshot(self.md)
+        assert same_json(
+            {**after, "rejected": None, "in_flight": None}, {**before, "rejected": None, "in_flight": None}
+        )
+        self.flight = None
+        # The refused operations never arrive: what the platform ends with is what it
+        # holds now, plus what is queued.
+        self.platform_model = oracle_apply(self.server.own, self.queued[0])[0]
+        self.parent_model = oracle_apply(self.server.parent, self.queued[1])[0]
+        self.root_model = oracle_apply(self.server.root, self.queued[2])[0]
+        self.healing = True
 
     @precondition(lambda self: self.flight is None)
     @rule()
     def refresh(self) -> None:
-        """Adopting the platform's metadata with nothing in flight keeps the local view."""
+        """Adopting the platform's metadata with nothing in flight keeps the local view (or heals it)."""
         self.md.accept(Flush(), copy.deepcopy(self.server.own))
+        self._heal()
 
     @precondition(lambda self: self.flight is None and not self.md.pending)
     @rule(size=st.integers(min_value=0, max_value=500))
@@ -229,7 +290,9 @@ class BufferMachine(RuleBasedStateMachine):
         # apply shares one value among the places a wildcard wrote it, and deepcopy keeps
         # that sharing; the oracle mutates in place, so its state must share nothing.
         self.model = json.loads(json.dumps(self.server.own))
+        self.platform_model = json.loads(json.dumps(self.server.own))
         self.md.accept(Flush(), copy.deepcopy(self.server.own))
+        self.healing = False
 
     @invariant()
     def local_state_matches_the_oracle(self) -> None:
@@ -250,7 +313,7 @@ class BufferMachine(RuleBasedStateMachine):
     def delivered_state_matches_the_oracle(self) -> None:
         """Once nothing is queued or in flight, the platform holds what the oracle says."""
         if self.flight is None and not self.md.pending:
-            assert self.same(self.server.own, self.model)
+            assert self.same(self.server.own, self.platform_model)
             assert self.same(self.server.parent, self.parent_model)
             assert self.same(self.server.root, self.root_model)
 
@@ -261,10 +324,12 @@ class BufferMachine(RuleBasedStateMachine):
         if self.flight is not None:
             self.md.restore(self.flight)
         self.server.flush(self.md)
+        self.md.accept(Flush(), copy.deepcopy(self.server.own))
         assert not self.md.pending
-        assert self.same(self.server.own, self.model)
+        assert self.same(self.server.own, self.platform_model)
         assert self.same(self.server.parent, self.parent_model)
         assert self.same(self.server.root, self.root_model)
+        assert same_json(self.md.current(), self.server.own)
 
 
 # The profile's example count (tests/conftest.py), with runs long enough for flushes to

@@ -39,6 +39,7 @@ PUBLIC_API = [
     "MetaopsError",
     "Operation",
     "ReadOnlyError",
+    "RejectedFlush",
     "Remove",
     "RunMetadata",
     "Set",
