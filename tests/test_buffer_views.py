@@ -223,6 +223,15 @@ def test_plain_copies_of_a_view_hand_out_views_inside() -> None:
     assert same_json(snapshot(md), before)
 
 
+@pytest.mark.parametrize("dumps", [json_text, json_size])
+def test_a_serializer_error_names_the_value_and_no_other_function(dumps: Callable[[Any], object]) -> None:
+    """json_text used to say "json_size: ..." about a value it could not write."""
+    with pytest.raises(InvalidValueError, match="is not a JSON value") as caught:
+        dumps(RunMetadata({"a": 1}).current() | {"x": object()})
+    assert "json_size" not in str(caught.value)
+    assert "json_text" not in str(caught.value)
+
+
 def test_views_equal_plain_containers_both_ways() -> None:
     """A view equals (and json_equal-s) the plain container it shows, from either side, at any depth."""
     md = RunMetadata(NESTED)
