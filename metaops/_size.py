@@ -254,11 +254,11 @@ def _as_doubles(value: object) -> object:
     return value
 
 
-def _encode(value: object, what: str, *, ascii: bool = False) -> tuple[str, bool]:
+def _encode(value: object, *, ascii: bool = False) -> tuple[str, bool]:
     """The C encoder's text with NUL-marked separators, and whether it may hold NaN/Infinity.
 
-    What is not JSON raises :class:`InvalidValueError` naming ``what`` (the public
-    function called).
+    What is not JSON raises :class:`InvalidValueError`. (json_size and json_text share
+    this: the message names the value, and neither function.)
     """
     finite, anything = (_FINITE_ASCII, _ANY_ASCII) if ascii else (_FINITE, _ANY)
     try:
@@ -273,13 +273,13 @@ def _encode(value: object, what: str, *, ascii: bool = False) -> tuple[str, bool
             # JavaScript holds it as a double (or Infinity), and so is it measured.
             return anything.encode(_as_doubles(value)), True
     except RecursionError:
-        msg = f"{what}: the value is nested too deeply to measure (or contains itself)"
+        msg = "the value is nested too deeply to write as JSON (or contains itself)"
         raise InvalidValueError(msg, "value") from None
     except _NotJSON as error:
-        msg = f"{what}: the value holds {describe(error.value)}, which is not a JSON value"
+        msg = f"the value holds {describe(error.value)}, which is not a JSON value"
         raise InvalidValueError(msg, "value") from None
     except (TypeError, ValueError) as error:
-        msg = f"{what}: the value is not JSON: {error}"
+        msg = f"the value is not JSON: {error}"
         raise InvalidValueError(msg, "value") from None
 
 
@@ -300,7 +300,7 @@ def json_size(value: object) -> int:
         # A bare number has no separator after it; measure it directly.
         written = js_number(value)
         return 4 if written in ("NaN", "Infinity", "-Infinity") else len(written)  # null
-    text, special = _encode(value, "json_size")
+    text, special = _encode(value)
     try:
         data = text.encode("utf-8")
         delta = 0
@@ -330,7 +330,7 @@ def json_text(value: object, *, ascii: bool = False) -> str:
     >>> json_text({"progress": 1.5, "n": float("inf"), "s": "\\ud800", "big": 2**60})
     '{"progress":1.5,"n":null,"s":"\\\\ud800","big":1.152921504606847e+18}'
     """
-    text, special = _encode(value, "json_text", ascii=ascii)
+    text, special = _encode(value, ascii=ascii)
     try:
         data = text.encode("utf-8")
         surrogates = False

@@ -146,9 +146,10 @@ def _tower(levels: int) -> Any:
     return value
 
 
-def _deep_states() -> st.SearchStrategy[dict[str, Any]]:
-    """Metadata with "a" keys nested up to the bound, besides the ordinary states."""
-    towers = st.integers(min_value=MAX_DEPTH - 4, max_value=MAX_METADATA_DEPTH - 1).map(
+def _deep_states(deepest: int = MAX_METADATA_DEPTH) -> st.SearchStrategy[dict[str, Any]]:
+    """Metadata with "a" keys nested up to ``deepest`` levels (the top object counted),
+    besides the ordinary states."""
+    towers = st.integers(min_value=MAX_DEPTH - 4, max_value=deepest - 1).map(
         lambda levels: {"a": _tower(levels), "l": [1, [2]]}
     )
     return st.one_of(metadata(), towers)
@@ -279,7 +280,7 @@ _CALLS = ("set", "append", "remove", "increment", "decrement", "delete")
 
 @_ROBUSTNESS
 @given(
-    _deep_states(),
+    _deep_states(MAX_DEPTH),  # RunMetadata takes starting metadata nested at most MAX_DEPTH levels
     st.lists(
         st.tuples(
             st.sampled_from(_CALLS),

@@ -213,9 +213,9 @@ def _circular() -> Any:
     ids=["set", "object", "bytes", "tuple key", "deep", "circular"],
 )
 def test_non_json_values_are_refused(value: Any, words: str) -> None:
-    """Something JSON cannot hold is an InvalidValueError (a TypeError) naming the function called."""
+    """Something JSON cannot hold is an InvalidValueError (a TypeError) saying what it holds."""
     for function in (json_size, json_text):
-        with pytest.raises(InvalidValueError, match=f"^{function.__name__}: .*{re.escape(words)}") as caught:
+        with pytest.raises(InvalidValueError, match=re.escape(words)) as caught:
             function(value)
         assert isinstance(caught.value, TypeError)
 

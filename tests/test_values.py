@@ -788,7 +788,7 @@ def test_parsed_values_are_copies() -> None:
         (lambda: metaops.collapse(_untyped([{}])), "collapse: operation 0 is a dict, not an operation"),
         (
             lambda: metaops.json_size({"a": Set("a", 1)}),
-            "json_size: the value holds a metaops.Set, which is not",
+            "the value holds a metaops.Set, which is not",
         ),
     ],
 )
