@@ -251,28 +251,29 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
             return False
         root = tree.root
         existing = root.get(key, MISSING)
+        into_list = isinstance(existing, list)
         # The item goes one level down, into a list; a dict is wrapped in one.
-        if (isinstance(value, (dict, list)) and not _fits(value, 2)) or (
-            isinstance(existing, dict) and not _fits(existing, 2)
-        ):
+        if isinstance(value, (dict, list)) and not _fits(value, 2):
+            return False
+        if not into_list and isinstance(existing, dict) and not _fits(existing, 2):
             return False
         if tree.size is not None:
-            if isinstance(existing, list):
+            if into_list:
                 tree.size += value_size(value) + (1 if existing else 0)
             elif existing is MISSING:
                 tree.size += _entry_delta(root, key, MISSING, 2 + value_size(value))
             else:
                 tree.size += 3 + value_size(value)  # "[", ",", "]" around the old value
-        if isinstance(existing, list) and id(existing) in tree.owned:
-            existing.append(value)
+        if into_list and id(existing) in tree.owned:
+            existing.append(value)  # type: ignore[union-attr]
             tree.writes += 1
             return True
-        if isinstance(existing, list):
-            grown = [*existing, value]
+        if into_list:
+            grown = [*existing, value]  # type: ignore[misc]
         elif existing is MISSING:
             grown = [value]
         else:
-            grown = [existing, value]  # type: ignore[list-item]
+            grown = [existing, value]
         tree.owned[id(grown)] = grown
         tree.own_root()[key] = grown
         tree.writes += 1
@@ -304,7 +305,7 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
     elif isinstance(current, list):
         grown = [*current, value]
     else:
-        grown = [current, value]  # type: ignore[list-item]
+        grown = [current, value]
     return tree.write_all(matches, grown, fresh=True, appended_to=current, nested=value, below=1)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from metaops._apply import _HANDLERS, _Tree
 from metaops._errors import InvalidLimitError, MetadataTooLargeError
-from metaops._json import add_numbers, describe, fits_double, json_equal
+from metaops._json import MAX_EXACT_INT, add_numbers, describe, fits_double, json_equal
 from metaops._paths import CACHED_KEY_LENGTH, MAX_PADDING, Key, Slice, parse_key
 from metaops._size import json_size
 from metaops._values import (
@@ -62,6 +62,8 @@ MAX_REQUEST_BYTES = 1_048_576
 _BODY_OVERHEAD = len('{"operations":[]}')
 
 _ROOT: tuple[str, ...] = ()
+
+_LOWEST_EXACT_INT = -MAX_EXACT_INT
 
 # How far back _KeyState.contiguous looks before answering "no".
 _CONTIGUITY_SCAN = 32
@@ -214,7 +216,16 @@ class _Sum:
 
     def add(self, amount: int | float) -> bool:
         """Add ``amount``; False (nothing added) where the sum would overflow a double."""
-        total = add_numbers(self.value, amount)
+        total = self.value
+        if type(total) is int and type(amount) is int:
+            # Increment amounts are JSON numbers: an int is within 2**53, as is this sum
+            # while it is an int. While the sum stays within too, it is exact: no rounding.
+            total += amount
+            if _LOWEST_EXACT_INT <= total <= MAX_EXACT_INT:
+                self.value = total
+                return True
+            total = self.value
+        total = add_numbers(total, amount)
         if type(total) is float and not math.isfinite(total):
             return False
         self.value = total

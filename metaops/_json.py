@@ -89,6 +89,10 @@ reads back as the value JavaScript reads and is as long as the size check measur
 """
 
 
+# Negated once here, not on every comparison of a hot path.
+_LOWEST_EXACT_INT = -MAX_EXACT_INT
+
+
 def to_double(value: int | float) -> float:
     """``value`` as the IEEE double JavaScript would hold (``±inf`` past the range)."""
     try:
@@ -104,7 +108,7 @@ def as_js_number(value: int | float) -> int | float:
     >>> as_js_number(2**53), as_js_number(2**53 + 1), as_js_number(3 * 2**1023)
     (9007199254740992, 9007199254740992.0, inf)
     """
-    if type(value) is int and not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+    if type(value) is int and not _LOWEST_EXACT_INT <= value <= MAX_EXACT_INT:
         return to_double(value)
     return value
 
@@ -127,11 +131,11 @@ def add_numbers(a: int | float, b: int | float) -> int | float:
     if (
         type(a) is int
         and type(b) is int
-        and -MAX_EXACT_INT <= a <= MAX_EXACT_INT
-        and -MAX_EXACT_INT <= b <= MAX_EXACT_INT
+        and _LOWEST_EXACT_INT <= a <= MAX_EXACT_INT
+        and _LOWEST_EXACT_INT <= b <= MAX_EXACT_INT
     ):
         total = a + b
-        if -MAX_EXACT_INT <= total <= MAX_EXACT_INT:
+        if _LOWEST_EXACT_INT <= total <= MAX_EXACT_INT:
             return total
         return float(total)  # at most 2**54: exact operands, so one rounding, as JavaScript's
     return to_double(a) + to_double(b)
@@ -502,7 +506,7 @@ def _normalize(value: object, place: _Place, wire: bool, active: set[int], depth
 
 
 def _checked_int(value: int, place: _Place) -> int | float:
-    if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+    if _LOWEST_EXACT_INT <= value <= MAX_EXACT_INT:
         return value
     double = to_double(value)
     if math.isfinite(double):
