@@ -1,0 +1,119 @@
+"""The service the client tests talk to: a real server in a subprocess, over HTTP on loopback.
+
+A subprocess, so that a test can kill it with SIGKILL and start it again on the
+same database, and so that its threads run beside the client's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "client-test-token-5f1c"
+
+
+def _command(database: str) -> list[str]:
+    return [sys.executable, "-m", "examples.server", "--db", database, "--port", "0", "--token", TOKEN]
+
+
+class Service:
+    """The service in a subprocess; the URL is read from its first line on stdout."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.start()
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        process = subprocess.Popen(
+            _command(self.database),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.process = process
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = process.stdout
+        assert stdout is not None
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        try:
+            first = lines.get(timeout=30)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError("the service did not start within 30 s") from None
+        found = re.search(r"http://127\.0\.0\.1:\d+", first)
+        if found is None:
+            self.stop()
+            raise RuntimeError(f"the service did not start: {first!r}")
+        self.url = found.group(0)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.url.split("://", 1)[1].rpartition(":")
+        return host, int(port)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._close_pipes()
+
+    def stop(self) -> None:
+        """SIGTERM, then wait."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        assert self.process is not None
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    # ----------------------------------------------------------------- direct access (no proxy)
+
+    def _request(self, method: str, path: str, body: object = None) -> Any:
+        response = httpx.request(
+            method,
+            self.url + path,
+            content=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code in (200, 201), (method, path, response.status_code, response.text)
+        return response.json()
+
+    def create_run(self, run_id: str, **spec: Any) -> None:
+        self._request("POST", "/admin/runs", {"id": run_id, **spec})
+
+    def metadata(self, run_id: str) -> Any:
+        """The run's stored metadata, read straight from the service."""
+        return self._request("GET", f"/api/v1/runs/{run_id}/metadata")["metadata"]
+
+    def settle(self) -> None:
+        """Wait until the service has applied every queued parent/root operation."""
+        assert self._request("POST", "/admin/flush", {"timeout": 30}) == {"pending": 0}
