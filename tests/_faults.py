@@ -131,7 +131,8 @@ class FaultProxy:
         self.start()
 
     def _disconnect(self) -> None:
-        self._listener.close()
+        # shutdown() wakes the thread blocked in accept(); close() alone does not on Linux.
+        _close(self._listener)
         with self._lock:
             connections = list(self._connections)
         for connection in connections:
