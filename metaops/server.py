@@ -3,8 +3,11 @@
 Three pieces, each usable alone:
 
 * :func:`parse_update_request` reads the platform's ``PUT /api/v1/runs/{runId}/metadata``
-  body and :func:`compute_update` turns it into the new metadata (``apply`` +
-  ``check_size``), saying when nothing changed so that nothing is written.
+  body, :func:`compute_update` turns it into the new metadata (``apply`` +
+  ``check_size``, or ``apply_sized`` when the current size is known, so that the cost
+  follows what the operations touch), saying when nothing changed so that nothing is
+  written, and :func:`related_targets` says which runs its parent and root
+  operations go to.
 * :func:`update_run` is the optimistic-concurrency loop: read, compute,
   compare-and-swap, retry with bounded jittered backoff, and on running out of
   attempts hand the operations to a buffer instead of dropping them.
@@ -27,11 +30,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
-from metaops._apply import apply
+from metaops._apply import ApplyResult, apply, apply_sized
 from metaops._collapse import compose
 from metaops._errors import (
+    InvalidArgumentError,
     InvalidOperationError,
     InvalidRequestError,
     InvalidValueError,
@@ -58,6 +62,7 @@ __all__ = [
     "flush_run",
     "parse_update_request",
     "plan_flush",
+    "related_targets",
     "update_run",
 ]
 
@@ -75,9 +80,11 @@ CompareAndSwapFn = Callable[[str, int, Metadata], bool]
 class UpdateRequest:
     """A parsed update body.
 
-    ``operations`` is ``None`` when the body carries no operations list, and then
-    ``metadata`` (the replacement) is not ``None``: the platform applies a list of
-    operations when there is one, even an empty one, and otherwise replaces.
+    ``operations`` is ``None`` when the body carries no operations list: the
+    platform applies a list of operations when there is one, even an empty one,
+    otherwise replaces the metadata with ``metadata`` when there is one, and
+    otherwise leaves the run's own metadata alone (a body with only parent or root
+    operations).
     """
 
     operations: tuple[Operation, ...] | None
@@ -87,10 +94,11 @@ class UpdateRequest:
 
     @property
     def own_operations(self) -> tuple[Operation, ...]:
-        """What the request does to its own run: its operations, or one ``Update`` that replaces."""
+        """What the request does to its own run: its operations, one ``Update`` that replaces, or nothing."""
         if self.operations is not None:
             return self.operations
-        assert self.metadata is not None
+        if self.metadata is None:
+            return ()
         return (Update._trusted(self.metadata),)
 
 
@@ -102,14 +110,18 @@ def parse_update_request(body: object) -> UpdateRequest:
 
     Accepts what the reference schema accepts (unknown fields are ignored; ``null``
     is not an absent field) and raises :class:`InvalidRequestError` naming the field,
-    and for an operation its index and field. A body with neither ``operations`` nor
-    ``metadata`` is refused too: the platform would answer it with an error after
-    having queued its parent operations; here it changes nothing.
+    and for an operation its index and field. A body with only ``parentOperations``
+    and/or ``rootOperations`` is accepted, as the platform accepts it (the run's own
+    metadata is left alone); a body with none of the four fields is refused.
 
     >>> request = parse_update_request({"operations": [{"type": "increment", "key": "n", "value": 1}],
     ...                                 "metadata": {"ignored": True}})
     >>> request.operations, request.metadata is not None
     ((Increment(key='n', value=1),), True)
+    >>> parse_update_request({"parentOperations": [{"type": "increment", "key": "done", "value": 1}]})
+    ... # doctest: +NORMALIZE_WHITESPACE
+    UpdateRequest(operations=None, metadata=None, parent_operations=(Increment(key='done', value=1),),
+                  root_operations=())
     >>> parse_update_request({"operations": [{"type": "set", "key": "__proto__", "value": 1}]})
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -122,8 +134,11 @@ def parse_update_request(body: object) -> UpdateRequest:
     metadata = _parse_metadata(body["metadata"]) if "metadata" in body else None
     sections = {name: _parse_section(body, name) for name in _SECTIONS}
     operations = sections["operations"]
-    if operations is None and metadata is None:
-        msg = "request body: expected 'operations' (a list) or 'metadata' (an object), got neither"
+    if metadata is None and all(section is None for section in sections.values()):
+        msg = (
+            "request body: expected 'operations' (a list), 'metadata' (an object), "
+            "'parentOperations' or 'rootOperations', got none of them"
+        )
         raise InvalidRequestError(msg, section=None)
     return UpdateRequest(
         operations=operations,
@@ -158,14 +173,36 @@ def _parse_section(body: dict[str, object], name: str) -> tuple[Operation, ...] 
         ) from None
 
 
+def related_targets(
+    run_id: str, parent_id: str | None, root_id: str | None, request: UpdateRequest
+) -> tuple[tuple[str, tuple[Operation, ...]], ...]:
+    """Where a request's parent and root operations go: ``(run, operations)`` pairs, parent first.
+
+    As the platform does, a run without a parent applies its ``parentOperations`` to
+    itself, and a run without a root (a root run, or one that is its own root) its
+    ``rootOperations``. Empty sections go nowhere.
+
+    >>> from metaops import Increment
+    >>> request = UpdateRequest(
+    ...     (), parent_operations=(Increment("done"),), root_operations=(Increment("all"),)
+    ... )
+    >>> related_targets("child", "parent", "root", request)
+    (('parent', (Increment(key='done', value=1),)), ('root', (Increment(key='all', value=1),)))
+    >>> related_targets("root", None, None, request)
+    (('root', (Increment(key='done', value=1),)), ('root', (Increment(key='all', value=1),)))
+    """
+    pairs = ((parent_id or run_id, request.parent_operations), (root_id or run_id, request.root_operations))
+    return tuple((target, operations) for target, operations in pairs if operations)
+
+
 @dataclass(frozen=True, slots=True)
 class ComputedUpdate:
     """The outcome of applying a request's operations to one version of the metadata.
 
     ``changed`` is False when nothing needs writing (every operation unapplied, or
     the result identical to the input, key order included); then ``metadata`` is
-    the input object itself and ``size`` is ``None`` (not measured). Otherwise
-    ``size`` is the new JSON size, within the limit.
+    the input object itself and ``size`` is the size passed in (``None`` when none
+    was: not measured). Otherwise ``size`` is the new JSON size, within the limit.
     """
 
     metadata: Metadata
@@ -175,7 +212,7 @@ class ComputedUpdate:
 
 
 def compute_update(
-    current: Metadata, operations: Sequence[Operation], *, limit: int | None = None
+    current: Metadata, operations: Sequence[Operation], *, limit: int | None = None, size: int | None = None
 ) -> ComputedUpdate:
     """Apply ``operations`` to ``current``; :class:`MetadataTooLargeError` past the limit.
 
@@ -185,22 +222,38 @@ def compute_update(
     deeply to be written as JSON (each value within bounds, but set at the end of a
     long path into deep metadata) raises :class:`InvalidValueError`.
 
+    ``size``, when given, is ``json_size(current)``: the new size is then kept up to
+    date by ``apply_sized`` as the operations write, instead of measuring the result,
+    so the cost follows what the operations touch rather than the metadata's size.
+
     >>> from metaops import Increment, Remove
     >>> compute_update({"n": 1}, [Increment("n", 2)])
     ComputedUpdate(metadata={'n': 3}, changed=True, unapplied=(), size=7)
     >>> compute_update({"n": 1}, [Remove("n", 1)]).changed
     False
+    >>> compute_update({"n": 1}, [Increment("n", 99)], size=7)
+    ComputedUpdate(metadata={'n': 100}, changed=True, unapplied=(), size=9)
     """
     allowed = metadata_limit(limit)
-    result = apply(current, operations)
+    result, new_size = _apply(current, operations, size)
     if result.metadata is current:
-        return ComputedUpdate(current, False, result.unapplied, None)
-    size, depth = _measure(result.metadata)
-    if depth is not None:
-        raise InvalidValueError(f"the update {_too_deep(depth)}", "metadata")
-    if size > allowed:
-        raise MetadataTooLargeError(size, allowed)
-    return ComputedUpdate(result.metadata, True, result.unapplied, size)
+        return ComputedUpdate(current, False, result.unapplied, size)
+    if new_size is None:
+        new_size, depth = _measure(result.metadata)
+        if depth is not None:
+            raise InvalidValueError(f"the update {_too_deep(depth)}", "metadata")
+    if new_size > allowed:
+        raise MetadataTooLargeError(new_size, allowed)
+    return ComputedUpdate(result.metadata, True, result.unapplied, new_size)
+
+
+def _apply(
+    current: Metadata, operations: Iterable[Operation], size: int | None
+) -> tuple[ApplyResult, int | None]:
+    """``apply``, and the result's size when ``size`` (the size of ``current``) is known."""
+    if size is None:
+        return apply(current, operations), None
+    return apply_sized(current, operations, size)
 
 
 def _measure(metadata: Metadata) -> tuple[int, int | None]:
@@ -255,12 +308,12 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
             msg = f"RetryPolicy: attempts must be an int >= 1, got {self.attempts!r}"
-            raise ValueError(msg)
+            raise InvalidArgumentError(msg)
         for name in ("base_delay", "factor", "max_delay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 msg = f"RetryPolicy: {name} must be a number >= 0, got {value!r}"
-                raise ValueError(msg)
+                raise InvalidArgumentError(msg)
 
     def delay(self, retry: int, random: Callable[[], float]) -> float:
         """The wait in seconds before retry number ``retry`` (0 for the first retry).
@@ -270,6 +323,30 @@ class RetryPolicy:
         """
         cap = min(self.max_delay, self.base_delay * self.factor**retry)
         return cap / 2 + random() * cap / 2
+
+
+_T = TypeVar("_T")
+
+
+def _retry(
+    attempt: Callable[[int], _T | None],
+    policy: RetryPolicy,
+    random: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> tuple[_T | None, int]:
+    """The one retry loop: ``attempt(number)`` (1-based) until it gives a result or the attempts run out.
+
+    ``None`` from ``attempt`` is a lost race; the wait before the next attempt is
+    ``policy.delay``. Returns the result (``None`` when every attempt lost) and how
+    many attempts were made.
+    """
+    for number in range(1, policy.attempts + 1):
+        outcome = attempt(number)
+        if outcome is not None:
+            return outcome, number
+        if number < policy.attempts:
+            sleep(policy.delay(number - 1, random))
+    return None, policy.attempts
 
 
 class OperationSink(Protocol):
@@ -341,26 +418,31 @@ def update_run(
     """
     policy = policy or RetryPolicy()
     batch = tuple(operations)
-    current, version = read(run_id)
+    first = read(run_id)
     if not batch:
-        return UpdateResult("unchanged", current, version, 0)
+        return UpdateResult("unchanged", first[0], first[1], 0)
     if buffer.busy(run_id):
-        computed = compute_update(current, batch, limit=limit)
+        computed = compute_update(first[0], batch, limit=limit)
         seq = buffer.add(run_id, batch)
         return UpdateResult("buffered", computed.metadata, None, 0, computed.unapplied, seq)
-    attempt = 0
-    while True:
-        attempt += 1
+    last: list[ComputedUpdate] = []
+
+    def attempt(number: int) -> UpdateResult | None:
+        current, version = first if number == 1 else read(run_id)
         computed = compute_update(current, batch, limit=limit)
+        last[:] = [computed]
         if not computed.changed:
-            return UpdateResult("unchanged", current, version, attempt, computed.unapplied)
+            return UpdateResult("unchanged", current, version, number, computed.unapplied)
         if compare_and_swap(run_id, version, computed.metadata):
-            return UpdateResult("written", computed.metadata, version + 1, attempt, computed.unapplied)
-        if attempt >= policy.attempts:
-            seq = buffer.add(run_id, batch)
-            return UpdateResult("buffered", computed.metadata, None, attempt, computed.unapplied, seq)
-        sleep(policy.delay(attempt - 1, random))
-        current, version = read(run_id)
+            return UpdateResult("written", computed.metadata, version + 1, number, computed.unapplied)
+        return None
+
+    result, attempts = _retry(attempt, policy, random, sleep)
+    if result is not None:
+        return result
+    seq = buffer.add(run_id, batch)
+    [computed] = last
+    return UpdateResult("buffered", computed.metadata, None, attempts, computed.unapplied, seq)
 
 
 # --------------------------------------------------------------------------- buffer
@@ -436,16 +518,16 @@ class OperationBuffer:
         batch = tuple(operations)
         if not isinstance(run_id, str):
             msg = f"OperationBuffer.add: run_id must be a str, got {describe(run_id)}"
-            raise TypeError(msg)
+            raise InvalidValueError(msg, "run_id")
         with self._lock:
             if seq is None:
                 seq = self._next_seq
             elif isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
                 msg = f"OperationBuffer.add: seq must be an int >= 1, got {seq!r}"
-                raise ValueError(msg)
+                raise InvalidArgumentError(msg)
             elif seq in self._seqs:
                 msg = f"OperationBuffer.add: seq {seq} is already in the buffer"
-                raise ValueError(msg)
+                raise InvalidArgumentError(msg)
             self._seqs.add(seq)
             self._next_seq = max(self._next_seq, seq + 1)
             entry = BufferedEntry(seq, run_id, batch)
@@ -491,7 +573,7 @@ class OperationBuffer:
     def _release(self, batch: PendingBatch) -> None:
         if self._out.get(batch.run_id) is not batch:
             msg = f"OperationBuffer: this batch for run {batch.run_id!r} is not the one taken out"
-            raise ValueError(msg)
+            raise InvalidArgumentError(msg)
         del self._out[batch.run_id]
 
     def runs(self) -> tuple[str, ...]:
@@ -555,7 +637,10 @@ class FlushPlan:
     reason); together they are the whole batch. ``changed`` is False when there is
     nothing to write (the store should still check the version, and then drop the
     entries). ``unapplied`` lists operations the apply did not apply (of the folded
-    batch, or of the applied entries when some were rejected).
+    batch, or of the applied entries when some were rejected). ``operations`` are
+    what was applied to the input to give ``metadata`` (empty when nothing changed):
+    a store that logs operations instead of the whole metadata writes these.
+    ``size`` is the JSON size of ``metadata`` when it was known or measured.
     """
 
     run_id: str
@@ -564,6 +649,8 @@ class FlushPlan:
     applied: tuple[BufferedEntry, ...]
     rejected: tuple[Rejection, ...] = ()
     unapplied: tuple[Operation, ...] = ()
+    operations: tuple[Operation, ...] = ()
+    size: int | None = None
 
     @property
     def seqs(self) -> tuple[int, ...]:
@@ -571,50 +658,68 @@ class FlushPlan:
         return tuple(sorted((*(e.seq for e in self.applied), *(r.entry.seq for r in self.rejected))))
 
 
-def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = None) -> FlushPlan:
+def plan_flush(
+    current: Metadata, batch: PendingBatch, *, limit: int | None = None, size: int | None = None
+) -> FlushPlan:
     """The new metadata for ``batch`` written onto ``current``, within the size limit.
 
     The folded batch is applied in one go. Only when the result is over the limit
     (or nested too deeply to be written as JSON) are the entries applied one by one,
     in ``seq`` order, each one skipped (and reported as a :class:`Rejection`) when it
     would leave the metadata over the limit (or that deep), so that one oversized
-    writer does not cost the others their updates.
+    writer does not cost the others their updates. ``size``, when given, is
+    ``json_size(current)``, kept up to date as in :func:`compute_update` instead of
+    measuring.
 
     >>> from metaops import Append, Increment
     >>> buffer = OperationBuffer()
     >>> _ = buffer.add("p", [Increment("n")]); _ = buffer.add("p", [Append("log", "x" * 50)])
     >>> plan = plan_flush({"n": 0}, buffer.take("p"), limit=40)
-    >>> plan.metadata, [r.entry.seq for r in plan.rejected]
-    ({'n': 1}, [2])
+    >>> plan.metadata, [r.entry.seq for r in plan.rejected], plan.operations
+    ({'n': 1}, [2], (Increment(key='n', value=1),))
     """
     allowed = metadata_limit(limit)
-    result = apply(current, batch.operations)
+    result, new_size = _apply(current, batch.operations, size)
     if result.metadata is current:
-        return FlushPlan(batch.run_id, current, False, batch.entries, (), result.unapplied)
-    size, depth = _measure(result.metadata)
-    if depth is None and size <= allowed:
-        return FlushPlan(batch.run_id, result.metadata, True, batch.entries, (), result.unapplied)
-    state = current
+        return FlushPlan(batch.run_id, current, False, batch.entries, (), result.unapplied, (), size)
+    depth = None
+    if new_size is None:
+        new_size, depth = _measure(result.metadata)
+    if depth is None and new_size <= allowed:
+        return FlushPlan(
+            batch.run_id,
+            result.metadata,
+            True,
+            batch.entries,
+            (),
+            result.unapplied,
+            batch.operations,
+            new_size,
+        )
+    state, state_size = current, size
     applied: list[BufferedEntry] = []
     rejected: list[Rejection] = []
     unapplied: list[Operation] = []
     for entry in batch.entries:
-        step = apply(state, entry.operations)
+        step, step_size = _apply(state, entry.operations, state_size)
         if step.metadata is not state:
-            size, depth = _measure(step.metadata)
+            depth = None
+            if step_size is None:
+                step_size, depth = _measure(step.metadata)
             what = f"operations #{entry.seq}"
             if depth is not None:
                 reason = f"{what} {_too_deep(depth, f'the metadata of run {batch.run_id!r}')}"
-                rejected.append(Rejection(entry, reason, size, allowed, depth))
+                rejected.append(Rejection(entry, reason, step_size, allowed, depth))
                 continue
-            if size > allowed:
+            if step_size > allowed:
                 reason = (
                     f"{what} would make the metadata of run {batch.run_id!r} "
-                    f"{size:,} bytes of JSON, over the limit of {allowed:,} bytes"
+                    f"{step_size:,} bytes of JSON, over the limit of {allowed:,} bytes"
                 )
-                rejected.append(Rejection(entry, reason, size, allowed))
+                rejected.append(Rejection(entry, reason, step_size, allowed))
                 continue
-        state = step.metadata
+        # Without a known size to start from, each step is measured, never carried over.
+        state, state_size = step.metadata, (step_size if size is not None else None)
         applied.append(entry)
         unapplied.extend(step.unapplied)
     try:
@@ -628,6 +733,8 @@ def plan_flush(current: Metadata, batch: PendingBatch, *, limit: int | None = No
         tuple(applied),
         tuple(rejected),
         tuple(unapplied),
+        tuple(op for entry in applied for op in entry.operations) if changed else (),
+        state_size if changed else size,
     )
 
 
@@ -691,18 +798,22 @@ def flush_run(
     batch = buffer.take(run_id)
     if batch is None:
         return FlushResult(run_id, "busy" if buffer.busy(run_id) else "idle")
+
+    def attempt(number: int) -> FlushResult | None:
+        current, version = read(run_id)
+        plan = plan_flush(current, batch, limit=limit)
+        if not commit(run_id, version, plan):
+            return None
+        written = version + 1 if plan.changed else version
+        return FlushResult(run_id, "committed", plan, written, number, plan.rejected)
+
     try:
-        for attempt in range(1, policy.attempts + 1):
-            current, version = read(run_id)
-            plan = plan_flush(current, batch, limit=limit)
-            if commit(run_id, version, plan):
-                buffer.settle(batch)
-                written = version + 1 if plan.changed else version
-                return FlushResult(run_id, "committed", plan, written, attempt, plan.rejected)
-            if attempt < policy.attempts:
-                sleep(policy.delay(attempt - 1, random))
+        result, attempts = _retry(attempt, policy, random, sleep)
     except BaseException:
         buffer.give_back(batch)
         raise
-    buffer.give_back(batch)
-    return FlushResult(run_id, "deferred", None, None, policy.attempts)
+    if result is None:
+        buffer.give_back(batch)
+        return FlushResult(run_id, "deferred", None, None, attempts)
+    buffer.settle(batch)
+    return result

@@ -1,4 +1,4 @@
-"""Shared test configuration: hypothesis profiles and the conformance vectors."""
+"""Shared test configuration: hypothesis profiles, the conformance vectors, the storage backends."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import json
 import os
 from collections.abc import Iterator
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from tests._backends import BACKENDS, fresh_database
 
 # The vectors ship inside the package (``python -m metaops vectors DIR`` writes them out).
 DATA = files("metaops") / "conformance"
@@ -32,3 +36,9 @@ def read_vectors(name: str) -> Iterator[dict[str, Any]]:
         for line in lines:
             if line.strip():
                 yield json.loads(line)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database of each backend (see ``tests/_backends.py``)."""
+    return fresh_database(request.param, tmp_path, request)

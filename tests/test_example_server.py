@@ -341,7 +341,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
      "NaN is not JSON"),
     ("not UTF-8", {"raw": b'{"metadata": {"a": "\xff"}}'}, 400, "not UTF-8"),
     ("body is a list", {"body": []}, 400, "request body: expected a JSON object"),
-    ("no operations nor metadata", {"body": {"parentOperations": OPS_INCREMENT}}, 400, "got neither"),
+    ("no section at all", {"body": {"unknown": OPS_INCREMENT}}, 400, "got none of them"),
     ("operations not a list", {"body": {"operations": {"type": "set"}}}, 400, "operations: expected a list"),
     ("unknown type", {"body": {"operations": [{"type": "decrement", "key": "n", "value": 1}]}}, 400,
      "operation 0: field 'type'"),

@@ -22,6 +22,7 @@ from metaops import (
     Append,
     Delete,
     Increment,
+    InvalidArgumentError,
     InvalidOperationError,
     InvalidValueError,
     MetadataTooLargeError,
@@ -44,6 +45,7 @@ from metaops.server import (
     flush_run,
     parse_update_request,
     plan_flush,
+    related_targets,
     update_run,
 )
 from metaops.strategies import batches, metadata
@@ -141,8 +143,8 @@ BAD_BODIES: list[tuple[object, str | None, int | None, str | None, str]] = [
     # body, section, index, field, words the message must contain
     ([], None, None, None, "request body: expected a JSON object"),
     ("operations", None, None, None, "got the string"),
-    ({}, None, None, None, "got neither"),
-    ({"parentOperations": []}, None, None, None, "got neither"),
+    ({}, None, None, None, "got none of them"),
+    ({"unknown": []}, None, None, None, "got none of them"),
     ({"operations": None}, "operations", None, None, "operations: expected a list of operations, got null"),
     ({"operations": {"type": "set"}}, "operations", None, None, "got an object"),
     ({"metadata": None}, "metadata", None, "metadata", "metadata: expected an object"),
@@ -246,6 +248,87 @@ def test_parsing_accepts_what_the_reference_schema_accepts(reference: ReferenceR
 # ------------------------------------------------------------------- compute
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"parentOperations": [{"type": "increment", "key": "done", "value": 1}]},
+        {"rootOperations": [{"type": "append", "key": "log", "value": "x"}]},
+        {"parentOperations": [], "rootOperations": []},
+    ],
+)
+def test_a_body_with_only_parent_or_root_operations_is_accepted(body: dict[str, Any]) -> None:
+    """As the platform's schema accepts it: the run's own metadata is left alone (no own operations)."""
+    request = parse_update_request(body)
+    assert request.own_operations == ()
+    assert (request.operations, request.metadata) == (None, None)
+    assert len(request.parent_operations) == len(body.get("parentOperations", []))
+    assert len(request.root_operations) == len(body.get("rootOperations", []))
+
+
+def test_parent_and_root_operations_of_a_run_without_them_go_to_the_run_itself() -> None:
+    """The platform applies them to the run itself when it has no parent (or is its own root)."""
+    request = parse_update_request(
+        {
+            "parentOperations": [{"type": "increment", "key": "p", "value": 1}],
+            "rootOperations": [{"type": "increment", "key": "r", "value": 1}],
+        }
+    )
+    parent_ops, root_ops = request.parent_operations, request.root_operations
+    assert related_targets("c", "p", "r", request) == (("p", parent_ops), ("r", root_ops))
+    assert related_targets("c", "p", None, request) == (("p", parent_ops), ("c", root_ops))
+    assert related_targets("c", None, None, request) == (("c", parent_ops), ("c", root_ops))
+    only_root = parse_update_request({"rootOperations": [{"type": "increment", "key": "r", "value": 1}]})
+    assert related_targets("c", "p", "r", only_root) == (("r", root_ops),)
+
+
+@given(metadata(integers_only=True), batches(integers_only=True, max_size=8))
+def test_compute_with_a_known_size_keeps_it_exact_without_measuring(
+    state: dict[str, Any], ops: list[Operation]
+) -> None:
+    """Given the current size, the new size is kept up to date as the operations write, and equals
+    what measuring the result gives; the result is the one apply gives."""
+    size = json_size(state)
+    computed = compute_update(state, ops, limit=10**9, size=size)
+    assert _text(computed.metadata) == _text(apply(state, ops).metadata)
+    assert computed.size == json_size(computed.metadata)
+
+
+def test_compute_with_a_known_size_never_measures_the_whole_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost of an update with a known size follows what it touches: nothing measures the result."""
+    import metaops.server as server
+
+    def refuse(value: object) -> tuple[int, int | None]:
+        raise AssertionError("measured the whole metadata")
+
+    monkeypatch.setattr(server, "_measure", refuse)
+    state: dict[str, Any] = {"rows": [{"id": i} for i in range(1000)], "n": 1}
+    computed = compute_update(state, [Increment("n")], size=json_size(state))
+    assert computed.size == json_size(state)
+    with pytest.raises(AssertionError, match="measured"):
+        compute_update(state, [Increment("n")])
+
+
+@given(
+    metadata(integers_only=True),
+    st.lists(batches(integers_only=True, unsafe=False, max_size=4), min_size=1, max_size=6),
+    st.integers(2, 400),
+)
+def test_a_flush_plan_says_which_operations_give_its_metadata_and_its_size(
+    state: dict[str, Any], draws: list[list[Operation]], limit: int
+) -> None:
+    """A store that logs operations instead of metadata can write plan.operations: applied to the
+    input, they give plan.metadata; with a known starting size, plan.size is the result's size."""
+    batch = _entries(draws)
+    plan = plan_flush(state, batch, limit=limit, size=json_size(state))
+    unsized = plan_flush(state, batch, limit=limit)
+    assert _text(plan.metadata) == _text(unsized.metadata)
+    assert [r.entry.seq for r in plan.rejected] == [r.entry.seq for r in unsized.rejected]
+    assert _text(apply(state, plan.operations).metadata) == _text(plan.metadata)
+    assert plan.size == json_size(plan.metadata)
+    if not plan.changed:
+        assert plan.operations == ()
+
+
 def test_compute_reports_unchanged_as_the_same_object() -> None:
     """Nothing applied (or nothing different) means changed=False and the input itself back."""
     current: dict[str, Any] = {"n": 1, "tags": ["a"]}
@@ -301,7 +384,7 @@ def test_retry_delays_are_bounded_and_jittered(retry: int, draw: float) -> None:
 )
 def test_retry_policy_refuses_nonsense(kwargs: dict[str, Any]) -> None:
     """A policy that could never try, or wait a negative time, is refused at construction."""
-    with pytest.raises(ValueError, match="RetryPolicy"):
+    with pytest.raises(InvalidArgumentError, match="RetryPolicy"):
         RetryPolicy(**kwargs)
 
 
@@ -557,7 +640,7 @@ def test_buffer_take_settle_and_give_back() -> None:
     buffer.settle(again)
     assert not buffer.busy("r")
     assert len(buffer) == 1
-    with pytest.raises(ValueError, match="not the one taken out"):
+    with pytest.raises(InvalidArgumentError, match="not the one taken out"):
         buffer.settle(again)
 
 
@@ -566,8 +649,10 @@ def test_buffer_refuses_bad_sequence_numbers() -> None:
     buffer = OperationBuffer()
     buffer.add("r", [], seq=4)
     for seq in (4, 0, -1, True):
-        with pytest.raises(ValueError, match="seq"):
+        with pytest.raises(InvalidArgumentError, match="seq"):
             buffer.add("r", [], seq=seq)
+    with pytest.raises(InvalidValueError, match="run_id must be a str"):
+        buffer.add(7, [])  # type: ignore[arg-type]
 
 
 def test_buffer_numbers_entries_uniquely_across_threads() -> None:

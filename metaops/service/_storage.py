@@ -1,0 +1,278 @@
+"""The storage interface every backend implements (SQLite here, PostgreSQL beside it).
+
+A run's metadata is stored as a **snapshot and an operation log**: the JSON text of
+the metadata at ``snapshot_version``, then one log entry per later version, each the
+JSON text of the wire operations that made it from the one before. A write stores
+its operations (a few hundred bytes), not the whole metadata; now and then the
+service folds the log into a new snapshot. Any process can rebuild a run's metadata
+at its current version from :meth:`Storage.history`, and a process that holds a run
+in memory at some version catches up by replaying only the entries after it.
+
+Writes happen inside :meth:`Storage.write`: one transaction holding the run (a row
+lock in PostgreSQL, the database's write lock in SQLite), in which the service
+reads what it needs (the run's record, the log since the version it holds, whether
+an idempotency key was used, the run's queued entries), decides, and writes (a log
+entry, an outbox entry for another run, the idempotency key, settled and rejected
+queued entries). Everything written in one ``write`` block commits together before
+the block returns, or nothing does. An update acknowledged to a client has
+therefore been committed durably (SQLite ``synchronous=FULL``; PostgreSQL's
+defaults).
+
+The **outbox** holds operations one run sends another (a child's
+``parentOperations``/``rootOperations``): inserted in the sending run's transaction,
+applied later by whichever process holds the target (``write(target, wait=False)``
+skips a target another process is writing: ``FOR UPDATE SKIP LOCKED``), never
+dropped: entries are either applied or recorded as rejected with the reason.
+
+The **change feed** (:meth:`Storage.subscribe`) tells a process that a run reached a
+new version: after each commit in this process (SQLite), or from every process
+(PostgreSQL's LISTEN/NOTIFY). It carries ``(run_id, version)`` only; a listener
+rebuilds what it needs with :meth:`Storage.history`.
+
+Run ids are non-empty strings of at most 255 characters, without ``/``, encodable
+as UTF-8 (the service checks them before they get here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from metaops._errors import InvalidArgumentError
+
+__all__ = [
+    "ChangeListener",
+    "History",
+    "LogEntry",
+    "OutboxEntry",
+    "RejectedEntry",
+    "RunRecord",
+    "RunTransaction",
+    "Storage",
+    "open_storage",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """What is stored about a run besides its metadata.
+
+    ``version`` counts the changes to its metadata (0 when created);
+    ``snapshot_version`` is the version of its stored snapshot (``version -
+    snapshot_version`` log entries follow it). Times are Unix seconds.
+    """
+
+    id: str
+    parent_id: str | None
+    root_id: str | None
+    version: int
+    snapshot_version: int
+    created_at: float
+    completed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """The operations (JSON text of a list of wire operations) that made ``version`` from ``version - 1``."""
+
+    version: int
+    operations: str
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """How to rebuild a run's metadata at ``version``.
+
+    When ``snapshot`` is ``None``, ``entries`` continue from the version the caller
+    asked to catch up from (the log still had every entry after it). Otherwise
+    ``snapshot`` is the metadata's JSON text at ``snapshot_version`` and ``entries``
+    follow it. Either way ``entries`` are consecutive and end at ``version``.
+    """
+
+    record: RunRecord
+    snapshot: str | None
+    snapshot_version: int
+    entries: tuple[LogEntry, ...]
+
+    @property
+    def version(self) -> int:
+        """The version the history rebuilds."""
+        return self.record.version
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """Operations queued for ``run_id`` (JSON text of wire operations); ``seq`` orders all entries."""
+
+    seq: int
+    run_id: str
+    operations: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEntry:
+    """An outbox entry refused when it was applied (it would take its run past the size limit)."""
+
+    seq: int
+    run_id: str
+    operations: str
+    reason: str
+    rejected_at: float
+
+
+class RunTransaction(Protocol):
+    """One run held for writing, inside one database transaction.
+
+    Reads see the run as it is while it is held; writes commit together when the
+    ``with`` block of :meth:`Storage.write` ends normally, and none does when it
+    raises.
+    """
+
+    @property
+    def record(self) -> RunRecord:
+        """The run as it was when it was taken (``version`` does not move while held)."""
+        ...
+
+    def history(self, since: int | None) -> History:
+        """The log after version ``since`` when the log still has it, else the snapshot and the log after it.
+
+        ``since=None`` asks for the snapshot. ``since`` equal to the held version
+        gives no entries.
+        """
+        ...
+
+    def append(self, operations: str, *, snapshot: str | None = None) -> int:
+        """Log ``operations`` as the next version; return it.
+
+        With ``snapshot`` (the metadata's JSON text at the new version), store it as
+        the run's snapshot instead, and let the log entries before it go.
+        """
+        ...
+
+    def key_used(self, key: str) -> bool:
+        """Whether the idempotency key ``key`` was recorded for this run."""
+        ...
+
+    def use_key(self, key: str, at: float) -> None:
+        """Record the idempotency key ``key`` for this run, used at ``at``."""
+        ...
+
+    def enqueue(self, run_id: str, operations: str, at: float) -> int:
+        """Queue ``operations`` for run ``run_id`` (this run or another, which must exist); return the seq."""
+        ...
+
+    def pending(self, limit: int) -> tuple[OutboxEntry, ...]:
+        """This run's queued entries, in ``seq`` order, at most ``limit`` of them."""
+        ...
+
+    def settle(self, seqs: Sequence[int]) -> None:
+        """Remove these queued entries of this run: they were applied."""
+        ...
+
+    def reject(self, entry: OutboxEntry, reason: str, at: float) -> None:
+        """Remove a queued entry of this run and record it as rejected, with ``reason``."""
+        ...
+
+
+ChangeListener = Callable[[str, int], None]
+"""Called with ``(run_id, version)`` when a run reached ``version``; must not block."""
+
+
+class Storage(Protocol):
+    """What the service needs from a database. Thread-safe: requests come from many threads."""
+
+    @property
+    def url(self) -> str:
+        """Where the data is, for messages (without a password)."""
+        ...
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        metadata: str,
+        parent_id: str | None,
+        root_id: str | None,
+        created_at: float,
+    ) -> RunRecord:
+        """Insert a run at version 0 with ``metadata`` (its JSON text) as its snapshot.
+
+        :class:`RunExistsError` if ``run_id`` exists, :class:`RunNotFoundError` if the
+        parent or root does not.
+        """
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """The run's record, or ``None``."""
+        ...
+
+    def history(self, run_id: str, since: int | None) -> History | None:
+        """:meth:`RunTransaction.history` without holding the run, in one consistent read.
+
+        ``None`` for an unknown run.
+        """
+        ...
+
+    def write(self, run_id: str, *, wait: bool = True) -> AbstractContextManager[RunTransaction | None]:
+        """Hold ``run_id`` for one transaction: ``with storage.write(run_id) as tx: ...``.
+
+        :class:`RunNotFoundError` for an unknown run. With ``wait=False``, gives
+        ``None`` at once when another process (or connection) holds it.
+        """
+        ...
+
+    def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
+        """Mark the run completed; :class:`RunNotFoundError` if unknown."""
+        ...
+
+    def outbox_runs(self, limit: int) -> list[str]:
+        """Runs with queued entries, the one with the oldest entry first; at most ``limit``."""
+        ...
+
+    def outbox_size(self, run_id: str | None = None) -> int:
+        """How many entries are queued (for ``run_id``, or in all)."""
+        ...
+
+    def rejections(self, run_id: str) -> list[RejectedEntry]:
+        """The entries rejected for ``run_id``, oldest first."""
+        ...
+
+    def expire_keys(self, before: float) -> int:
+        """Forget idempotency keys used before ``before``; return how many."""
+        ...
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(run_id, version)`` after each change; return the unsubscribe function."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; later calls raise."""
+        ...
+
+
+def open_storage(url: str) -> Storage:
+    """The storage at ``url``: ``sqlite:///path/file.sqlite3`` or ``postgresql://user:pass@host:port/db``.
+
+    :class:`~metaops.InvalidArgumentError` for another scheme;
+    :class:`~metaops.service.StorageError` when the database cannot be opened.
+    """
+    scheme, separator, rest = url.partition("://")
+    if separator and scheme == "sqlite":
+        from metaops.service._storage_sqlite import SQLiteStorage
+
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            msg = f"--database {url!r}: expected sqlite:///path/to/file.sqlite3"
+            raise InvalidArgumentError(msg)
+        return SQLiteStorage(path)
+    if separator and scheme in ("postgresql", "postgres"):
+        from metaops.service._storage_postgres import PostgresStorage  # type: ignore[import-not-found,unused-ignore]
+
+        storage: Storage = PostgresStorage(url)
+        return storage
+    msg = (
+        f"--database {url!r}: expected sqlite:///path/file.sqlite3 or postgresql://user:pass@host:port/dbname"
+    )
+    raise InvalidArgumentError(msg)

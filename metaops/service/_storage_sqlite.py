@@ -1,0 +1,405 @@
+"""The embedded backend: one SQLite file in WAL mode, durable on commit (``synchronous=FULL``).
+
+SQLite has one writer at a time per database, so :meth:`SQLiteStorage.write` takes
+the write lock (``BEGIN IMMEDIATE``) for its transaction; several processes may
+share the file (each waits up to ``busy_timeout`` for the lock). Snapshots live in
+their own table, so that bumping a run's version never rewrites its metadata.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from metaops.service._errors import RunExistsError, RunNotFoundError, StorageError
+from metaops.service._storage import (
+    ChangeListener,
+    History,
+    LogEntry,
+    OutboxEntry,
+    RejectedEntry,
+    RunRecord,
+)
+
+__all__ = ["SQLiteStorage"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id               TEXT PRIMARY KEY,
+    parent_id        TEXT REFERENCES runs (id),
+    root_id          TEXT REFERENCES runs (id),
+    version          INTEGER NOT NULL DEFAULT 0,
+    snapshot_version INTEGER NOT NULL DEFAULT 0,
+    created_at       REAL NOT NULL,
+    completed_at     REAL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    run_id   TEXT PRIMARY KEY REFERENCES runs (id),
+    version  INTEGER NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_log (
+    run_id     TEXT NOT NULL REFERENCES runs (id),
+    version    INTEGER NOT NULL,
+    operations TEXT NOT NULL,
+    PRIMARY KEY (run_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id     TEXT NOT NULL REFERENCES runs (id),
+    operations TEXT NOT NULL,
+    queued_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_run ON outbox (run_id, seq);
+CREATE TABLE IF NOT EXISTS rejected (
+    seq         INTEGER PRIMARY KEY,
+    run_id      TEXT NOT NULL REFERENCES runs (id),
+    operations  TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    rejected_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_run ON rejected (run_id, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    run_id  TEXT NOT NULL REFERENCES runs (id),
+    key     TEXT NOT NULL,
+    used_at REAL NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_used_at ON idempotency_keys (used_at);
+"""
+
+_RECORD = "SELECT id, parent_id, root_id, version, snapshot_version, created_at, completed_at FROM runs"
+_IDLE_CONNECTIONS = 16
+_SYNCHRONOUS = ("FULL", "EXTRA")
+
+
+def _record(row: tuple[object, ...]) -> RunRecord:
+    return RunRecord(*row)  # type: ignore[arg-type]
+
+
+class SQLiteStorage:
+    """:class:`~metaops.service.Storage` on one SQLite file (created if missing).
+
+    ``synchronous`` is ``"FULL"`` (the default: a commit is on disk before it
+    returns, so an acknowledged update survives a killed process and power loss) or
+    ``"EXTRA"``. ``busy_timeout`` is how long a write waits for another process's
+    write lock before :class:`StorageError`.
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
+        mode = synchronous.upper()
+        if mode not in _SYNCHRONOUS:
+            msg = f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
+            raise ValueError(msg)
+        self._path = str(path)
+        self._synchronous = mode
+        self._busy_timeout = busy_timeout
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._listeners: list[ChangeListener] = []
+        self._held: dict[str, int] = {}  # run -> how many threads of this process hold or wait for it
+        with self._connection() as db:
+            # WAL lets readers run beside the one writer; it is a property of the file.
+            mode_set = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode_set).lower() != "wal":
+                msg = f"{self._path}: SQLite refused WAL mode (got {mode_set!r})"
+                raise StorageError(msg)
+            db.executescript(_SCHEMA)
+
+    @property
+    def url(self) -> str:
+        """``sqlite:///`` and the file's path."""
+        return f"sqlite:///{self._path}"
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                msg = f"{self._path}: storage is closed"
+                raise StorageError(msg)
+            db = self._idle.pop() if self._idle else None
+        try:
+            if db is None:
+                db = self._connect()
+        except sqlite3.Error as error:
+            msg = f"{self._path}: cannot open the database: {error}"
+            raise StorageError(msg) from None
+        try:
+            yield db
+        except sqlite3.Error as error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            msg = f"{self._path}: {error}"
+            raise StorageError(msg) from None
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < _IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                db.close()
+
+    def close(self) -> None:
+        """Close every idle connection; later calls raise :class:`StorageError`."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        metadata: str,
+        parent_id: str | None,
+        root_id: str | None,
+        created_at: float,
+    ) -> RunRecord:
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None:
+                db.execute("ROLLBACK")
+                raise RunExistsError(run_id)
+            for related in (parent_id, root_id):
+                if (
+                    related is not None
+                    and db.execute("SELECT 1 FROM runs WHERE id = ?", (related,)).fetchone() is None
+                ):
+                    db.execute("ROLLBACK")
+                    raise RunNotFoundError(related)
+            db.execute(
+                "INSERT INTO runs (id, parent_id, root_id, created_at) VALUES (?, ?, ?, ?)",
+                (run_id, parent_id, root_id, created_at),
+            )
+            db.execute(
+                "INSERT INTO snapshots (run_id, version, metadata) VALUES (?, 0, ?)", (run_id, metadata)
+            )
+            db.execute("COMMIT")
+        return RunRecord(run_id, parent_id, root_id, 0, 0, created_at, None)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._connection() as db:
+            row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def history(self, run_id: str, since: int | None) -> History | None:
+        with self._connection() as db:
+            db.execute("BEGIN")  # one read transaction: the record, snapshot and log agree
+            try:
+                row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
+                if row is None:
+                    return None
+                return _history(db, _record(row), since)
+            finally:
+                db.execute("COMMIT")
+
+    @contextmanager
+    def write(self, run_id: str, *, wait: bool = True) -> Iterator[_Transaction | None]:
+        with self._lock:
+            taken = wait or run_id not in self._held
+            if taken:
+                self._held[run_id] = self._held.get(run_id, 0) + 1
+        if not taken:  # another thread of this process holds it
+            yield None
+            return
+        try:
+            with self._connection() as db:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
+                if row is None:
+                    db.execute("ROLLBACK")
+                    raise RunNotFoundError(run_id)
+                tx = _Transaction(db, _record(row))
+                yield tx
+                db.execute("COMMIT")
+        finally:
+            with self._lock:
+                if self._held[run_id] == 1:
+                    del self._held[run_id]
+                else:
+                    self._held[run_id] -= 1
+        if tx.appended is not None:
+            self._notify(run_id, tx.appended)
+
+    def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
+        with self._connection() as db:
+            cursor = db.execute("UPDATE runs SET completed_at = ? WHERE id = ?", (completed_at, run_id))
+            if cursor.rowcount != 1:
+                raise RunNotFoundError(run_id)
+            row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
+        return _record(row)
+
+    # ------------------------------------------------------------------ outbox and keys
+
+    def outbox_runs(self, limit: int) -> list[str]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT run_id FROM outbox GROUP BY run_id ORDER BY min(seq) LIMIT ?", (limit,)
+            ).fetchall()
+        return [run_id for (run_id,) in rows]
+
+    def outbox_size(self, run_id: str | None = None) -> int:
+        with self._connection() as db:
+            if run_id is None:
+                row = db.execute("SELECT count(*) FROM outbox").fetchone()
+            else:
+                row = db.execute("SELECT count(*) FROM outbox WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0])
+
+    def rejections(self, run_id: str) -> list[RejectedEntry]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT seq, run_id, operations, reason, rejected_at FROM rejected "
+                "WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+        return [RejectedEntry(*row) for row in rows]
+
+    def expire_keys(self, before: float) -> int:
+        with self._connection() as db:
+            cursor = db.execute("DELETE FROM idempotency_keys WHERE used_at < ?", (before,))
+        return cursor.rowcount
+
+    # ------------------------------------------------------------------ changes
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self, run_id: str, version: int) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(run_id, version)
+
+
+def _history(db: sqlite3.Connection, record: RunRecord, since: int | None) -> History:
+    if since is not None and record.snapshot_version <= since <= record.version:
+        rows = db.execute(
+            "SELECT version, operations FROM run_log WHERE run_id = ? AND version > ? ORDER BY version",
+            (record.id, since),
+        ).fetchall()
+        return History(record, None, since, tuple(LogEntry(*row) for row in rows))
+    version, text = db.execute(
+        "SELECT version, metadata FROM snapshots WHERE run_id = ?", (record.id,)
+    ).fetchone()
+    rows = db.execute(
+        "SELECT version, operations FROM run_log WHERE run_id = ? AND version > ? ORDER BY version",
+        (record.id, version),
+    ).fetchall()
+    return History(record, text, version, tuple(LogEntry(*row) for row in rows))
+
+
+class _Transaction:
+    """:class:`~metaops.service.RunTransaction` on one SQLite connection inside ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, db: sqlite3.Connection, record: RunRecord) -> None:
+        self._db = db
+        self._record = record
+        self._version = record.version
+        self.appended: int | None = None
+
+    @property
+    def record(self) -> RunRecord:
+        return self._record
+
+    def history(self, since: int | None) -> History:
+        return _history(self._db, self._record, since)
+
+    def append(self, operations: str, *, snapshot: str | None = None) -> int:
+        db = self._db
+        run_id = self._record.id
+        self._version += 1
+        version = self._version
+        if snapshot is None:
+            db.execute(
+                "INSERT INTO run_log (run_id, version, operations) VALUES (?, ?, ?)",
+                (run_id, version, operations),
+            )
+            db.execute("UPDATE runs SET version = ? WHERE id = ?", (version, run_id))
+        else:
+            db.execute(
+                "UPDATE snapshots SET version = ?, metadata = ? WHERE run_id = ?", (version, snapshot, run_id)
+            )
+            db.execute("DELETE FROM run_log WHERE run_id = ? AND version < ?", (run_id, version))
+            db.execute(
+                "UPDATE runs SET version = ?, snapshot_version = ? WHERE id = ?", (version, version, run_id)
+            )
+        self.appended = version
+        return version
+
+    def key_used(self, key: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM idempotency_keys WHERE run_id = ? AND key = ?", (self._record.id, key)
+        ).fetchone()
+        return row is not None
+
+    def use_key(self, key: str, at: float) -> None:
+        self._db.execute(
+            "INSERT INTO idempotency_keys (run_id, key, used_at) VALUES (?, ?, ?)", (self._record.id, key, at)
+        )
+
+    def enqueue(self, run_id: str, operations: str, at: float) -> int:
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO outbox (run_id, operations, queued_at) VALUES (?, ?, ?)",
+                (run_id, operations, at),
+            )
+        except sqlite3.IntegrityError as error:
+            if "FOREIGN KEY" not in str(error):
+                raise
+            raise RunNotFoundError(run_id) from None
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def pending(self, limit: int) -> tuple[OutboxEntry, ...]:
+        rows = self._db.execute(
+            "SELECT seq, run_id, operations FROM outbox WHERE run_id = ? ORDER BY seq LIMIT ?",
+            (self._record.id, limit),
+        ).fetchall()
+        return tuple(OutboxEntry(*row) for row in rows)
+
+    def settle(self, seqs: Sequence[int]) -> None:
+        self._db.executemany(
+            "DELETE FROM outbox WHERE seq = ? AND run_id = ?", [(seq, self._record.id) for seq in seqs]
+        )
+
+    def reject(self, entry: OutboxEntry, reason: str, at: float) -> None:
+        self.settle([entry.seq])
+        self._db.execute(
+            "INSERT INTO rejected (seq, run_id, operations, reason, rejected_at) VALUES (?, ?, ?, ?, ?)",
+            (entry.seq, self._record.id, entry.operations, reason, at),
+        )
