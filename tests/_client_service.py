@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,18 @@ TOKEN = "client-test-token-5f1c"
 
 
 def _command(database: str) -> list[str]:
-    return [sys.executable, "-m", "examples.server", "--db", database, "--port", "0", "--token", TOKEN]
+    return [sys.executable, "-m", "metaops", "serve", "--database", database, "--port", "0", "--token", TOKEN]
 
 
 class Service:
     """The service in a subprocess; the URL is read from its first line on stdout."""
 
     def __init__(self, database: str) -> None:
-        self.database = database
+        """``database``: a file path (SQLite) or a database URL."""
+        self.database = database if "://" in database else f"sqlite:///{database}"
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.start()
 
     def start(self) -> None:
@@ -43,14 +46,20 @@ class Service:
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe: a service that logs much must never block on a full pipe.
+            stderr=self._log,
             text=True,
         )
         self.process = process
         lines: queue.Queue[str] = queue.Queue()
         stdout = process.stdout
         assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+
+        def read() -> None:
+            lines.put(stdout.readline())
+            stdout.read()  # keep draining, so that a full pipe never blocks the service
+
+        threading.Thread(target=read, daemon=True).start()
         try:
             first = lines.get(timeout=30)
         except queue.Empty:
@@ -59,7 +68,7 @@ class Service:
         found = re.search(r"http://127\.0\.0\.1:\d+", first)
         if found is None:
             self.stop()
-            raise RuntimeError(f"the service did not start: {first!r}")
+            raise RuntimeError(f"the service did not start: {first!r} {self.log()}")
         self.url = found.group(0)
 
     @property
@@ -75,24 +84,28 @@ class Service:
         self._close_pipes()
 
     def stop(self) -> None:
-        """SIGTERM, then wait."""
+        """SIGTERM, then wait; the end of this service (its log is gone too)."""
         process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             process.terminate()
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        self._close_pipes()
+        if process is not None:
+            self._close_pipes()
+        self._log.close()
 
     def _close_pipes(self) -> None:
         assert self.process is not None
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None:
-                pipe.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def log(self) -> str:
+        """What the service wrote to stderr, across its restarts."""
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
 
     # ----------------------------------------------------------------- direct access (no proxy)
 
