@@ -497,6 +497,27 @@ def test_refusals_in_the_background_are_set_aside_without_stopping_the_flusher(s
     assert len(md.rejected) == 2
 
 
+def test_the_on_reject_callback_runs_outside_the_round_so_it_may_flush_and_its_errors_are_logged(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback that flushes (a round would deadlock on itself) and then raises: calls keep working."""
+    calls: list[str] = []
+
+    def on_reject(rejected: RejectedFlush) -> None:
+        calls.append(rejected.reason[:3])
+        md.flush()
+        raise RuntimeError("a bug in the host's callback")
+
+    caplog.set_level(logging.ERROR, logger="metaops.client")
+    with make(service.url, "run_unknown_to_the_service", flush_interval=60, on_reject=on_reject) as md:
+        md.increment("n")
+        with pytest.raises(RequestRefusedError):
+            md.flush()
+        md.increment("n")
+    assert calls == ["404", "404"]
+    assert sum("on_reject callback raised" in record.getMessage() for record in caplog.records) == 2
+
+
 # --------------------------------------------------------------------------- no waiting on the network
 
 

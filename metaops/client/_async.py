@@ -12,7 +12,7 @@ import httpx
 
 from metaops._json import JSON
 from metaops.client._base import BaseClient, final_flush, register, transport_failure, unregister
-from metaops.client._core import Answer, Failure, RejectedFlush, Send, Steps, log
+from metaops.client._core import Answer, Failure, RejectedFlush, RoundResult, Send, Steps, log
 from metaops.client._errors import ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
 
@@ -127,8 +127,8 @@ class AsyncMetadataClient(BaseClient):
                 except Exception:
                     log.exception("run %s: the background flush failed", self._run_id)
                     continue
-            if result.failure is not None:
-                log.warning("%s; trying again in %g s", result.failure, self._interval)
+            self._note_background(result)
+            self._report([result])
 
     async def _locked(self, what: str, deadline: float | None) -> None:
         if deadline is None:
@@ -152,6 +152,7 @@ class AsyncMetadataClient(BaseClient):
             result = await self._drive(self._core.flush(deadline))
         finally:
             self._rounds.release()
+        self._report([result])
         result.raise_for_outcome()
 
     async def retrieve(self) -> dict[str, JSON]:
@@ -168,13 +169,17 @@ class AsyncMetadataClient(BaseClient):
         self._stopping.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         await self._locked("close", deadline)
+        results: list[RoundResult] = []
         try:
             while not self._core.idle:
-                result = await self._drive(self._core.flush(deadline))
-                if result.failure is not None:
-                    raise result.failure
+                results.append(await self._drive(self._core.flush(deadline)))
+                if results[-1].failure is not None:
+                    break
         finally:
             self._rounds.release()
+        self._report(results)
+        if results and results[-1].failure is not None:
+            raise results[-1].failure
         if self._task is not None:
             await self._task
         await self._http.aclose()
@@ -198,10 +203,10 @@ class AsyncMetadataClient(BaseClient):
         # key is settled before anything is sent again.
         self._closed = True
         with httpx.Client(base_url=self._base_url, timeout=self._timeout) as http:
-            try:
-                final_flush(self, http, deadline)
-            except ServiceUnavailableError as error:
-                log.error("%s; at exit, this is lost", error)
+            results = final_flush(self, http, deadline)
+        self._report(results)
+        if results and results[-1].failure is not None:
+            log.error("%s; at exit, this is lost", results[-1].failure)
 
     # ----------------------------------------------------------------- context
 

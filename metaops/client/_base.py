@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -21,7 +21,7 @@ import httpx
 from metaops._errors import InvalidArgumentError, InvalidValueError
 from metaops._json import describe
 from metaops.buffer import DictView, MetadataUpdater, RunMetadata
-from metaops.client._core import Answer, Core, Failure, RejectedFlush, Send, drive, log
+from metaops.client._core import Answer, Core, Failure, RejectedFlush, RoundResult, Send, drive, log
 from metaops.client._errors import ClientClosedError, MissingCredentialsError
 from metaops.client._retry import RetryPolicy
 
@@ -94,14 +94,9 @@ class BaseClient:
             raise InvalidValueError(msg, "on_reject")
         self._run_id = run_id
         self._metadata = RunMetadata(metadata, is_root=is_root, limit=limit)
-        self._core = Core(
-            run_id,
-            self._metadata,
-            access_token=token,
-            policy=retry,
-            timeout=self._timeout,
-            on_reject=on_reject,
-        )
+        self._core = Core(run_id, self._metadata, access_token=token, policy=retry, timeout=self._timeout)
+        self._on_reject = on_reject
+        self._failing = False
         self._closed = False
         self._bindings: list[contextvars.Token[BaseClient | None]] = []
         self._parent = _ClientUpdater(self, self._metadata.parent)
@@ -222,6 +217,32 @@ class BaseClient:
     def _unbind(self) -> None:
         if self._bindings:
             bound.reset(self._bindings.pop())
+
+    # ----------------------------------------------------------------- after a round
+
+    def _report(self, results: Iterable[RoundResult]) -> None:
+        """Hand what the rounds set aside to ``on_reject``, outside any round (so it may flush)."""
+        callback = self._on_reject
+        if callback is None:
+            return
+        for result in results:
+            for rejected in result.rejected:
+                try:
+                    callback(rejected)
+                except Exception:
+                    log.exception("run %s: the on_reject callback raised", self._run_id)
+
+    def _note_background(self, result: RoundResult) -> None:
+        """Log a background round's failure once, not at every interval while the service is down."""
+        if result.failure is not None:
+            if not self._failing:
+                log.warning("%s; trying again every %g s", result.failure, self._interval)
+            else:
+                log.debug("%s", result.failure)
+            self._failing = True
+        elif self._failing:
+            log.info("run %s: the service takes updates again", self._run_id)
+            self._failing = False
 
     # ----------------------------------------------------------------- exit
 
@@ -369,17 +390,19 @@ def sleep(seconds: float) -> bool:
     return False
 
 
-def final_flush(client: BaseClient, http: httpx.Client, deadline: float | None) -> None:
-    """Flush until nothing is queued or held; raise the failure that stops it.
+def final_flush(client: BaseClient, http: httpx.Client, deadline: float | None) -> list[RoundResult]:
+    """Flush until nothing is queued or held, or a round fails (the last result then says why).
 
     Calls that raced ``close`` (made before it marked the client closed, queued after
     a drain) are picked up by the next round.
     """
     core = client._core
+    results: list[RoundResult] = []
     while not core.idle:
-        result = drive(core.flush(deadline), lambda request: sync_send(http, request), sleep)
-        if result.failure is not None:
-            raise result.failure
+        results.append(drive(core.flush(deadline), lambda request: sync_send(http, request), sleep))
+        if results[-1].failure is not None:
+            break
+    return results
 
 
 # --------------------------------------------------------------------------- interpreter exit

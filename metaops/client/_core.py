@@ -39,8 +39,8 @@ applied twice: at least once, not exactly once.
 
 A refusal (400, 401, 403, 404, 413, any other 4xx) means nothing was applied. The
 flush is set aside (:meth:`~metaops.RunMetadata.reject`) with the service's reason,
-reported through the ``on_reject`` callback and the ``metaops.client`` logger, and
-kept in the client's ``rejected``.
+logged on the ``metaops.client`` logger, handed to the client's ``on_reject``
+callback once the round is over, and kept in the client's ``rejected``.
 """
 
 from __future__ import annotations
@@ -222,7 +222,6 @@ class Core:
         access_token: str,
         policy: RetryPolicy,
         timeout: float,
-        on_reject: Callable[[RejectedFlush], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] | None = None,
         new_key: Callable[[], str] = _new_key,
@@ -239,7 +238,6 @@ class Core:
             ("accept", "application/json"),
             ("user-agent", f"metaops/{__version__}"),
         )
-        self._on_reject = on_reject
         self._clock = clock
         self._random = random or _random.random
         self._new_key = new_key
@@ -398,11 +396,6 @@ class Core:
             count,
             reason,
         )
-        if self._on_reject is not None:
-            try:
-                self._on_reject(rejected)
-            except Exception:
-                log.exception("run %s: the on_reject callback raised", self.run_id)
 
     # ----------------------------------------------------------------- one request, retried
 

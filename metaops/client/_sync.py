@@ -99,14 +99,15 @@ class MetadataClient(BaseClient):
                 if self._stopping.is_set():
                     break
                 result = drive(self._core.flush(), self._send, self._stopping.wait)
-                if result.failure is not None:
-                    log.warning("%s; trying again in %g s", result.failure, self._interval)
             except Exception:
                 # Only a bug gets here; the flusher must outlive it, and the flush is
                 # back in the buffer or held (the core resolves it before raising).
                 log.exception("run %s: the background flush failed", self._run_id)
+                continue
             finally:
                 self._rounds.release()
+            self._note_background(result)
+            self._report([result])
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued before the call, and return once the service has applied it.
@@ -124,6 +125,7 @@ class MetadataClient(BaseClient):
             result = drive(self._core.flush(deadline), self._send, self._wait)
         finally:
             self._rounds.release()
+        self._report([result])
         result.raise_for_outcome()
 
     def retrieve(self) -> dict[str, JSON]:
@@ -148,9 +150,12 @@ class MetadataClient(BaseClient):
             msg = f"run {self._run_id}: close: the flush in progress did not end within {timeout} s"
             raise ServiceUnavailableError(msg)
         try:
-            final_flush(self, self._http, deadline)
+            results = final_flush(self, self._http, deadline)
         finally:
             self._rounds.release()
+        self._report(results)
+        if results and results[-1].failure is not None:
+            raise results[-1].failure
         self._thread.join()
         self._http.close()
         unregister(self)
@@ -164,11 +169,12 @@ class MetadataClient(BaseClient):
             log.error("run %s: at exit, the flush in progress did not end in time", self._run_id)
             return
         try:
-            final_flush(self, self._http, deadline)
-        except ServiceUnavailableError as error:
-            log.error("%s; at exit, this is lost", error)
+            results = final_flush(self, self._http, deadline)
         finally:
             self._rounds.release()
+        self._report(results)
+        if results and results[-1].failure is not None:
+            log.error("%s; at exit, this is lost", results[-1].failure)
 
     # ----------------------------------------------------------------- context
 
