@@ -24,7 +24,14 @@ from typing import Any
 import httpx
 import pytest
 
-from metaops.client import AsyncMetadataClient, MetadataClient, RetryPolicy, ServiceUnavailableError, metadata
+from metaops.client import (
+    AsyncMetadataClient,
+    ClientClosedError,
+    MetadataClient,
+    RetryPolicy,
+    ServiceUnavailableError,
+    metadata,
+)
 from metaops.client._core import FENCE_BODY
 from tests._client_service import TOKEN, Service
 from tests._faults import FAULTS, Exchange, FaultProxy, fault_proxy
@@ -277,8 +284,8 @@ def test_many_async_tasks_through_every_fault_store_exactly_n_times_m(service: S
 # --------------------------------------------------------------------------- the service killed
 
 
-def _kill_run(tmp_database: str, *, kills: int, threads: int, per_thread: int) -> None:
-    service = Service(tmp_database)
+def _kill_run(database_url: str, *, kills: int, threads: int, per_thread: int) -> None:
+    service = Service(database_url)
     try:
         run_id = "run_killed"
         service.create_run(run_id)
@@ -324,11 +331,28 @@ def _kill_run(tmp_database: str, *, kills: int, threads: int, per_thread: int) -
 
 
 def test_a_service_killed_mid_run_and_restarted_stores_everything_acknowledged_once(
-    tmp_path: Any,
+    database_url: str,
 ) -> None:
-    _kill_run(str(tmp_path / "runs.sqlite3"), kills=1, threads=3, per_thread=200)
+    """On every storage backend: what the client took is stored once after close()."""
+    _kill_run(database_url, kills=1, threads=3, per_thread=200)
 
 
 @pytest.mark.slow
-def test_a_service_killed_again_and_again_stores_everything_acknowledged_once(tmp_path: Any) -> None:
-    _kill_run(str(tmp_path / "runs.sqlite3"), kills=5, threads=6, per_thread=1500)
+def test_a_service_killed_again_and_again_stores_everything_acknowledged_once(database_url: str) -> None:
+    _kill_run(database_url, kills=5, threads=6, per_thread=1500)
+
+
+def test_close_raises_while_the_service_is_unreachable_and_delivers_when_called_again(
+    service: Service, run_id: str
+) -> None:
+    with fault_proxy(service.url) as proxy:
+        md = make(proxy.url, run_id)
+        md.increment("n", 3)
+        proxy.pause()
+        with pytest.raises(ServiceUnavailableError):
+            md.close()
+        with pytest.raises(ClientClosedError):
+            md.increment("n")
+        proxy.resume()
+        md.close()
+    assert service.metadata(run_id) == {"n": 3}
