@@ -10,16 +10,18 @@ import contextvars
 import itertools
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from metaops import InvalidOperationError, InvalidValueError, MetadataTooLargeError
+from metaops import InvalidOperationError, InvalidValueError, MetadataTooLargeError, MetaopsError
 from metaops.client import (
     AsyncMetadataClient,
     ClientClosedError,
@@ -34,6 +36,7 @@ from metaops.client import (
 from metaops.client._base import BaseClient
 from tests._client_service import ROOT, TOKEN, Service
 from tests._faults import Exchange, fault_proxy
+from tests.test_public_api import _isort_style_key
 
 FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
 _ids = itertools.count()
@@ -64,6 +67,68 @@ def make_async(url: str, run_id: str, **options: Any) -> AsyncMetadataClient:
     settings: dict[str, Any] = {"access_token": TOKEN, "flush_interval": 0.02, "retry": FAST, "timeout": 5.0}
     settings.update(options)
     return AsyncMetadataClient(run_id, base_url=url, **settings)
+
+
+# --------------------------------------------------------------------------- the public API
+
+CLIENT_API = [
+    "EXIT_TIMEOUT",
+    "AmbientMetadata",
+    "AsyncMetadataClient",
+    "ClientClosedError",
+    "MetadataClient",
+    "MissingCredentialsError",
+    "RejectedFlush",
+    "RequestRefusedError",
+    "RetryPolicy",
+    "ServiceUnavailableError",
+    "metadata",
+]
+
+
+def test_the_client_api_is_pinned_sorted_and_exactly_the_public_names() -> None:
+    import metaops.client
+
+    assert metaops.client.__all__ == CLIENT_API
+    assert sorted(CLIENT_API, key=_isort_style_key) == CLIENT_API
+    public = {
+        name
+        for name, value in vars(metaops.client).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public - {"annotations"} == set(CLIENT_API)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MissingCredentialsError("no URL", ("base_url (TRIGGER_API_URL)",)),
+        ClientClosedError("closed"),
+        RequestRefusedError("refused", 413),
+        ServiceUnavailableError("down", 5, "503: busy"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_client_errors_pickle_and_show_their_public_home(error: Exception) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), copy.__dict__) == (type(error), str(error), error.__dict__)
+    assert type(error).__module__ == "metaops.client"
+    assert isinstance(error, MetaopsError)
+
+
+def test_without_httpx_the_client_says_which_extra_to_install() -> None:
+    done = _script(
+        """
+        import sys
+        sys.modules["httpx"] = None  # as if not installed
+        import metaops
+        try:
+            import metaops.client
+        except ImportError as error:
+            print(error)
+        """
+    )
+    assert "pip install 'metaops[client]'" in done.stdout, done.stderr
 
 
 # --------------------------------------------------------------------------- the surface
