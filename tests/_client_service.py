@@ -1,7 +1,9 @@
-"""The service the client tests talk to: a real server in a subprocess, over HTTP on loopback.
+"""The service the client tests talk to: ``metaops serve``, over real HTTP on loopback.
 
-A subprocess, so that a test can kill it with SIGKILL and start it again on the
-same database, and so that its threads run beside the client's.
+:func:`threaded_service` serves it from a thread of the test process (quick to
+start); :class:`Service` runs ``python -m metaops serve`` as a subprocess, which a
+test can kill with SIGKILL and start again on the same database. Both give the
+same access for checking what was stored, straight from the service.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from metaops.service import MetadataService, ServiceConfig, open_storage, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "client-test-token-5f1c"
@@ -28,7 +34,49 @@ def _command(database: str) -> list[str]:
     return [sys.executable, "-m", "metaops", "serve", "--database", database, "--port", "0", "--token", TOKEN]
 
 
-class Service:
+class _Access:
+    """Reading and preparing runs straight from the service (never through the client under test)."""
+
+    url: str
+
+    def _request(self, method: str, path: str, body: object = None) -> Any:
+        response = httpx.request(
+            method,
+            self.url + path,
+            content=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code in (200, 201), (method, path, response.status_code, response.text)
+        return response.json()
+
+    def create_run(self, run_id: str, **spec: Any) -> None:
+        self._request("POST", "/admin/runs", {"id": run_id, **spec})
+
+    def metadata(self, run_id: str) -> Any:
+        """The run's stored metadata, read straight from the service."""
+        return self._request("GET", f"/api/v1/runs/{run_id}/metadata")["metadata"]
+
+    def settle(self) -> None:
+        """Wait until the service has applied every queued parent/root operation."""
+        assert self._request("POST", "/admin/flush", {"timeout": 30}) == {"pending": 0}
+
+
+class ThreadedService(_Access):
+    """The service on uvicorn in a thread of this process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+@contextmanager
+def threaded_service(database_url: str) -> Iterator[ThreadedService]:
+    service = MetadataService(open_storage(database_url), ServiceConfig())
+    with running_server(service, TOKEN) as server:
+        yield ThreadedService(server.url)
+
+
+class Service(_Access):
     """The service in a subprocess; the URL is read from its first line on stdout."""
 
     def __init__(self, database: str) -> None:
@@ -106,27 +154,3 @@ class Service:
         """What the service wrote to stderr, across its restarts."""
         self._log.seek(0)
         return self._log.read().decode("utf-8", "replace")
-
-    # ----------------------------------------------------------------- direct access (no proxy)
-
-    def _request(self, method: str, path: str, body: object = None) -> Any:
-        response = httpx.request(
-            method,
-            self.url + path,
-            content=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-            timeout=30,
-        )
-        assert response.status_code in (200, 201), (method, path, response.status_code, response.text)
-        return response.json()
-
-    def create_run(self, run_id: str, **spec: Any) -> None:
-        self._request("POST", "/admin/runs", {"id": run_id, **spec})
-
-    def metadata(self, run_id: str) -> Any:
-        """The run's stored metadata, read straight from the service."""
-        return self._request("GET", f"/api/v1/runs/{run_id}/metadata")["metadata"]
-
-    def settle(self) -> None:
-        """Wait until the service has applied every queued parent/root operation."""
-        assert self._request("POST", "/admin/flush", {"timeout": 30}) == {"pending": 0}

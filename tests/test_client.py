@@ -34,7 +34,7 @@ from metaops.client import (
     metadata,
 )
 from metaops.client._base import BaseClient
-from tests._client_service import ROOT, TOKEN, Service
+from tests._client_service import ROOT, TOKEN, ThreadedService, threaded_service
 from tests._faults import Exchange, fault_proxy
 from tests.test_public_api import _isort_style_key
 
@@ -43,14 +43,13 @@ _ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(str(tmp_path_factory.mktemp("client") / "runs.sqlite3"))
-    yield running
-    running.stop()
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedService]:
+    with threaded_service(f"sqlite:///{tmp_path_factory.mktemp('client') / 'runs.sqlite3'}") as running:
+        yield running
 
 
 @pytest.fixture
-def run_id(service: Service) -> str:
+def run_id(service: ThreadedService) -> str:
     """A fresh run on the module's service."""
     name = f"run_{next(_ids)}"
     service.create_run(name)
@@ -135,7 +134,7 @@ def test_without_httpx_the_client_says_which_extra_to_install() -> None:
 
 
 def test_every_update_method_reaches_the_service_and_flush_persists_them(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     with make(service.url, run_id, flush_interval=60) as md:
         md.set("status", "processing").set("progress", {"done": 0}).set("$.progress.done", 3)
@@ -158,7 +157,7 @@ def test_every_update_method_reaches_the_service_and_flush_persists_them(
         assert md.get("fresh") is True
 
 
-def test_the_flusher_thread_sends_without_being_asked(service: Service, run_id: str) -> None:
+def test_the_flusher_thread_sends_without_being_asked(service: ThreadedService, run_id: str) -> None:
     md = make(service.url, run_id)
     md.increment("n", 7)
     for _ in range(500):
@@ -169,14 +168,14 @@ def test_the_flusher_thread_sends_without_being_asked(service: Service, run_id: 
     md.close()
 
 
-def test_flush_returns_at_once_when_nothing_is_queued(service: Service, run_id: str) -> None:
+def test_flush_returns_at_once_when_nothing_is_queued(service: ThreadedService, run_id: str) -> None:
     with fault_proxy(service.url) as proxy, make(proxy.url, run_id) as md:
         md.flush()
         md.flush()
         assert proxy.exchanges == []
 
 
-def test_parent_and_root_updates_reach_their_runs(service: Service) -> None:
+def test_parent_and_root_updates_reach_their_runs(service: ThreadedService) -> None:
     root, parent, child = (f"run_{next(_ids)}" for _ in range(3))
     service.create_run(root)
     service.create_run(parent, parentId=root)
@@ -192,7 +191,7 @@ def test_parent_and_root_updates_reach_their_runs(service: Service) -> None:
     assert service.metadata(root) == {"status": "running"}
 
 
-def test_on_a_root_run_parent_and_root_act_on_the_run_itself(service: Service, run_id: str) -> None:
+def test_on_a_root_run_parent_and_root_act_on_the_run_itself(service: ThreadedService, run_id: str) -> None:
     with make(service.url, run_id) as md:
         md.parent.increment("n")
         md.root.increment("n")
@@ -200,7 +199,7 @@ def test_on_a_root_run_parent_and_root_act_on_the_run_itself(service: Service, r
     assert service.metadata(run_id) == {"n": 2}
 
 
-def test_retrieve_reads_the_service_and_leaves_the_local_copy(service: Service, run_id: str) -> None:
+def test_retrieve_reads_the_service_and_leaves_the_local_copy(service: ThreadedService, run_id: str) -> None:
     with make(service.url, run_id, flush_interval=60) as md:
         md.increment("n").flush()
         md.increment("n")
@@ -208,13 +207,15 @@ def test_retrieve_reads_the_service_and_leaves_the_local_copy(service: Service, 
         assert md.current() == {"n": 2}
 
 
-def test_retrieve_of_an_unknown_run_raises_the_services_refusal(service: Service) -> None:
+def test_retrieve_of_an_unknown_run_raises_the_services_refusal(service: ThreadedService) -> None:
     with make(service.url, "run_that_does_not_exist") as md, pytest.raises(RequestRefusedError) as refused:
         md.retrieve()
     assert refused.value.status == 404
 
 
-def test_metadata_given_at_start_is_what_current_shows_until_the_first_answer(service: Service) -> None:
+def test_metadata_given_at_start_is_what_current_shows_until_the_first_answer(
+    service: ThreadedService,
+) -> None:
     run = f"run_{next(_ids)}"
     service.create_run(run, metadata={"n": 10, "other": "x"})
     with make(service.url, run, metadata={"n": 10}, flush_interval=60) as md:
@@ -227,7 +228,7 @@ def test_metadata_given_at_start_is_what_current_shows_until_the_first_answer(se
 
 
 def test_base_url_and_token_default_to_the_official_sdks_variables(
-    service: Service, run_id: str, monkeypatch: pytest.MonkeyPatch
+    service: ThreadedService, run_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRIGGER_API_URL", service.url)
     monkeypatch.setenv("TRIGGER_SECRET_KEY", TOKEN)
@@ -297,7 +298,7 @@ def test_retry_policy_refuses_nonsense() -> None:
 
 
 def test_bad_input_is_refused_at_the_call_with_the_buffers_errors_and_never_reaches_the_wire(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     with fault_proxy(service.url) as proxy, make(proxy.url, run_id, flush_interval=60) as md:
         md.set("ok", 1)
@@ -321,7 +322,7 @@ def test_bad_input_is_refused_at_the_call_with_the_buffers_errors_and_never_reac
     assert service.metadata(run_id) == {"ok": 1}
 
 
-def test_updates_after_close_are_refused_not_lost_silently(service: Service, run_id: str) -> None:
+def test_updates_after_close_are_refused_not_lost_silently(service: ThreadedService, run_id: str) -> None:
     md = make(service.url, run_id)
     md.increment("n")
     md.close()
@@ -349,7 +350,7 @@ def test_outside_any_run_the_ambient_calls_do_nothing_and_raise_nothing() -> Non
     asyncio.run(metadata.aflush())
 
 
-def test_with_binds_the_client_for_the_block_only(service: Service, run_id: str) -> None:
+def test_with_binds_the_client_for_the_block_only(service: ThreadedService, run_id: str) -> None:
     def import_row() -> None:
         metadata.increment("rows")
         metadata.append("log", "row")
@@ -368,7 +369,7 @@ def test_with_binds_the_client_for_the_block_only(service: Service, run_id: str)
     assert service.metadata(run_id) == {"rows": 3, "log": ["row"] * 3}
 
 
-def test_nested_clients_bind_the_inner_one_and_restore_the_outer(service: Service) -> None:
+def test_nested_clients_bind_the_inner_one_and_restore_the_outer(service: ThreadedService) -> None:
     outer_run, inner_run = f"run_{next(_ids)}", f"run_{next(_ids)}"
     service.create_run(outer_run)
     service.create_run(inner_run)
@@ -383,7 +384,7 @@ def test_nested_clients_bind_the_inner_one_and_restore_the_outer(service: Servic
     assert service.metadata(inner_run) == {"inner": 1}
 
 
-def test_two_clients_in_two_threads_never_see_each_others_metadata(service: Service) -> None:
+def test_two_clients_in_two_threads_never_see_each_others_metadata(service: ThreadedService) -> None:
     runs = [f"run_{next(_ids)}" for _ in range(2)]
     for run in runs:
         service.create_run(run)
@@ -410,7 +411,7 @@ def test_two_clients_in_two_threads_never_see_each_others_metadata(service: Serv
 
 
 def test_a_thread_sees_the_bound_client_only_when_run_in_a_copy_of_the_context(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     seen: dict[str, BaseClient | None] = {}
 
@@ -429,7 +430,7 @@ def test_a_thread_sees_the_bound_client_only_when_run_in_a_copy_of_the_context(
 
 
 def test_two_async_clients_in_two_tasks_never_see_each_other_and_child_tasks_inherit(
-    service: Service,
+    service: ThreadedService,
 ) -> None:
     runs = [f"run_{next(_ids)}" for _ in range(2)]
     for run in runs:
@@ -455,7 +456,7 @@ def test_two_async_clients_in_two_tasks_never_see_each_other_and_child_tasks_inh
         assert service.metadata(run) == {run: 50, "rows": 50}
 
 
-def test_ambient_flush_of_an_async_client_says_to_await_aflush(service: Service, run_id: str) -> None:
+def test_ambient_flush_of_an_async_client_says_to_await_aflush(service: ThreadedService, run_id: str) -> None:
     async def main() -> None:
         async with make_async(service.url, run_id):
             metadata.increment("n")
@@ -467,7 +468,7 @@ def test_ambient_flush_of_an_async_client_says_to_await_aflush(service: Service,
     assert service.metadata(run_id) == {"n": 1}
 
 
-def test_aflush_of_a_sync_client_runs_in_a_worker_thread(service: Service, run_id: str) -> None:
+def test_aflush_of_a_sync_client_runs_in_a_worker_thread(service: ThreadedService, run_id: str) -> None:
     async def main() -> None:
         with make(service.url, run_id, flush_interval=60):
             metadata.increment("n")
@@ -480,7 +481,7 @@ def test_aflush_of_a_sync_client_runs_in_a_worker_thread(service: Service, run_i
 # --------------------------------------------------------------------------- the async client
 
 
-def test_the_async_client_flushes_retrieves_and_closes(service: Service, run_id: str) -> None:
+def test_the_async_client_flushes_retrieves_and_closes(service: ThreadedService, run_id: str) -> None:
     async def main() -> None:
         md = make_async(service.url, run_id, flush_interval=60)
         md.set("status", "a").increment("n", 2)
@@ -495,7 +496,7 @@ def test_the_async_client_flushes_retrieves_and_closes(service: Service, run_id:
     assert service.metadata(run_id) == {"status": "a", "n": 3}
 
 
-def test_the_async_clients_task_flushes_in_the_background(service: Service, run_id: str) -> None:
+def test_the_async_clients_task_flushes_in_the_background(service: ThreadedService, run_id: str) -> None:
     async def main() -> None:
         async with make_async(service.url, run_id):
             metadata.increment("n")
@@ -512,7 +513,7 @@ def test_the_async_clients_task_flushes_in_the_background(service: Service, run_
 
 
 def test_a_413_and_a_400_are_set_aside_reported_and_later_updates_arrive(
-    service: Service, run_id: str, caplog: pytest.LogCaptureFixture
+    service: ThreadedService, run_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The service's own refusals: metadata over its limit (413) and a body it cannot parse (400)."""
     corrupt = {"next": False}
@@ -549,7 +550,9 @@ def test_a_413_and_a_400_are_set_aside_reported_and_later_updates_arrive(
     assert [record.levelno for record in refusals] == [logging.ERROR, logging.ERROR]
 
 
-def test_refusals_in_the_background_are_set_aside_without_stopping_the_flusher(service: Service) -> None:
+def test_refusals_in_the_background_are_set_aside_without_stopping_the_flusher(
+    service: ThreadedService,
+) -> None:
     md = make(service.url, "run_unknown_to_the_service")
     md.increment("n")
     for _ in range(500):
@@ -563,7 +566,7 @@ def test_refusals_in_the_background_are_set_aside_without_stopping_the_flusher(s
 
 
 def test_the_on_reject_callback_runs_outside_the_round_so_it_may_flush_and_its_errors_are_logged(
-    service: Service, caplog: pytest.LogCaptureFixture
+    service: ThreadedService, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A callback that flushes (a round would deadlock on itself) and then raises: calls keep working."""
     calls: list[str] = []
@@ -586,7 +589,7 @@ def test_the_on_reject_callback_runs_outside_the_round_so_it_may_flush_and_its_e
 # --------------------------------------------------------------------------- no waiting on the network
 
 
-def test_update_calls_never_wait_on_the_network(service: Service, run_id: str) -> None:
+def test_update_calls_never_wait_on_the_network(service: ThreadedService, run_id: str) -> None:
     """While the flusher's request hangs, another thread's calls all return and current() sees them."""
     release = threading.Event()
     holding = threading.Event()
@@ -618,7 +621,7 @@ def test_update_calls_never_wait_on_the_network(service: Service, run_id: str) -
     assert service.metadata(run_id) == {"n": 1002}
 
 
-def test_flush_raises_after_its_retries_and_loses_nothing(service: Service, run_id: str) -> None:
+def test_flush_raises_after_its_retries_and_loses_nothing(service: ThreadedService, run_id: str) -> None:
     down = {"on": True}
     with (
         fault_proxy(service.url, decide=lambda exchange: "503" if down["on"] else None) as proxy,
@@ -650,7 +653,7 @@ def _script(body: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_client_never_closed_is_flushed_at_exit(service: Service) -> None:
+def test_a_client_never_closed_is_flushed_at_exit(service: ThreadedService) -> None:
     sync_run, async_run = f"run_{next(_ids)}", f"run_{next(_ids)}"
     service.create_run(sync_run)
     service.create_run(async_run)
@@ -675,7 +678,7 @@ def test_a_client_never_closed_is_flushed_at_exit(service: Service) -> None:
     assert service.metadata(async_run) == {"n": 4}
 
 
-def test_exit_is_bounded_when_the_service_never_answers(service: Service, run_id: str) -> None:
+def test_exit_is_bounded_when_the_service_never_answers(service: ThreadedService, run_id: str) -> None:
     """Every request hangs: the exit gives up at EXIT_TIMEOUT and says what it could not send."""
     release = threading.Event()
 

@@ -33,7 +33,7 @@ from metaops.client import (
     metadata,
 )
 from metaops.client._core import FENCE_BODY
-from tests._client_service import TOKEN, Service
+from tests._client_service import TOKEN, Service, ThreadedService, threaded_service
 from tests._faults import FAULTS, Exchange, FaultProxy, fault_proxy
 
 FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
@@ -44,14 +44,13 @@ _ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = Service(str(tmp_path_factory.mktemp("delivery") / "runs.sqlite3"))
-    yield running
-    running.stop()
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedService]:
+    with threaded_service(f"sqlite:///{tmp_path_factory.mktemp('delivery') / 'runs.sqlite3'}") as running:
+        yield running
 
 
 @pytest.fixture
-def run_id(service: Service) -> str:
+def run_id(service: ThreadedService) -> str:
     name = f"run_{next(_ids)}"
     service.create_run(name)
     return name
@@ -80,7 +79,7 @@ def applied(exchanges: list[Exchange]) -> list[Exchange]:
 
 
 def test_an_answer_lost_after_the_service_applied_it_never_causes_a_second_application(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     """Every answer to the first body is lost (each attempt applied or replayed); the resend is replayed."""
     first_key: list[str] = []
@@ -107,7 +106,7 @@ def test_an_answer_lost_after_the_service_applied_it_never_causes_a_second_appli
 
 
 def test_a_held_flush_that_was_applied_is_fenced_before_newer_calls_and_counted_once(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     def decide(exchange: Exchange) -> str | None:
         return "lose" if exchange.method == "PUT" and len(puts(proxy)) < FAST.attempts else None
@@ -130,7 +129,7 @@ def test_a_held_flush_that_was_applied_is_fenced_before_newer_calls_and_counted_
 
 
 def test_restore_and_merge_uses_a_new_key_only_after_the_fence_spent_the_old_one(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     """The held body never reached the service; the fence finds nothing, then the merge goes out."""
 
@@ -163,7 +162,9 @@ def test_restore_and_merge_uses_a_new_key_only_after_the_fence_spent_the_old_one
     assert service.metadata(run_id) == {"n": 11}
 
 
-def test_a_flush_that_never_reached_the_service_merges_without_a_fence(service: Service, run_id: str) -> None:
+def test_a_flush_that_never_reached_the_service_merges_without_a_fence(
+    service: ThreadedService, run_id: str
+) -> None:
     with fault_proxy(service.url) as proxy, make(proxy.url, run_id) as md:
         proxy.pause()
         md.increment("n")
@@ -179,7 +180,9 @@ def test_a_flush_that_never_reached_the_service_merges_without_a_fence(service: 
     assert service.metadata(run_id) == {"n": 11}
 
 
-def test_keys_are_distinct_across_flushes_and_stable_across_retries(service: Service, run_id: str) -> None:
+def test_keys_are_distinct_across_flushes_and_stable_across_retries(
+    service: ThreadedService, run_id: str
+) -> None:
     faults = iter(["503", "502-after", None, "429", None, None])
     with (
         fault_proxy(service.url, decide=lambda e: next(faults) if e.method == "PUT" else None) as proxy,
@@ -206,7 +209,13 @@ def _report(name: str, proxy: FaultProxy, sent: int, stored: int) -> None:
 
 
 def _thread_run(
-    service: Service, run_id: str, *, threads: int, per_thread: int, weights: dict[str, float], seed: int
+    service: ThreadedService,
+    run_id: str,
+    *,
+    threads: int,
+    per_thread: int,
+    weights: dict[str, float],
+    seed: int,
 ) -> None:
     with fault_proxy(service.url, rate=0.3, weights=weights, seed=seed, stall=0.3) as proxy:
         with make(proxy.url, run_id, flush_interval=0.01, retry=PATIENT, timeout=0.25):
@@ -233,17 +242,21 @@ NO_STALL = {kind: 1.0 for kind in FAULTS if kind != "stall"}
 
 
 def test_threads_incrementing_through_30_percent_faults_store_exactly_n_times_m(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     _thread_run(service, run_id, threads=4, per_thread=200, weights=NO_STALL, seed=11)
 
 
 @pytest.mark.slow
-def test_many_threads_through_every_fault_store_exactly_n_times_m(service: Service, run_id: str) -> None:
+def test_many_threads_through_every_fault_store_exactly_n_times_m(
+    service: ThreadedService, run_id: str
+) -> None:
     _thread_run(service, run_id, threads=8, per_thread=1000, weights=dict.fromkeys(FAULTS, 1.0), seed=12)
 
 
-def _task_run(service: Service, run_id: str, *, tasks: int, per_task: int, weights: dict[str, float]) -> None:
+def _task_run(
+    service: ThreadedService, run_id: str, *, tasks: int, per_task: int, weights: dict[str, float]
+) -> None:
     async def main(proxy: FaultProxy) -> None:
         client = AsyncMetadataClient(
             run_id,
@@ -271,13 +284,15 @@ def _task_run(service: Service, run_id: str, *, tasks: int, per_task: int, weigh
 
 
 def test_async_tasks_incrementing_through_30_percent_faults_store_exactly_n_times_m(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     _task_run(service, run_id, tasks=8, per_task=200, weights=NO_STALL)
 
 
 @pytest.mark.slow
-def test_many_async_tasks_through_every_fault_store_exactly_n_times_m(service: Service, run_id: str) -> None:
+def test_many_async_tasks_through_every_fault_store_exactly_n_times_m(
+    service: ThreadedService, run_id: str
+) -> None:
     _task_run(service, run_id, tasks=32, per_task=500, weights=dict.fromkeys(FAULTS, 1.0))
 
 
@@ -343,7 +358,7 @@ def test_a_service_killed_again_and_again_stores_everything_acknowledged_once(da
 
 
 def test_close_raises_while_the_service_is_unreachable_and_delivers_when_called_again(
-    service: Service, run_id: str
+    service: ThreadedService, run_id: str
 ) -> None:
     with fault_proxy(service.url) as proxy:
         md = make(proxy.url, run_id)
