@@ -188,6 +188,21 @@ def test_a_2xx_with_an_unreadable_body_counts_as_unknown_and_is_retried_with_the
     assert [key_of(request) for request in script.sends] == ["key-0", "key-0"]
 
 
+def test_an_answer_the_buffer_cannot_adopt_still_resolves_the_applied_flush() -> None:
+    """1e400 parses as infinity, which metaops refuses: the flush was applied, so it is not resent."""
+    buffer = RunMetadata()
+    buffer.increment("n")
+    core = make_core(buffer)
+    script = Script(lambda request: Answer(200, {}, b'{"metadata":{"n":1,"huge":1e400}}'))
+    assert script.run(core.flush()).failure is None
+    assert core.idle
+    assert buffer.in_flight is None
+    assert buffer.current() == {"n": 1}
+    buffer.increment("n")
+    script.run(core.flush())
+    assert [json.loads(r.content or b"")["operations"][0]["value"] for r in script.sends] == [1, 1]
+
+
 def test_no_attempt_starts_past_the_deadline_and_each_request_is_bounded_by_it() -> None:
     buffer = RunMetadata()
     buffer.increment("n")

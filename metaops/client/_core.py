@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from metaops import __version__
+from metaops._errors import MetaopsError
 from metaops._json import JSON, describe
 from metaops.buffer import Flush, RunMetadata
 from metaops.client._errors import RequestRefusedError, ServiceUnavailableError
@@ -338,9 +339,23 @@ class Core:
                 self._flight = None
             return outcome
         assert flight.metadata is not None
-        self.buffer.accept(flight.flush, flight.metadata)
-        self._flight = None
+        self._accept(flight, flight.metadata)
         return None
+
+    def _accept(self, flight: _Flight, metadata: dict[str, JSON]) -> None:
+        """The flush was applied: adopt the answer, or keep the local copy if it cannot be adopted."""
+        try:
+            self.buffer.accept(flight.flush, metadata)
+        except (MetaopsError, TypeError, ValueError) as error:
+            # Metadata metaops refuses (a number JSON overflowed to infinity, say): the
+            # flush was applied all the same, so it leaves flight and is not requeued.
+            log.warning(
+                "run %s: the service's answer could not be adopted (%s); kept the local copy",
+                self.run_id,
+                error,
+            )
+            self.buffer.restore(flight.flush, delivered=len(flight.bodies))
+        self._flight = None
 
     def _delivered_one(self, flight: _Flight, taken: _Taken) -> None:
         flight.delivered += 1
@@ -369,8 +384,7 @@ class Core:
             log.info("run %s: fenced key %s: the held body had been applied", self.run_id, flight.key)
             self._delivered_one(flight, outcome)
             if flight.delivered == len(flight.bodies):
-                self.buffer.accept(flight.flush, outcome.metadata)
-                self._flight = None
+                self._accept(flight, outcome.metadata)
                 return None
         else:
             log.info("run %s: fenced key %s: nothing had been applied", self.run_id, flight.key)
