@@ -60,15 +60,25 @@ A client never closed is flushed at interpreter exit; the exit waits at most
 From a Trigger.dev task
 -----------------------
 
-The platform gives a task's process ``TRIGGER_API_URL`` and ``TRIGGER_SECRET_KEY``
-(the official SDK reads them there), so a Python script it starts inherits them.
-It does not put the run's id in the environment: the task gets it as
-``ctx.run.id`` over IPC. The task passes it, and whether the run has a parent
-(``ctx.run.parentTaskRunId``), for example as environment variables it sets for
-the script; the script then builds ``MetadataClient(os.environ["RUN_ID"],
-is_root=...)``. (``TRIGGER_RUN_TOKEN``, a short-lived run-scoped token the
-platform may also set, is rotated by a message to the task's process, which a
-child process never sees: prefer the secret key.)
+Inside a task, the official SDK (``@trigger.dev/core`` 4.8.3) finds the API in
+the environment the task's process runs with: ``TRIGGER_API_URL`` and
+``TRIGGER_SECRET_KEY``. A Python script the task starts inherits them (unless it
+is given an environment of its own), and the client reads the same two. The run's
+id is *not* in the environment (there is no ``TRIGGER_RUN_ID``): the task receives
+it as ``ctx.run.id``, and its parent as ``ctx.run.parentTaskRunId``, from the
+worker over IPC. The task must pass both to the script, for example::
+
+    // in the task's run(payload, { ctx }), with node:child_process's spawn
+    spawn("python", ["import.py"], {
+      env: { ...process.env, RUN_ID: ctx.run.id, RUN_IS_ROOT: ctx.run.parentTaskRunId ? "0" : "1" },
+    });
+
+    # import.py
+    md = MetadataClient(os.environ["RUN_ID"], is_root=os.environ["RUN_IS_ROOT"] == "1")
+
+The platform may also set ``TRIGGER_RUN_TOKEN``, a short-lived run-scoped token it
+replaces by a message to the task's own process, which a child process never
+receives: the client does not fall back to it.
 """
 
 from __future__ import annotations
