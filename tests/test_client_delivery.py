@@ -251,7 +251,7 @@ def test_threads_incrementing_through_30_percent_faults_store_exactly_n_times_m(
 def test_many_threads_through_every_fault_store_exactly_n_times_m(
     service: ThreadedService, run_id: str
 ) -> None:
-    _thread_run(service, run_id, threads=8, per_thread=1000, weights=dict.fromkeys(FAULTS, 1.0), seed=12)
+    _thread_run(service, run_id, threads=8, per_thread=2500, weights=dict.fromkeys(FAULTS, 1.0), seed=12)
 
 
 def _task_run(
@@ -299,13 +299,15 @@ def test_many_async_tasks_through_every_fault_store_exactly_n_times_m(
 # --------------------------------------------------------------------------- the service killed
 
 
-def _kill_run(database_url: str, *, kills: int, threads: int, per_thread: int) -> None:
+def _kill_run(
+    database_url: str, *, kills: int, threads: int, per_thread: int, fault_rate: float = 0.0
+) -> None:
     service = Service(database_url)
     try:
         run_id = "run_killed"
         service.create_run(run_id)
         results: list[int] = []
-        with fault_proxy(service.url) as proxy:
+        with fault_proxy(service.url, rate=fault_rate, seed=31, stall=0.3) as proxy:
             with make(proxy.url, run_id, flush_interval=0.01, retry=PATIENT, timeout=1.0):
 
                 def work() -> None:
@@ -354,7 +356,7 @@ def test_a_service_killed_mid_run_and_restarted_stores_everything_acknowledged_o
 
 @pytest.mark.slow
 def test_a_service_killed_again_and_again_stores_everything_acknowledged_once(database_url: str) -> None:
-    _kill_run(database_url, kills=5, threads=6, per_thread=1500)
+    _kill_run(database_url, kills=5, threads=6, per_thread=1500, fault_rate=0.2)
 
 
 def test_close_raises_while_the_service_is_unreachable_and_delivers_when_called_again(
