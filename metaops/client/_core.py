@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random as _random
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from metaops import __version__
@@ -215,8 +216,6 @@ class Core:
         random: Callable[[], float] | None = None,
         new_key: Callable[[], str] = _new_key,
     ) -> None:
-        import random as _random
-
         self.run_id = run_id
         self.buffer = buffer
         self.policy = policy
@@ -302,7 +301,9 @@ class Core:
 
     # ----------------------------------------------------------------- flight
 
-    def _deliver(self, deadline: float | None, result: RoundResult) -> Steps[_Spent | str | None]:
+    def _deliver(
+        self, deadline: float | None, result: RoundResult
+    ) -> Steps[_Spent | Literal["rejected", "requeued"] | None]:
         """Send the flight's bodies in order; resolve the flush with the buffer."""
         flight = self._flight
         assert flight is not None
