@@ -2,7 +2,7 @@
 
 ``database_url`` is a fixture parametrized over :data:`BACKENDS`: each test gets the
 URL of a fresh, empty database of that kind (``sqlite:///...`` in the test's
-temporary directory; ``postgresql://...``, a new database in a throwaway cluster).
+temporary directory; ``postgresql://...``, a fresh schema in a throwaway cluster).
 A backend that cannot run here skips its tests with the reason printed, unless the
 environment requires it (``METAOPS_REQUIRE_POSTGRES=1``).
 
@@ -15,12 +15,17 @@ from pathlib import Path
 
 import pytest
 
-BACKENDS: tuple[str, ...] = ("sqlite",)
+BACKENDS: tuple[str, ...] = ("sqlite", "postgresql")
 
 
 def fresh_database(kind: str, directory: Path, request: pytest.FixtureRequest) -> str:
     """The URL of a new, empty database of ``kind`` (removed with ``directory`` or the session)."""
     if kind == "sqlite":
         return f"sqlite:///{directory / 'runs.sqlite3'}"
+    if kind == "postgresql":
+        # A fresh schema in the session's throwaway cluster (tests/_postgres.py): the
+        # fixture skips, or fails under METAOPS_REQUIRE_POSTGRES=1, where it cannot start.
+        url: str = request.getfixturevalue("postgres_url")
+        return url
     msg = f"unknown storage backend {kind!r}"
     raise AssertionError(msg)

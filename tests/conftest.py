@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, settings
 
 from tests._backends import BACKENDS, fresh_database
 
+# postgres_cluster and postgres_url: a throwaway PostgreSQL cluster, a fresh schema per test.
+pytest_plugins = ("tests._postgres",)
+
 # The vectors ship inside the package (``python -m metaops vectors DIR`` writes them out).
 DATA = files("metaops") / "conformance"
 

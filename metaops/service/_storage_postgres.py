@@ -1,0 +1,558 @@
+"""The backend for several processes: PostgreSQL through psycopg 3 and psycopg_pool.
+
+:meth:`PostgresStorage.write` holds a run with a row lock (``SELECT ... FOR NO KEY
+UPDATE``) for one transaction, so every writer of a run, in any process, takes its
+turn; ``wait=False`` adds ``SKIP LOCKED``: the outbox is drained by whichever process
+finds a target nobody holds. ``NO KEY UPDATE`` rather than ``UPDATE`` because a
+child's transaction inserting an outbox row for its parent takes a key-share lock
+on the parent (the foreign key), which ``FOR UPDATE`` would make wait for the
+parent's own writers.
+
+Durable on acknowledgement with PostgreSQL's defaults (``synchronous_commit=on``);
+nothing here relaxes them.
+
+The change feed: every transaction that appends to a run's log also sends
+``pg_notify`` (delivered on commit, never for a rolled-back transaction) with the
+run id and version. Listeners of this process are called right after the commit;
+those of other processes when their listening connection (``LISTEN``, one per
+process, opened by the first :meth:`PostgresStorage.subscribe`) receives it.
+
+The tables live in the first schema on the connection's ``search_path`` (put
+``?options=-c%20search_path%3Dname`` in the URL to keep several deployments in one
+database apart), each name prefixed ``metaops_``; the notification channel is named
+after that schema. They are created at startup under an advisory lock, so that N
+workers starting at once do not race on ``CREATE TABLE IF NOT EXISTS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from metaops.service._errors import RunExistsError, RunNotFoundError, StorageError
+from metaops.service._storage import (
+    ChangeListener,
+    History,
+    LogEntry,
+    OutboxEntry,
+    RejectedEntry,
+    RunRecord,
+)
+
+__all__ = ["PostgresStorage"]
+
+_log = logging.getLogger("metaops.service")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metaops_schema (
+    version integer NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metaops_runs (
+    id               text PRIMARY KEY,
+    parent_id        text REFERENCES metaops_runs (id),
+    root_id          text REFERENCES metaops_runs (id),
+    version          bigint NOT NULL DEFAULT 0,
+    snapshot_version bigint NOT NULL DEFAULT 0,
+    created_at       double precision NOT NULL,
+    completed_at     double precision
+);
+-- The JSON text exactly as served (key order kept): text, not jsonb. In its own
+-- table so that a version bump does not copy the row holding it.
+CREATE TABLE IF NOT EXISTS metaops_snapshots (
+    run_id   text PRIMARY KEY REFERENCES metaops_runs (id),
+    version  bigint NOT NULL,
+    metadata text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metaops_run_log (
+    run_id     text NOT NULL REFERENCES metaops_runs (id),
+    version    bigint NOT NULL,
+    operations text NOT NULL,
+    PRIMARY KEY (run_id, version)
+);
+CREATE TABLE IF NOT EXISTS metaops_outbox (
+    seq        bigserial PRIMARY KEY,
+    run_id     text NOT NULL REFERENCES metaops_runs (id),
+    operations text NOT NULL,
+    queued_at  double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metaops_outbox_run ON metaops_outbox (run_id, seq);
+CREATE TABLE IF NOT EXISTS metaops_rejected (
+    seq         bigint PRIMARY KEY,
+    run_id      text NOT NULL REFERENCES metaops_runs (id),
+    operations  text NOT NULL,
+    reason      text NOT NULL,
+    rejected_at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metaops_rejected_run ON metaops_rejected (run_id, seq);
+CREATE TABLE IF NOT EXISTS metaops_idempotency_keys (
+    run_id  text NOT NULL REFERENCES metaops_runs (id),
+    key     text NOT NULL,
+    used_at double precision NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE INDEX IF NOT EXISTS metaops_idempotency_keys_used_at ON metaops_idempotency_keys (used_at);
+"""
+
+_RECORD_COLUMNS = "id, parent_id, root_id, version, snapshot_version, created_at, completed_at"
+_RECORD = f"SELECT {_RECORD_COLUMNS} FROM metaops_runs"
+
+# One statement, so one snapshot: the record, the snapshot and the log agree. The log
+# continues from ``since`` when the log still has everything after it, else from the
+# snapshot (whose text is sent only then).
+_HISTORY = """
+WITH record AS (
+    SELECT r.*, (%(since)s::bigint IS NOT NULL
+                 AND r.snapshot_version <= %(since)s::bigint
+                 AND %(since)s::bigint <= r.version) AS from_log
+    FROM metaops_runs r WHERE r.id = %(run_id)s
+)
+SELECT record.id, record.parent_id, record.root_id, record.version, record.snapshot_version,
+       record.created_at, record.completed_at, record.from_log,
+       CASE WHEN record.from_log THEN NULL ELSE s.metadata END,
+       CASE WHEN record.from_log THEN %(since)s::bigint ELSE s.version END,
+       log.versions, log.operations
+FROM record
+JOIN metaops_snapshots s ON s.run_id = record.id
+CROSS JOIN LATERAL (
+    SELECT array_agg(l.version ORDER BY l.version) AS versions,
+           array_agg(l.operations ORDER BY l.version) AS operations
+    FROM metaops_run_log l
+    WHERE l.run_id = record.id
+      AND l.version > CASE WHEN record.from_log THEN %(since)s::bigint ELSE s.version END
+) log
+"""
+
+_APPEND = """
+WITH logged AS (
+    INSERT INTO metaops_run_log (run_id, version, operations) VALUES (%(run_id)s, %(version)s, %(operations)s)
+), bumped AS (
+    UPDATE metaops_runs SET version = %(version)s WHERE id = %(run_id)s
+)
+SELECT pg_notify(%(channel)s, %(payload)s)
+"""
+
+_APPEND_SNAPSHOT = """
+WITH snapshot AS (
+    UPDATE metaops_snapshots SET version = %(version)s, metadata = %(operations)s WHERE run_id = %(run_id)s
+), dropped AS (
+    DELETE FROM metaops_run_log WHERE run_id = %(run_id)s AND version < %(version)s
+), bumped AS (
+    UPDATE metaops_runs SET version = %(version)s, snapshot_version = %(version)s WHERE id = %(run_id)s
+)
+SELECT pg_notify(%(channel)s, %(payload)s)
+"""
+
+
+class PostgresStorage:
+    """:class:`~metaops.service.Storage` on PostgreSQL: ``postgresql://user:pass@host:port/dbname``.
+
+    ``pool_size`` bounds the connections this process holds for requests (one more
+    listens for changes once something subscribes). ``timeout`` is how long a call
+    waits for a free connection, or to connect, before :class:`StorageError`.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 30.0) -> None:
+        self._url = url
+        self._shown_url = _without_password(url)
+        # Notifications carry it, so that the listener skips what this process already dispatched.
+        self._origin = secrets.token_hex(6)
+        self._lock = threading.Lock()
+        self._listeners: list[ChangeListener] = []
+        self._listener: _Listener | None = None
+        self._closed = False
+        try:
+            # One connection first, so that a wrong URL fails at once rather than after
+            # the pool's retries; it creates the tables and is given back to no one.
+            with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout))) as db:
+                self._channel = _create_schema(db, self._shown_url)
+        except psycopg.Error as error:
+            msg = f"{self._shown_url}: {_describe(error)}"
+            raise StorageError(msg) from None
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(1, pool_size),
+            kwargs={"autocommit": True},
+            open=False,
+            timeout=timeout,
+            name="metaops",
+        )
+        self._pool.open(wait=False)
+
+    @property
+    def url(self) -> str:
+        """The database URL, without its password."""
+        return self._shown_url
+
+    @property
+    def channel(self) -> str:
+        """The ``LISTEN``/``NOTIFY`` channel this schema's changes are announced on."""
+        return self._channel
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._closed:
+            msg = f"{self._shown_url}: storage is closed"
+            raise StorageError(msg)
+        try:
+            with self._pool.connection() as db:
+                yield db
+        except psycopg.Error as error:
+            # A broken connection is discarded by the pool; the transaction did not commit.
+            msg = f"{self._shown_url}: {_describe(error)}"
+            raise StorageError(msg) from None
+
+    def close(self) -> None:
+        """Stop listening and close every connection; later calls raise :class:`StorageError`."""
+        with self._lock:
+            self._closed = True
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        self._pool.close()
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        metadata: str,
+        parent_id: str | None,
+        root_id: str | None,
+        created_at: float,
+    ) -> RunRecord:
+        with self._connection() as db, db.transaction():
+            if db.execute("SELECT 1 FROM metaops_runs WHERE id = %s", (run_id,)).fetchone() is not None:
+                raise RunExistsError(run_id)
+            for related in (parent_id, root_id):
+                if related is not None and not _exists(db, related):
+                    raise RunNotFoundError(related)
+            try:
+                db.execute(
+                    "INSERT INTO metaops_runs (id, parent_id, root_id, created_at) VALUES (%s, %s, %s, %s)",
+                    (run_id, parent_id, root_id, created_at),
+                )
+            except psycopg.errors.UniqueViolation:
+                raise RunExistsError(run_id) from None  # created meanwhile by another session
+            db.execute(
+                "INSERT INTO metaops_snapshots (run_id, version, metadata) VALUES (%s, 0, %s)",
+                (run_id, metadata),
+            )
+        return RunRecord(run_id, parent_id, root_id, 0, 0, created_at, None)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._connection() as db:
+            row = db.execute(f"{_RECORD} WHERE id = %s", (run_id,)).fetchone()
+        return None if row is None else RunRecord(*row)
+
+    def history(self, run_id: str, since: int | None) -> History | None:
+        with self._connection() as db:
+            return _history(db, run_id, since)
+
+    @contextmanager
+    def write(self, run_id: str, *, wait: bool = True) -> Iterator[_Transaction | None]:
+        lock = "FOR NO KEY UPDATE" if wait else "FOR NO KEY UPDATE SKIP LOCKED"
+        with self._connection() as db:
+            # Pipeline mode: statements whose results nobody reads (BEGIN, the appends, the
+            # keys, settling) go out without waiting for their answers; COMMIT waits for all.
+            with db.pipeline(), db.transaction():
+                row = db.execute(f"{_RECORD} WHERE id = %s {lock}", (run_id,)).fetchone()
+                if row is None:
+                    if wait or not _exists(db, run_id):
+                        raise RunNotFoundError(run_id)
+                    yield None  # another session holds it
+                    return
+                tx = _Transaction(db, RunRecord(*row), self._channel, self._origin)
+                yield tx
+            # Committed: tell this process's listeners now, the others through the notification.
+            if tx.appended is not None:
+                self._dispatch(run_id, tx.appended)
+
+    def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
+        with self._connection() as db:
+            row = db.execute(
+                f"UPDATE metaops_runs SET completed_at = %s WHERE id = %s RETURNING {_RECORD_COLUMNS}",
+                (completed_at, run_id),
+            ).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        return RunRecord(*row)
+
+    # ------------------------------------------------------------------ outbox and keys
+
+    def outbox_runs(self, limit: int) -> list[str]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT run_id FROM metaops_outbox GROUP BY run_id ORDER BY min(seq) LIMIT %s", (limit,)
+            ).fetchall()
+        return [run_id for (run_id,) in rows]
+
+    def outbox_size(self, run_id: str | None = None) -> int:
+        with self._connection() as db:
+            if run_id is None:
+                row = db.execute("SELECT count(*) FROM metaops_outbox").fetchone()
+            else:
+                row = db.execute(
+                    "SELECT count(*) FROM metaops_outbox WHERE run_id = %s", (run_id,)
+                ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def rejections(self, run_id: str) -> list[RejectedEntry]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT seq, run_id, operations, reason, rejected_at FROM metaops_rejected "
+                "WHERE run_id = %s ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+        return [RejectedEntry(*row) for row in rows]
+
+    def expire_keys(self, before: float) -> int:
+        with self._connection() as db:
+            cursor = db.execute("DELETE FROM metaops_idempotency_keys WHERE used_at < %s", (before,))
+        return cursor.rowcount
+
+    # ------------------------------------------------------------------ changes
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener(run_id, version)`` after each change, from any process on this schema.
+
+        Returns once the listening connection is in place, so no change committed after
+        that goes unannounced. Versions of one run can arrive out of order (this
+        process's own right after commit, others' a little later): a listener should keep
+        the highest it has seen.
+        """
+        with self._lock:
+            if self._closed:
+                msg = f"{self._shown_url}: storage is closed"
+                raise StorageError(msg)
+            self._listeners.append(listener)
+            start = self._listener is None
+            if start:
+                self._listener = _Listener(self._url, self._channel, self._origin, self._dispatch)
+            listening = self._listener
+        assert listening is not None
+        if start:
+            listening.start()
+        else:
+            listening.wait()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _dispatch(self, run_id: str, version: int) -> None:
+        with self._lock:
+            listeners = tuple(self._listeners)
+        for listener in listeners:
+            try:
+                listener(run_id, version)
+            except Exception:  # one failing listener must not starve the others
+                _log.exception("change listener %r failed for run %s", listener, run_id)
+
+
+class _Transaction:
+    """:class:`~metaops.service.RunTransaction`: one connection, in a transaction holding the run's row."""
+
+    def __init__(self, db: psycopg.Connection[Any], record: RunRecord, channel: str, origin: str) -> None:
+        self._db = db
+        self._record = record
+        self._version = record.version
+        self._channel = channel
+        self._origin = origin
+        self.appended: int | None = None
+
+    @property
+    def record(self) -> RunRecord:
+        return self._record
+
+    def history(self, since: int | None) -> History:
+        history = _history(self._db, self._record.id, since)
+        assert history is not None  # the row is held: it exists
+        return history
+
+    def append(self, operations: str, *, snapshot: str | None = None) -> int:
+        self._version += 1
+        version = self._version
+        self._db.execute(
+            _APPEND if snapshot is None else _APPEND_SNAPSHOT,
+            {
+                "run_id": self._record.id,
+                "version": version,
+                "operations": operations if snapshot is None else snapshot,
+                "channel": self._channel,
+                "payload": _payload(version, self._origin, self._record.id),
+            },
+        )
+        self.appended = version
+        return version
+
+    def key_used(self, key: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM metaops_idempotency_keys WHERE run_id = %s AND key = %s", (self._record.id, key)
+        ).fetchone()
+        return row is not None
+
+    def use_key(self, key: str, at: float) -> None:
+        self._db.execute(
+            "INSERT INTO metaops_idempotency_keys (run_id, key, used_at) VALUES (%s, %s, %s)",
+            (self._record.id, key, at),
+        )
+
+    def enqueue(self, run_id: str, operations: str, at: float) -> int:
+        # Checked in the statement, not by the foreign key's error: an error would abort the transaction.
+        row = self._db.execute(
+            "INSERT INTO metaops_outbox (run_id, operations, queued_at) "
+            "SELECT %(run_id)s, %(operations)s, %(at)s "
+            "WHERE EXISTS (SELECT 1 FROM metaops_runs WHERE id = %(run_id)s) RETURNING seq",
+            {"run_id": run_id, "operations": operations, "at": at},
+        ).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        seq: int = row[0]
+        return seq
+
+    def pending(self, limit: int) -> tuple[OutboxEntry, ...]:
+        rows = self._db.execute(
+            "SELECT seq, run_id, operations FROM metaops_outbox WHERE run_id = %s ORDER BY seq LIMIT %s",
+            (self._record.id, limit),
+        ).fetchall()
+        return tuple(OutboxEntry(*row) for row in rows)
+
+    def settle(self, seqs: Sequence[int]) -> None:
+        self._db.execute(
+            "DELETE FROM metaops_outbox WHERE seq = ANY(%s) AND run_id = %s", (list(seqs), self._record.id)
+        )
+
+    def reject(self, entry: OutboxEntry, reason: str, at: float) -> None:
+        self.settle([entry.seq])
+        self._db.execute(
+            "INSERT INTO metaops_rejected (seq, run_id, operations, reason, rejected_at) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (entry.seq, self._record.id, entry.operations, reason, at),
+        )
+
+
+def _create_schema(db: psycopg.Connection[Any], shown_url: str) -> str:
+    """Create the tables if missing; return the notification channel's name."""
+    row = db.execute("SELECT current_schema()").fetchone()
+    schema = None if row is None else row[0]
+    if schema is None:
+        msg = f"{shown_url}: no schema to create the tables in: none on the search_path exists"
+        raise StorageError(msg)
+    with db.transaction():
+        # CREATE ... IF NOT EXISTS is not safe against itself running in another session.
+        db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"metaops.schema:{schema}",))
+        db.execute(_SCHEMA.encode())
+        stored = db.execute("SELECT version FROM metaops_schema").fetchone()
+        if stored is None:
+            db.execute("INSERT INTO metaops_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+        elif stored[0] != SCHEMA_VERSION:
+            found = f"metaops tables of version {stored[0]}, not {SCHEMA_VERSION}"
+            msg = f"{shown_url}: schema {schema!r} holds {found}"
+            raise StorageError(msg)
+    return _channel_name(schema)
+
+
+def _history(db: psycopg.Connection[Any], run_id: str, since: int | None) -> History | None:
+    row = db.execute(_HISTORY, {"run_id": run_id, "since": since}).fetchone()
+    if row is None:
+        return None
+    record = RunRecord(*row[:7])
+    _from_log, snapshot, start, versions, operations = row[7:]
+    entries = tuple(LogEntry(v, o) for v, o in zip(versions or (), operations or (), strict=True))
+    return History(record, snapshot, start, entries)
+
+
+def _exists(db: psycopg.Connection[Any], run_id: str) -> bool:
+    return db.execute("SELECT 1 FROM metaops_runs WHERE id = %s", (run_id,)).fetchone() is not None
+
+
+def _payload(version: int, origin: str, run_id: str) -> str:
+    return f"{version}:{origin}:{run_id}"
+
+
+def _parse_payload(payload: str) -> tuple[int, str, str]:
+    """``(version, origin, run_id)`` from a notification's payload (run ids may hold ``:``)."""
+    version, _, rest = payload.partition(":")
+    origin, _, run_id = rest.partition(":")
+    return int(version), origin, run_id
+
+
+def _channel_name(schema: str) -> str:
+    name = f"metaops:{schema}"
+    if len(name.encode()) > 63:  # a channel name is an identifier: at most 63 bytes
+        name = "metaops:" + hashlib.sha256(schema.encode()).hexdigest()[:40]
+    return name
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _describe(error: psycopg.Error) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+class _Listener:
+    """One connection ``LISTEN``ing on the channel, on a daemon thread; it reconnects when dropped."""
+
+    def __init__(self, url: str, channel: str, origin: str, dispatch: Callable[[str, int], None]) -> None:
+        self._url = url
+        self._channel = channel
+        self._origin = origin
+        self._dispatch = dispatch
+        self._stop = threading.Event()
+        self._listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metaops-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.wait()
+
+    def wait(self, timeout: float = 10.0) -> None:
+        if not self._listening.wait(timeout):
+            _log.warning("listening for changes: not connected after %.0f s; still trying", timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        delay = 0.05
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True) as db:
+                    db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    self._listening.set()
+                    delay = 0.05
+                    while not self._stop.is_set():
+                        for notification in db.notifies(timeout=0.1):
+                            version, origin, run_id = _parse_payload(notification.payload)
+                            if origin != self._origin:
+                                self._dispatch(run_id, version)
+            except psycopg.Error as error:
+                _log.warning("listening for changes: %s; reconnecting in %.2f s", _describe(error), delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 2.0)
