@@ -397,7 +397,28 @@ def _parser() -> _Parser:
     )
     sub.add_argument("dir", metavar="DIR", help="the directory to write into")
     sub.set_defaults(handler=_vectors)
+
+    # Listed here for the command list; `metaops serve ...` is dispatched in main before
+    # parsing, to the service's own parser (which needs the server extra).
+    commands.add_parser(
+        "serve",
+        help="Serve run metadata over HTTP (SQLite or PostgreSQL; needs metaops[server])",
+        add_help=False,
+    )
     return parser
+
+
+def _serve(argv: Sequence[str]) -> int:
+    """``metaops serve ARGS``: the service (extra ``server``), imported only now."""
+    try:
+        from metaops.service._serve import main as serve
+    except ImportError as error:
+        sys.stderr.write(
+            f"metaops serve: the service needs the server extra ({error.name or error} is missing): "
+            "pip install 'metaops[server]'\n"
+        )
+        return EXIT_BAD_INPUT
+    return serve(list(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -411,8 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     33
     0
     """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:
+        return _serve(arguments[1:])
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(arguments)
     except SystemExit as done:  # --help, --version, or a usage error (already reported)
         return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     try:

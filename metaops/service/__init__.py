@@ -1,10 +1,15 @@
-"""The metadata service: ``metaops serve``, an ASGI app on Starlette and uvicorn (extra ``server``).
+"""The metadata service behind ``metaops serve``: an ASGI app on Starlette and uvicorn (extra ``server``).
 
-Storage is one interface (:class:`Storage`) with two backends: SQLite, embedded and
-the default (:class:`SQLiteStorage`), and PostgreSQL for several processes.
-:func:`open_storage` picks one from a database URL.
+:func:`create_app` builds the app for a :class:`MetadataService`, which keeps runs in
+a :class:`Storage`: SQLite, embedded and the default (:class:`SQLiteStorage`), or
+PostgreSQL for several processes; :func:`open_storage` picks one from a database
+URL. :func:`running_server` serves an app on uvicorn in a background thread.
+
+    pip install 'metaops[server]'
+    metaops serve --database sqlite:///runs.sqlite3 --port 8030 --token secret
 """
 
+from metaops.service._app import MAX_BODY_BYTES, MetadataApp, create_app
 from metaops.service._errors import (
     RunCompletedError,
     RunExistsError,
@@ -12,6 +17,8 @@ from metaops.service._errors import (
     ServiceClosingError,
     StorageError,
 )
+from metaops.service._serve import RunningServer, running_server
+from metaops.service._service import MetadataService, RunState, ServiceConfig, UpdateOutcome
 from metaops.service._storage import (
     ChangeListener,
     History,
@@ -26,19 +33,28 @@ from metaops.service._storage import (
 from metaops.service._storage_sqlite import SQLiteStorage
 
 __all__ = [
+    "MAX_BODY_BYTES",
     "ChangeListener",
     "History",
     "LogEntry",
+    "MetadataApp",
+    "MetadataService",
     "OutboxEntry",
     "RejectedEntry",
     "RunCompletedError",
     "RunExistsError",
     "RunNotFoundError",
     "RunRecord",
+    "RunState",
     "RunTransaction",
+    "RunningServer",
     "SQLiteStorage",
     "ServiceClosingError",
+    "ServiceConfig",
     "Storage",
     "StorageError",
+    "UpdateOutcome",
+    "create_app",
     "open_storage",
+    "running_server",
 ]

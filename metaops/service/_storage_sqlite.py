@@ -145,7 +145,7 @@ class SQLiteStorage:
             raise StorageError(msg) from None
         try:
             yield db
-        except sqlite3.OperationalError as error:
+        except sqlite3.Error as error:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             msg = f"{self._path}: {error}"
@@ -378,7 +378,9 @@ class _Transaction:
                 "INSERT INTO outbox (run_id, operations, queued_at) VALUES (?, ?, ?)",
                 (run_id, operations, at),
             )
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError as error:
+            if "FOREIGN KEY" not in str(error):
+                raise
             raise RunNotFoundError(run_id) from None
         assert cursor.lastrowid is not None
         return cursor.lastrowid

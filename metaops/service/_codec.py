@@ -1,0 +1,182 @@
+"""JSON text of metadata at a cost that follows what changed, not the metadata's size.
+
+``apply`` is copy-on-write: the metadata after an update shares every subtree the
+update did not touch with the metadata before it, as the very same objects. So the
+JSON text of a container object, once written, stays its text for as long as the
+object is alive. :meth:`TextCache.encode` writes a value's text reusing the texts of the
+containers it wrote before (a :class:`TextCache` per run): after an increment deep
+in a 250 KB run, it writes the few containers on the path to the change and copies
+the rest.
+
+The text is exactly :func:`metaops.json_text`'s (compact, keys in order, Python's
+spelling of numbers, ``null`` for non-finite numbers, lone surrogates escaped), which
+the differential tests check. Containers with no container inside ("leaves") are
+written in one call: :func:`metaops.json_text`, or ``orjson`` (the ``fast`` extra)
+where its text is known to be the same (no floats, whose exponent it spells
+differently, and no ints past 2**53); anything orjson refuses falls back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from metaops._json import JSON
+from metaops._size import json_text
+
+__all__ = ["TextCache", "Texts", "loads"]
+
+Texts = dict[int, tuple[object, bytes]]
+"""``id(container) -> (container, its JSON text)``; holding the container keeps its id unique."""
+
+_SAFE_INT = 2**53
+_encode_ascii = json.encoder.encode_basestring  # the C version where available
+
+_orjson_dumps: Callable[[Any], bytes] | None
+try:  # the fast extra
+    import orjson
+
+    _orjson_dumps = orjson.dumps
+    _OrjsonError: type[Exception] = orjson.JSONEncodeError
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson_dumps = None
+    _OrjsonError = TypeError
+
+
+def _scalar(value: object) -> bytes:
+    kind = type(value)
+    if kind is str:
+        if value.isascii():  # type: ignore[attr-defined]
+            return _encode_ascii(value).encode()  # type: ignore[arg-type]
+        return json_text(value).encode()
+    if value is None:
+        return b"null"
+    if kind is bool:
+        return b"true" if value else b"false"
+    if kind is int and -_SAFE_INT <= value <= _SAFE_INT:  # type: ignore[operator]
+        return str(value).encode()
+    return json_text(value).encode()
+
+
+def _leaf(container: dict[str, Any] | list[Any], kinds: set[type]) -> bytes:
+    """The text of a container holding no container, in one call."""
+    if _orjson_dumps is not None and float not in kinds:
+        values = container.values() if type(container) is dict else container
+        if int not in kinds or all(-_SAFE_INT <= v <= _SAFE_INT for v in values if type(v) is int):
+            try:
+                return _orjson_dumps(container)
+            except _OrjsonError:  # a lone surrogate, say: json_text writes it as JavaScript does
+                pass
+    return json_text(container).encode()
+
+
+def _encode(value: JSON, texts: Texts) -> tuple[bytes, int]:
+    """The text of ``value``; adds the containers it wrote to ``texts``; returns how many."""
+    added = 0
+
+    def text_of(node: Any) -> bytes:
+        nonlocal added
+        key = id(node)
+        hit = texts.get(key)
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        if type(node) is dict:
+            kinds = set(map(type, node.values()))
+            if dict not in kinds and list not in kinds:
+                text = _leaf(node, kinds)
+            else:
+                # One join per container: every child's text is copied once, into its parent's.
+                parts = []
+                for name, item in node.items():
+                    parts.append(b",")
+                    parts.append(_encode_ascii(name).encode() if name.isascii() else json_text(name).encode())
+                    parts.append(b":")
+                    kind = type(item)
+                    parts.append(text_of(item) if kind is dict or kind is list else _scalar(item))
+                parts[0] = b"{"
+                parts.append(b"}")
+                text = b"".join(parts)
+        else:
+            kinds = set(map(type, node))
+            if dict not in kinds and list not in kinds:
+                text = _leaf(node, kinds)
+            else:
+                parts = []
+                for item in node:
+                    parts.append(b",")
+                    parts.append(text_of(item) if type(item) is dict or type(item) is list else _scalar(item))
+                parts[0] = b"["
+                parts.append(b"]")
+                text = b"".join(parts)
+        texts[key] = (node, text)
+        added += 1
+        return text
+
+    if type(value) is dict or type(value) is list:
+        return text_of(value), added
+    return _scalar(value), 0
+
+
+class TextCache:
+    """The JSON texts of one run's containers, shared by the versions of its metadata.
+
+    :meth:`encode` adds the containers it writes; texts of containers no longer in
+    the metadata are dropped now and then (when the cache holds twice what the
+    metadata had at the last count), by a walk that keeps what is still reachable.
+    Safe to use from several threads: an entry is only ever used for the very object
+    it holds.
+    """
+
+    __slots__ = ("_live", "_texts")
+
+    def __init__(self) -> None:
+        self._texts: Texts = {}
+        self._live = 0
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def encode(self, value: JSON) -> bytes:
+        """``json_text(value)`` as UTF-8, reusing the texts of containers seen before.
+
+        Raises :class:`RecursionError` for a value nested too deeply to write.
+
+        >>> cache = TextCache()
+        >>> rows = [{"id": 1}, {"id": 2}]
+        >>> cache.encode({"rows": rows, "n": 1.5})
+        b'{"rows":[{"id":1},{"id":2}],"n":1.5}'
+        >>> cache.encode({"rows": rows, "n": 2})  # the rows' texts are reused
+        b'{"rows":[{"id":1},{"id":2}],"n":2}'
+        """
+        texts = self._texts
+        text, added = _encode(value, texts)
+        if added and len(texts) > 2 * self._live + 256:
+            self._texts, self._live = _reachable(value, texts)
+        return text
+
+
+def _reachable(value: JSON, texts: Texts) -> tuple[Texts, int]:
+    """The entries of ``texts`` for containers in ``value``, and how many containers it holds."""
+    kept: Texts = {}
+    count = 0
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        count += 1
+        hit = texts.get(id(node))
+        if hit is not None and hit[0] is node:
+            kept[id(node)] = hit
+        children = node.values() if type(node) is dict else node
+        stack.extend(child for child in children if type(child) is dict or type(child) is list)
+    return kept, count
+
+
+def _refuse_constant(name: str) -> None:
+    msg = f"{name} is not JSON"
+    raise ValueError(msg)
+
+
+def loads(data: str | bytes) -> Any:
+    """Parse JSON as the standard library does, refusing ``NaN`` and ``Infinity`` (``ValueError``)."""
+    return json.loads(data, parse_constant=_refuse_constant)

@@ -1,0 +1,181 @@
+"""What the service's test suites share: a server in a thread or a subprocess, and a plain HTTP client.
+
+The HTTP tests talk to the service over real HTTP on loopback (port 0). Most run it
+in a thread of the test process (:func:`threaded_server`: quick to start); the
+command-line, kill and multi-process tests run ``python -m metaops serve`` as a
+subprocess (:class:`ServeProcess`), which can be killed with SIGKILL and restarted
+on the same database.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from metaops.service import MetadataService, RunningServer, ServiceConfig, open_storage, running_server
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-d41d8cd9"
+OPS_INCREMENT = [{"type": "increment", "key": "n", "value": 1}]
+_T = TypeVar("_T")
+
+
+@contextmanager
+def threaded_server(database_url: str, **config: Any) -> Iterator[RunningServer]:
+    """The service on ``database_url``, served by uvicorn in a thread on a free loopback port."""
+    timeout = config.pop("request_timeout", 30.0)
+    service = MetadataService(open_storage(database_url), ServiceConfig(**config))
+    with running_server(service, TOKEN, request_timeout=timeout) as server:
+        yield server
+
+
+class ServeProcess:
+    """``python -m metaops serve`` in a subprocess; the URL is read from its first line."""
+
+    def __init__(self, database_url: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.database_url = database_url
+        environment = {**os.environ, "METAOPS_SERVER_TOKEN": TOKEN, **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "metaops", "serve", "--database", database_url, "--port", "0", *args],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = self.process.stdout
+        assert stdout is not None
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        try:
+            first = lines.get(timeout=60)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError("the server did not start within 60 s") from None
+        found = re.fullmatch(r"listening on http://127\.0\.0\.1:(\d+)\n", first)
+        if found is None:
+            self.stop()
+            raise RuntimeError(f"the server did not start: {first!r}")
+        self.port = int(found.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Keep reading its output, so that a full pipe never blocks it.
+        threading.Thread(target=stdout.read, daemon=True).start()
+
+    def client(self, token: str | None = TOKEN) -> Client:
+        """A keep-alive connection to this server."""
+        return Client(self.port, token)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._close_pipes()
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; the exit status."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        self._close_pipes()
+        return self.process.returncode
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+class Client:
+    """JSON over one HTTP/1.1 connection, with the bearer token unless told otherwise."""
+
+    def __init__(self, port: int, token: str | None = TOKEN) -> None:
+        self.port = port
+        self.token = token
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.last_headers: dict[str, str] = {}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        raw: bytes | None = None,
+        auth: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if auth is not None:
+            sent["Authorization"] = auth
+        elif self.token is not None:
+            sent["Authorization"] = f"Bearer {self.token}"
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        self.connection.request(method, path, body=data, headers=sent)
+        response = self.connection.getresponse()
+        payload = response.read()
+        self.last_headers = {name.lower(): value for name, value in response.getheaders()}
+        if response.will_close:
+            self.connection.close()
+        return response.status, json.loads(payload)
+
+    def put_metadata(self, run_id: str, body: object, *, key: str | None = None) -> tuple[int, Any]:
+        headers = {"Idempotency-Key": key} if key is not None else None
+        return self.request("PUT", f"/api/v1/runs/{run_id}/metadata", body, headers=headers)
+
+    def get_metadata(self, run_id: str) -> Any:
+        status, payload = self.request("GET", f"/api/v1/runs/{run_id}/metadata")
+        assert status == 200, payload
+        return payload["metadata"]
+
+    def create_run(self, run_id: str, **spec: Any) -> Any:
+        status, payload = self.request("POST", "/admin/runs", {"id": run_id, **spec})
+        assert status == 201, payload
+        return payload
+
+    def run(self, run_id: str) -> Any:
+        status, payload = self.request("GET", f"/admin/runs/{run_id}")
+        assert status == 200, payload
+        return payload
+
+    def flush(self) -> None:
+        status, payload = self.request("POST", "/admin/flush", {"timeout": 30})
+        assert (status, payload) == (200, {"pending": 0})
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def in_threads(count: int, work: Callable[[int], _T]) -> list[_T]:
+    """``work(0)`` … ``work(count - 1)`` in threads at once; their results; the first error re-raised."""
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = work(index)
+        except BaseException as error:  # reported below; a thread cannot fail the test itself
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    if errors:
+        raise errors[0]
+    return results
