@@ -103,3 +103,27 @@ class SDKDriver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def realtime_of(server: RunningServer) -> Any:
+    """The app's :class:`~metaops.service._realtime.RunHub` (found through its route)."""
+    from starlette.applications import Starlette
+
+    from metaops.service._realtime import RealtimeEndpoint
+
+    starlette = server.app._app
+    assert isinstance(starlette, Starlette)
+    for route in starlette.routes:
+        endpoint = getattr(route, "endpoint", None)
+        if isinstance(endpoint, RealtimeEndpoint):
+            return endpoint.hub
+    raise AssertionError("no Realtime route")
+
+
+def backend_url(kind: str, request: Any, directory: Path) -> str:
+    """A fresh database of ``kind`` for a server shared by a module's tests (see ``tests/_backends.py``)."""
+    if kind == "sqlite":
+        return f"sqlite:///{directory / 'runs.sqlite3'}"
+    cluster = request.getfixturevalue("postgres_cluster")
+    url: str = cluster.create_schema()
+    return url

@@ -130,3 +130,27 @@ def test_writers_on_threads_announce_every_change(store: StreamStore) -> None:
 def test_stream_keys_must_survive_a_url_path(key: object) -> None:
     with pytest.raises(InvalidArgumentError):
         check_stream_key(key)
+
+
+def test_on_postgresql_another_process_hears_every_write(postgres_url: str) -> None:
+    """Two storages on one schema stand for two worker processes: LISTEN/NOTIFY carries the writes."""
+    writer_storage, reader_storage = open_storage(postgres_url), open_storage(postgres_url)
+    writer, reader = open_stream_store(writer_storage), open_stream_store(reader_storage)
+    try:
+        writer_storage.create_run("run_1", metadata="{}", parent_id=None, root_id=None, created_at=1.0)
+        heard: list[tuple[str, str, int]] = []
+        done = threading.Event()
+
+        def listener(run_id: str, key: str, length: int) -> None:
+            heard.append((run_id, key, length))
+            if length == 3:
+                done.set()
+
+        reader.subscribe(listener)
+        for _ in range(3):
+            writer.append("run_1", "tokens", ["1"], first=None, end=False, at=1.0)
+        assert done.wait(timeout=30), heard
+        assert heard == [("run_1", "tokens", 1), ("run_1", "tokens", 2), ("run_1", "tokens", 3)]
+    finally:
+        for closing in (writer, reader, writer_storage, reader_storage):
+            closing.close()

@@ -12,8 +12,9 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
+from metaops.service import _realtime
 from metaops.service._auth import Authority, auth_routes
-from metaops.service._realtime import HOLD, RealtimeEndpoint, RunHub, build_reader
+from metaops.service._realtime import RealtimeEndpoint, RunHub, build_reader
 from metaops.service._service import MetadataService
 from metaops.service._streams import StreamHub, read_stream_route, write_stream_route
 from metaops.service._streams_store import StreamStore, open_stream_store
@@ -24,7 +25,8 @@ __all__ = ["Realtime"]
 class Realtime:
     """The live routes of one app, over ``service``; blocking work goes through ``run`` (worker threads).
 
-    ``streams``: the stream store (default: the one beside the service's storage).
+    ``streams``: the stream store (default: the one beside the service's storage);
+    ``hold``: seconds a live poll waits (default :data:`~metaops.service._realtime.HOLD`).
     """
 
     def __init__(
@@ -34,11 +36,12 @@ class Realtime:
         run: Callable[[Callable[[], Any]], Awaitable[Any]],
         *,
         streams: StreamStore | None = None,
-        hold: float = HOLD,
+        hold: float | None = None,
         request_timeout: float = 30.0,
     ) -> None:
         self.service = service
         self.streams = open_stream_store(service.storage) if streams is None else streams
+        hold = _realtime.HOLD if hold is None else hold
         self.runs = RunHub(build_reader(service, self.streams), run, hold=hold)
         self.stream_hub = StreamHub()
         self.routes: list[BaseRoute] = [
