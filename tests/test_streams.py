@@ -11,15 +11,15 @@ import pytest
 
 from metaops.service import RunningServer
 
-from ._backends import BACKENDS
-from ._realtime_support import backend_url, http, live_server, stream_hub_of
+from ._backends import BACKENDS, fresh_database
+from ._realtime_support import http, live_server, stream_hub_of
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    url = backend_url(request.param, request, tmp_path_factory.mktemp("streams"))
+    url = fresh_database(request.param, tmp_path_factory.mktemp("streams"), request)
     with live_server(url) as running:
         yield running
 
