@@ -91,6 +91,9 @@ HOLD = 20.0
 LINGER = 1.0
 """Seconds a run stays watched after its last poll ended (a subscriber polls again at once)."""
 TASK_IDENTIFIER = "metaops"
+INTERRUPTIBLE = "metaops.interruptible"
+"""Set in a request's ASGI scope by the live routes: at shutdown the server closes its
+connection instead of waiting for it (the client reconnects and resumes)."""
 
 _T = TypeVar("_T")
 Run = Callable[[Callable[[], _T]], Awaitable[_T]]
@@ -435,6 +438,7 @@ class RealtimeEndpoint:
         except _BadRequest as error:
             await _error(send, 400, str(error))
             return
+        scope[INTERRUPTIBLE] = True
         watch = self.hub.acquire(run_id)
         try:
             await _answer(self.hub, watch, send, receive, client, handle, live == "true", skipped)
