@@ -32,6 +32,21 @@ from metaops.service._storage import (
 )
 from metaops.service._storage_sqlite import SQLiteStorage
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from metaops.service._storage_postgres import PostgresStorage
+
+
+def __getattr__(name: str) -> object:
+    # PostgresStorage imports psycopg: only when asked for, so that SQLite users never do.
+    if name == "PostgresStorage":
+        from metaops.service._storage_postgres import PostgresStorage
+
+        return PostgresStorage
+    msg = f"module 'metaops.service' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
 __all__ = [
     "MAX_BODY_BYTES",
     "ChangeListener",
@@ -40,6 +55,7 @@ __all__ = [
     "MetadataApp",
     "MetadataService",
     "OutboxEntry",
+    "PostgresStorage",
     "RejectedEntry",
     "RunCompletedError",
     "RunExistsError",

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import h11
 import uvicorn
@@ -373,6 +374,15 @@ def worker_app() -> MetadataApp:
     return _Settings(**json.loads(os.environ[_SETTINGS_ENV])).app()
 
 
+def _redacted(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _fail(message: str) -> int:
     print(f"metaops serve: error: {message}", file=sys.stderr, flush=True)
     return 2
@@ -416,9 +426,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     try:
         service = settings.service()
     except InvalidArgumentError as error:
-        return _fail(str(error))
+        return _fail(str(error).replace(args.database, _redacted(args.database)))
     except (MetaopsError, OSError, ImportError) as error:
-        return _fail(f"cannot open the database {args.database}: {error}")
+        # The storage's message names the database (without its password) and says why.
+        message = str(error).replace(args.database, _redacted(args.database))
+        return _fail(f"cannot open the database: {message}")
     try:
         sock = _listen(args.host, args.port)
     except OSError as error:
