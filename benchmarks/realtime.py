@@ -352,17 +352,19 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {result['subscribers']} | {result['receptions']} | {result['p50_ms']} | "
             f"{result['p90_ms']} | {result['p99_ms']} | {result['max_ms']} |"
         )
+    ended = f"{fan_out['ended_on_final_state']}/{fan_out['subscribers']}"
     print(
-        f"fan-out: {fan_out['ended_on_final_state']}/{fan_out['subscribers']} subscribers ended on the final "
-        f"state; {fan_out['polls']} polls, {fan_out['server_cpu_us_per_answer']} us of server CPU per answer; "
+        f"fan-out: {ended} subscribers ended on the final state; {fan_out['polls']} polls, "
+        f"{fan_out['server_cpu_us_per_answer']} us of server CPU per answer; "
         f"{fan_out['kib_per_idle_subscriber']} KiB of server RSS per idle "
         f"subscriber ({fan_out['rss_before_kib']} -> {fan_out['rss_idle_kib']} KiB)"
     )
-    last = [key for key in stalled if key.startswith("rss_after_") and key != "rss_after_10_updates_kib"][0]
+    updates = stalled["updates"]
     print(
-        f"stalled: {stalled['stalled_subscribers']} consumers that stopped reading, {stalled['metadata_kib']} KiB "
-        f"of metadata: server RSS {stalled['rss_before_kib']} KiB before, {stalled['rss_after_10_updates_kib']} "
-        f"after 10 updates, {stalled[last]} after {stalled['updates']}"
+        f"stalled: {stalled['stalled_subscribers']} consumers that stopped reading, "
+        f"{stalled['metadata_kib']} KiB of metadata: server RSS {stalled['rss_before_kib']} KiB before, "
+        f"{stalled['rss_after_10_updates_kib']} after 10 updates, "
+        f"{stalled[f'rss_after_{updates}_updates_kib']} after {updates}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
