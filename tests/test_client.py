@@ -103,6 +103,8 @@ def test_the_client_api_is_pinned_sorted_and_exactly_the_public_names() -> None:
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert public - {"annotations"} == set(CLIENT_API)
+    # What the client sets aside is the buffer's own record, not a copy of its own making.
+    assert metaops.client.RejectedFlush is metaops.RejectedFlush
 
 
 @pytest.mark.parametrize(
@@ -639,9 +641,11 @@ def test_flush_raises_after_its_retries_and_loses_nothing(service: ThreadedServi
             md.flush()
         assert failed.value.attempts == FAST.attempts
         assert isinstance(failed.value, ConnectionError)
+        assert md.pending
         down["on"] = False
         md.increment("n")
         md.flush()
+        assert not md.pending
     assert service.metadata(run_id) == {"n": 6}
 
 

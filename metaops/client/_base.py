@@ -20,8 +20,8 @@ import httpx
 
 from metaops._errors import InvalidArgumentError, InvalidValueError
 from metaops._json import describe
-from metaops.buffer import DictView, MetadataUpdater, RunMetadata
-from metaops.client._core import Answer, Core, Failure, RejectedFlush, RoundResult, Send, drive, log
+from metaops.buffer import DictView, MetadataUpdater, RejectedFlush, RunMetadata
+from metaops.client._core import Answer, Core, Failure, RoundResult, Send, drive, log
 from metaops.client._errors import ClientClosedError, MissingCredentialsError
 from metaops.client._retry import RetryPolicy
 
@@ -186,9 +186,9 @@ class BaseClient:
         return self._base_url
 
     @property
-    def buffer(self) -> RunMetadata:
-        """The :class:`~metaops.RunMetadata` behind the client (its queue, size, limit)."""
-        return self._metadata
+    def pending(self) -> bool:
+        """Whether calls wait to be sent (queued, or in a flush held for its outcome)."""
+        return not self._core.idle
 
     @property
     def rejected(self) -> tuple[RejectedFlush, ...]:
