@@ -696,7 +696,25 @@ def _parser() -> _Parser:
         help="Serve run metadata over HTTP (SQLite or PostgreSQL; needs metaops[server])",
         add_help=False,
     )
+    commands.add_parser(
+        "token",
+        help="Mint a read-only public access token for runs, offline (needs metaops[server])",
+        add_help=False,
+    )
     return parser
+
+
+def _token(argv: Sequence[str]) -> int:
+    """``metaops token ARGS``: mint a public access token (extra ``server``: PyJWT), imported only now."""
+    try:
+        from metaops.service._auth_cli import main as token
+    except ImportError as error:
+        sys.stderr.write(
+            f"metaops token: minting needs the server extra ({error.name or error} is missing): "
+            "pip install 'metaops[server]'\n"
+        )
+        return EXIT_BAD_INPUT
+    return token(list(argv))
 
 
 def _serve(argv: Sequence[str]) -> int:
@@ -729,6 +747,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["serve"]:
         return _serve(arguments[1:])
+    if arguments[:1] == ["token"]:
+        return _token(arguments[1:])
     try:
         args = _parser().parse_args(arguments)
     except SystemExit as done:  # --help, --version, or a usage error (already reported)

@@ -33,19 +33,29 @@ def reference_dir() -> Path:
     return cache / "metaops" / f"reference-{REFERENCE_VERSION}"
 
 
+def _installed(target: Path) -> bool:
+    """Whether every package ``tests/node/package.json`` pins is installed at its version in ``target``."""
+    wanted: dict[str, str] = json.loads((SCRIPTS / "package.json").read_text())["dependencies"]
+    for name, version in wanted.items():
+        marker = target / "node_modules" / name / "package.json"
+        if not marker.exists() or json.loads(marker.read_text()).get("version") != version:
+            return False
+    return True
+
+
 def ensure_reference() -> Path | str:
-    """The directory holding ``node_modules`` with the reference, or why it is unavailable."""
+    """The directory holding ``node_modules`` with the reference (and the official SDK), or why it is
+    unavailable."""
     node = shutil.which("node")
     npm = shutil.which("npm")
     if node is None or npm is None:
         return "node/npm not found on PATH: the reference (@trigger.dev/core) cannot run here"
     target = reference_dir()
-    marker = target / "node_modules" / "@trigger.dev" / "core" / "package.json"
     target.mkdir(parents=True, exist_ok=True)
     with (target / ".install.lock").open("w") as lock:
         # Several test processes may start at once; one installs, the others wait.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and json.loads(marker.read_text()).get("version") == REFERENCE_VERSION:
+        if _installed(target):
             return target
         shutil.copy(SCRIPTS / "package.json", target / "package.json")
         try:
@@ -58,10 +68,13 @@ def ensure_reference() -> Path | str:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return f"npm install of @trigger.dev/core@{REFERENCE_VERSION} timed out after {INSTALL_TIMEOUT}s"
-        if done.returncode != 0 or not marker.exists():
+            packages = "the reference packages (tests/node/package.json)"
+            return f"npm install of {packages} timed out after {INSTALL_TIMEOUT}s"
+        if done.returncode != 0 or not _installed(target):
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            return f"npm install of @trigger.dev/core@{REFERENCE_VERSION} failed: {' / '.join(tail)}"
+            return (
+                f"npm install of the reference packages (tests/node/package.json) failed: {' / '.join(tail)}"
+            )
     return target
 
 

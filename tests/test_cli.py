@@ -1001,9 +1001,10 @@ def exit_case(command: str, status: int, tmp_path: Path) -> tuple[list[str], str
     return [arg.format(**paths) for arg in argv], stdin
 
 
-# Commands that run until stopped: their --help lists what their own suites run
-# (tests/test_service_cli.py for serve: a stop by SIGTERM is 0, a startup error 2).
-SERVING = {"serve": {0, 2}}
+# Commands that run until stopped, or that need the server extra: their --help lists what
+# their own suites run (tests/test_service_cli.py for serve: a stop by SIGTERM is 0, a
+# startup error 2; tests/test_tokens.py for token: printed 0, bad input 2).
+SERVING = {"serve": {0, 2}, "token": {0, 2}}
 
 
 def test_every_command_documents_the_statuses_tested_here() -> None:

@@ -4,12 +4,16 @@
 a :class:`Storage`: SQLite, embedded and the default (:class:`SQLiteStorage`), or
 PostgreSQL for several processes; :func:`open_storage` picks one from a database
 URL. :func:`running_server` serves an app on uvicorn in a background thread.
+The app also serves Realtime (what the official SDK's ``runs.subscribeToRun`` reads),
+runs' streams, and read-only, run-scoped public access tokens
+(:func:`mint_public_token`, or ``metaops token RUN_ID``).
 
     pip install 'metaops[server]'
     metaops serve --database sqlite:///runs.sqlite3 --port 8030 --token secret
 """
 
 from metaops.service._app import MAX_BODY_BYTES, MetadataApp, create_app
+from metaops.service._auth import mint_public_token
 from metaops.service._errors import (
     RunCompletedError,
     RunExistsError,
@@ -71,6 +75,7 @@ __all__ = [
     "StorageError",
     "UpdateOutcome",
     "create_app",
+    "mint_public_token",
     "open_storage",
     "running_server",
 ]

@@ -18,6 +18,13 @@ Admin routes (same token), for tests, demos and operators:
 * ``GET /admin/runs/{runId}`` → the run, with its ``queued`` count and ``rejected`` entries
 * ``POST /admin/flush`` ``{"timeout"?: <seconds>}`` → ``{"pending": <entries left>}``
 
+Live routes (:mod:`metaops.service._realtime`, :mod:`metaops.service._streams`,
+:mod:`metaops.service._auth`): ``GET /realtime/v1/runs/{runId}`` (the official SDK's
+``runs.subscribeToRun``), ``GET``/``POST /realtime/v1/streams/{runId}/{key}``, ``POST
+/api/v1/auth/jwt/claims`` and ``POST /api/v1/auth/public-tokens``. A public access token
+(a run-scoped JWT) may ``GET`` the metadata, Realtime and stream routes of its runs:
+403 for anything else.
+
 Every answer other than 2xx is ``{"error": "<message>"}``: 400 malformed body (the
 message names the field), a run completed over an hour ago, a bad header; 401
 without the token (decided from the headers, before any body is read, comparing in
@@ -30,7 +37,6 @@ the database fails, nothing done.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -46,6 +52,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from metaops._errors import MetadataTooLargeError, MetaopsError
 from metaops._size import json_text
+from metaops.service._auth import Authority
 from metaops.service._codec import loads
 from metaops.service._errors import (
     RunCompletedError,
@@ -54,6 +61,7 @@ from metaops.service._errors import (
     ServiceClosingError,
     StorageError,
 )
+from metaops.service._realtime_app import Realtime
 from metaops.service._service import MetadataService
 
 __all__ = ["MAX_BODY_BYTES", "REQUEST_TIMEOUT", "MetadataApp", "create_app"]
@@ -110,10 +118,10 @@ class MetadataApp:
     that an unread body is never taken for the next request).
     """
 
-    def __init__(self, app: ASGIApp, service: MetadataService, token: str) -> None:
+    def __init__(self, app: ASGIApp, service: MetadataService, authority: Authority) -> None:
         self._app = app
         self._service = service
-        self._token = token.encode()
+        self._authority = authority
 
     @property
     def service(self) -> MetadataService:
@@ -138,21 +146,13 @@ class MetadataApp:
             message = "The server is shutting down; nothing was done"
             await _send_error(send, 503, message, {"Connection": "close", "Retry-After": RETRY_AFTER})
             return
-        if not self._authorized(scope):
-            await _send_error(send, 401, "Invalid or Missing API key", _unread_body_headers(scope))
+        # The secret, or a public token within its reach (401 / 403 otherwise).
+        refusal = self._authority.check(scope)
+        if refusal is not None:
+            status, message = refusal
+            await _send_error(send, status, message, _unread_body_headers(scope))
             return
         await self._app(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        header = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value
-                break
-        scheme, _, token = header.partition(b" ")
-        # compare_digest in any case, so that the time taken says nothing about the token.
-        matches = hmac.compare_digest(token.strip(), self._token)
-        return scheme.lower() == b"bearer" and matches
 
 
 def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -240,13 +240,13 @@ def create_app(
     ``manage_service``, the app's lifespan starts the service's background drainer
     and closes the service at shutdown, after the requests in flight.
     """
-    if not token:
-        msg = "the bearer token must not be empty"
-        raise ValueError(msg)
+    authority = Authority(token)
     limiter = anyio.CapacityLimiter(threads)
 
     async def run(function: Callable[[], _T]) -> _T:
         return await anyio.to_thread.run_sync(function, limiter=limiter)
+
+    realtime = Realtime(service, authority, run, request_timeout=request_timeout)
 
     async def answer(request: Request, work: Callable[[], Any]) -> Response:
         """Run the route's work; turn what it raises into the answer that says what went wrong."""
@@ -360,9 +360,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if manage_service:
             service.start()
+        realtime.start()
         try:
             yield
         finally:
+            realtime.stop()
             if manage_service:
                 await anyio.to_thread.run_sync(service.close)
 
@@ -372,7 +374,8 @@ def create_app(
         Route("/admin/runs/{run_id}/complete", complete_run, methods=["POST"]),
         Route("/admin/runs/{run_id}", describe_run, methods=["GET"]),
         Route("/admin/flush", flush, methods=["POST"]),
+        *realtime.routes,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.router.redirect_slashes = False
-    return MetadataApp(app, service, token)
+    return MetadataApp(app, service, authority)

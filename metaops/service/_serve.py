@@ -44,6 +44,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from metaops._errors import InvalidArgumentError, InvalidLimitError, MetaopsError
 from metaops._size import json_text, metadata_limit
 from metaops.service._app import REQUEST_TIMEOUT, MetadataApp, create_app
+from metaops.service._realtime import INTERRUPTIBLE
 from metaops.service._service import MetadataService, ServiceConfig
 from metaops.service._storage import open_storage
 
@@ -138,6 +139,12 @@ class _Protocol(H11Protocol):
         app = self.app
         if isinstance(app, MetadataApp):
             app.begin_closing()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope.get(INTERRUPTIBLE):
+            # A Realtime long-poll or an event stream: nothing to finish, and its client asks
+            # again (of another worker, or after the restart) from where it was.
+            self.transport.close()
+            return
         super().shutdown()
 
 

@@ -1,0 +1,212 @@
+"""Streams in the runs' SQLite file: tables ``streams`` and ``stream_chunks``, announced in-process.
+
+Writes take the database's write lock (``BEGIN IMMEDIATE``) like the runs' writes,
+and are as durable (``synchronous=FULL``). Each chunk row keeps the byte position
+where it ends in the stream (``end_bytes``), so that a read can stop after a page of
+bytes with an index range alone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from metaops.service._errors import RunNotFoundError, StorageError
+from metaops.service._streams_store import (
+    MAX_STREAMS_PER_RUN,
+    PAGE_BYTES,
+    PAGE_CHUNKS,
+    AppendResult,
+    StreamInfo,
+    StreamListener,
+    StreamPage,
+    plan_append,
+    too_many_streams,
+)
+
+__all__ = ["SQLiteStreamStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    run_id     TEXT NOT NULL REFERENCES runs (id),
+    key        TEXT NOT NULL,
+    position   INTEGER NOT NULL,
+    length     INTEGER NOT NULL DEFAULT 0,
+    bytes      INTEGER NOT NULL DEFAULT 0,
+    finished   INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stream_chunks (
+    run_id    TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    idx       INTEGER NOT NULL,
+    end_bytes INTEGER NOT NULL,
+    data      TEXT NOT NULL,
+    UNIQUE (run_id, key, idx)
+);
+"""
+
+_INFO = "SELECT run_id, key, length, bytes, finished, created_at FROM streams WHERE run_id = ? AND key = ?"
+_IDLE_CONNECTIONS = 8
+
+
+def _info(row: tuple[Any, ...] | None) -> StreamInfo | None:
+    if row is None:
+        return None
+    run_id, key, length, size, finished, created_at = row
+    return StreamInfo(run_id, key, length, size, bool(finished), created_at)
+
+
+class SQLiteStreamStore:
+    """:class:`~metaops.service._streams_store.StreamStore` in the SQLite file at ``path``
+    (the runs' file: streams refer to its ``runs`` table)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        self._path = str(path)
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._listeners: list[StreamListener] = []
+        self._closed = False
+        with self._connection() as db:
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                msg = f"{self._path}: stream store is closed"
+                raise StorageError(msg)
+            db = self._idle.pop() if self._idle else None
+        try:
+            if db is None:
+                db = self._connect()
+        except sqlite3.Error as error:
+            msg = f"{self._path}: cannot open the database: {error}"
+            raise StorageError(msg) from None
+        try:
+            yield db
+        except sqlite3.Error as error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            msg = f"{self._path}: {error}"
+            raise StorageError(msg) from None
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < _IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                db.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
+
+    def append(
+        self, run_id: str, key: str, chunks: Sequence[str], *, first: int | None, end: bool, at: float
+    ) -> AppendResult:
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            info = _info(db.execute(_INFO, (run_id, key)).fetchone())
+            created = info is None
+            if info is None:
+                if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                    raise RunNotFoundError(run_id)
+                (count,) = db.execute("SELECT count(*) FROM streams WHERE run_id = ?", (run_id,)).fetchone()
+                if count >= MAX_STREAMS_PER_RUN:
+                    raise too_many_streams(run_id)
+                db.execute(
+                    "INSERT INTO streams (run_id, key, position, created_at) VALUES (?, ?, ?, ?)",
+                    (run_id, key, count, at),
+                )
+                info = StreamInfo(run_id, key, 0, 0, False, at)
+            plan = plan_append(key, info.length, info.bytes, info.finished, chunks, first, end)
+            if plan.chunks:
+                db.executemany(
+                    "INSERT INTO stream_chunks (run_id, key, idx, end_bytes, data) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (run_id, key, plan.start + offset, plan.ends[offset], text)
+                        for offset, text in enumerate(plan.chunks)
+                    ],
+                )
+            if plan.changes:
+                db.execute(
+                    "UPDATE streams SET length = ?, bytes = ?, finished = ? WHERE run_id = ? AND key = ?",
+                    (plan.length, plan.bytes, int(plan.finished), run_id, key),
+                )
+            db.execute("COMMIT")
+        if created or plan.changes:
+            self._notify(run_id, key, plan.length)
+        return AppendResult(plan.length, len(plan.chunks), created, plan.finished)
+
+    def keys(self, run_id: str) -> tuple[str, ...]:
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT key FROM streams WHERE run_id = ? ORDER BY position", (run_id,)
+            ).fetchall()
+        return tuple(key for (key,) in rows)
+
+    def info(self, run_id: str, key: str) -> StreamInfo | None:
+        with self._connection() as db:
+            return _info(db.execute(_INFO, (run_id, key)).fetchone())
+
+    def read(self, run_id: str, key: str, after: int) -> StreamPage | None:
+        with self._connection() as db:
+            db.execute("BEGIN")  # one read transaction: the chunks and the state agree
+            try:
+                info = _info(db.execute(_INFO, (run_id, key)).fetchone())
+                if info is None:
+                    return None
+                base = 0
+                if after >= 0:
+                    row = db.execute(
+                        "SELECT end_bytes FROM stream_chunks WHERE run_id = ? AND key = ? AND idx = ?",
+                        (run_id, key, after),
+                    ).fetchone()
+                    base = 0 if row is None else int(row[0])
+                rows = db.execute(
+                    "SELECT idx, data FROM stream_chunks WHERE run_id = ? AND key = ? AND idx > ? "
+                    "AND (idx = ? OR end_bytes <= ?) ORDER BY idx LIMIT ?",
+                    (run_id, key, after, after + 1, base + PAGE_BYTES, PAGE_CHUNKS),
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+        return StreamPage(tuple((int(i), str(d)) for i, d in rows), info.length, info.finished)
+
+    def subscribe(self, listener: StreamListener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self, run_id: str, key: str, length: int) -> None:
+        with self._lock:
+            listeners = tuple(self._listeners)
+        for listener in listeners:
+            listener(run_id, key, length)
