@@ -25,7 +25,9 @@ def fresh_database(kind: str, directory: Path, request: pytest.FixtureRequest) -
     if kind == "postgresql":
         # A fresh schema in the session's throwaway cluster (tests/_postgres.py): the
         # fixture skips, or fails under METAOPS_REQUIRE_POSTGRES=1, where it cannot start.
-        url: str = request.getfixturevalue("postgres_url")
+        # The session's cluster rather than the per-test postgres_url fixture, so that a
+        # module-scoped server can ask for one too.
+        url: str = request.getfixturevalue("postgres_cluster").create_schema()
         return url
     msg = f"unknown storage backend {kind!r}"
     raise AssertionError(msg)

@@ -120,10 +120,16 @@ def realtime_of(server: RunningServer) -> Any:
     raise AssertionError("no Realtime route")
 
 
-def backend_url(kind: str, request: Any, directory: Path) -> str:
-    """A fresh database of ``kind`` for a server shared by a module's tests (see ``tests/_backends.py``)."""
-    if kind == "sqlite":
-        return f"sqlite:///{directory / 'runs.sqlite3'}"
-    cluster = request.getfixturevalue("postgres_cluster")
-    url: str = cluster.create_schema()
-    return url
+def stream_hub_of(server: RunningServer) -> Any:
+    """The app's :class:`~metaops.service._streams.StreamHub` (found through its route)."""
+    from starlette.applications import Starlette
+
+    from metaops.service._streams import StreamReader
+
+    starlette = server.app._app
+    assert isinstance(starlette, Starlette)
+    for route in starlette.routes:
+        owner = getattr(getattr(route, "endpoint", None), "__self__", None)
+        if isinstance(owner, StreamReader):
+            return owner.hub
+    raise AssertionError("no stream route")

@@ -24,8 +24,8 @@ from metaops.service import RunningServer
 from metaops.service import _realtime as realtime_module
 from metaops.service._realtime import REQUIRED_COLUMNS, RunHub
 
-from ._backends import BACKENDS
-from ._realtime_support import backend_url, http, live_server, realtime_of, shape_url
+from ._backends import BACKENDS, fresh_database
+from ._realtime_support import http, live_server, realtime_of, shape_url
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}")  # no zone: the SDK appends "Z"
 
@@ -35,7 +35,7 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """One server per backend for the module (starting one costs more than most tests)."""
-    url = backend_url(request.param, request, tmp_path_factory.mktemp("realtime"))
+    url = fresh_database(request.param, tmp_path_factory.mktemp("realtime"), request)
     with live_server(url) as running:
         yield running
 

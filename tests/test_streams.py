@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -10,15 +11,15 @@ import pytest
 
 from metaops.service import RunningServer
 
-from ._backends import BACKENDS
-from ._realtime_support import backend_url, http, live_server
+from ._backends import BACKENDS, fresh_database
+from ._realtime_support import http, live_server, stream_hub_of
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    url = backend_url(request.param, request, tmp_path_factory.mktemp("streams"))
+    url = fresh_database(request.param, tmp_path_factory.mktemp("streams"), request)
     with live_server(url) as running:
         yield running
 
@@ -90,6 +91,22 @@ def test_a_consumer_resumes_after_a_dropped_connection_with_nothing_lost_or_repe
     assert again.next() is None  # finished: the response ends cleanly
     assert again.comments[-1] == ": end"
     again.close()
+
+
+def test_a_reader_leaving_does_not_end_the_others(
+    server: RunningServer, client: httpx.Client, run_id: str
+) -> None:
+    hub = stream_hub_of(server)
+    leaving, staying = _Events(client, run_id, "s"), _Events(client, run_id, "s")
+    while hub.waiting(run_id, "s") < 2:
+        time.sleep(0.01)
+    leaving.close()
+    while hub.waiting(run_id, "s") > 1:  # the server noticed while both waited on the same change
+        time.sleep(0.01)
+    assert _write(client, run_id, "s", b'"still here"\n', end="true").status_code == 200
+    assert staying.next() == ("0", '"still here"')
+    assert staying.next() is None
+    staying.close()
 
 
 def test_a_consumer_may_start_before_the_stream_exists(client: httpx.Client, run_id: str) -> None:

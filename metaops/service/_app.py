@@ -78,6 +78,9 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 REQUEST_TIMEOUT = 30.0
 """Seconds a client may take to send a request's headers, or its body once they came."""
 RETRY_AFTER = "1"
+_DRAIN_BYTES = 4 * MAX_BODY_BYTES
+"""An unread body up to this size is read and dropped after a refusal, so that the client,
+still sending, can read the answer; past it, the connection is closed instead."""
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 _T = TypeVar("_T")
 
@@ -159,17 +162,33 @@ class MetadataApp:
         refusal = self._authority.check(scope)
         if refusal is not None:
             status, message = refusal
-            await _send_error(send, status, message, {"Connection": "close"})
+            await _send_error(send, status, message, _unread_body_headers(scope))
             return
         await self._app(scope, receive, send)
 
 
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)  # the HTTP parser took digits only
+    return None
+
+
+def _unread_body_headers(scope: Scope) -> dict[str, str]:
+    """Headers for an answer given without reading the body: close when it is too big to drop."""
+    declared = _declared_length(scope["headers"])
+    if declared is None:
+        chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+        return {"Connection": "close"} if chunked else {}
+    return {"Connection": "close"} if declared > _DRAIN_BYTES else {}
+
+
 async def _read_body(request: Request, timeout: float) -> bytes:
     """The body, at most 2 MiB, arriving within ``timeout`` seconds; else 413 or 408."""
-    declared = request.headers.get("content-length")
-    if declared is not None and int(declared) > MAX_BODY_BYTES:  # the HTTP parser took only digits
-        message = f"Request body is {int(declared):,} bytes, over the limit of {MAX_BODY_BYTES:,} bytes"
-        raise _Refusal(413, message, close=True)
+    declared = _declared_length(request.scope["headers"])
+    if declared is not None and declared > MAX_BODY_BYTES:
+        message = f"Request body is {declared:,} bytes, over the limit of {MAX_BODY_BYTES:,} bytes"
+        raise _Refusal(413, message, headers=_unread_body_headers(request.scope))
     parts: list[bytes] = []
     received = 0
     try:
@@ -181,7 +200,7 @@ async def _read_body(request: Request, timeout: float) -> bytes:
                     raise _Refusal(413, message, close=True)
                 parts.append(chunk)
     except TimeoutError:
-        expected = f" of {int(declared):,}" if declared is not None else ""
+        expected = f" of {declared:,}" if declared is not None else ""
         message = (
             f"Request body: {received:,}{expected} bytes came before the connection "
             f"went quiet for {timeout:g} s"

@@ -277,7 +277,8 @@ class RunHub:
     def _wake(self, watch: _Watch) -> None:
         assert self._loop is not None
         changed, watch.changed = watch.changed, self._loop.create_future()
-        changed.set_result(None)
+        if not changed.done():
+            changed.set_result(None)
 
     def acquire(self, run_id: str) -> _Watch:
         """Watch ``run_id`` for one poll; :meth:`release` it after."""

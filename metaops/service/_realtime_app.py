@@ -16,7 +16,7 @@ from metaops.service import _realtime
 from metaops.service._auth import Authority, auth_routes
 from metaops.service._realtime import RealtimeEndpoint, RunHub, build_reader
 from metaops.service._service import MetadataService
-from metaops.service._streams import StreamHub, read_stream_route, write_stream_route
+from metaops.service._streams import StreamHub, StreamReader, write_stream_route
 from metaops.service._streams_store import StreamStore, open_stream_store
 
 __all__ = ["Realtime"]
@@ -48,7 +48,7 @@ class Realtime:
             Route("/realtime/v1/runs/{run_id}", RealtimeEndpoint(self.runs), methods=["GET"]),
             Route(
                 "/realtime/v1/streams/{run_id}/{key}",
-                read_stream_route(service, self.streams, self.stream_hub, run),
+                StreamReader(service, self.streams, self.stream_hub, run).endpoint,
                 methods=["GET"],
             ),
             Route(

@@ -58,7 +58,7 @@ from metaops.service._streams_store import (
     check_stream_key,
 )
 
-__all__ = ["PING_INTERVAL", "StreamHub", "read_stream_route", "write_stream_route"]
+__all__ = ["PING_INTERVAL", "StreamHub", "StreamReader", "write_stream_route"]
 
 _log = logging.getLogger("metaops.service.streams")
 
@@ -105,7 +105,13 @@ class StreamHub:
         signal = self._signals.get(stream)
         if signal is not None and self._loop is not None:
             changed, signal.changed = signal.changed, self._loop.create_future()
-            changed.set_result(None)
+            if not changed.done():
+                changed.set_result(None)
+
+    def waiting(self, run_id: str, key: str) -> int:
+        """How many readers of the stream this process serves now."""
+        signal = self._signals.get((run_id, key))
+        return 0 if signal is None else signal.refs
 
     def acquire(self, run_id: str, key: str) -> _Signal:
         assert self._loop is not None, "StreamHub.start() was not called"
@@ -153,12 +159,18 @@ def _timeout(request: Request) -> float:
     return seconds
 
 
-def read_stream_route(
-    service: MetadataService, store: StreamStore, hub: StreamHub, run: Run
-) -> Callable[[Request], Awaitable[Response]]:
-    """The endpoint of ``GET /realtime/v1/streams/{run_id}/{key}``."""
+class StreamReader:
+    """``GET /realtime/v1/streams/{run_id}/{key}``: :meth:`endpoint` is the route's endpoint."""
 
-    async def read_stream(request: Request) -> Response:
+    def __init__(self, service: MetadataService, store: StreamStore, hub: StreamHub, run: Run) -> None:
+        self.service = service
+        self.store = store
+        self.hub = hub
+        self.run = run
+
+    async def endpoint(self, request: Request) -> Response:
+        """Answer one reader: the events of the stream, live (see the module's docstring)."""
+        service, store, hub, run = self.service, self.store, self.hub, self.run
         run_id: str = request.path_params["run_id"]
         try:
             key = check_stream_key(request.path_params["key"])
@@ -176,8 +188,6 @@ def read_stream_route(
         events = _events(store, hub, run, run_id, key, after, timeout)
         headers = {"Cache-Control": "no-store", "X-Stream-Version": "v1", "X-Accel-Buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-
-    return read_stream
 
 
 async def _events(
@@ -209,7 +219,9 @@ async def _events(
             if remaining <= 0:
                 return
             with anyio.move_on_after(min(PING_INTERVAL, remaining)) as waited:
-                await changed
+                # Shielded: the future is shared by every reader of the stream, and awaiting it
+                # unshielded would cancel it for all of them when this one is cancelled.
+                await asyncio.shield(changed)
             if waited.cancelled_caught:
                 yield b": ping\n\n"
     finally:

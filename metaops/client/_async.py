@@ -1,0 +1,231 @@
+"""AsyncMetadataClient: ``httpx.AsyncClient`` and a task on the running loop driving the core."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from metaops._json import JSON
+from metaops.client._base import BaseClient, final_flush, register, transport_failure, unregister
+from metaops.client._core import Answer, Failure, RejectedFlush, RoundResult, Send, Steps, log
+from metaops.client._errors import ServiceUnavailableError
+from metaops.client._retry import RetryPolicy
+
+__all__ = ["AsyncMetadataClient"]
+
+_T = TypeVar("_T")
+
+
+class AsyncMetadataClient(BaseClient):
+    """:class:`~metaops.client.MetadataClient` for asyncio: the same updates, awaited flushes.
+
+    The update methods are the same, synchronous and without I/O. Flushing runs
+    as a task on the event loop, started when the client is made inside a running
+    loop or entered with ``async with`` (which also binds it to the ambient
+    :data:`metaops.client.metadata`; tasks started inside inherit it). ``await
+    md.flush()``, ``await md.retrieve()`` and ``await md.close()`` do what the
+    sync client's methods do.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        base_url: str | None = None,
+        access_token: str | None = None,
+        flush_interval: float = 1.0,
+        metadata: Mapping[str, object] | None = None,
+        is_root: bool = True,
+        limit: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        on_reject: Callable[[RejectedFlush], object] | None = None,
+    ) -> None:
+        super().__init__(
+            run_id,
+            base_url=base_url,
+            access_token=access_token,
+            flush_interval=flush_interval,
+            metadata=metadata,
+            is_root=is_root,
+            limit=limit,
+            retry=retry,
+            timeout=timeout,
+            on_reject=on_reject,
+        )
+        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout)
+        self._rounds = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            self._start()
+        register(self)
+
+    def _start(self) -> None:
+        if self._task is None and not self._closed:
+            self._loop = asyncio.get_running_loop()
+            name = f"metaops-flusher:{self._run_id}"
+            self._task = self._loop.create_task(self._flush_periodically(), name=name)
+
+    # ----------------------------------------------------------------- I/O
+
+    async def _send(self, request: Send) -> Answer | Failure:
+        try:
+            response = await self._http.request(
+                request.method,
+                request.path,
+                content=request.content,
+                headers=request.headers,
+                timeout=request.timeout,
+            )
+        except httpx.TransportError as error:
+            return transport_failure(error)
+        return Answer(response.status_code, response.headers, response.content)
+
+    async def _wait(self, seconds: float) -> bool:
+        if self._closed:
+            await asyncio.sleep(seconds)
+            return False
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _drive(self, steps: Steps[_T]) -> _T:
+        reply: object = None
+        try:
+            while True:
+                effect = steps.send(reply)
+                reply = await (self._send(effect) if isinstance(effect, Send) else self._wait(effect.seconds))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                return
+            if self._core.idle or self._rounds.locked():
+                continue
+            async with self._rounds:
+                try:
+                    result = await self._drive(self._core.flush())
+                except Exception:
+                    log.exception("run %s: the background flush failed", self._run_id)
+                    continue
+            self._note_background(result)
+            self._report([result])
+
+    async def _locked(self, what: str, deadline: float | None) -> None:
+        if deadline is None:
+            await self._rounds.acquire()
+            return
+        try:
+            await asyncio.wait_for(self._rounds.acquire(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            msg = f"run {self._run_id}: {what}: the flush in progress did not end in time"
+            raise ServiceUnavailableError(msg) from None
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued before the call; return once the service has applied it.
+
+        Raises as :meth:`MetadataClient.flush <metaops.client.MetadataClient.flush>` does.
+        """
+        self._start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        await self._locked("flush", deadline)
+        try:
+            result = await self._drive(self._core.flush(deadline))
+        finally:
+            self._rounds.release()
+        self._report([result])
+        result.raise_for_outcome()
+
+    async def retrieve(self) -> dict[str, JSON]:
+        """Read the run's metadata from the service (a GET, retried like a flush)."""
+        return await self._drive(self._core.retrieve())
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Refuse new updates, send everything queued, and stop the flushing task.
+
+        Raises :class:`~metaops.client.ServiceUnavailableError` if the final flush
+        fails; the operations stay queued and ``close()`` can be awaited again.
+        """
+        self._closed = True
+        self._stopping.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        await self._locked("close", deadline)
+        results: list[RoundResult] = []
+        try:
+            while not self._core.idle:
+                results.append(await self._drive(self._core.flush(deadline)))
+                if results[-1].failure is not None:
+                    break
+        finally:
+            self._rounds.release()
+        self._report(results)
+        if results and results[-1].failure is not None:
+            raise results[-1].failure
+        if self._task is not None:
+            await self._task
+        await self._http.aclose()
+        unregister(self)
+
+    def _close_at_exit(self, deadline: float) -> None:
+        if self._http.is_closed or self._core.idle:
+            return
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            # The loop lives on in another thread: close there, where the lock is.
+            future = asyncio.run_coroutine_threadsafe(self.close(), loop)
+            try:
+                future.result(max(0.0, deadline - time.monotonic()))
+            except Exception as error:
+                log.error("run %s: at exit, close failed: %s", self._run_id, error)
+            return
+        # The loop has ended (asyncio.run cancelled the flushing task): send what is
+        # left with blocking I/O; the core is the same, only the driver differs. A round
+        # cut off mid-request left its body held (marked before each request), so the
+        # key is settled before anything is sent again.
+        self._closed = True
+        with httpx.Client(base_url=self._base_url, timeout=self._timeout) as http:
+            results = final_flush(self, http, deadline)
+        self._report(results)
+        if results and results[-1].failure is not None:
+            log.error("%s; at exit, this is lost", results[-1].failure)
+
+    # ----------------------------------------------------------------- context
+
+    async def __aenter__(self) -> AsyncMetadataClient:
+        self._start()
+        self._bind()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._unbind()
+        if error is None:
+            await self.close()
+            return
+        try:
+            await self.close()
+        except ServiceUnavailableError:
+            log.exception("run %s: closing after %r failed", self._run_id, error)

@@ -1,0 +1,198 @@
+"""MetadataClient: ``httpx.Client`` and a daemon thread driving the transport core."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+
+import httpx
+
+from metaops._json import JSON
+from metaops.client._base import BaseClient, final_flush, register, sleep, sync_send, unregister
+from metaops.client._core import Answer, Failure, RejectedFlush, Send, drive, log
+from metaops.client._errors import ServiceUnavailableError
+from metaops.client._retry import RetryPolicy
+
+__all__ = ["MetadataClient"]
+
+
+class MetadataClient(BaseClient):
+    """Updates one run's metadata over HTTP; the calls return at once, a thread sends them.
+
+    Every update (``set``, ``delete``, ``append``, ``remove``, ``increment``,
+    ``decrement``, ``replace``, and the same on ``parent`` and ``root``) is applied
+    to the local copy (so :meth:`current` and :meth:`get` show it), queued, and
+    returned from without I/O; a call that :class:`~metaops.RunMetadata` refuses
+    (a non-JSON value, an unsafe key, past the size limit) raises at once and is
+    never sent. A daemon thread flushes every ``flush_interval`` seconds: the queue
+    collapses into one request body (or a few, past 1 MiB) sent with an
+    ``Idempotency-Key``. Failures are retried as ``retry`` says, and a flush that
+    cannot be delivered now is sent again later, never twice (see
+    :mod:`metaops.client`). A flush the service refuses for good (400, 401, 403,
+    404, 413) is set aside in :attr:`rejected`, logged, and passed to ``on_reject``.
+
+    ``base_url`` defaults to ``$TRIGGER_API_URL`` and ``access_token`` to
+    ``$TRIGGER_SECRET_KEY``. ``metadata`` is the run's metadata when it started
+    (what :meth:`current` shows until the first answer arrives). ``is_root`` says the
+    run has no parent: then ``parent`` and ``root`` act on the run itself.
+    ``timeout`` bounds each request, in seconds.
+
+    ``with MetadataClient(...) as md:`` binds the client to the ambient
+    :data:`metaops.client.metadata` for the block, and closes it at the end.
+    A client never closed is flushed at interpreter exit, within
+    :data:`~metaops.client.EXIT_TIMEOUT` seconds for all of them together.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        base_url: str | None = None,
+        access_token: str | None = None,
+        flush_interval: float = 1.0,
+        metadata: Mapping[str, object] | None = None,
+        is_root: bool = True,
+        limit: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        on_reject: Callable[[RejectedFlush], object] | None = None,
+    ) -> None:
+        super().__init__(
+            run_id,
+            base_url=base_url,
+            access_token=access_token,
+            flush_interval=flush_interval,
+            metadata=metadata,
+            is_root=is_root,
+            limit=limit,
+            retry=retry,
+            timeout=timeout,
+            on_reject=on_reject,
+        )
+        self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout)
+        # One round at a time (the flusher's, flush()'s or close()'s): rounds drain the
+        # buffer, and a flush must be resolved before the next is drained.
+        self._rounds = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._flush_periodically, name=f"metaops-flusher:{run_id}", daemon=True
+        )
+        self._thread.start()
+        register(self)
+
+    # ----------------------------------------------------------------- I/O
+
+    def _send(self, request: Send) -> Answer | Failure:
+        return sync_send(self._http, request)
+
+    def _wait(self, seconds: float) -> bool:
+        # Cut short by close() (which then sends the flush itself), unless closing already.
+        return sleep(seconds) if self._closed else self._stopping.wait(seconds)
+
+    def _flush_periodically(self) -> None:
+        while not self._stopping.wait(self._interval):
+            if self._core.idle or not self._rounds.acquire(blocking=False):
+                continue  # nothing to send, or flush()/close() is sending it
+            try:
+                if self._stopping.is_set():
+                    break
+                result = drive(self._core.flush(), self._send, self._stopping.wait)
+            except Exception:
+                # Only a bug gets here; the flusher must outlive it, and the flush is
+                # back in the buffer or held (the core resolves it before raising).
+                log.exception("run %s: the background flush failed", self._run_id)
+                continue
+            finally:
+                self._rounds.release()
+            self._note_background(result)
+            self._report([result])
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued before the call, and return once the service has applied it.
+
+        Raises :class:`~metaops.client.ServiceUnavailableError` when the retries are
+        spent (or ``timeout`` seconds pass): nothing is lost, the operations are sent
+        again at the next interval. Raises :class:`~metaops.client.RequestRefusedError`
+        when the service refused what was sent; it is set aside in :attr:`rejected`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._rounds.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            msg = f"run {self._run_id}: flush: the flush in progress did not end within {timeout:g} s"
+            raise ServiceUnavailableError(msg)
+        try:
+            result = drive(self._core.flush(deadline), self._send, self._wait)
+        finally:
+            self._rounds.release()
+        self._report([result])
+        result.raise_for_outcome()
+
+    def retrieve(self) -> dict[str, JSON]:
+        """Read the run's metadata from the service (a GET, retried like a flush).
+
+        The local copy is not changed: it already shows the calls not yet sent.
+        """
+        return drive(self._core.retrieve(), self._send, self._wait)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new updates, send everything queued, and stop the flusher thread.
+
+        Raises :class:`~metaops.client.ServiceUnavailableError` if the final flush
+        fails; the operations stay queued and ``close()`` can be called again.
+        """
+        self._closed = True
+        self._stopping.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._rounds.acquire(
+            timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())
+        ):
+            msg = f"run {self._run_id}: close: the flush in progress did not end within {timeout} s"
+            raise ServiceUnavailableError(msg)
+        try:
+            results = final_flush(self, self._http, deadline)
+        finally:
+            self._rounds.release()
+        self._report(results)
+        if results and results[-1].failure is not None:
+            raise results[-1].failure
+        self._thread.join()
+        self._http.close()
+        unregister(self)
+
+    def _close_at_exit(self, deadline: float) -> None:
+        if self._http.is_closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        if not self._rounds.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            log.error("run %s: at exit, the flush in progress did not end in time", self._run_id)
+            return
+        try:
+            results = final_flush(self, self._http, deadline)
+        finally:
+            self._rounds.release()
+        self._report(results)
+        if results and results[-1].failure is not None:
+            log.error("%s; at exit, this is lost", results[-1].failure)
+
+    # ----------------------------------------------------------------- context
+
+    def __enter__(self) -> MetadataClient:
+        self._bind()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._unbind()
+        if error is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except ServiceUnavailableError:
+            log.exception("run %s: closing after %r failed", self._run_id, error)
