@@ -632,9 +632,11 @@ def test_flush_raises_after_its_retries_and_loses_nothing(service: ThreadedServi
             md.flush()
         assert failed.value.attempts == FAST.attempts
         assert isinstance(failed.value, ConnectionError)
+        assert md.pending
         down["on"] = False
         md.increment("n")
         md.flush()
+        assert not md.pending
     assert service.metadata(run_id) == {"n": 6}
 
 

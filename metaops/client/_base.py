@@ -186,9 +186,9 @@ class BaseClient:
         return self._base_url
 
     @property
-    def buffer(self) -> RunMetadata:
-        """The :class:`~metaops.RunMetadata` behind the client (its queue, size, limit)."""
-        return self._metadata
+    def pending(self) -> bool:
+        """Whether calls wait to be sent (queued, or in a flush held for its outcome)."""
+        return not self._core.idle
 
     @property
     def rejected(self) -> tuple[RejectedFlush, ...]:
