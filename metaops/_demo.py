@@ -309,7 +309,7 @@ def _handle_csv_row(row: dict[str, str], index: int, calls: _Calls, log: _Log, p
     assert run_id is not None
     metadata.parent.increment("processedRows", 1).append("rowRuns", run_id)
     calls.by_child(run_id, Increment("processedRows", 1), Append("rowRuns", run_id))
-    log.write(f"row {index + 1:>5}  {row['name']:<7} {row['email']:<26} {row['amount']:>7}  {run_id}")
+    log.write(f"row {index + 1}: {row['name']}, {row['amount']} → {run_id}")
 
 
 def _child_run(

@@ -18,7 +18,7 @@
 //   3. a number under `processedX`, `doneX` or `completedX` (also `processed_x`, ...)
 //      beside a number `totalX` (`total_x`) > 0 in the same object: that count over it.
 (function () {
-  const LIST_WINDOW = 50; // entries of a long list or object shown until asked for more
+  const LIST_WINDOW = 20; // entries of a long list or object shown until asked for more
   const MORE = 500; // how many more each "show more" adds
   const STRING_CHARS = 300; // longer strings are cut (the whole string is in the tooltip)
   const STREAM_LINES = 500; // chunks of a stream kept on the page
@@ -72,6 +72,11 @@
     return null;
   }
 
+  function countOf(count, total) {
+    const fraction = count / total;
+    return { fraction, label: `${formatCount(count)} / ${formatCount(total)} (${Math.floor(fraction * 100)}%)` };
+  }
+
   // {fraction, label} when the value at parent[key] is progress (rules 1 to 3), else null.
   function progressOf(parent, key, value) {
     if (isNumber(value)) {
@@ -81,7 +86,7 @@
       if (isObject(parent) && value >= 0) {
         const total = totalBeside(parent, key);
         if (total !== null) {
-          return { fraction: value / total, label: `${formatCount(value)} / ${formatCount(total)}` };
+          return countOf(value, total);
         }
       }
       return null;
@@ -90,10 +95,7 @@
       for (const name of COUNT_NAMES) {
         const count = value[name];
         if (Object.prototype.hasOwnProperty.call(value, name) && isNumber(count) && count >= 0) {
-          return {
-            fraction: count / value.total,
-            label: `${formatCount(count)} / ${formatCount(value.total)}`,
-          };
+          return countOf(count, value.total);
         }
       }
     }
