@@ -123,9 +123,10 @@ def until(browser: Any, condition: Callable[[], _T | None], what: str) -> _T:
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        value: _T = WebDriverWait(browser, WAIT, poll_frequency=0.05).until(lambda _: condition())
+        value = WebDriverWait(browser, WAIT, poll_frequency=0.05).until(lambda _: condition())
     except TimeoutException:
         raise AssertionError(f"the page never showed {what}; last seen: {condition()!r}") from None
+    assert value is not None  # WebDriverWait returns a truthy value
     return value
 
 
