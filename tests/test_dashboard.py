@@ -97,6 +97,7 @@ def test_without_a_valid_token_the_page_is_a_401_page(server: RunningServer) -> 
         ("expired", expired),
         ("forged", forged),
         ("junk", "a.b"),
+        ("not ASCII", "€ÿ"),
     ):
         answer = page(server, "run_mine", token)
         assert answer.status_code == 401, why

@@ -147,7 +147,10 @@ class Dashboard:
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     async def _answer(self, scope: Scope, run_id: str) -> tuple[int, bytes]:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        # Bytes in, bytes out: a token is ASCII, and whatever else comes is refused by the Authority.
+        query = parse_qs(
+            scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True, encoding="latin-1"
+        )
         given = query.get("token", [""])[-1]
         header = next((value for name, value in scope["headers"] if name == b"authorization"), None)
         if not given and header is None:
