@@ -193,6 +193,29 @@ def test_the_tree_shows_the_metadata_and_follows_its_updates(
     assert errors(browser) == []
 
 
+def test_long_lists_show_their_newest_items_until_asked_for_more(
+    browser: Any, server: RunningServer, admin: httpx.Client
+) -> None:
+    open_run(browser, server, admin, "run_long", {"rows": list(range(30))})
+    shown = until(
+        browser, lambda: [path for path in entries(browser) if path.startswith("rows[")], "the list"
+    )
+    assert shown == [f"rows[{index}]" for index in range(10, 30)]
+    assert browser.find_element("css selector", ".more-text").text == "… 10 earlier items not shown"
+    put(admin, "run_long", {"type": "append", "key": "rows", "value": 30})
+    until(browser, lambda: "rows[30]" in entries(browser), "the new item")
+    assert next(path for path in entries(browser) if path.startswith("rows[")) == "rows[11]"
+    browser.find_element("css selector", ".more-button").click()
+    until(browser, lambda: "rows[0]" in entries(browser), "every item")
+    assert [path for path in entries(browser) if path.startswith("rows[")] == [
+        f"rows[{i}]" for i in range(31)
+    ]
+    assert browser.find_elements("css selector", ".more-text") == []
+    browser.find_element("css selector", 'li.entry[data-path="rows"] > .line > .toggle').click()
+    assert not browser.find_element("css selector", 'li.entry[data-path="rows[0]"]').is_displayed()
+    assert errors(browser) == []
+
+
 def test_progress_is_drawn_as_bars_that_move(
     browser: Any, server: RunningServer, admin: httpx.Client
 ) -> None:
