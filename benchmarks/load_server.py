@@ -1,24 +1,27 @@
-"""Load test of the example server: SDK flushes against 256 KB metadata, over loopback.
+"""Load test of ``metaops serve``: updates to runs holding 250 KB of metadata, over loopback.
 
-    python -m benchmarks.load_server                       # every scenario, default bounds
-    python -m benchmarks.load_server --requests 200 --seconds 10 --json out.json
+    python -m benchmarks.load_server                       # every scenario, SQLite in a temp dir
+    python -m benchmarks.load_server --database postgresql://postgres@127.0.0.1:5432/bench --workers 4
+    python -m benchmarks.load_server --requests 2000 --seconds 10 --json out.json
 
-Starts ``python -m examples.server`` on 127.0.0.1 (ephemeral port, temporary SQLite
-database), creates runs holding the project's ~250 KB workload state
-(``state_256k.json``), and sends ``PUT /api/v1/runs/{runId}/metadata`` bodies shaped
-like the SDK's flush (counter increments, progress and status sets, a log line
-appended and an older one removed, so the size stays put). Each scenario stops at
-``--requests`` requests or ``--seconds`` seconds, whichever comes first, and prints
-flushes per second and latency percentiles (nearest rank). After each scenario the
-stored counters are checked against the acknowledged requests: a fast wrong server
-fails the run.
+Starts ``python -m metaops serve`` on 127.0.0.1 (ephemeral port; a temporary SQLite
+database unless ``--database`` names one), creates runs holding the project's
+~250 KB workload state (``state_256k.json``), and sends ``PUT
+/api/v1/runs/{runId}/metadata`` bodies. Each scenario stops at ``--requests``
+requests or ``--seconds`` seconds, whichever comes first, and prints updates per
+second and latency percentiles (nearest rank). After each scenario the stored
+counters are checked against the acknowledged requests: a fast wrong server fails
+the run. The client reads each answer (the run's 250 KB of metadata) but parses it
+only when it is not a 200, so that the figures are the server's.
 
 Scenarios:
 
-* ``sequential``: one client, one run: the latency of one flush.
-* ``same-run xN``: N clients racing on one run: compare-and-swap retries, the buffer.
-* ``own-runs xN``: N clients, each on its own 256 KB run: write throughput.
-* ``children xN``: N child runs sending ``parentOperations`` to one 256 KB parent.
+* ``one increment``: one client, one run, one ``increment`` per PUT: the cost of an update.
+* ``sequential``: one client, one run, bodies shaped like the SDK's flush (counter
+  increments, progress and status sets, a log line appended and an older one removed).
+* ``same-run xN``: N clients racing on one run (flush bodies).
+* ``own-runs xN``: N clients, each on its own 250 KB run.
+* ``children x2N``: 2N child runs sending ``parentOperations`` to one 250 KB parent.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,8 @@ from metaops import json_size
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "load-test-token"
+_HEADER = "| scenario | clients | requests | s | updates/s | p50 ms | p90 ms | p99 ms | max ms | writes |"
+SETTLE_SECONDS = 2.0
 HISTORY = 8  # log lines each client keeps: appended, then removed this many flushes later
 
 
@@ -54,7 +60,7 @@ class Result:
     clients: int
     requests: int
     seconds: float
-    flushes_per_second: float
+    updates_per_second: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -63,13 +69,11 @@ class Result:
 
 
 class _Server:
-    def __init__(self, db: Path, synchronous: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        command = [sys.executable, "-m", "examples.server", "--db", str(db), "--port", "0"]
+    def __init__(self, command: list[str]) -> None:
         self.process = subprocess.Popen(
-            [*command, "--token", TOKEN, "--synchronous", synchronous],
+            command,
             cwd=ROOT,
-            env=env,
+            env=dict(os.environ),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -78,30 +82,38 @@ class _Server:
         stdout = self.process.stdout
         assert stdout is not None
         threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", lines.get(timeout=30))
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", lines.get(timeout=60))
         if found is None:
             self.stop()
-            msg = "the example server did not start"
+            msg = f"the server did not start: {' '.join(command)}"
             raise RuntimeError(msg)
         self.port = int(found.group(1))
+        threading.Thread(target=stdout.read, daemon=True).start()
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        self.process.wait(timeout=60)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
 
 class _Client:
     def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.last_used = time.monotonic()
 
-    def call(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    def call(self, method: str, path: str, body: object = None, *, parse: bool = True) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        if time.monotonic() - self.last_used > 3:
+            self.connection.close()  # the server closes connections idle for 5 s: do not race it
         self.connection.request(method, path, body=data, headers=headers)
         response = self.connection.getresponse()
-        return response.status, json.loads(response.read())
+        payload = response.read()
+        self.last_used = time.monotonic()
+        if parse or response.status != 200:
+            return response.status, json.loads(payload)
+        return response.status, None
 
     def close(self) -> None:
         self.connection.close()
@@ -129,7 +141,7 @@ def _run(
     port: int,
     name: str,
     targets: list[str],
-    body_for: Any,
+    body_for: Callable[[int, int], dict[str, Any]],
     max_requests: int,
     max_seconds: float,
 ) -> tuple[list[float], float, list[int]]:
@@ -151,7 +163,7 @@ def _run(
                 issued[0] += 1
             body = body_for(index, step)
             started = time.perf_counter()
-            status, payload = client.call("PUT", f"/api/v1/runs/{targets[index]}/metadata", body)
+            status, payload = client.call("PUT", f"/api/v1/runs/{targets[index]}/metadata", body, parse=False)
             elapsed = time.perf_counter() - started
             if status != 200:
                 errors.append(f"{name}: {status} {payload}")
@@ -177,7 +189,8 @@ def _run(
 def _counter_sum(client: _Client, run_id: str) -> int:
     status, payload = client.call("GET", f"/api/v1/runs/{run_id}/metadata")
     assert status == 200, payload
-    return sum(payload["metadata"]["counters"].values())
+    counters: dict[str, int] = payload["metadata"]["counters"]
+    return sum(counters.values()) + int(payload["metadata"].get("increments", 0))
 
 
 def _version(client: _Client, run_id: str) -> int:
@@ -188,98 +201,106 @@ def _version(client: _Client, run_id: str) -> int:
 
 
 def run_scenarios(
-    state: dict[str, Any], *, clients: int, max_requests: int, max_seconds: float, synchronous: str
+    command: list[str], state: dict[str, Any], *, clients: int, max_requests: int, max_seconds: float
 ) -> list[Result]:
-    """Start a server, run every scenario against it, check the counters, stop it."""
+    """Start a server with ``command`` (plus --port/--token), run every scenario against it, stop it."""
     rows = len(state["rows"])
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="metaops-load-") as directory:
-        server = _Server(Path(directory) / "runs.sqlite3", synchronous)
-        admin = _Client(server.port)
-        try:
-            serial = 0
+    server = _Server([*command, "--port", "0", "--token", TOKEN])
+    admin = _Client(server.port)
+    try:
+        prefix = f"run_load_{os.getpid()}_{time.monotonic_ns()}"
+        serial = 0
 
-            def make_run(parent: str | None = None, metadata: dict[str, Any] | None = None) -> str:
-                nonlocal serial
-                serial += 1
-                spec: dict[str, Any] = {
-                    "id": f"run_load_{serial}",
-                    "metadata": state if metadata is None else metadata,
-                }
-                if parent:
-                    spec["parentId"] = parent
-                status, payload = admin.call("POST", "/admin/runs", spec)
-                assert status == 201, payload
-                return spec["id"]  # type: ignore[no-any-return]
+        def make_run(parent: str | None = None, metadata: dict[str, Any] | None = None) -> str:
+            nonlocal serial
+            serial += 1
+            spec: dict[str, Any] = {
+                "id": f"{prefix}_{serial}",
+                "metadata": state if metadata is None else metadata,
+            }
+            if parent:
+                spec["parentId"] = parent
+            status, payload = admin.call("POST", "/admin/runs", spec)
+            assert status == 201, payload
+            return spec["id"]  # type: ignore[no-any-return]
 
-            def own(index: int, step: int) -> dict[str, Any]:
-                return {"operations": _flush_ops(index, step, rows)}
+        def increment(index: int, step: int) -> dict[str, Any]:
+            return {"operations": [{"type": "increment", "key": "increments", "value": 1}]}
 
-            def as_child(index: int, step: int) -> dict[str, Any]:
-                return {
-                    "operations": [{"type": "increment", "key": "flushes", "value": 1}],
-                    "parentOperations": _flush_ops(index, step, rows),
-                }
+        def own(index: int, step: int) -> dict[str, Any]:
+            return {"operations": _flush_ops(index, step, rows)}
 
-            plans: list[tuple[str, list[str], Any, list[str]]] = []
-            one = make_run()
-            plans.append(("sequential", [one], own, [one]))
-            shared = make_run()
-            plans.append((f"same-run x{clients}", [shared] * clients, own, [shared]))
-            separate = [make_run() for _ in range(clients)]
-            plans.append((f"own-runs x{clients}", separate, own, separate))
-            parent = make_run()
-            children = [make_run(parent, {}) for _ in range(clients * 2)]
-            plans.append((f"children x{len(children)}", children, as_child, [parent]))
+        def as_child(index: int, step: int) -> dict[str, Any]:
+            return {
+                "operations": [{"type": "increment", "key": "flushes", "value": 1}],
+                "parentOperations": _flush_ops(index, step, rows),
+            }
 
-            for name, targets, body_for, checked in plans:
-                before = sum(_version(admin, run) for run in checked)
-                latencies, elapsed, acks = _run(
-                    server.port, name, targets, body_for, max_requests, max_seconds
+        plans: list[tuple[str, list[str], Callable[[int, int], dict[str, Any]], list[str]]] = []
+        single = make_run()
+        plans.append(("one increment", [single], increment, [single]))
+        one = make_run()
+        plans.append(("sequential", [one], own, [one]))
+        shared = make_run()
+        plans.append((f"same-run x{clients}", [shared] * clients, own, [shared]))
+        separate = [make_run() for _ in range(clients)]
+        plans.append((f"own-runs x{clients}", separate, own, separate))
+        parent = make_run()
+        children = [make_run(parent, {}) for _ in range(clients * 2)]
+        plans.append((f"children x{len(children)}", children, as_child, [parent]))
+
+        # The runs were just written (4 MB of snapshots): let the server put them away first.
+        time.sleep(SETTLE_SECONDS)
+        for name, targets, body_for, checked in plans:
+            before = sum(_version(admin, run) for run in checked)
+            stored_before = sum(_counter_sum(admin, run) for run in checked)
+            latencies, elapsed, acks = _run(server.port, name, targets, body_for, max_requests, max_seconds)
+            status, payload = admin.call("POST", "/admin/flush", {"timeout": 60})
+            assert (status, payload) == (200, {"pending": 0}), payload
+            stored = sum(_counter_sum(admin, run) for run in checked) - stored_before
+            if stored != sum(acks):
+                msg = f"{name}: {sum(acks)} updates acknowledged but the counters grew by {stored}"
+                raise RuntimeError(msg)
+            writes = sum(_version(admin, run) for run in checked) - before
+            ordered = sorted(latencies)
+            results.append(
+                Result(
+                    scenario=name,
+                    clients=len(targets),
+                    requests=len(latencies),
+                    seconds=round(elapsed, 3),
+                    updates_per_second=round(len(latencies) / elapsed, 1),
+                    p50_ms=round(_percentile(ordered, 0.50), 2),
+                    p90_ms=round(_percentile(ordered, 0.90), 2),
+                    p99_ms=round(_percentile(ordered, 0.99), 2),
+                    max_ms=round(ordered[-1], 2) if ordered else float("nan"),
+                    writes=writes,
                 )
-                status, payload = admin.call("POST", "/admin/flush", {"timeout": 30})
-                assert (status, payload) == (200, {"pending": 0}), payload
-                stored = sum(_counter_sum(admin, run) for run in checked)
-                if stored != sum(acks):
-                    msg = f"{name}: {sum(acks)} flushes acknowledged but the counters sum to {stored}"
-                    raise RuntimeError(msg)
-                writes = sum(_version(admin, run) for run in checked) - before
-                ordered = sorted(latencies)
-                results.append(
-                    Result(
-                        scenario=name,
-                        clients=len(targets),
-                        requests=len(latencies),
-                        seconds=round(elapsed, 3),
-                        flushes_per_second=round(len(latencies) / elapsed, 1),
-                        p50_ms=round(_percentile(ordered, 0.50), 2),
-                        p90_ms=round(_percentile(ordered, 0.90), 2),
-                        p99_ms=round(_percentile(ordered, 0.99), 2),
-                        max_ms=round(ordered[-1], 2) if ordered else float("nan"),
-                        writes=writes,
-                    )
-                )
-        finally:
-            admin.close()
-            server.stop()
+            )
+    finally:
+        admin.close()
+        server.stop()
     return results
 
 
 _DESCRIPTION = """\
-Load test of the example server over loopback: PUT bodies shaped like the SDK's
-flush against runs holding about 256 KB of metadata. Prints flushes per second
-and latency percentiles per scenario, as a Markdown table."""
+Load test of metaops serve over loopback: PUT bodies against runs holding about
+256 KB of metadata. Prints updates per second and latency percentiles per
+scenario, as a Markdown table."""
 
 _EPILOG = """\
 Scenarios, each bounded by --requests and --seconds (whichever comes first):
-  sequential      one client, one run: the latency of one flush
-  same-run xN     N clients racing on one run: compare-and-swap retries, the buffer
-  own-runs xN     N clients, each on its own run: write throughput
+  one increment   one client, one run, one increment per PUT: the cost of an update
+  sequential      one client, one run, SDK-like flush bodies (6 operations)
+  same-run xN     N clients racing on one run
+  own-runs xN     N clients, each on its own run
   children x2N    2N child runs sending parentOperations to one parent
 
-The server runs as a subprocess on an ephemeral port with a temporary database.
-After each scenario the stored counters are checked against the acknowledged
-requests; a mismatch fails the run."""
+The server runs as a subprocess on an ephemeral port, on a temporary SQLite
+database unless --database names one (which must be empty of runs named like the
+benchmark's, e.g. a fresh PostgreSQL database). After each scenario the stored
+counters are checked against the acknowledged requests; a mismatch fails the run."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,15 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--requests",
-        type=int,
-        default=400,
-        help="requests per scenario at most, all clients together (default: %(default)s)",
+        "--requests", type=int, default=2000, help="requests per scenario at most (default: %(default)s)"
     )
     parser.add_argument(
         "--seconds",
         type=float,
-        default=15.0,
+        default=10.0,
         help="seconds of requests per scenario at most (default: %(default)g)",
     )
     parser.add_argument(
@@ -309,10 +327,17 @@ def main(argv: list[str] | None = None) -> int:
         help="concurrent clients; the children scenario uses twice as many (default: %(default)s)",
     )
     parser.add_argument(
-        "--synchronous",
-        default="FULL",
-        choices=["NORMAL", "FULL"],
-        help="the server's SQLite durability (default: %(default)s)",
+        "--database", metavar="URL", help="the server's database (default: SQLite in a temp dir)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="the server's processes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--server",
+        choices=["service", "example", "both"],
+        default="service",
+        help="what to load: metaops serve, the example server it replaced (while it exists), or both "
+        "one after the other, with their ratios",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE, as JSON")
     args = parser.parse_args(argv)
@@ -320,27 +345,51 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("bounds: --requests 1 to 100000, --seconds over 0 up to 600, --clients 1 to 64")
     state = json.loads((ensure_workloads() / "state_256k.json").read_text(encoding="utf-8"))
     size = json_size(state)
-    results = run_scenarios(
-        state,
-        clients=args.clients,
-        max_requests=args.requests,
-        max_seconds=args.seconds,
-        synchronous=args.synchronous,
-    )
-    print(f"example server, SQLite synchronous={args.synchronous}, metadata {size:,} bytes of JSON, loopback")
-    print()
-    print("| scenario | clients | requests | s | flushes/s | p50 ms | p90 ms | p99 ms | max ms | writes |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(
-            f"| {r.scenario} | {r.clients} | {r.requests} | {r.seconds} | {r.flushes_per_second} | "
-            f"{r.p50_ms} | {r.p90_ms} | {r.p99_ms} | {r.max_ms} | {r.writes} |"
-        )
+    machine = f"metadata {size:,} bytes of JSON; loopback; {os.cpu_count()} cores"
+    runs: list[tuple[str, list[Result]]] = []
+    kinds = ["example", "service"] if args.server == "both" else [args.server]
+    with tempfile.TemporaryDirectory(prefix="metaops-load-") as directory:
+        for kind in kinds:
+            if kind == "example":
+                database = str(Path(directory) / "example.sqlite3")
+                command = [sys.executable, "-m", "examples.server", "--db", database]
+                label = "example server (http.server), SQLite synchronous=FULL"
+            else:
+                database = args.database or f"sqlite:///{Path(directory) / 'runs.sqlite3'}"
+                command = [sys.executable, "-m", "metaops", "serve", "--database", database]
+                command += ["--workers", str(args.workers)]
+                label = f"metaops serve, {database.partition(':')[0]}, {args.workers} worker(s)"
+            results = run_scenarios(
+                command, state, clients=args.clients, max_requests=args.requests, max_seconds=args.seconds
+            )
+            runs.append((label, results))
+            print(f"{label}; {machine}")
+            print()
+            print(_HEADER)
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for r in results:
+                print(
+                    f"| {r.scenario} | {r.clients} | {r.requests} | {r.seconds} | {r.updates_per_second} | "
+                    f"{r.p50_ms} | {r.p90_ms} | {r.p99_ms} | {r.max_ms} | {r.writes} |"
+                )
+            print()
+    if len(runs) == 2:
+        print("metaops serve against the example server, in this run:")
+        print()
+        print("| scenario | throughput × | p50 ÷ |")
+        print("|---|---:|---:|")
+        for old, new in zip(runs[0][1], runs[1][1], strict=True):
+            print(
+                f"| {new.scenario} | {new.updates_per_second / old.updates_per_second:.1f} | "
+                f"{old.p50_ms / new.p50_ms:.1f} |"
+            )
+    for label, results in runs:
+        same = next(r for r in results if r.scenario.startswith("same-run"))
+        print(f"{label}: {same.scenario} p99/p50 = {same.p99_ms / same.p50_ms:.1f}")
     if args.json:
         payload = {
-            "metadata_bytes": size,
-            "synchronous": args.synchronous,
-            "results": [asdict(r) for r in results],
+            "machine": machine,
+            "runs": [{"server": label, "results": [asdict(r) for r in results]} for label, results in runs],
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0

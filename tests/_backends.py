@@ -12,8 +12,12 @@ To add a backend: add its name to :data:`BACKENDS` and a branch to :func:`fresh_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # imported by pytest as a plugin (tests/conftest.py), not here
+    from tests._postgres import PostgresCluster
 
 BACKENDS: tuple[str, ...] = ("sqlite", "postgresql")
 
@@ -23,11 +27,10 @@ def fresh_database(kind: str, directory: Path, request: pytest.FixtureRequest) -
     if kind == "sqlite":
         return f"sqlite:///{directory / 'runs.sqlite3'}"
     if kind == "postgresql":
-        # A fresh schema in the session's throwaway cluster (tests/_postgres.py): the
-        # fixture skips, or fails under METAOPS_REQUIRE_POSTGRES=1, where it cannot start.
-        # The session's cluster rather than the per-test postgres_url fixture, so that a
-        # module-scoped server can ask for one too.
-        url: str = request.getfixturevalue("postgres_cluster").create_schema()
-        return url
+        # A fresh schema in the session's throwaway cluster (tests/_postgres.py), which
+        # skips, or fails under METAOPS_REQUIRE_POSTGRES=1, where it cannot start. The
+        # cluster is session-scoped, so module-scoped fixtures may ask for it too.
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        return cluster.create_schema()
     msg = f"unknown storage backend {kind!r}"
     raise AssertionError(msg)

@@ -8,7 +8,7 @@ import queue
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +133,82 @@ def stream_hub_of(server: RunningServer) -> Any:
         if isinstance(owner, StreamReader):
             return owner.hub
     raise AssertionError("no stream route")
+
+
+class CuttingProxy:
+    """A TCP proxy that streams bytes both ways and can cut connections, as a network does.
+
+    ``cut_after[i]`` (when given) closes the ``i``-th connection once that many bytes of
+    answer went through; :meth:`cut` closes every open connection now. ``requests``
+    records the head of every request (its first line and headers).
+    """
+
+    def __init__(self, upstream_port: int, cut_after: list[int | None] | None = None) -> None:
+        import socket
+
+        self.upstream_port = upstream_port
+        self.cut_after = list(cut_after or [])
+        self.requests: list[str] = []
+        self.connections = 0
+        self._open: list[Any] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                index = self.connections
+                self.connections += 1
+                limit = self.cut_after[index] if index < len(self.cut_after) else None
+                self._open += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, None, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, limit, False), daemon=True).start()
+
+    def _pipe(self, source: Any, target: Any, limit: int | None, requests: bool) -> None:
+        sent = 0
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if requests and data[:4] in (b"GET ", b"POST", b"PUT "):
+                    with self._lock:
+                        self.requests.append(data.split(b"\r\n\r\n")[0].decode("latin-1"))
+                if limit is not None and sent + len(data) >= limit:
+                    target.sendall(data[: max(0, limit - sent)])
+                    break
+                target.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            self._close(sock)
+
+    @staticmethod
+    def _close(sock: Any) -> None:
+        import socket
+
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    def cut(self) -> None:
+        """Close every connection open now (the client sees them drop)."""
+        with self._lock:
+            opened, self._open = self._open, []
+        for sock in opened:
+            self._close(sock)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from metaops.service import MetadataService, RunningServer, ServiceConfig, open_
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-d41d8cd9"
 OPS_INCREMENT = [{"type": "increment", "key": "n", "value": 1}]
+IDLE_SECONDS = 3.0
 _T = TypeVar("_T")
 
 
@@ -108,6 +110,7 @@ class Client:
         self.token = token
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.last_headers: dict[str, str] = {}
+        self.last_used = time.monotonic()
 
     def request(
         self,
@@ -125,12 +128,16 @@ class Client:
         elif self.token is not None:
             sent["Authorization"] = f"Bearer {self.token}"
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        if time.monotonic() - self.last_used > IDLE_SECONDS:
+            # The server closes connections idle for 5 s; one about to be closed is not reused.
+            self.connection.close()
         self.connection.request(method, path, body=data, headers=sent)
         response = self.connection.getresponse()
         payload = response.read()
         self.last_headers = {name.lower(): value for name, value in response.getheaders()}
         if response.will_close:
             self.connection.close()
+        self.last_used = time.monotonic()
         return response.status, json.loads(payload)
 
     def put_metadata(self, run_id: str, body: object, *, key: str | None = None) -> tuple[int, Any]:

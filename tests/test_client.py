@@ -80,8 +80,15 @@ CLIENT_API = [
     "RejectedFlush",
     "RequestRefusedError",
     "RetryPolicy",
+    "RunSnapshot",
     "ServiceUnavailableError",
+    "StreamChunk",
+    "Subscription",
     "metadata",
+    "read_stream",
+    "read_stream_async",
+    "subscribe",
+    "subscribe_async",
 ]
 
 

@@ -1,8 +1,8 @@
-"""The official SDK against the example server.
+"""The official SDK against the service (``metaops serve``'s app, on uvicorn in this process).
 
 ``tests/node/official_client.cjs`` runs ``@trigger.dev/core`` 4.8.3's own
 ``StandardMetadataManager`` (the queue behind ``metadata.*`` inside a task) with its
-``ApiClient`` pointed at the example server: set / increment / append / remove /
+``ApiClient`` pointed at the service: set / increment / append / remove /
 delete / replace, parent and root updates, ``flush()``. After every flush the
 server's stored metadata must equal the SDK's local view, computed by the
 reference's own ``applyMetadataOperations``: the server (metaops) and the SDK agree.
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from examples.server import MetadataHTTPServer, MetadataService, SQLiteStorage, running_server
+from metaops.service import MetadataService, RunningServer, SQLiteStorage, running_server
 
 from .node_reference import SCRIPTS, ensure_reference, node_env
 
@@ -26,8 +26,8 @@ TOKEN = "sdk-test-token"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[MetadataHTTPServer]:
-    """The example server in this process, on an ephemeral loopback port."""
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    """The service in this process, on an ephemeral loopback port."""
     with running_server(MetadataService(SQLiteStorage(tmp_path / "runs.sqlite3")), TOKEN) as running:
         yield running
 
@@ -54,7 +54,7 @@ def _text(value: Any) -> str:
 
 
 @pytest.mark.reference
-def test_official_sdk_and_server_agree_after_every_flush(server: MetadataHTTPServer) -> None:
+def test_official_sdk_and_server_agree_after_every_flush(server: RunningServer) -> None:
     """After each flush of the SDK's StandardMetadataManager, what the server stored is what the
     SDK computed locally; the parent and root runs got the parent and root updates."""
     target = ensure_reference()
@@ -83,7 +83,7 @@ def test_official_sdk_and_server_agree_after_every_flush(server: MetadataHTTPSer
     for round_ in result["rounds"]:
         assert _text(round_["server"]) == _text(round_["local"]), round_["name"]
     last = result["rounds"][-1]["local"]
-    assert _text(service.get_metadata("run_child")) == _text(last)
+    assert _text(service.get("run_child").metadata) == _text(last)
     assert last == {"replaced": True, "count": 10.5, "nested": {"list": [1, 2, 3, 4]}, "unicode": "日本語 🎉"}
     # What the script's parent/root calls mean, worked out by hand from the documented semantics.
     assert result["parent"] == {
@@ -94,11 +94,11 @@ def test_official_sdk_and_server_agree_after_every_flush(server: MetadataHTTPSer
         "lastChild": "run_child",
     }
     assert result["root"] == {"total": 5, "status": "ok"}
-    assert service.get_metadata("run_parent") == result["parent"]
+    assert service.get("run_parent").metadata == result["parent"]
 
 
 @pytest.mark.reference
-def test_official_sdk_sees_the_servers_errors(server: MetadataHTTPServer) -> None:
+def test_official_sdk_sees_the_servers_errors(server: RunningServer) -> None:
     """Pointed at a run the server does not know, the SDK's flush fails the way it fails against
     the platform (it reports the 404 and keeps its local view), and nothing is created."""
     target = ensure_reference()

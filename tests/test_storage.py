@@ -319,9 +319,19 @@ def test_listeners_hear_of_committed_versions_only(storage: Storage) -> None:
     assert heard == [("r", 1), ("r", 2)]
 
 
-def test_completing_a_run_records_the_time(storage: Storage) -> None:
+def test_completing_a_run_records_the_time_and_tells_the_listeners(storage: Storage) -> None:
     _create(storage, "r")
+    heard: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    def listener(run_id: str, version: int) -> None:
+        heard.append((run_id, version))
+        done.set()
+
+    storage.subscribe(listener)
     record = storage.complete_run("r", 1234.5)
+    assert done.wait(timeout=10)
+    assert heard == [("r", 0)]
     assert record.completed_at == 1234.5
     assert storage.get_run("r") == record
     with pytest.raises(RunNotFoundError):

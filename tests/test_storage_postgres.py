@@ -54,7 +54,7 @@ def _backends_waiting_on_a_lock(url: str) -> int:
     return int(row[0])
 
 
-def _run_unless_it_waits_for_a_lock(url: str, work: Callable[[], None]) -> None:
+def _run_unless_it_waits_for_a_lock(url: str, work: Callable[[], object]) -> None:
     """Run ``work`` on a thread; fail (and let it go on) as soon as a backend waits on a row lock."""
     errors: list[BaseException] = []
 
@@ -315,3 +315,144 @@ def test_tables_of_another_schema_version_are_refused(postgres_url: str) -> None
         db.execute("UPDATE metaops_schema SET version = 99")
     with pytest.raises(StorageError, match="version 99"):
         PostgresStorage(postgres_url)
+
+
+class _Heard:
+    """What a listener heard, and a way to wait until it heard something."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+        self._condition = threading.Condition()
+
+    def __call__(self, *item: object) -> None:
+        with self._condition:
+            self.items.append(item if len(item) > 1 else item[0])
+            self._condition.notify_all()
+
+    def wait_for(self, item: object) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: item in self.items, timeout=30)
+        assert item in self.items, f"never heard {item!r}; heard {self.items}"
+
+
+def test_completing_a_run_is_announced_to_every_process(open_many: Callable[[], PostgresStorage]) -> None:
+    # A Realtime subscriber stops at completion: it must hear of it, at the run's version.
+    first, second = open_many(), open_many()
+    _create(first, "r")
+    with first.write("r") as tx:
+        assert tx is not None
+        tx.append(OPS)
+    here, there = _Heard(), _Heard()
+    first.subscribe(here)
+    second.subscribe(there)
+    record = first.complete_run("r", 50.0)
+    assert (record.version, record.completed_at) == (1, 50.0)
+    here.wait_for(("r", 1))
+    there.wait_for(("r", 1))
+    with pytest.raises(RunNotFoundError):
+        first.complete_run("ghost", 50.0)
+
+
+def test_subscribing_again_after_unsubscribing_hears_each_change_once(
+    open_many: Callable[[], PostgresStorage],
+) -> None:
+    storage, other = open_many(), open_many()
+    _create(storage, "r")
+    storage.subscribe(_Heard())()  # subscribed, then unsubscribed at once
+    heard = _Heard()
+    storage.subscribe(heard)
+    for writer in (other, other):
+        with writer.write("r") as tx:
+            assert tx is not None
+            tx.append(OPS)
+    heard.wait_for(("r", 2))  # notifications arrive in commit order: version 1 came before
+    assert heard.items == [("r", 1), ("r", 2)]
+
+
+def test_other_modules_get_pooled_connections_and_their_own_channels(
+    postgres_url: str, open_many: Callable[[], PostgresStorage]
+) -> None:
+    storage = open_many()
+    with storage.connection() as db, db.transaction():
+        db.execute("CREATE TABLE streams_of_mine (id int)")
+        db.execute("INSERT INTO streams_of_mine VALUES (1)")
+    with pytest.raises(StorageError, match="no_such_table"), storage.connection() as db:
+        db.execute("SELECT * FROM no_such_table")
+    heard = _Heard()
+    stop = storage.listen("my channel", heard)
+    with psycopg.connect(postgres_url, autocommit=True) as elsewhere:
+        elsewhere.execute("SELECT count(*) FROM streams_of_mine")
+        elsewhere.execute("NOTIFY \"my channel\", 'one'")
+        heard.wait_for("one")
+        stop()
+        elsewhere.execute("NOTIFY \"my channel\", 'two'")
+        # Stopped: 'two' goes unheard. Wait for a later change on the feed to be sure it came and went.
+        feed = _Heard()
+        storage.subscribe(feed)
+        _create(storage, "r")
+        with open_many().write("r") as tx:  # another process
+            assert tx is not None
+            tx.append(OPS)
+        feed.wait_for(("r", 1))
+    assert heard.items == ["one"]
+
+
+def test_a_process_starting_beside_busy_writers_does_not_wait_for_them(
+    postgres_url: str, open_many: Callable[[], PostgresStorage]
+) -> None:
+    # A worker restarted under load: its startup must not lock the tables that requests write.
+    running = open_many()
+    _create(running, "parent")
+    _create(running, "child", parent_id="parent")
+    with running.write("child") as tx:
+        assert tx is not None
+        for table_writes in range(3):
+            tx.enqueue("parent", OPS, float(table_writes))
+        tx.use_key("k", 1.0)
+        tx.append(OPS)
+        _run_unless_it_waits_for_a_lock(postgres_url, lambda: open_many().get_run("child"))
+
+
+def test_a_writer_waits_for_a_held_run_at_most_the_lock_timeout(postgres_url: str) -> None:
+    holder = PostgresStorage(postgres_url)
+    impatient = PostgresStorage(postgres_url, lock_timeout=0.2)
+    try:
+        _create(holder, "r")
+        with holder.write("r") as tx:
+            assert tx is not None
+            with pytest.raises(StorageError, match="lock timeout"), impatient.write("r"):
+                pass
+            tx.append(OPS)
+        record = impatient.get_run("r")
+        assert record is not None
+        assert record.version == 1
+    finally:
+        holder.close()
+        impatient.close()
+
+
+def _get_stuck_holding(stuck: PostgresStorage, other: PostgresStorage) -> None:
+    with stuck.write("r") as tx:
+        assert tx is not None
+        assert not tx.key_used("k")
+        # Stuck while deciding (a hung worker): meanwhile another process waits for the
+        # run, and gets it once PostgreSQL has ended the stuck session.
+        with other.write("r") as theirs:
+            assert theirs is not None
+            theirs.append(OPS)
+        tx.append(OPS)
+
+
+def test_a_process_stuck_inside_a_transaction_is_cut_off_and_its_run_freed(postgres_url: str) -> None:
+    stuck = PostgresStorage(postgres_url, idle_timeout=0.3)
+    other = PostgresStorage(postgres_url)
+    try:
+        _create(stuck, "r")
+        with pytest.raises(StorageError, match=r"idle-in-transaction|terminat|closed"):
+            _get_stuck_holding(stuck, other)
+        record = other.get_run("r")
+        assert record is not None
+        assert record.version == 1
+    finally:
+        stuck.close()
+        other.close()

@@ -175,6 +175,15 @@ def test_the_token_command_mints_offline(
     for argv in (["token"], ["token", "run_mine", "--expires", "never"], ["token", "run_mine", "--all-runs"]):
         assert cli(argv) == 2
         assert capsys.readouterr().err.startswith("metaops token: ")
+    assert cli(["token", "run 1", "--url", "http://example.test:8030/"]) == 0
+    page = capsys.readouterr().out.strip()
+    assert page.startswith("http://example.test:8030/runs/run%201?token=")
+    claims = jwt.decode(
+        page.split("?token=")[1], SECRET, algorithms=["HS256"], audience=PUBLIC_TOKEN_AUDIENCE
+    )
+    assert claims["scopes"] == ["read:runs:run 1"]
+    assert cli(["token", "run_a", "run_b", "--url"]) == 2
+    assert "exactly one RUN_ID" in capsys.readouterr().err
     monkeypatch.delenv("METAOPS_SERVER_TOKEN")
     assert cli(["token", "run_mine"]) == 2
     assert "no secret" in capsys.readouterr().err

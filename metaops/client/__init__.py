@@ -100,6 +100,8 @@ from metaops.client._errors import (
     ServiceUnavailableError,
 )
 from metaops.client._retry import RetryPolicy
+from metaops.client._streams import StreamChunk, read_stream, read_stream_async
+from metaops.client._subscribe import RunSnapshot, Subscription, subscribe, subscribe_async
 from metaops.client._sync import MetadataClient
 
 __all__ = [
@@ -112,6 +114,13 @@ __all__ = [
     "RejectedFlush",
     "RequestRefusedError",
     "RetryPolicy",
+    "RunSnapshot",
     "ServiceUnavailableError",
+    "StreamChunk",
+    "Subscription",
     "metadata",
+    "read_stream",
+    "read_stream_async",
+    "subscribe",
+    "subscribe_async",
 ]

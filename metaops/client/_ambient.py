@@ -16,7 +16,7 @@ and :meth:`AmbientMetadata.current` and :meth:`AmbientMetadata.get` return ``Non
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import Any, Literal
 
 from metaops.buffer import DictView
@@ -146,6 +146,41 @@ class AmbientMetadata:
             await client.flush(timeout)
         elif isinstance(client, MetadataClient):
             await asyncio.to_thread(client.flush, timeout)
+
+    def stream(self, key: str, values: Iterable[object]) -> int:
+        """``client.stream(key, values)`` on the bound :class:`~metaops.client.MetadataClient`.
+
+        Outside a run nothing is read from ``values`` or sent, and 0 is returned.
+        Bound to an :class:`~metaops.client.AsyncMetadataClient`, use ``await metadata.astream(...)``.
+        """
+        from metaops.client._async import AsyncMetadataClient
+        from metaops.client._sync import MetadataClient
+
+        client = bound.get()
+        if isinstance(client, MetadataClient):
+            return client.stream(key, values)
+        if isinstance(client, AsyncMetadataClient):
+            msg = (
+                "metadata.stream(): the bound client is an AsyncMetadataClient: `await metadata.astream(...)`"
+            )
+            raise TypeError(msg)
+        return 0
+
+    async def astream(self, key: str, values: AsyncIterable[object] | Iterable[object]) -> int:
+        """Stream from async code: the bound async client's ``stream``, or a sync one's in a worker
+        thread (then ``values`` must be a plain iterable); 0 outside a run."""
+        from metaops.client._async import AsyncMetadataClient
+        from metaops.client._sync import MetadataClient
+
+        client = bound.get()
+        if isinstance(client, AsyncMetadataClient):
+            return await client.stream(key, values)
+        if isinstance(client, MetadataClient):
+            if isinstance(values, AsyncIterable):
+                msg = "metadata.astream(): a MetadataClient is bound: give it a plain iterable"
+                raise TypeError(msg)
+            return await asyncio.to_thread(client.stream, key, values)
+        return 0
 
     def __repr__(self) -> str:
         client = bound.get()

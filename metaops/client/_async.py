@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -158,6 +158,12 @@ class AsyncMetadataClient(BaseClient):
     async def retrieve(self) -> dict[str, JSON]:
         """Read the run's metadata from the service (a GET, retried like a flush)."""
         return await self._drive(self._core.retrieve())
+
+    async def stream(self, key: str, values: AsyncIterable[object] | Iterable[object]) -> int:
+        """``await md.stream(key, values)``: :meth:`MetadataClient.stream` for (async) iterables."""
+        from metaops.client._streams import write_stream_async
+
+        return await write_stream_async(self, key, values)
 
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new updates, send everything queued, and stop the flushing task.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 
 import httpx
@@ -134,6 +134,17 @@ class MetadataClient(BaseClient):
         The local copy is not changed: it already shows the calls not yet sent.
         """
         return drive(self._core.retrieve(), self._send, self._wait)
+
+    def stream(self, key: str, values: Iterable[object]) -> int:
+        """Send ``values`` as the run's stream ``key``, as they come; finish it when they end.
+
+        Returns how many chunks were sent. Readers get them live (Realtime, the
+        official SDK's ``withStreams()``, :func:`metaops.client.read_stream`). See
+        :mod:`metaops.client._streams` for batching, retries and bounds.
+        """
+        from metaops.client._streams import write_stream
+
+        return write_stream(self, key, values)
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new updates, send everything queued, and stop the flusher thread.

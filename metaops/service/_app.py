@@ -336,7 +336,6 @@ def create_app(
             if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float))):
                 raise _Refusal(400, "completedAt: expected Unix seconds (a number)")
             await run(lambda: service.complete_run(run_id, at))
-            realtime.poke(run_id)
             return _json(200, await run(lambda: service.describe(run_id)))
 
         return await answer(request, work)

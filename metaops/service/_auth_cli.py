@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from urllib.parse import quote
 
 from metaops._errors import InvalidArgumentError
 from metaops.service._auth import DEFAULT_EXPIRATION, mint_public_token
@@ -12,6 +13,8 @@ from metaops.service._auth import DEFAULT_EXPIRATION, mint_public_token
 __all__ = ["main"]
 
 TOKEN_ENV = "METAOPS_SERVER_TOKEN"
+URL_ENV = "TRIGGER_API_URL"
+DEFAULT_BASE = "http://127.0.0.1:8030"
 
 _DESCRIPTION = """\
 Print a public access token that reads the given runs (their metadata, Realtime
@@ -24,6 +27,7 @@ _EPILOG = f"""\
 The secret is --token, else ${TOKEN_ENV} (what `metaops serve` uses).
 Example:
   metaops token run_1234 --expires 1h
+  metaops token run_1234 --url http://127.0.0.1:8030     # the run's dashboard page
   curl -H "Authorization: Bearer $(metaops token run_1234)" \\
        http://127.0.0.1:8030/api/v1/runs/run_1234/metadata
 
@@ -48,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
         help="how long it lives: 90s, 15m, 1h, 2 days, ... (default: %(default)s)",
     )
     parser.add_argument("--token", default=None, help=f"the server's secret (default: ${TOKEN_ENV})")
+    parser.add_argument(
+        "--url",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="BASE",
+        help="print the run's dashboard page with the token in it instead "
+        f"(BASE: the server, default ${URL_ENV}, else {DEFAULT_BASE}); one RUN_ID",
+    )
     return parser
 
 
@@ -65,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.runs) == args.all_runs:
         sys.stderr.write("metaops token: give RUN_IDs or --all-runs (one of them)\n")
         return 2
+    if args.url is not None and len(args.runs) != 1:
+        sys.stderr.write("metaops token: --url shows one run's page: give exactly one RUN_ID\n")
+        return 2
     try:
         if args.all_runs:
             token = mint_public_token(secret, scopes=["read:runs"], expiration=args.expires)
@@ -73,5 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidArgumentError as error:
         sys.stderr.write(f"metaops token: {error}\n")
         return 2
+    if args.url is not None:
+        base = (args.url or os.environ.get(URL_ENV) or DEFAULT_BASE).rstrip("/")
+        # The dashboard page reads its token from the query (a browser's navigation cannot
+        # send a header); the token only reads this run, and expires.
+        print(f"{base}/runs/{quote(args.runs[0], safe='')}?token={token}")
+        return 0
     print(token)
     return 0

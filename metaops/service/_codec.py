@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from itertools import compress
+from operator import is_not
 from typing import Any
 
 from metaops._json import JSON
@@ -27,8 +29,10 @@ from metaops._size import json_text
 
 __all__ = ["TextCache", "Texts", "loads"]
 
-Texts = dict[int, tuple[object, bytes]]
-"""``id(container) -> (container, its JSON text)``; holding the container keeps its id unique."""
+Texts = dict[int, tuple[object, bytes, "list[bytes] | None"]]
+"""``id(container) -> (container, its JSON text, its items' texts or None)``.
+
+Holding the container keeps its id unique while the entry lives."""
 
 _SAFE_INT = 2**53
 _encode_ascii = json.encoder.encode_basestring  # the C version where available
@@ -71,50 +75,80 @@ def _leaf(container: dict[str, Any] | list[Any], kinds: set[type]) -> bytes:
     return json_text(container).encode()
 
 
-def _encode(value: JSON, texts: Texts) -> tuple[bytes, int]:
-    """The text of ``value``; adds the containers it wrote to ``texts``; returns how many."""
+_KEEP_PARTS = 32
+"""Lists of containers this long keep their items' texts, so that a copy with a few items
+changed is written by patching those, after one C-level pass that finds them."""
+
+
+def _encode(value: JSON, previous: JSON, texts: Texts) -> tuple[bytes, int]:
+    """The text of ``value``; adds the containers it wrote to ``texts``; returns how many.
+
+    ``previous`` is the value last written: walked beside ``value``, it says which old list a
+    changed list was copied from, whose items' texts the copy can reuse by position.
+    """
     added = 0
 
-    def text_of(node: Any) -> bytes:
+    def text_of(node: Any, old: Any) -> bytes:
+        """The text of container ``node``; one frame per level of nesting, as deep metadata needs."""
         nonlocal added
-        key = id(node)
-        hit = texts.get(key)
+        hit = texts.get(id(node))
         if hit is not None and hit[0] is node:
             return hit[1]
+        parts: list[bytes] | None = None
         if type(node) is dict:
             kinds = set(map(type, node.values()))
             if dict not in kinds and list not in kinds:
                 text = _leaf(node, kinds)
             else:
+                olds = old if type(old) is dict else {}
                 # One join per container: every child's text is copied once, into its parent's.
-                parts = []
+                pieces = []
                 for name, item in node.items():
-                    parts.append(b",")
-                    parts.append(_encode_ascii(name).encode() if name.isascii() else json_text(name).encode())
-                    parts.append(b":")
+                    pieces.append(b",")
+                    pieces.append(
+                        _encode_ascii(name).encode() if name.isascii() else json_text(name).encode()
+                    )
+                    pieces.append(b":")
                     kind = type(item)
-                    parts.append(text_of(item) if kind is dict or kind is list else _scalar(item))
-                parts[0] = b"{"
-                parts.append(b"}")
-                text = b"".join(parts)
+                    pieces.append(
+                        text_of(item, olds.get(name)) if kind is dict or kind is list else _scalar(item)
+                    )
+                pieces[0] = b"{"
+                pieces.append(b"}")
+                text = b"".join(pieces)
         else:
             kinds = set(map(type, node))
             if dict not in kinds and list not in kinds:
                 text = _leaf(node, kinds)
             else:
-                parts = []
-                for item in node:
-                    parts.append(b",")
-                    parts.append(text_of(item) if type(item) is dict or type(item) is list else _scalar(item))
-                parts[0] = b"["
-                parts.append(b"]")
-                text = b"".join(parts)
-        texts[key] = (node, text)
+                before: list[Any] = old if type(old) is list else []
+                entry = texts.get(id(before)) if before else None
+                if entry is not None and entry[0] is before and entry[2] is not None:
+                    parts = entry[2][: len(node)]
+                    common = min(len(node), len(before))
+                    changed = list(compress(range(common), map(is_not, node, before)))
+                    changed += range(common, len(node))
+                    parts.extend([b""] * (len(node) - len(parts)))
+                else:
+                    parts = [b""] * len(node)
+                    changed = list(range(len(node)))
+                # Plain loops, no comprehension: one stack frame per level of nesting.
+                for index in changed:
+                    item = node[index]
+                    kind = type(item)
+                    if kind is dict or kind is list:
+                        parts[index] = text_of(item, before[index] if index < len(before) else None)
+                    else:
+                        parts[index] = _scalar(item)
+                text = b"[" + b",".join(parts) + b"]"
+                if len(parts) < _KEEP_PARTS:
+                    parts = None
+        texts[id(node)] = (node, text, parts)
         added += 1
         return text
 
     if type(value) is dict or type(value) is list:
-        return text_of(value), added
+        return text_of(value, previous), added
     return _scalar(value), 0
 
 
@@ -128,11 +162,12 @@ class TextCache:
     it holds.
     """
 
-    __slots__ = ("_live", "_texts")
+    __slots__ = ("_live", "_previous", "_texts")
 
     def __init__(self) -> None:
         self._texts: Texts = {}
         self._live = 0
+        self._previous: JSON = None
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -150,7 +185,8 @@ class TextCache:
         b'{"rows":[{"id":1},{"id":2}],"n":2}'
         """
         texts = self._texts
-        text, added = _encode(value, texts)
+        text, added = _encode(value, self._previous, texts)
+        self._previous = value
         if added and len(texts) > 2 * self._live + 256:
             self._texts, self._live = _reachable(value, texts)
         return text

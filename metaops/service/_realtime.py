@@ -91,6 +91,9 @@ HOLD = 20.0
 LINGER = 1.0
 """Seconds a run stays watched after its last poll ended (a subscriber polls again at once)."""
 TASK_IDENTIFIER = "metaops"
+INTERRUPTIBLE = "metaops.interruptible"
+"""Set in a request's ASGI scope by the live routes: at shutdown the server closes its
+connection instead of waiting for it (the client reconnects and resumes)."""
 
 _T = TypeVar("_T")
 Run = Callable[[Callable[[], _T]], Awaitable[_T]]
@@ -133,7 +136,18 @@ def _string(text: str) -> bytes:
 class RunView:
     """What Realtime serves for a run at one state: its handle, offset and encoded row. Read-only."""
 
-    __slots__ = ("columns", "completed", "handle", "key", "offset", "position", "run_id", "streams", "value")
+    __slots__ = (
+        "_bodies",
+        "columns",
+        "completed",
+        "handle",
+        "key",
+        "offset",
+        "position",
+        "run_id",
+        "streams",
+        "value",
+    )
 
     def __init__(
         self,
@@ -172,16 +186,26 @@ class RunView:
         )
         self.value = self._value(frozenset())
         self.key = _string(f'"public"."TaskRun"/"{run_id}"')
+        self._bodies: dict[str, bytes] = {}
 
     def _value(self, skipped: frozenset[str]) -> bytes:
         fields = (b'"' + name.encode() + b'":' + text for name, text in self.columns if name not in skipped)
         return b"{" + b",".join(fields) + b"}"
 
-    def body(self, operation: str, skipped: frozenset[str] = frozenset()) -> tuple[bytes, ...]:
-        """The answer's body in parts (sent one after another, never joined): the row, then up-to-date."""
-        value = self.value if not skipped else self._value(skipped)
-        head = b'[{"key":' + self.key + b',"headers":{"operation":"' + operation.encode() + b'"},"value":'
-        return head, value, b"}," + _UP_TO_DATE + b"]"
+    def body(self, operation: str, skipped: frozenset[str] = frozenset()) -> bytes:
+        """The answer's body: the row (as an ``insert`` or an ``update``), then up-to-date.
+
+        Built once per view and operation, and shared by every poll answered with it
+        (one write each: a write is a system call, dearer than the copy).
+        """
+        body = None if skipped else self._bodies.get(operation)
+        if body is None:
+            value = self.value if not skipped else self._value(skipped)
+            head = b'[{"key":' + self.key + b',"headers":{"operation":"' + operation.encode() + b'"},"value":'
+            body = b"".join((head, value, b"},", _UP_TO_DATE, b"]"))
+            if not skipped:
+                self._bodies[operation] = body
+        return body
 
     def __repr__(self) -> str:
         return f"<RunView {self.run_id} at {self.offset}>"
@@ -376,25 +400,21 @@ def _skipped(value: str | None) -> frozenset[str]:
     return names
 
 
-async def _send(
-    send: Send, status: int, parts: tuple[bytes, ...], headers: list[tuple[bytes, bytes]]
-) -> None:
-    length = sum(len(part) for part in parts)
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     raw = [
         (b"content-type", b"application/json"),
-        (b"content-length", str(length).encode()),
+        (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
         *headers,
     ]
     await send({"type": "http.response.start", "status": status, "headers": raw})
-    for index, part in enumerate(parts):
-        await send({"type": "http.response.body", "body": part, "more_body": index < len(parts) - 1})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _error(
     send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    await _send(send, status, (json.dumps({"error": message}).encode(),), headers or [])
+    await _send(send, status, json.dumps({"error": message}).encode(), headers or [])
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -409,7 +429,7 @@ class RealtimeEndpoint:
     """The ASGI endpoint of ``GET /realtime/v1/runs/{run_id}`` (see the module's docstring).
 
     Raw ASGI rather than a request handler: a poll waiting for a change also watches
-    for its client going away, and answers in parts without joining them.
+    for its client going away.
     """
 
     def __init__(self, hub: RunHub) -> None:
@@ -435,6 +455,7 @@ class RealtimeEndpoint:
         except _BadRequest as error:
             await _error(send, 400, str(error))
             return
+        scope[INTERRUPTIBLE] = True
         watch = self.hub.acquire(run_id)
         try:
             await _answer(self.hub, watch, send, receive, client, handle, live == "true", skipped)
@@ -472,7 +493,7 @@ async def _answer(
             raise RunNotFoundError(watch.run_id)
     if handle != view.handle or client > view.position:
         headers = [(b"electric-handle", view.handle.encode())]
-        await _send(send, 409, (_MUST_REFETCH,), headers)
+        await _send(send, 409, _MUST_REFETCH, headers)
         return
     if live and view.position <= client:
         view = await _wait(hub, watch, receive, client)
@@ -483,7 +504,7 @@ async def _answer(
     if view.position > client:
         await _send(send, 200, view.body("update", skipped), headers)
     else:
-        await _send(send, 200, (b"[" + _UP_TO_DATE + b"]",), headers)
+        await _send(send, 200, b"[" + _UP_TO_DATE + b"]", headers)
 
 
 async def _wait(hub: RunHub, watch: _Watch, receive: Receive, client: tuple[int, int]) -> RunView | None:

@@ -73,10 +73,6 @@ class Realtime:
         self.stream_hub.heard(run_id, key, length)
         self.runs.heard_stream(run_id, key)  # a new key changes the run's row (realtimeStreams)
 
-    def poke(self, run_id: str) -> None:
-        """Tell this process's subscribers ``run_id`` changed in a way the change feed does not announce."""
-        self.runs.heard(run_id)
-
     def stop(self) -> None:
         """Stop listening and close the stream store."""
         for unsubscribe in self._unsubscribe:

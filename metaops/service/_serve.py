@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import h11
 import uvicorn
@@ -43,6 +44,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from metaops._errors import InvalidArgumentError, InvalidLimitError, MetaopsError
 from metaops._size import json_text, metadata_limit
 from metaops.service._app import REQUEST_TIMEOUT, MetadataApp, create_app
+from metaops.service._realtime import INTERRUPTIBLE
 from metaops.service._service import MetadataService, ServiceConfig
 from metaops.service._storage import open_storage
 
@@ -137,6 +139,12 @@ class _Protocol(H11Protocol):
         app = self.app
         if isinstance(app, MetadataApp):
             app.begin_closing()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope.get(INTERRUPTIBLE):
+            # A Realtime long-poll or an event stream: nothing to finish, and its client asks
+            # again (of another worker, or after the restart) from where it was.
+            self.transport.close()
+            return
         super().shutdown()
 
 
@@ -366,6 +374,15 @@ def worker_app() -> MetadataApp:
     return _Settings(**json.loads(os.environ[_SETTINGS_ENV])).app()
 
 
+def _redacted(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _fail(message: str) -> int:
     print(f"metaops serve: error: {message}", file=sys.stderr, flush=True)
     return 2
@@ -409,9 +426,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     try:
         service = settings.service()
     except InvalidArgumentError as error:
-        return _fail(str(error))
+        return _fail(str(error).replace(args.database, _redacted(args.database)))
     except (MetaopsError, OSError, ImportError) as error:
-        return _fail(f"cannot open the database {args.database}: {error}")
+        # The storage's message names the database (without its password) and says why.
+        message = str(error).replace(args.database, _redacted(args.database))
+        return _fail(f"cannot open the database: {message}")
     try:
         sock = _listen(args.host, args.port)
     except OSError as error:

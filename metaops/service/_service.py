@@ -416,10 +416,14 @@ class MetadataService:
         return new
 
     def _drain_committed(self, run_id: str) -> None:
-        """Drain after a request committed: a failure is logged, never raised (the request stands)."""
+        """Drain after a request committed: a failure is logged, never raised (the request stands).
+
+        When another request of this process is draining the run already, this one does not
+        wait for it: that drain, the next one, or the background drainer writes the entry.
+        """
         try:
             for _ in range(3):
-                if self.drain(run_id) < self._config.drain_batch:
+                if self.drain(run_id, wait=False) < self._config.drain_batch:
                     return
         except Exception:
             _log.exception("inline drain of run %s failed; left to the background drainer", run_id)

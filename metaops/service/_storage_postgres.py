@@ -20,8 +20,9 @@ process, opened by the first :meth:`PostgresStorage.subscribe`) receives it.
 The tables live in the first schema on the connection's ``search_path`` (put
 ``?options=-c%20search_path%3Dname`` in the URL to keep several deployments in one
 database apart), each name prefixed ``metaops_``; the notification channel is named
-after that schema. They are created at startup under an advisory lock, so that N
-workers starting at once do not race on ``CREATE TABLE IF NOT EXISTS``.
+after that schema. They are created at startup when missing, under an advisory lock
+so that N workers starting at once do not race on ``CREATE TABLE IF NOT EXISTS``; when
+they exist, startup runs no DDL (which would lock tables that requests write).
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ CROSS JOIN LATERAL (
 ) log
 """
 
+_EXISTS = "SELECT 1 FROM metaops_runs WHERE id = %s"
+
 _APPEND = """
 WITH logged AS (
     INSERT INTO metaops_run_log (run_id, version, operations) VALUES (%(run_id)s, %(version)s, %(operations)s)
@@ -141,6 +144,13 @@ WITH logged AS (
     UPDATE metaops_runs SET version = %(version)s WHERE id = %(run_id)s
 )
 SELECT pg_notify(%(channel)s, %(payload)s)
+"""
+
+_COMPLETE = f"""
+WITH done AS (
+    UPDATE metaops_runs SET completed_at = %(at)s WHERE id = %(run_id)s RETURNING {_RECORD_COLUMNS}
+)
+SELECT {_RECORD_COLUMNS}, pg_notify(%(channel)s, version || ':' || %(origin)s || ':' || id) FROM done
 """
 
 _APPEND_SNAPSHOT = """
@@ -159,18 +169,36 @@ class PostgresStorage:
     """:class:`~metaops.service.Storage` on PostgreSQL: ``postgresql://user:pass@host:port/dbname``.
 
     ``pool_size`` bounds the connections this process holds for requests (one more
-    listens for changes once something subscribes). ``timeout`` is how long a call
-    waits for a free connection, or to connect, before :class:`StorageError`.
+    listens for changes once something subscribes): with N worker processes the
+    server needs ``N * (pool_size + 1)`` of PostgreSQL's ``max_connections`` (100 by
+    default). ``timeout`` is how long a call waits for a free connection, or to
+    connect, before :class:`StorageError`.
+
+    Two guards keep one stuck process from stalling the others: a statement waits at
+    most ``lock_timeout`` seconds for a row another session holds (then
+    :class:`StorageError`; the client retries), and PostgreSQL ends a session left
+    idle inside a transaction for ``idle_timeout`` seconds (a worker hung while it
+    holds a run and decides what to write), rolling it back. A process that dies
+    outright releases its runs at once: PostgreSQL sees its connections close.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout: float = 30.0,
+        lock_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
         self._url = url
         self._shown_url = _without_password(url)
         # Notifications carry it, so that the listener skips what this process already dispatched.
         self._origin = secrets.token_hex(6)
         self._lock = threading.Lock()
         self._listeners: list[ChangeListener] = []
-        self._listener: _Listener | None = None
+        self._listener = _Listener(url)  # connects on first use
+        self._feed_registered = False
         self._closed = False
         try:
             # One connection first, so that a wrong URL fails at once rather than after
@@ -180,11 +208,20 @@ class PostgresStorage:
         except psycopg.Error as error:
             msg = f"{self._shown_url}: {_describe(error)}"
             raise StorageError(msg) from None
+        guards = (
+            f"SET lock_timeout = {max(1, round(lock_timeout * 1000))};"
+            f" SET idle_in_transaction_session_timeout = {max(1, round(idle_timeout * 1000))}"
+        ).encode()
+
+        def configure(db: psycopg.Connection[Any]) -> None:
+            db.execute(guards)
+
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
             max_size=max(1, pool_size),
             kwargs={"autocommit": True},
+            configure=configure,
             open=False,
             timeout=timeout,
             name="metaops",
@@ -200,6 +237,14 @@ class PostgresStorage:
     def channel(self) -> str:
         """The ``LISTEN``/``NOTIFY`` channel this schema's changes are announced on."""
         return self._channel
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection (autocommit; open a transaction with ``db.transaction()``), for
+        modules that keep their own tables in this schema. psycopg errors raised in the
+        block become :class:`StorageError`."""
+        with self._connection() as db:
+            yield db
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -218,9 +263,7 @@ class PostgresStorage:
         """Stop listening and close every connection; later calls raise :class:`StorageError`."""
         with self._lock:
             self._closed = True
-            listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.stop()
+        self._listener.stop()
         self._pool.close()
 
     # ------------------------------------------------------------------ runs
@@ -268,28 +311,36 @@ class PostgresStorage:
         with self._connection() as db:
             # Pipeline mode: statements whose results nobody reads (BEGIN, the appends, the
             # keys, settling) go out without waiting for their answers; COMMIT waits for all.
-            with db.pipeline(), db.transaction():
-                row = db.execute(f"{_RECORD} WHERE id = %s {lock}", (run_id,)).fetchone()
+            # A read ends its batch with a Sync rather than a flush (the same round trip), so
+            # that the session is "idle in transaction" while the service computes, and
+            # idle_timeout can cut off a process stuck there.
+            with db.pipeline() as pipeline, db.transaction():
+                tx = _Transaction(db, pipeline, self._channel, self._origin)
+                row = tx.ask(f"{_RECORD} WHERE id = %s {lock}", (run_id,)).fetchone()
                 if row is None:
-                    if wait or not _exists(db, run_id):
+                    if wait or tx.ask(_EXISTS, (run_id,)).fetchone() is None:
                         raise RunNotFoundError(run_id)
                     yield None  # another session holds it
                     return
-                tx = _Transaction(db, RunRecord(*row), self._channel, self._origin)
+                tx.hold(RunRecord(*row))
                 yield tx
             # Committed: tell this process's listeners now, the others through the notification.
             if tx.appended is not None:
                 self._dispatch(run_id, tx.appended)
 
     def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
+        """Mark the run completed, and announce it on the change feed at its current version
+        (a Realtime subscriber stops at completion, so it must hear of it)."""
         with self._connection() as db:
             row = db.execute(
-                f"UPDATE metaops_runs SET completed_at = %s WHERE id = %s RETURNING {_RECORD_COLUMNS}",
-                (completed_at, run_id),
+                _COMPLETE,
+                {"run_id": run_id, "at": completed_at, "channel": self._channel, "origin": self._origin},
             ).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        return RunRecord(*row)
+        record = RunRecord(*row[:7])
+        self._dispatch(run_id, record.version)
+        return record
 
     # ------------------------------------------------------------------ outbox and keys
 
@@ -340,15 +391,11 @@ class PostgresStorage:
                 msg = f"{self._shown_url}: storage is closed"
                 raise StorageError(msg)
             self._listeners.append(listener)
-            start = self._listener is None
-            if start:
-                self._listener = _Listener(self._url, self._channel, self._origin, self._dispatch)
-            listening = self._listener
-        assert listening is not None
-        if start:
-            listening.start()
+            first, self._feed_registered = not self._feed_registered, True
+        if first:
+            self._listener.add(self._channel, self._on_notification)
         else:
-            listening.wait()
+            self._listener.add(self._channel, None)  # returns once the channel is listened to
 
         def unsubscribe() -> None:
             with self._lock:
@@ -356,6 +403,24 @@ class PostgresStorage:
                     self._listeners.remove(listener)
 
         return unsubscribe
+
+    def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(payload)`` for each ``NOTIFY`` on ``channel`` (from any session), on the
+        one listening connection of this storage; return a function that stops it.
+
+        Returns once ``LISTEN`` is in effect. Callbacks run on the listening thread: keep
+        them quick. Notifications sent while that connection is being re-established
+        (after it dropped) are missed.
+        """
+        if self._closed:
+            msg = f"{self._shown_url}: storage is closed"
+            raise StorageError(msg)
+        return self._listener.add(channel, callback)
+
+    def _on_notification(self, payload: str) -> None:
+        version, origin, run_id = _parse_payload(payload)
+        if origin != self._origin:  # this process's own were dispatched after their commit
+            self._dispatch(run_id, version)
 
     def _dispatch(self, run_id: str, version: int) -> None:
         with self._lock:
@@ -370,22 +435,35 @@ class PostgresStorage:
 class _Transaction:
     """:class:`~metaops.service.RunTransaction`: one connection, in a transaction holding the run's row."""
 
-    def __init__(self, db: psycopg.Connection[Any], record: RunRecord, channel: str, origin: str) -> None:
+    def __init__(
+        self, db: psycopg.Connection[Any], pipeline: psycopg.Pipeline, channel: str, origin: str
+    ) -> None:
         self._db = db
-        self._record = record
-        self._version = record.version
+        self._pipeline = pipeline
+        self._record = RunRecord("", None, None, 0, 0, 0.0, None)
+        self._version = 0
         self._channel = channel
         self._origin = origin
         self.appended: int | None = None
+
+    def hold(self, record: RunRecord) -> None:
+        self._record = record
+        self._version = record.version
+
+    def ask(self, query: str, params: Sequence[object] | dict[str, object]) -> psycopg.Cursor[Any]:
+        """Run a query whose answer is needed now: send it with a Sync, wait for the answer."""
+        cursor = self._db.execute(query.encode(), params)
+        self._pipeline.sync()
+        return cursor
 
     @property
     def record(self) -> RunRecord:
         return self._record
 
     def history(self, since: int | None) -> History:
-        history = _history(self._db, self._record.id, since)
-        assert history is not None  # the row is held: it exists
-        return history
+        row = self.ask(_HISTORY, {"run_id": self._record.id, "since": since}).fetchone()
+        assert row is not None  # the row is held: it exists
+        return _history_from(row)
 
     def append(self, operations: str, *, snapshot: str | None = None) -> int:
         self._version += 1
@@ -404,7 +482,7 @@ class _Transaction:
         return version
 
     def key_used(self, key: str) -> bool:
-        row = self._db.execute(
+        row = self.ask(
             "SELECT 1 FROM metaops_idempotency_keys WHERE run_id = %s AND key = %s", (self._record.id, key)
         ).fetchone()
         return row is not None
@@ -417,7 +495,7 @@ class _Transaction:
 
     def enqueue(self, run_id: str, operations: str, at: float) -> int:
         # Checked in the statement, not by the foreign key's error: an error would abort the transaction.
-        row = self._db.execute(
+        row = self.ask(
             "INSERT INTO metaops_outbox (run_id, operations, queued_at) "
             "SELECT %(run_id)s, %(operations)s, %(at)s "
             "WHERE EXISTS (SELECT 1 FROM metaops_runs WHERE id = %(run_id)s) RETURNING seq",
@@ -429,7 +507,7 @@ class _Transaction:
         return seq
 
     def pending(self, limit: int) -> tuple[OutboxEntry, ...]:
-        rows = self._db.execute(
+        rows = self.ask(
             "SELECT seq, run_id, operations FROM metaops_outbox WHERE run_id = %s ORDER BY seq LIMIT %s",
             (self._record.id, limit),
         ).fetchall()
@@ -456,24 +534,38 @@ def _create_schema(db: psycopg.Connection[Any], shown_url: str) -> str:
     if schema is None:
         msg = f"{shown_url}: no schema to create the tables in: none on the search_path exists"
         raise StorageError(msg)
-    with db.transaction():
-        # CREATE ... IF NOT EXISTS is not safe against itself running in another session.
-        db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"metaops.schema:{schema}",))
-        db.execute(_SCHEMA.encode())
-        stored = db.execute("SELECT version FROM metaops_schema").fetchone()
-        if stored is None:
-            db.execute("INSERT INTO metaops_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
-        elif stored[0] != SCHEMA_VERSION:
-            found = f"metaops tables of version {stored[0]}, not {SCHEMA_VERSION}"
-            msg = f"{shown_url}: schema {schema!r} holds {found}"
-            raise StorageError(msg)
+    # Tables already there: no DDL at all. CREATE INDEX IF NOT EXISTS locks its table
+    # against writes before it finds the index exists, so a worker restarting under load
+    # would stall the others' writes (or deadlock with one).
+    if _stored_version(db) is None:
+        with db.transaction():
+            # CREATE ... IF NOT EXISTS is not safe against itself running in another session.
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"metaops.schema:{schema}",))
+            if _stored_version(db) is None:
+                db.execute(_SCHEMA.encode())
+                db.execute("INSERT INTO metaops_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+    stored = _stored_version(db)
+    if stored != SCHEMA_VERSION:
+        found = f"metaops tables of version {stored}, not {SCHEMA_VERSION}"
+        msg = f"{shown_url}: schema {schema!r} holds {found}"
+        raise StorageError(msg)
     return _channel_name(schema)
 
 
-def _history(db: psycopg.Connection[Any], run_id: str, since: int | None) -> History | None:
-    row = db.execute(_HISTORY, {"run_id": run_id, "since": since}).fetchone()
-    if row is None:
+def _stored_version(db: psycopg.Connection[Any]) -> int | None:
+    """The version of the metaops tables in the current schema; ``None`` when there are none."""
+    if db.execute("SELECT to_regclass('metaops_schema')").fetchone() == (None,):
         return None
+    row = db.execute("SELECT max(version) FROM metaops_schema").fetchone()
+    return None if row is None else row[0]
+
+
+def _history(db: psycopg.Connection[Any], run_id: str, since: int | None) -> History | None:
+    row = db.execute(_HISTORY.encode(), {"run_id": run_id, "since": since}).fetchone()
+    return None if row is None else _history_from(row)
+
+
+def _history_from(row: tuple[Any, ...]) -> History:
     record = RunRecord(*row[:7])
     _from_log, snapshot, start, versions, operations = row[7:]
     entries = tuple(LogEntry(v, o) for v, o in zip(versions or (), operations or (), strict=True))
@@ -481,7 +573,7 @@ def _history(db: psycopg.Connection[Any], run_id: str, since: int | None) -> His
 
 
 def _exists(db: psycopg.Connection[Any], run_id: str) -> bool:
-    return db.execute("SELECT 1 FROM metaops_runs WHERE id = %s", (run_id,)).fetchone() is not None
+    return db.execute(_EXISTS, (run_id,)).fetchone() is not None
 
 
 def _payload(version: int, origin: str, run_id: str) -> str:
@@ -516,43 +608,80 @@ def _describe(error: psycopg.Error) -> str:
 
 
 class _Listener:
-    """One connection ``LISTEN``ing on the channel, on a daemon thread; it reconnects when dropped."""
+    """One connection ``LISTEN``ing on any number of channels, on a daemon thread started on
+    first use; it reconnects (and listens again) when the connection drops."""
 
-    def __init__(self, url: str, channel: str, origin: str, dispatch: Callable[[str, int], None]) -> None:
+    def __init__(self, url: str) -> None:
         self._url = url
-        self._channel = channel
-        self._origin = origin
-        self._dispatch = dispatch
+        self._lock = threading.Lock()
+        self._callbacks: dict[str, list[Callable[[str], None]]] = {}
+        self._waiting: list[tuple[str, threading.Event]] = []  # channels to LISTEN to, and who waits
         self._stop = threading.Event()
-        self._listening = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="metaops-listen", daemon=True)
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread.start()
-        self.wait()
+    def add(
+        self, channel: str, callback: Callable[[str], None] | None, timeout: float = 10.0
+    ) -> Callable[[], None]:
+        """Listen to ``channel`` (and call ``callback`` with each payload); return once in effect."""
+        listening = threading.Event()
+        with self._lock:
+            if callback is not None:
+                self._callbacks.setdefault(channel, []).append(callback)
+            self._waiting.append((channel, listening))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="metaops-listen", daemon=True)
+                self._thread.start()
+        if not listening.wait(timeout):
+            _log.warning("LISTEN %s: not in effect after %.0f s; still trying", channel, timeout)
 
-    def wait(self, timeout: float = 10.0) -> None:
-        if not self._listening.wait(timeout):
-            _log.warning("listening for changes: not connected after %.0f s; still trying", timeout)
+        def remove() -> None:
+            with self._lock:
+                callbacks = self._callbacks.get(channel, [])
+                if callback in callbacks:
+                    callbacks.remove(callback)
+
+        return remove
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
 
     def _run(self) -> None:
         delay = 0.05
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._url, autocommit=True) as db:
-                    db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    self._listening.set()
+                    with self._lock:
+                        channels = list(self._callbacks)
+                    for channel in channels:
+                        db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     delay = 0.05
                     while not self._stop.is_set():
+                        self._listen_to_new(db)
                         for notification in db.notifies(timeout=0.1):
-                            version, origin, run_id = _parse_payload(notification.payload)
-                            if origin != self._origin:
-                                self._dispatch(run_id, version)
+                            self._deliver(notification.channel, notification.payload)
             except psycopg.Error as error:
                 _log.warning("listening for changes: %s; reconnecting in %.2f s", _describe(error), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _listen_to_new(self, db: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            waiting = list(self._waiting)
+        for channel, listening in waiting:
+            db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))  # a repeat is a no-op
+            listening.set()
+            with self._lock:
+                self._waiting.remove((channel, listening))
+
+    def _deliver(self, channel: str, payload: str) -> None:
+        with self._lock:
+            callbacks = tuple(self._callbacks.get(channel, ()))
+        for callback in callbacks:
+            try:
+                callback(payload)
+            except Exception:  # one failing callback must not starve the others
+                _log.exception("notification callback %r failed on channel %s", callback, channel)

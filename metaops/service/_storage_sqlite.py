@@ -73,6 +73,7 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_used_at ON idempotency_keys (used_at
 
 _RECORD = "SELECT id, parent_id, root_id, version, snapshot_version, created_at, completed_at FROM runs"
 _IDLE_CONNECTIONS = 16
+CHECKPOINT_INTERVAL = 1.0
 _SYNCHRONOUS = ("FULL", "EXTRA")
 
 
@@ -102,6 +103,9 @@ class SQLiteStorage:
         self._closed = False
         self._listeners: list[ChangeListener] = []
         self._held: dict[str, int] = {}  # run -> how many threads of this process hold or wait for it
+        # SQLite has one writer at a time; waiting for it here wakes the next writer as soon as
+        # the last commits, where SQLite's own busy handler polls with sleeps of up to 100 ms.
+        self._writer = threading.Lock()
         with self._connection() as db:
             # WAL lets readers run beside the one writer; it is a property of the file.
             mode_set = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -109,6 +113,11 @@ class SQLiteStorage:
                 msg = f"{self._path}: SQLite refused WAL mode (got {mode_set!r})"
                 raise StorageError(msg)
             db.executescript(_SCHEMA)
+        self._stopping = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_forever, name="metaops-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     @property
     def url(self) -> str:
@@ -128,6 +137,9 @@ class SQLiteStorage:
         )
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA foreign_keys=ON")
+        # Checkpoints (copying the WAL into the database) run in a thread of their own, not in
+        # the commit of whichever request happens to pass the threshold.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         return db
 
     @contextmanager
@@ -162,8 +174,20 @@ class SQLiteStorage:
             if not keep:
                 db.close()
 
+    def _checkpoint_forever(self) -> None:
+        """Copy the WAL into the database every second, without blocking writers (PASSIVE)."""
+        while not self._stopping.wait(CHECKPOINT_INTERVAL):
+            try:
+                with self._connection() as db:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except StorageError:  # closed, or busy: the next round does it
+                continue
+
     def close(self) -> None:
         """Close every idle connection; later calls raise :class:`StorageError`."""
+        self._stopping.set()
+        if self._checkpointer is not threading.current_thread():
+            self._checkpointer.join(timeout=30)
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -181,7 +205,7 @@ class SQLiteStorage:
         root_id: str | None,
         created_at: float,
     ) -> RunRecord:
-        with self._connection() as db:
+        with self._writer, self._connection() as db:
             db.execute("BEGIN IMMEDIATE")
             if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None:
                 db.execute("ROLLBACK")
@@ -229,7 +253,7 @@ class SQLiteStorage:
             yield None
             return
         try:
-            with self._connection() as db:
+            with self._writer, self._connection() as db:
                 db.execute("BEGIN IMMEDIATE")
                 row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
                 if row is None:
@@ -248,12 +272,14 @@ class SQLiteStorage:
             self._notify(run_id, tx.appended)
 
     def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
-        with self._connection() as db:
+        with self._writer, self._connection() as db:
             cursor = db.execute("UPDATE runs SET completed_at = ? WHERE id = ?", (completed_at, run_id))
             if cursor.rowcount != 1:
                 raise RunNotFoundError(run_id)
             row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
-        return _record(row)
+        record = _record(row)
+        self._notify(run_id, record.version)  # listeners re-read the record: it completed
+        return record
 
     # ------------------------------------------------------------------ outbox and keys
 
@@ -282,7 +308,7 @@ class SQLiteStorage:
         return [RejectedEntry(*row) for row in rows]
 
     def expire_keys(self, before: float) -> int:
-        with self._connection() as db:
+        with self._writer, self._connection() as db:
             cursor = db.execute("DELETE FROM idempotency_keys WHERE used_at < ?", (before,))
         return cursor.rowcount
 

@@ -9,8 +9,10 @@ Reading, as the official SDK 4.8.3's ``withStreams()`` and ``streams.read()`` do
   reconnect), or from the end with ``X-Trigger-Stream-Start: latest``. The response
   stays open while more may come, with a ``: ping`` comment every
   :data:`PING_INTERVAL` seconds; it ends (cleanly, after a ``: end`` comment) once
-  the stream is finished and everything was sent, or after ``Timeout-Seconds`` when
-  the request has that header. For the SDK a clean end means "no more chunks".
+  the stream is finished and everything was sent, or once the run is completed and
+  nothing more is there (noticed within a ping), or (without ``: end``) after
+  ``Timeout-Seconds`` when the request has that header. For the SDK a clean end
+  means "no more chunks".
 * A key the run has no stream for (yet) is not an error: the response waits for it,
   so a consumer may start before the producer, and a key the run lists is never
   answered 404 (which would crash the Node SDK). An unknown run is 404, a malformed
@@ -49,6 +51,7 @@ from metaops._errors import InvalidArgumentError, MetaopsError
 from metaops._size import json_text
 from metaops.service._codec import loads
 from metaops.service._errors import RunNotFoundError, ServiceClosingError, StorageError
+from metaops.service._realtime import INTERRUPTIBLE
 from metaops.service._service import MetadataService
 from metaops.service._streams_store import (
     ChunkGapError,
@@ -185,17 +188,32 @@ class StreamReader:
             return _json_error(400, str(error))
         except (StorageError, ServiceClosingError) as error:
             return _json_error(503, str(error))
-        events = _events(store, hub, run, run_id, key, after, timeout)
+
+        def completed() -> bool:
+            record = service.storage.get_run(run_id)
+            return record is None or record.completed_at is not None
+
+        request.scope[INTERRUPTIBLE] = True
+        events = _events(store, hub, run, run_id, key, after, timeout, completed)
         headers = {"Cache-Control": "no-store", "X-Stream-Version": "v1", "X-Accel-Buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def _events(
-    store: StreamStore, hub: StreamHub, run: Run, run_id: str, key: str, after: int, timeout: float
+    store: StreamStore,
+    hub: StreamHub,
+    run: Run,
+    run_id: str,
+    key: str,
+    after: int,
+    timeout: float,
+    completed: Callable[[], bool],
 ) -> AsyncIterator[bytes]:
-    """The SSE body: pages of chunks as they are stored, pings while waiting, the end when finished."""
+    """The SSE body: pages of chunks as they are stored, pings while waiting, the end when finished
+    (or when the run completed and nothing more came)."""
     signal = hub.acquire(run_id, key)
     deadline = time.monotonic() + timeout
+    check = True  # whether to look at the run before waiting: first, then after each ping
     try:
         while True:
             changed = signal.changed  # taken before reading: a write after the read wakes us
@@ -215,6 +233,14 @@ async def _events(
             if page is not None and page.finished and after >= page.length - 1:
                 yield b": end\n\n"
                 return
+            if check:
+                check = False
+                try:
+                    if await run(completed):
+                        yield b": end\n\n"
+                        return
+                except (StorageError, ServiceClosingError):
+                    return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -223,6 +249,7 @@ async def _events(
                 # unshielded would cancel it for all of them when this one is cancelled.
                 await asyncio.shield(changed)
             if waited.cancelled_caught:
+                check = True
                 yield b": ping\n\n"
     finally:
         hub.release(run_id, key, signal)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from metaops.service._errors import RunNotFoundError
-from metaops.service._storage_postgres import PostgresStorage, _Listener
+from metaops.service._storage_postgres import PostgresStorage
 from metaops.service._streams_store import (
     MAX_STREAMS_PER_RUN,
     PAGE_BYTES,
@@ -92,7 +92,8 @@ class PostgresStreamStore:
         self._origin = secrets.token_hex(6)
         self._lock = threading.Lock()
         self._listeners: list[StreamListener] = []
-        self._listener: _Listener | None = None
+        self._stop_listening: Callable[[], None] | None = None
+        self._listening = False
         with self._connection() as db, db.transaction():
             # Like the runs' tables: N workers starting at once must not race on CREATE.
             db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"metaops.streams:{self._channel}",))
@@ -100,13 +101,13 @@ class PostgresStreamStore:
 
     def _connection(self) -> Any:
         # The runs' pool: a pooled autocommit connection, psycopg errors as StorageError.
-        return self._storage._connection()
+        return self._storage.connection()
 
     def close(self) -> None:
         with self._lock:
-            listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.stop()
+            stop, self._stop_listening = self._stop_listening, None
+        if stop is not None:
+            stop()
 
     def append(
         self, run_id: str, key: str, chunks: Sequence[str], *, first: int | None, end: bool, at: float
@@ -188,15 +189,12 @@ class PostgresStreamStore:
     def subscribe(self, listener: StreamListener) -> Callable[[], None]:
         with self._lock:
             self._listeners.append(listener)
-            start = self._listener is None
-            if start:
-                self._listener = _Listener(self._storage._url, self._channel, self._origin, self._dispatch)
-            listening = self._listener
-        assert listening is not None
+            start, self._listening = not self._listening, True
         if start:
-            listening.start()
-        else:
-            listening.wait()
+            # On the storage's one listening connection; returns once LISTEN is in effect.
+            stop = self._storage.listen(self._channel, self._on_notification)
+            with self._lock:
+                self._stop_listening = stop
 
         def unsubscribe() -> None:
             with self._lock:
@@ -204,6 +202,12 @@ class PostgresStreamStore:
                     self._listeners.remove(listener)
 
         return unsubscribe
+
+    def _on_notification(self, payload: str) -> None:
+        length, _, rest = payload.partition(":")
+        origin, _, stream = rest.partition(":")
+        if origin != self._origin:  # this process's own were dispatched after their commit
+            self._dispatch(stream, int(length))
 
     def _dispatch(self, stream: str, length: int) -> None:
         run_id, _, key = stream.partition("/")

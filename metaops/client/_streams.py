@@ -1,0 +1,421 @@
+"""A run's streams from Python: send one chunk by chunk as the values come, read one live.
+
+Writing (``md.stream(key, values)``, ``await md.stream(key, values)``,
+``metadata.stream(key, values)``): every value must be JSON (checked at the call,
+like an update's value; a refused value never reaches the wire). The caller's
+thread (or task) takes the values from the iterable; a sender sends them as they
+come: one ``POST /realtime/v1/streams/{runId}/{key}`` at a time, carrying whatever
+arrived while the previous one was in flight, each numbered (``?index=``) so that a
+retry of a request whose answer was lost stores nothing twice. At most
+:data:`MAX_PENDING` values wait for the sender; past that, taking the next value
+waits (a producer faster than the network is slowed, not buffered without bound).
+When the iterable ends, the stream is finished (``?end=true``): readers see its end.
+If the iterable raises, what it gave is sent, the stream stays open, and the error
+is raised; a later ``stream`` on the same key continues it. One producer per key.
+
+Reading (:func:`read_stream`, :func:`read_stream_async`): server-sent events from
+``GET /realtime/v1/streams/{runId}/{key}``, each a :class:`StreamChunk`, resumed
+after a dropped connection from the last chunk received (``Last-Event-ID``): none
+missed, none repeated. The iteration ends when the stream is finished (or the run
+completed and nothing more came).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import random
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+
+from metaops._errors import InvalidArgumentError
+from metaops._json import JSON, normalize
+from metaops._size import json_text
+from metaops.client._base import sleep, sync_send, transport_failure
+from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive
+from metaops.client._errors import ClientClosedError, RequestRefusedError, ServiceUnavailableError
+from metaops.client._retry import RetryPolicy, is_retryable, retry_after
+
+if TYPE_CHECKING:
+    from metaops.client._async import AsyncMetadataClient
+    from metaops.client._base import BaseClient
+    from metaops.client._sync import MetadataClient
+
+__all__ = [
+    "MAX_PENDING",
+    "StreamChunk",
+    "read_stream",
+    "read_stream_async",
+    "write_stream",
+    "write_stream_async",
+]
+
+MAX_PENDING = 1000
+"""Values taken from the iterable and not yet sent, at most; then taking the next one waits."""
+MAX_BATCH_BYTES = 1024 * 1024
+"""Chunk text per request, at most (the service takes 2 MiB)."""
+_END = object()  # the values ended: finish the stream
+_END_OPEN = object()  # the iterable raised: send what came, leave the stream open
+_KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """One value of a run's stream: its ``key``, its ``index`` in the stream (from 0), the ``value``."""
+
+    key: str
+    index: int
+    value: JSON
+
+
+def stream_path(run_id: str, key: str) -> str:
+    """The stream's route; :class:`~metaops.InvalidArgumentError` for a key the service would refuse."""
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= 128
+        or key[0] == "."
+        or not _KEY_CHARACTERS.issuperset(key)
+    ):
+        msg = (
+            f"stream key {key!r}: expected 1 to 128 characters from A-Z a-z 0-9 _ . - (not starting with '.')"
+        )
+        raise InvalidArgumentError(msg)
+    return f"/realtime/v1/streams/{quote(run_id, safe='')}/{key}"
+
+
+def _chunk_text(key: str, index: int, value: object) -> str:
+    return json_text(normalize(value, f"stream {key!r}: value #{index}"))
+
+
+def _error_text(answer: Answer) -> str:
+    try:
+        message = httpx.Response(answer.status, content=answer.content).json().get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return message if isinstance(message, str) else answer.content[:200].decode(errors="replace")
+
+
+class _Writer:
+    """One stream's writes, sans I/O: numbered requests, retried as ``policy`` says."""
+
+    def __init__(self, path: str, headers: tuple[tuple[str, str], ...], policy: RetryPolicy, timeout: float):
+        self.path = path
+        self.headers = (*headers, ("content-type", "application/x-ndjson"))
+        self.policy = policy
+        self.timeout = timeout
+        self.length: int | None = None  # the stream's length as the service last said
+        self.sent = 0
+
+    def post(self, chunks: list[str], *, end: bool) -> Steps[None]:
+        """Append ``chunks`` after what the stream holds (the first call, with none, learns its length)."""
+        params = [] if self.length is None else [f"index={self.length}"]
+        if end:
+            params.append("end=true")
+        path = self.path + ("?" + "&".join(params) if params else "")
+        body = ("\n".join(chunks) + "\n").encode() if chunks else b""
+        last = ""
+        later: float | None = None
+        for attempt in range(self.policy.attempts):
+            if attempt:
+                yield Wait(self.policy.delay(attempt - 1, random.random, later))
+            later = None
+            reply = yield Send("POST", path, self.headers, body, self.timeout)
+            if isinstance(reply, Failure):
+                last = reply.error
+                continue
+            assert isinstance(reply, Answer)
+            if reply.status == 200:
+                self.length = int(httpx.Response(200, content=reply.content).json()["length"])
+                self.sent += len(chunks)
+                return
+            if is_retryable(reply.status):
+                last = f"HTTP {reply.status}"
+                later = retry_after(reply.headers)
+                continue
+            msg = f"stream {self.path}: HTTP {reply.status}: {_error_text(reply)}"
+            raise RequestRefusedError(msg, reply.status)
+        msg = f"stream {self.path}: no answer after {self.policy.attempts} attempts ({last})"
+        raise ServiceUnavailableError(msg, self.policy.attempts, last)
+
+
+def _batches(first: object, more: Any) -> tuple[list[str], bool, bool]:
+    """``first`` and whatever else waits (``more()`` raising Empty when nothing does), up to a batch;
+    then whether the values ended, and whether the stream is to be finished."""
+    batch: list[str] = []
+    size = 0
+    item = first
+    while True:
+        if item is _END or item is _END_OPEN:
+            return batch, True, item is _END
+        assert isinstance(item, str)
+        batch.append(item)
+        size += len(item) + 1
+        if size >= MAX_BATCH_BYTES:
+            return batch, False, False
+        try:
+            item = more()
+        except (queue.Empty, asyncio.QueueEmpty):
+            return batch, False, False
+
+
+def _check_open(client: BaseClient, key: str) -> None:
+    if client._closed:
+        msg = f"stream({key!r}): {type(client).__name__} for run {client.run_id!r} is closed"
+        raise ClientClosedError(msg)
+
+
+def write_stream(client: MetadataClient, key: str, values: Iterable[object]) -> int:
+    """``client.stream(key, values)``: send ``values`` as they come; the number sent (see the module)."""
+    _check_open(client, key)
+    core = client._core
+    writer = _Writer(stream_path(client.run_id, key), core._headers, core.policy, core.timeout)
+
+    def send(request: Send) -> Answer | Failure:
+        return sync_send(client._http, request)
+
+    drive(writer.post([], end=False), send, sleep)  # creates the stream: readers see its key now
+    pending: queue.Queue[object] = queue.Queue(maxsize=MAX_PENDING)
+    failed: list[BaseException] = []
+
+    def sender() -> None:
+        while True:
+            batch, stop, finish = _batches(pending.get(), pending.get_nowait)
+            try:
+                if not failed:
+                    drive(writer.post(batch, end=finish), send, sleep)
+            except BaseException as error:  # given to the caller's thread
+                failed.append(error)
+            if stop:
+                return
+
+    thread = threading.Thread(target=sender, name=f"metaops-stream:{key}", daemon=True)
+    thread.start()
+    index = 0
+    try:
+        for value in values:
+            if failed:
+                break
+            pending.put(_chunk_text(key, index, value))
+            index += 1
+    except BaseException:
+        pending.put(_END_OPEN)
+        thread.join()
+        raise
+    pending.put(_END if not failed else _END_OPEN)
+    thread.join()
+    if failed:
+        raise failed[0]
+    return writer.sent
+
+
+async def write_stream_async(
+    client: AsyncMetadataClient, key: str, values: AsyncIterable[object] | Iterable[object]
+) -> int:
+    """``await client.stream(key, values)``: the same as :func:`write_stream`, on the event loop."""
+    _check_open(client, key)
+    core = client._core
+    writer = _Writer(stream_path(client.run_id, key), core._headers, core.policy, core.timeout)
+    await client._drive(writer.post([], end=False))
+    pending: asyncio.Queue[object] = asyncio.Queue(maxsize=MAX_PENDING)
+
+    async def sender() -> None:
+        while True:
+            batch, stop, finish = _batches(await pending.get(), pending.get_nowait)
+            await client._drive(writer.post(batch, end=finish))
+            if stop:
+                return
+
+    task = asyncio.ensure_future(sender())
+    index = 0
+    try:
+        async for value in _aiter(values):
+            if task.done():
+                break
+            await _put(pending, task, _chunk_text(key, index, value))
+            index += 1
+    except BaseException:
+        if not task.done():
+            await _put(pending, task, _END_OPEN)
+            await asyncio.wait({task})
+        raise
+    if not task.done():
+        await _put(pending, task, _END)
+    await task  # raises what the sender raised
+    return writer.sent
+
+
+async def _put(pending: asyncio.Queue[object], task: asyncio.Future[None], item: object) -> None:
+    """Queue ``item``, unless the sender failed meanwhile (then waiting for room would never end)."""
+    putting = asyncio.ensure_future(pending.put(item))
+    await asyncio.wait({putting, task}, return_when=asyncio.FIRST_COMPLETED)
+    if not putting.done():
+        putting.cancel()
+
+
+async def _aiter(values: AsyncIterable[object] | Iterable[object]) -> AsyncIterator[object]:
+    if isinstance(values, AsyncIterable):
+        async for value in values:
+            yield value
+    else:
+        for value in values:
+            yield value
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class SSEParser:
+    """Server-sent events from lines, sans I/O: :meth:`feed` a line, get an event when one ends."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._id: str | None = None
+        self.comments: list[str] = []
+
+    def feed(self, line: str) -> tuple[str | None, str] | None:
+        """``(id, data)`` when ``line`` (without its line break) ends an event, else ``None``."""
+        if line == "":
+            if not self._data:
+                return None
+            event = (self._id, "\n".join(self._data))
+            self._data, self._id = [], None
+            return event
+        if line.startswith(":"):
+            self.comments.append(line[1:].strip())
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "id":
+            self._id = value
+        return None
+
+
+def _stream_headers(token: str, after: int) -> dict[str, str]:
+    headers = {"authorization": f"Bearer {token}", "accept": "text/event-stream"}
+    if after >= 0:
+        headers["last-event-id"] = str(after)
+    return headers
+
+
+def _chunk(key: str, event: tuple[str | None, str]) -> StreamChunk:
+    index, data = event
+    return StreamChunk(key, int(index or 0), json.loads(data))
+
+
+def read_stream(
+    run_id: str,
+    key: str,
+    *,
+    base_url: str | None = None,
+    access_token: str | None = None,
+    after: int = -1,
+    retry: RetryPolicy | None = None,
+    timeout: float = 60.0,
+) -> Iterator[StreamChunk]:
+    """The chunks of run ``run_id``'s stream ``key`` after index ``after``, live, until it ends.
+
+    ``base_url`` and ``access_token`` default as :class:`~metaops.client.MetadataClient`'s
+    (a public access token for the run is enough). A dropped connection is resumed
+    after the last chunk received; ``retry`` bounds the attempts in a row that get
+    no answer (:class:`~metaops.client.ServiceUnavailableError` after them). A
+    refusal (400, 401, 403, 404) raises :class:`~metaops.client.RequestRefusedError`.
+    """
+    from metaops.client._subscribe import credentials
+
+    url, token = credentials("read_stream", base_url, access_token)
+    path = stream_path(run_id, key)
+    policy = retry or RetryPolicy(attempts=10, max_delay=5.0)
+    failures = 0
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
+        while True:
+            parser = SSEParser()
+            try:
+                with http.stream("GET", path, headers=_stream_headers(token, after)) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        answer = Answer(response.status_code, response.headers, response.content)
+                        if not is_retryable(answer.status):
+                            msg = f"stream {path}: HTTP {answer.status}: {_error_text(answer)}"
+                            raise RequestRefusedError(msg, answer.status)
+                        raise _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
+                    failures = 0
+                    for line in response.iter_lines():
+                        event = parser.feed(line)
+                        if event is not None:
+                            chunk = _chunk(key, event)
+                            after = chunk.index
+                            yield chunk
+                if "end" in parser.comments:
+                    return
+                raise _Retry("the response ended early", None)
+            except (httpx.TransportError, _Retry) as error:
+                failures += 1
+                if failures >= policy.attempts:
+                    last = str(error) if isinstance(error, _Retry) else transport_failure(error).error
+                    msg = f"stream {path}: no answer after {failures} attempts ({last})"
+                    raise ServiceUnavailableError(msg, failures, last) from None
+                later = error.later if isinstance(error, _Retry) else None
+                sleep(policy.delay(failures - 1, random.random, later))
+
+
+class _Retry(Exception):
+    def __init__(self, message: str, later: float | None) -> None:
+        super().__init__(message)
+        self.later = later
+
+
+async def read_stream_async(
+    run_id: str,
+    key: str,
+    *,
+    base_url: str | None = None,
+    access_token: str | None = None,
+    after: int = -1,
+    retry: RetryPolicy | None = None,
+    timeout: float = 60.0,
+) -> AsyncIterator[StreamChunk]:
+    """:func:`read_stream` for asyncio: ``async for chunk in read_stream_async(run_id, key): ...``."""
+    from metaops.client._subscribe import credentials
+
+    url, token = credentials("read_stream_async", base_url, access_token)
+    path = stream_path(run_id, key)
+    policy = retry or RetryPolicy(attempts=10, max_delay=5.0)
+    failures = 0
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
+        while True:
+            parser = SSEParser()
+            try:
+                async with http.stream("GET", path, headers=_stream_headers(token, after)) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        answer = Answer(response.status_code, response.headers, response.content)
+                        if not is_retryable(answer.status):
+                            msg = f"stream {path}: HTTP {answer.status}: {_error_text(answer)}"
+                            raise RequestRefusedError(msg, answer.status)
+                        raise _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
+                    failures = 0
+                    async for line in response.aiter_lines():
+                        event = parser.feed(line)
+                        if event is not None:
+                            chunk = _chunk(key, event)
+                            after = chunk.index
+                            yield chunk
+                if "end" in parser.comments:
+                    return
+                raise _Retry("the response ended early", None)
+            except (httpx.TransportError, _Retry) as error:
+                failures += 1
+                if failures >= policy.attempts:
+                    last = str(error) if isinstance(error, _Retry) else transport_failure(error).error
+                    msg = f"stream {path}: no answer after {failures} attempts ({last})"
+                    raise ServiceUnavailableError(msg, failures, last) from None
+                later = error.later if isinstance(error, _Retry) else None
+                await asyncio.sleep(policy.delay(failures - 1, random.random, later))

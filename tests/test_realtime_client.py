@@ -1,0 +1,184 @@
+"""``metaops.client.subscribe`` and ``subscribe_async`` against ``metaops serve`` over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from metaops.client import (
+    AsyncMetadataClient,
+    MissingCredentialsError,
+    RequestRefusedError,
+    RunSnapshot,
+    StreamChunk,
+    subscribe,
+    subscribe_async,
+)
+from metaops.client._subscribe import _text_array
+from metaops.service import RunningServer
+
+from ._realtime_support import SECRET, CuttingProxy, http, live_server, realtime_of
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    # The client's logic does not depend on the storage (the server suites cover both).
+    with live_server(f"sqlite:///{tmp_path_factory.mktemp('subscribe') / 'runs.sqlite3'}") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with http(server) as opened:
+        yield opened
+
+
+@pytest.fixture
+def run_id(client: httpx.Client) -> str:
+    run = "run_" + secrets.token_hex(4)
+    assert client.post("/admin/runs", json={"id": run, "metadata": {"n": 0}}).status_code == 201
+    return run
+
+
+def _increment(client: httpx.Client, run_id: str) -> None:
+    answer = client.put(
+        f"/api/v1/runs/{run_id}/metadata",
+        json={"operations": [{"type": "increment", "key": "n", "value": 1}]},
+    )
+    assert answer.status_code == 200
+
+
+def _consume(iterator: Iterator[Any]) -> tuple[queue.Queue[Any], threading.Thread]:
+    """Items of ``iterator``, read in a thread, through a queue (an exception ends up in it too)."""
+    items: queue.Queue[Any] = queue.Queue()
+
+    def run() -> None:
+        try:
+            for item in iterator:
+                items.put(item)
+        except BaseException as error:
+            items.put(error)
+        items.put(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return items, thread
+
+
+def test_subscribe_yields_each_state_in_order_and_ends_with_the_completed_run(
+    server: RunningServer, client: httpx.Client, run_id: str
+) -> None:
+    items, thread = _consume(subscribe(run_id, base_url=server.url, access_token=SECRET))
+    first = items.get(timeout=30)
+    assert isinstance(first, RunSnapshot)
+    assert (first.id, first.status, first.metadata, first.completed, first.streams) == (
+        run_id,
+        "EXECUTING",
+        {"n": 0},
+        False,
+        (),
+    )
+    assert first.created_at is not None
+    assert first.created_at.tzinfo is not None
+    for n in range(1, 4):  # lockstep: none folded
+        _increment(client, run_id)
+        assert items.get(timeout=30).metadata == {"n": n}
+    assert client.post(f"/admin/runs/{run_id}/complete").status_code == 200
+    last = items.get(timeout=30)
+    assert (last.metadata, last.status, last.completed) == ({"n": 3}, "COMPLETED", True)
+    assert items.get(timeout=30) is None  # the iteration ended
+    thread.join(timeout=30)
+
+
+def test_after_a_dropped_connection_the_subscriber_gets_the_latest_state(
+    server: RunningServer, client: httpx.Client, run_id: str
+) -> None:
+    proxy = CuttingProxy(server.port)
+    hub = realtime_of(server)
+    try:
+        subscription = subscribe(run_id, base_url=proxy.url, access_token=SECRET)
+        items, thread = _consume(subscription)
+        assert items.get(timeout=30).metadata == {"n": 0}
+        while not any("live=true" in request for request in proxy.requests):
+            time.sleep(0.01)
+        while sum(watch.refs for watch in hub._watches.values()) == 0:
+            time.sleep(0.01)
+        proxy.cut()  # the long-poll's connection drops while it waits
+        for _ in range(3):  # changes the subscriber was not connected for
+            _increment(client, run_id)
+        assert items.get(timeout=30).metadata == {"n": 3}
+        assert client.post(f"/admin/runs/{run_id}/complete").status_code == 200
+        assert items.get(timeout=30).completed
+        assert items.get(timeout=30) is None
+        thread.join(timeout=30)
+        live = [request for request in proxy.requests if "live=true" in request]
+        assert len(live) >= 2
+        assert all("offset=0_0" in request for request in live[:2])  # asked again from where it was
+    finally:
+        proxy.close()
+
+
+def test_subscribe_async_with_streams_gets_snapshots_and_every_chunk(
+    server: RunningServer, client: httpx.Client, run_id: str
+) -> None:
+    async def main() -> list[RunSnapshot | StreamChunk]:
+        seen: list[RunSnapshot | StreamChunk] = []
+
+        async def produce() -> int:
+            async def tokens() -> Any:
+                for word in ("Hello", ", ", "world"):
+                    yield word
+                    await asyncio.sleep(0)
+
+            async with AsyncMetadataClient(run_id, base_url=server.url, access_token=SECRET) as md:
+                sent = await md.stream("tokens", tokens())
+                md.set("done", True)
+            return sent
+
+        async def consume() -> None:
+            async for item in subscribe_async(run_id, base_url=server.url, access_token=SECRET, streams=True):
+                seen.append(item)
+
+        consumer = asyncio.ensure_future(consume())
+        assert await produce() == 3
+        await asyncio.to_thread(lambda: client.post(f"/admin/runs/{run_id}/complete"))
+        await asyncio.wait_for(consumer, timeout=60)
+        return seen
+
+    seen = asyncio.run(main())
+    chunks = [(item.key, item.index, item.value) for item in seen if isinstance(item, StreamChunk)]
+    assert chunks == [("tokens", 0, "Hello"), ("tokens", 1, ", "), ("tokens", 2, "world")]
+    runs = [item for item in seen if isinstance(item, RunSnapshot)]
+    assert runs[-1].completed
+    assert runs[-1].metadata == {"n": 0, "done": True}
+    assert runs[-1].streams == ("tokens",)
+
+
+def test_refusals_and_missing_credentials(server: RunningServer, client: httpx.Client, run_id: str) -> None:
+    with pytest.raises(RequestRefusedError) as unknown:
+        next(subscribe("run_nope", base_url=server.url, access_token=SECRET))
+    assert unknown.value.status == 404
+    other = client.post("/api/v1/auth/public-tokens", json={"scopes": ["read:runs:run_else"]}).json()["token"]
+    with pytest.raises(RequestRefusedError) as forbidden:
+        next(subscribe(run_id, base_url=server.url, access_token=other))
+    assert forbidden.value.status == 403
+    mine = client.post("/api/v1/auth/public-tokens", json={"scopes": [f"read:runs:{run_id}"]}).json()["token"]
+    with subscribe(run_id, base_url=server.url, access_token=mine) as subscription:
+        assert next(subscription).metadata == {"n": 0}
+    with pytest.raises(MissingCredentialsError):
+        subscribe(run_id, base_url=None, access_token=None)
+
+
+def test_postgres_array_literals() -> None:
+    assert _text_array("{}") == ()
+    assert _text_array('{"a","b.c"}') == ("a", "b.c")
+    assert _text_array('{plain,"with \\"quote\\"",x}') == ("plain", 'with "quote"', "x")
+    assert _text_array(None) == ()
