@@ -7,34 +7,33 @@ fetches a CSV file, sets its ``status`` and ``totalRows``, and triggers one chil
 the parent sets ``status`` to ``complete`` at the end. A frontend draws
 ``processedRows`` of ``totalRows`` as a progress bar.
 
-Here every piece is a public one. The service is ``metaops serve``'s app
-(:func:`metaops.service.create_app`) on uvicorn, on a free port of 127.0.0.1, with
-SQLite in a temporary directory; it folds the children's parent operations into the
-parent's metadata every 0.1 s, as the platform's periodic flush does. Each run
-(parent and children) is a :class:`metaops.client.MetadataClient` bound to the ambient
+Here every piece is a public one. The service is ``metaops serve``
+(:func:`metaops.service.running_server`) on a free port of 127.0.0.1, with SQLite in
+a temporary directory; it folds the children's parent operations into the parent's
+metadata every 0.1 s, as the platform's periodic flush does. Each run (the parent and
+every child) is a :class:`metaops.client.MetadataClient` bound to the ambient
 :data:`metaops.client.metadata`; the children run :data:`CHILDREN_AT_ONCE` at a time.
-The parent also writes a log stream (``log``: a line per imported row), and the
-service serves the dashboard page, where all of it shows live
+The parent also writes a log stream (``metadata.stream("log", ...)``: a line per
+imported row), and the service serves the dashboard page, where all of it shows live
 (``python -m metaops demo --serve`` prints the page's link and keeps serving).
 
-What crossed the wire is counted as it arrived at the service (requests, bytes and
-operations of the metadata updates), and compared with sending every call as its own
-request and writing each into the parent one by one. At the end, the parent's metadata
-is checked against every call applied one by one with :func:`metaops.apply` (the
-children ran concurrently, so ``rowRuns`` may hold them in another order).
+The service counts the metadata updates it is asked for (requests, bytes and
+operations), and the summary sets them against sending every call as a request of its
+own and writing each into the parent on its own. At the end, the parent's metadata is
+checked against every call applied one by one with :func:`metaops.apply` (the children
+ran side by side, so ``rowRuns`` may list them in another order).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextvars
 import csv
 import io
 import json
 import os
+import queue
 import random
-import re
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -46,7 +45,6 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 import httpx
-import uvicorn
 
 from metaops import (
     JSON,
@@ -62,7 +60,14 @@ from metaops import (
     metadata_limit,
 )
 from metaops.client import MetadataClient, metadata
-from metaops.service import MetadataService, ServiceConfig, create_app, open_storage
+from metaops.service import (
+    MetadataService,
+    RunState,
+    ServiceConfig,
+    UpdateOutcome,
+    open_storage,
+    running_server,
+)
 
 __all__ = ["CHILDREN_AT_ONCE", "DEFAULT_ROWS", "DemoReport", "run_demo", "summary"]
 
@@ -75,74 +80,55 @@ SERVE_ROW_SECONDS = 0.04
 """With ``--serve``, each child works this long on its row, so that a person can watch."""
 FOLD_INTERVAL = 0.1
 """Seconds between two folds of queued parent operations into the parent's metadata."""
-STREAM_INTERVAL = 0.2
-"""Seconds between two sends of the log stream's new lines."""
 POLL_INTERVAL = 0.1
-
-_METADATA_PUT = re.compile(r"/api/v1/runs/[^/]+/metadata")
-_SHUTDOWN_TIMEOUT = 10.0
 
 
 # --------------------------------------------------------------------------- the service
 
 
-class _Wire:
-    """ASGI middleware in front of the service: counts the metadata updates as they arrive.
+class _CountingService(MetadataService):
+    """The service, counting the metadata updates it is asked for.
 
-    Also tells when the dashboard's script first reads the watched run.
+    Every ``PUT /api/v1/runs/{runId}/metadata`` is one :meth:`update`. Its bytes are
+    counted as the body's compact JSON (:func:`metaops.json_text`), which is what
+    metaops.client sends. The first read of the :attr:`watched` run (the dashboard's
+    script asking for it) sets :attr:`read`.
     """
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self._lock = threading.Lock()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._counting = threading.Lock()
         self.requests = 0
         self.bytes = 0
         self.operations = 0
         self.watched: str | None = None
-        self.page_opened = threading.Event()
+        self.read = threading.Event()
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self.watched is not None and scope["path"] == f"/realtime/v1/runs/{self.watched}":
-            self.page_opened.set()
-        if scope["method"] != "PUT" or _METADATA_PUT.fullmatch(scope["path"]) is None:
-            await self.app(scope, receive, send)
-            return
-        parts: list[bytes] = []
-
-        async def counting() -> Any:
-            message = await receive()
-            if message["type"] == "http.request":
-                parts.append(message.get("body", b""))
-            return message
-
-        await self.app(scope, counting, send)
-        self._count(b"".join(parts))
-
-    def _count(self, body: bytes) -> None:
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            payload = None
+    def update(self, run_id: str, body: object, *, key: str | None = None) -> UpdateOutcome:
         operations = 0
-        if isinstance(payload, dict):
+        if isinstance(body, dict):
             for field in ("operations", "parentOperations", "rootOperations"):
-                value = payload.get(field)
+                value = body.get(field)
                 operations += len(value) if isinstance(value, list) else 0
-            operations += "metadata" in payload
-        with self._lock:
+            operations += "metadata" in body
+        size = len(json_text(body).encode())
+        with self._counting:
             self.requests += 1
-            self.bytes += len(body)
+            self.bytes += size
             self.operations += operations
+        return super().update(run_id, body, key=key)
+
+    def get(self, run_id: str) -> RunState:
+        if run_id == self.watched:
+            self.read.set()
+        return super().get(run_id)
 
 
 @dataclass
 class _Service:
     url: str
     secret: str
-    wire: _Wire
+    counted: _CountingService
     admin: httpx.Client
 
 
@@ -153,40 +139,15 @@ def _scratch_directory() -> str | None:
 
 @contextmanager
 def _service(port: int = 0) -> Iterator[_Service]:
-    """``metaops serve``'s app on uvicorn in a thread, SQLite in a temporary directory."""
+    """``metaops serve`` in a thread (:func:`~metaops.service.running_server`), SQLite in scratch space."""
     secret = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="metaops-demo-", dir=_scratch_directory()) as scratch:
         storage = open_storage(f"sqlite:///{os.path.join(scratch, 'runs.sqlite3')}")
-        config = ServiceConfig(flush_interval=FOLD_INTERVAL, inline_flush=False)
-        wire = _Wire(create_app(MetadataService(storage, config), secret))
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(128)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                wire, lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=1
-            )
-        )
-        thread = threading.Thread(
-            target=lambda: asyncio.run(server.serve(sockets=[sock])), name="metaops-demo-server", daemon=True
-        )
-        thread.start()
-        while not server.started and thread.is_alive():
-            thread.join(timeout=0.01)
-        if not server.started:  # pragma: no cover - the port is our own
-            sock.close()
-            msg = "the demo's server did not start"
-            raise RuntimeError(msg)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
-        try:
-            yield _Service(url, secret, wire, admin)
-        finally:
-            admin.close()
-            server.should_exit = True
-            thread.join(timeout=_SHUTDOWN_TIMEOUT + 5)
-            sock.close()
+        service = _CountingService(storage, ServiceConfig(flush_interval=FOLD_INTERVAL, inline_flush=False))
+        with running_server(service, secret, port=port) as server:
+            headers = {"Authorization": f"Bearer {secret}"}
+            with httpx.Client(base_url=server.url, headers=headers, timeout=30) as admin:
+                yield _Service(server.url, secret, service, admin)
 
 
 def _check(answer: httpx.Response) -> Any:
@@ -200,47 +161,36 @@ def _check(answer: httpx.Response) -> Any:
 
 
 class _Log:
-    """The parent's log stream: lines queued by any thread, sent in batches by one.
+    """The parent's log stream (``log``): lines written by any thread, sent by ``metadata.stream``.
 
-    Sent as NDJSON to ``POST /realtime/v1/streams/{runId}/log``, each batch with the
-    index of its first line (the route skips lines it already holds, so a retry never
-    doubles one).
+    A thread of the parent's run takes the lines from a queue as they come and hands
+    them to the ambient ``metadata.stream("log", ...)`` (in a copy of the run's
+    context, so that ``metadata`` is the parent's client there too).
     """
 
-    def __init__(self, service: _Service, run_id: str, key: str = "log") -> None:
-        self._service = service
-        self._path = f"/realtime/v1/streams/{quote(run_id, safe='')}/{key}"
-        self._lines: list[str] = []
-        self._sent = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.requests = 0
-        self._thread = threading.Thread(target=self._send_periodically, name="metaops-demo-log", daemon=True)
+    _END = None
+
+    def __init__(self, key: str = "log") -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.written = 0
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(metadata.stream, key, self._taken()), name="metaops-demo-log"
+        )
         self._thread.start()
 
+    def _taken(self) -> Iterator[str]:
+        while (line := self._lines.get()) is not None:
+            yield line
+
     def write(self, line: str) -> None:
-        with self._lock:
-            self._lines.append(line)
-
-    def _send(self, *, end: bool = False) -> None:
-        with self._lock:
-            batch = self._lines[self._sent :]
-        if not batch and not end:
-            return
-        body = "".join(json_text(line) + "\n" for line in batch).encode()
-        params = {"index": str(self._sent)} | ({"end": "true"} if end else {})
-        _check(self._service.admin.post(self._path, params=params, content=body))
-        self.requests += 1
-        self._sent += len(batch)
-
-    def _send_periodically(self) -> None:
-        while not self._stop.wait(STREAM_INTERVAL):
-            self._send()
+        self.written += 1
+        self._lines.put(line)
 
     def close(self) -> None:
-        self._stop.set()
+        """End the stream (readers see its end) once every line is sent."""
+        self._lines.put(self._END)
         self._thread.join()
-        self._send(end=True)
 
 
 # --------------------------------------------------------------------------- the runs
@@ -334,7 +284,6 @@ class DemoReport:
     one_by_one_bytes: int
     parent_writes: int
     log_lines: int
-    log_requests: int
     rejected: tuple[str, ...]
     """Children whose report the service refused (the parent would have passed the limit)."""
     metadata: Metadata
@@ -353,7 +302,7 @@ class DemoReport:
             "operations": {"metaops": self.operations, "oneByOne": self.calls},
             "bytes": {"metaops": self.bytes_sent, "oneByOne": self.one_by_one_bytes},
             "parentWrites": {"metaops": self.parent_writes, "oneByOne": self.calls},
-            "log": {"lines": self.log_lines, "requests": self.log_requests},
+            "logLines": self.log_lines,
             "rejected": list(self.rejected),
             "metadata": self.metadata,
             "size": self.size,
@@ -429,7 +378,7 @@ def run_demo(
     rng = random.Random(seed)
     with _service(port) as service:
         parent_id = _check(service.admin.post("/admin/runs", json={}))["id"]
-        service.wire.watched = quote(parent_id, safe="")
+        service.counted.watched = parent_id
         url = None
         if announce is not None:
             token = _check(
@@ -439,7 +388,7 @@ def run_demo(
                 )
             )["token"]
             url = f"{service.url}/runs/{quote(parent_id, safe='')}?token={token}"
-            announce(url, service.wire.page_opened)
+            announce(url, service.counted.read)
         started = time.perf_counter()
         found = _import(service, parent_id, rows, rng, progress, tty, SERVE_ROW_SECONDS if serve else 0.0)
         report = DemoReport(**found, seconds=time.perf_counter() - started, url=url)
@@ -459,7 +408,6 @@ def _import(
 ) -> dict[str, Any]:
     calls = _Calls()
     bar = _Progress(progress_out, tty=tty)
-    log = _Log(service, parent_id)
     metadata_path = f"/api/v1/runs/{quote(parent_id, safe='')}/metadata"
     # handle-csv-upload, in its run
     with MetadataClient(parent_id, base_url=service.url, access_token=service.secret) as parent:
@@ -468,6 +416,7 @@ def _import(
         records = list(csv.DictReader(io.StringIO(_csv_file(rows, rng))))
         metadata.set("status", "processing").set("totalRows", len(records))
         calls.by_parent(Set("status", "processing"), Set("totalRows", len(records)))
+        log = _Log()
         log.write(f"fetched customers.csv: {len(records):,} rows; one child run per row")
         parent.flush()  # as the SDK does before the task waits on its children
         # batchTriggerAndWait: the children, a few at a time, each in its own run.
@@ -485,7 +434,7 @@ def _import(
         metadata.set("status", "complete")
         calls.by_parent(Set("status", "complete"))
         log.write(f"imported {len(records):,} rows")
-    log.close()
+        log.close()
     _check(service.admin.post("/admin/flush", json={}))
     _check(service.admin.post(f"/admin/runs/{quote(parent_id, safe='')}/complete", json={}))
     described = _check(service.admin.get(f"/admin/runs/{quote(parent_id, safe='')}"))
@@ -494,19 +443,18 @@ def _import(
     rejected = _rejected_children(described["rejected"])
     accepted = [op for child_id, ops in calls.children.items() if child_id not in rejected for op in ops]
     expected = apply({}, [*calls.parent, *accepted]).metadata
-    wire = service.wire
+    counted = service.counted
     return {
         "rows": len(records),
         "calls": calls.count,
         "parent_calls": len(calls.parent),
         "child_calls": calls.count - len(calls.parent),
-        "requests": wire.requests,
-        "operations": wire.operations,
-        "bytes_sent": wire.bytes,
+        "requests": counted.requests,
+        "operations": counted.operations,
+        "bytes_sent": counted.bytes,
         "one_by_one_bytes": calls.one_by_one_bytes(),
         "parent_writes": described["version"],
-        "log_lines": len(records) + 2,
-        "log_requests": log.requests,
+        "log_lines": log.written,
         "rejected": tuple(sorted(rejected)),
         "metadata": stored,
         "size": json_size(stored),
@@ -574,7 +522,10 @@ def _shown(value: JSON, width: int) -> str:
 
 
 def _fewer(metaops: int, one_by_one: int) -> str:
-    return f"{1 - metaops / one_by_one:.0%} fewer" if one_by_one and metaops < one_by_one else ""
+    if metaops >= one_by_one:
+        return ""
+    saved = 1 - metaops / one_by_one
+    return f"{saved:.0%} fewer" if saved >= 0.01 else f"{one_by_one - metaops:,} fewer"
 
 
 def _share(part: int, whole: int) -> str:

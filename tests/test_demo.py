@@ -23,6 +23,7 @@ import pytest
 
 from metaops._cli import main
 from metaops._demo import run_demo
+from metaops.client import read_stream
 
 from .test_cli import Ran, assert_bad_input, run
 
@@ -52,7 +53,7 @@ def test_the_json_report_counts_every_row_once_and_what_went_over_the_wire() -> 
     assert report["operations"] == {"metaops": 2 * 12 + 3, "oneByOne": 28}
     assert report["bytes"]["metaops"] < report["bytes"]["oneByOne"]
     assert 1 <= report["parentWrites"]["metaops"] <= report["parentWrites"]["oneByOne"] == 28
-    assert report["log"] == {"lines": 14, "requests": report["log"]["requests"]}
+    assert report["logLines"] == 1 + 12 + 1  # "fetched", a line per row, "imported"
     assert report["rejected"] == []
     # JSON.stringify's bytes, counted by hand: the run ids are "run_" and 24 ASCII characters.
     frame = '{"status":"complete","totalRows":12,"processedRows":12,"rowRuns":[]}'
@@ -256,6 +257,12 @@ def test_run_demo_serves_the_dashboard_until_after_returns() -> None:
     def after(report: Any) -> None:
         assert report.url is not None
         seen["page"] = httpx.get(report.url, timeout=30).status_code
+        base, rest = report.url.split("/runs/")
+        run_id, token = rest.split("?token=")
+        # The log as a reader gets it, with the page's token: the whole stream, then its end.
+        seen["log"] = [
+            chunk.value for chunk in read_stream(run_id, "log", base_url=base, access_token=token, timeout=30)
+        ]
 
     report = run_demo(5, announce=announce, after=after)
     assert report.url is not None
@@ -263,5 +270,9 @@ def test_run_demo_serves_the_dashboard_until_after_returns() -> None:
     assert seen["page"] == 200
     assert report.consistent
     assert json.loads(json.dumps(report.to_json()))["metadata"]["processedRows"] == 5
+    log = seen["log"]
+    assert (log[0], log[-1]) == ("fetched customers.csv: 5 rows; one child run per row", "imported 5 rows")
+    rows = sorted(int(line.split(":")[0].removeprefix("row ")) for line in log[1:-1])
+    assert rows == [1, 2, 3, 4, 5]
     with pytest.raises(httpx.ConnectError):
         httpx.get(report.url, timeout=5)  # no longer served
