@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from metaops._cli import main as cli
 from metaops.service import RunningServer
 from metaops.service._auth import mint_public_token
 from metaops.service._dashboard import dashboard_url
@@ -103,7 +104,8 @@ def test_without_a_valid_token_the_page_is_a_401_page(server: RunningServer) -> 
         assert answer.status_code == 401, why
         assert answer.headers["content-type"] == "text/html; charset=utf-8", why
         assert '<h1><span class="status">401</span> Unauthorized</h1>' in answer.text, why
-        assert "metaops token run_mine --url" in answer.text, why  # how to get a link
+        # How to get a link to this page, from this host:
+        assert f"metaops token run_mine --url {server.url}</pre>" in answer.text, why
         assert "data-token" not in answer.text, why
 
 
@@ -170,9 +172,18 @@ def test_other_methods_on_the_page_go_through_the_api_guard(server: RunningServe
     assert answer.json() == {"error": "Invalid or Missing API key"}
 
 
-def test_dashboard_url_is_a_link_the_page_accepts(server: RunningServer) -> None:
+def test_links_made_by_dashboard_url_and_metaops_token_open_the_page(
+    server: RunningServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = dashboard_url(server.url, ODD_RUN, mint_public_token(SECRET, [ODD_RUN]))
     assert httpx.get(url).status_code == 200
+    monkeypatch.setenv("METAOPS_SERVER_TOKEN", SECRET)
+    assert cli(["token", ODD_RUN, "--url", server.url]) == 0
+    link = capsys.readouterr().out.strip()
+    assert link.startswith(f"{server.url}/runs/")
+    answer = httpx.get(link)
+    assert answer.status_code == 200
+    assert _body_data(answer.text, "run") == ODD_RUN
 
 
 def test_the_script_never_writes_html() -> None:

@@ -50,6 +50,7 @@ HTML-escaped into the page.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import re
@@ -147,6 +148,9 @@ class Dashboard:
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     async def _answer(self, scope: Scope, run_id: str) -> tuple[int, bytes]:
+        host = next((value for name, value in scope["headers"] if name == b"host"), b"").decode("latin-1")
+        base = f"{scope.get('scheme', 'http')}://{host}" if host else "http://HOST:PORT"
+        refuse = functools.partial(self._refusal, run_id=run_id, base=base)
         # Bytes in, bytes out: a token is ASCII, and whatever else comes is refused by the Authority.
         query = parse_qs(
             scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True, encoding="latin-1"
@@ -154,7 +158,7 @@ class Dashboard:
         given = query.get("token", [""])[-1]
         header = next((value for name, value in scope["headers"] if name == b"authorization"), None)
         if not given and header is None:
-            return self._refusal(401, "This page needs an access token in its link (…?token=…).", run_id)
+            return refuse(401, "This page needs an access token in its link (…?token=…).")
         authorization = b"Bearer " + given.encode("latin-1") if given else header
         assert authorization is not None
         # The Authority decides as for any read route (the page's path is one of them).
@@ -167,32 +171,34 @@ class Dashboard:
         refusal = self._authority.check(probe)
         if refusal is not None:
             status, message = refusal
-            return self._refusal(status, f"{message}.", run_id)
+            return refuse(status, f"{message}.")
         access = probe["state"]["access"]
         if access.secret and given:
             message = (
                 "The service's secret token must not be put in a link: a browser keeps links, "
                 "and this page would hand the token to its script."
             )
-            return self._refusal(403, message, run_id)
+            return refuse(403, message)
         try:
             record = await self._run(lambda: self._service.storage.get_run(run_id))
         except (StorageError, ServiceClosingError) as error:
-            return self._refusal(503, f"The run cannot be read now: {error}", run_id, hint=False)
+            return refuse(503, f"The run cannot be read now: {error}", hint=False)
         if record is None:
-            return self._refusal(404, f"There is no run {run_id!r} on this service.", run_id, hint=False)
+            return refuse(404, f"There is no run {run_id!r} on this service.", hint=False)
         token = self._authority.mint([run_id], expiration=MINTED_EXPIRATION) if access.secret else given
         page = _fill(self._page, {**self._assets, "run_id": html.escape(run_id), "token": html.escape(token)})
         return 200, page.encode()
 
-    def _refusal(self, status: int, message: str, run_id: str, *, hint: bool = True) -> tuple[int, bytes]:
+    def _refusal(
+        self, status: int, message: str, run_id: str, *, base: str = "http://HOST:PORT", hint: bool = True
+    ) -> tuple[int, bytes]:
         values = {
             **self._assets,
             "status": str(status),
             "reason": _REASONS[status],
             "message": html.escape(message),
             "hint": html.escape(_MINT_HINT) if hint else "",
-            "command": html.escape(f"metaops token {_shell_word(run_id)} --url http://HOST:PORT")
+            "command": html.escape(f"metaops token {_shell_word(run_id)} --url {_shell_word(base)}")
             if hint
             else "",
         }
@@ -201,6 +207,6 @@ class Dashboard:
 
 def _shell_word(text: str) -> str:
     """``text`` as one word for a POSIX shell (quoted when it needs to be)."""
-    if re.fullmatch(r"[A-Za-z0-9_.,:@%+=-]+", text):
+    if re.fullmatch(r"[A-Za-z0-9_.,:@%+=/-]+", text):
         return text
     return "'" + text.replace("'", "'\"'\"'") + "'"
