@@ -16,6 +16,7 @@ from metaops._errors import (
     InvalidValueError,
     MetadataTooLargeError,
     MetaopsError,
+    ReadOnlyError,
 )
 from metaops._json import JSON, MAX_DEPTH, json_equal
 from metaops._paths import is_safe_key
@@ -33,7 +34,7 @@ from metaops._values import (
     parse_operation,
     parse_operations,
 )
-from metaops.buffer import Flush, RunMetadata
+from metaops.buffer import Flush, RejectedFlush, RunMetadata
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -55,6 +56,8 @@ __all__ = [
     "MetadataTooLargeError",
     "MetaopsError",
     "Operation",
+    "ReadOnlyError",
+    "RejectedFlush",
     "Remove",
     "RunMetadata",
     "Set",

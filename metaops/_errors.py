@@ -15,6 +15,7 @@ __all__ = [
     "InvalidValueError",
     "MetadataTooLargeError",
     "MetaopsError",
+    "ReadOnlyError",
 ]
 
 
@@ -149,6 +150,23 @@ class InvalidRequestError(InvalidOperationError):
         self.section = section
 
 
+class ReadOnlyError(MetaopsError, TypeError):
+    """Something read-only was asked to change: a view of a buffer's metadata, most often.
+
+    ``RunMetadata.current()`` and ``RunMetadata.get()`` hand out views that cannot
+    change, so that nothing a caller does reaches the buffer's state behind its
+    back. Their ``to_dict()`` and ``to_list()`` give mutable copies.
+
+    >>> from metaops import ReadOnlyError, RunMetadata
+    >>> logs = RunMetadata({"logs": ["a"]}).get("logs")
+    >>> try:
+    ...     logs.append("b")
+    ... except ReadOnlyError as error:
+    ...     print(error, "|", isinstance(error, TypeError))
+    ListView is read-only: append() cannot change it; to_list() gives a mutable copy | True
+    """
+
+
 class FlushInFlightError(MetaopsError, RuntimeError):
     """A flush is out: it must be accepted or restored before the next one is drained.
 
@@ -167,5 +185,6 @@ for _error in (
     MetadataTooLargeError,
     InvalidLimitError,
     FlushInFlightError,
+    ReadOnlyError,
 ):
     _error.__module__ = "metaops"

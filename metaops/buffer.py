@@ -4,8 +4,9 @@
 object. It holds the run's metadata, applies every call at once (so ``current()``
 and ``get()`` see it), enforces the size limit on every call, and queues the
 operations for the host to send: there is no network code here. The host drains a
-:class:`Flush`, sends its bodies, and then either hands back the server's answer
-(:meth:`RunMetadata.accept`) or the failed flush (:meth:`RunMetadata.restore`).
+:class:`Flush`, sends its bodies, and then hands back the server's answer
+(:meth:`RunMetadata.accept`), the failed flush to retry (:meth:`RunMetadata.restore`),
+or the flush the platform refused for good (:meth:`RunMetadata.reject`).
 
 >>> from metaops.buffer import RunMetadata
 >>> md = RunMetadata({"status": "queued"})
@@ -24,7 +25,7 @@ each write adds and removes, so nothing re-serializes the whole metadata.
 
 The store is never mutated in place: every call builds a new top-level dict that
 shares the untouched subtrees with the previous one. That is what makes
-:meth:`RunMetadata.current` an O(1), consistent, read-only snapshot.
+:meth:`RunMetadata.current` a consistent, read-only snapshot.
 
 Where this differs from the reference SDK (``StandardMetadataManager`` in
 ``@trigger.dev/core`` 4.8.3), on purpose:
@@ -37,603 +38,225 @@ Where this differs from the reference SDK (``StandardMetadataManager`` in
   where the reference drops it silently;
 * ``decrement(key, n)`` sends ``increment(key, -n)`` on the parent and root too
   (the reference sends ``-abs(n)`` there);
-* a failed flush is put back (:meth:`RunMetadata.restore`) and a successful one
-  keeps what was queued meanwhile (:meth:`RunMetadata.accept`); the reference
-  logs the failure and drops the operations, and overwrites its store with the
-  response, losing the calls made during the request;
+* a failed flush is put back (:meth:`RunMetadata.restore`), a refused one is kept
+  with its reason (:meth:`RunMetadata.reject`), and a successful one keeps what was
+  queued meanwhile (:meth:`RunMetadata.accept`); the reference logs a failure and
+  drops the operations, and overwrites its store with the response, losing the
+  calls made during the request;
+* ``get`` takes ``$.`` paths, as the update methods do (the reference's ``getKey``
+  reads a top-level key, whatever it holds);
 * bodies are split under the request limit.
 """
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from metaops._apply import apply_sized
-from metaops._collapse import MAX_REQUEST_BYTES, chunk, collapse
+from metaops._arguments import SAFE_KEYS, checked_amount, checked_key, checked_metadata, checked_value
+from metaops._bodies import (
+    KEY_CHAR_MAX_BYTES,
+    NUMBER_TEXT_MAX_BYTES,
+    OPERATION_FRAME_BYTES,
+    WRAPPER_BYTES,
+    Flush,
+)
+from metaops._collapse import MAX_REQUEST_BYTES, collapse
 from metaops._errors import (
     FlushInFlightError,
-    InvalidLimitError,
-    InvalidOperationError,
+    InvalidArgumentError,
     InvalidValueError,
     MetadataTooLargeError,
 )
-from metaops._json import JSON, describe, normalize
-from metaops._paths import is_safe_key
-from metaops._size import json_size, json_text, metadata_limit, value_size
-from metaops._values import (
-    OPERATION_TYPES,
-    Append,
-    Delete,
-    Increment,
-    Operation,
-    Remove,
-    Set,
-    Update,
-    decrement,
-)
+from metaops._json import JSON, MISSING, describe
+from metaops._paths import NOTHING, first, match, parse_key
+from metaops._size import json_size, metadata_limit, value_size
+from metaops._values import Append, Delete, Increment, Operation, Remove, Set, Update
+from metaops._views import DictView, ListView, view
 
-__all__ = ["DictView", "Flush", "FlushInFlightError", "ListView", "MetadataUpdater", "RunMetadata"]
-
-_SECTIONS = ("operations", "parentOperations", "rootOperations")
-# The JSON of a body with its three lists empty; the operations go inside the brackets.
-_WRAPPER_BYTES = len('{"operations":[],"parentOperations":[],"rootOperations":[]}')
-# chunk() measures bodies of one list: '{"operations":[' ... ']}'.
-_CHUNK_WRAPPER_BYTES = len('{"operations":[]}')
-# An operation's JSON around its key's characters and its value:
-# '{"type":"increment","key":"' '","value":' '}' (increment is the longest type name).
-_OPERATION_FRAME_BYTES = 38
-# A JSON number is at most this many bytes ("-1.2345678901234567e-308").
-_NUMBER_BYTES = 25
-# A key character is at most this many bytes of JSON (a control character: "\u001f").
-_KEY_CHAR_BYTES = 6
+__all__ = [
+    "DictView",
+    "Flush",
+    "FlushInFlightError",
+    "ListView",
+    "MetadataUpdater",
+    "RejectedFlush",
+    "RunMetadata",
+]
 
 _Target = Literal["parent", "root"]
-
-
-# --------------------------------------------------------------------------- read-only views
-
-
-class DictView(Mapping[str, Any]):
-    """A read-only view of a JSON object in the metadata; nested containers are views too.
-
-    Made in O(1): nothing is copied until :meth:`to_dict`. The object it shows never
-    changes (the buffer replaces, never mutates, what it stores), so a view is a
-    consistent snapshot. Equal to a dict (or view) with the same items.
-    """
-
-    __slots__ = ("_data",)
-    _data: dict[str, JSON]
-
-    def __init__(self, data: Mapping[str, object] | None = None) -> None:
-        object.__setattr__(self, "_data", {} if data is None else _plain_metadata(data, "DictView"))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        msg = "DictView is read-only"
-        raise AttributeError(msg)
-
-    def __getitem__(self, key: str) -> Any:
-        return _view(self._data[key])
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value at ``key`` (a view for a container), else ``default``."""
-        data = self._data
-        return _view(data[key]) if key in data else default
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (DictView, ListView)):
-            return self._data == other._data
-        if isinstance(other, dict):
-            return self._data == other
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"DictView({self._data!r})"
-
-    def __reduce__(self) -> tuple[type[DictView], tuple[dict[str, JSON]]]:
-        return (DictView, (self._data,))
-
-    def to_dict(self) -> dict[str, JSON]:
-        """A deep, mutable copy as plain dicts and lists (e.g. for ``json.dumps``)."""
-        return _thaw(self._data)  # type: ignore[return-value]
-
-
-class ListView(Sequence[Any]):
-    """A read-only view of a JSON list in the metadata; nested containers are views too.
-
-    Made in O(1), like :class:`DictView`. Equal to a list (or view) with the same items.
-    """
-
-    __slots__ = ("_data",)
-    _data: list[JSON]
-
-    def __init__(self, data: Sequence[object] = ()) -> None:
-        object.__setattr__(self, "_data", _plain_list(data))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        msg = "ListView is read-only"
-        raise AttributeError(msg)
-
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> ListView: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            return ListView(self._data[index])
-        return _view(self._data[index])
-
-    def __contains__(self, value: object) -> bool:
-        if isinstance(value, (DictView, ListView)):
-            value = value._data
-        return value in self._data
-
-    def __iter__(self) -> Iterator[Any]:
-        return map(_view, self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (DictView, ListView)):
-            return self._data == other._data
-        if isinstance(other, list):
-            return self._data == other
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"ListView({self._data!r})"
-
-    def __reduce__(self) -> tuple[type[ListView], tuple[list[JSON]]]:
-        return (ListView, (self._data,))
-
-    def to_list(self) -> list[JSON]:
-        """A deep, mutable copy as plain lists and dicts."""
-        return _thaw(self._data)  # type: ignore[return-value]
-
-
-def _view(value: JSON) -> Any:
-    kind = type(value)
-    if kind is dict:
-        mapping = object.__new__(DictView)
-        object.__setattr__(mapping, "_data", value)
-        return mapping
-    if kind is list:
-        sequence = object.__new__(ListView)
-        object.__setattr__(sequence, "_data", value)
-        return sequence
-    return value
-
-
-def _thaw(value: JSON) -> JSON:
-    if isinstance(value, dict):
-        return {key: _thaw(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_thaw(item) for item in value]
-    return value
-
-
-def _unwrap(value: object, active: frozenset[int] = frozenset()) -> object:
-    """``value`` with every view inside replaced by what it shows (the same object if none).
-
-    A container met again inside itself is left as it is: normalize then reports the cycle.
-    """
-    if isinstance(value, (DictView, ListView)):
-        return value._data
-    if isinstance(value, (dict, list, tuple)):
-        if id(value) in active:
-            return value
-        inner = active | {id(value)}
-        if isinstance(value, dict):
-            items = {key: _unwrap(item, inner) for key, item in value.items()}
-            return items if any(items[key] is not item for key, item in value.items()) else value
-        unwrapped = [_unwrap(item, inner) for item in value]
-        return unwrapped if any(a is not b for a, b in zip(unwrapped, value, strict=True)) else value
-    return value
-
-
-def _normalized(value: object, where: str, method: str = "") -> JSON:
-    """:func:`normalize`, also taking the views this module hands out, as the JSON they show."""
-    try:
-        return normalize(value, where)
-    except InvalidValueError as error:
-        plain = _unwrap(value)
-        if plain is value:
-            if not method:
-                raise
-            raise InvalidValueError(f"{method}: {error}", error.where) from None
-    return _normalized(plain, where, method)
-
-
-def _plain_metadata(value: object, what: str) -> dict[str, JSON]:
-    """A fresh JSON copy of ``value``, which must be a JSON object (a dict or a view of one)."""
-    if isinstance(value, DictView):
-        value = value._data
-    if not isinstance(value, dict):
-        msg = f"{what} must be a dict (a JSON object), got {describe(value)}"
-        raise InvalidValueError(msg, what)
-    # A whole metadata object is copied through the C JSON codec, about twice as fast as
-    # normalize's walk. Whatever JSON would change (a non-str key, a tuple) makes the copy
-    # differ, and whatever it refuses (NaN, a datetime, a cycle) raises: normalize then
-    # explains or converts. Ints long enough to leave the double range go there too.
-    try:
-        text = _COPY_ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError):
-        return _normalized(value, what)  # type: ignore[return-value]
-    copy = json.loads(text)
-    if copy != value or text.encode("ascii").translate(_DIGITS_AS_ZERO).find(_LONG_NUMBER) != -1:
-        return _normalized(value, what)  # type: ignore[return-value]
-    return copy  # type: ignore[no-any-return]
-
-
-# ensure_ascii (the default) keeps the text ASCII, lone surrogates included.
-_COPY_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-# normalize refuses ints of 2**1023 and more (308 digits); shorter digit runs are always fine.
-_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
-_LONG_NUMBER = b"0" * 300
-
-
-def _plain_list(value: object) -> list[JSON]:
-    if isinstance(value, ListView):
-        value = value._data
-    if not isinstance(value, (list, tuple)):
-        msg = f"ListView must be given a list, got {describe(value)}"
-        raise InvalidValueError(msg, "ListView")
-    return _normalized(value, "ListView")  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------- building operations
-#
-# The update methods build operations from validated parts with the classes'
-# ``_trusted`` constructors: the common arguments (a str key, a scalar, a small
-# flat dict or list) are checked here without normalize's recursive walk, and
-# everything else goes through normalize, which copies and explains what is wrong.
-
-# Ints JavaScript holds exactly; larger ones go through normalize's range check.
-_SAFE_INT = 2**53
-
-
-def _is_plain_scalar(value: object) -> bool:
-    """Whether ``value`` is JSON as it is: a str, bool, None, exactly held int or finite float."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return -_SAFE_INT <= value <= _SAFE_INT  # type: ignore[operator]
-    # inf - inf and nan - nan are nan, never 0.0
-    return kind is float and value - value == 0.0  # type: ignore[operator]
-
-
-def _key(key: object, method: str) -> str:
-    """``key`` if it is a safe str key; the error naming ``method`` otherwise."""
-    if type(key) is str and key in _SAFE_KEYS:
-        return key
-    if not isinstance(key, str):
-        msg = f"{method}: key must be a str, got {describe(key)}"
-        raise InvalidValueError(msg, "key")
-    key = str.__str__(key)
-    if not is_safe_key(key):
-        msg = (
-            f"{method}: the key {key!r} is unsafe: a key may not reference __proto__, "
-            "constructor or prototype, and a '$.' path must name something below '$'"
-        )
-        raise InvalidOperationError(msg, field="key")
-    if len(_SAFE_KEYS) < _SAFE_KEYS_MAX:
-        _SAFE_KEYS.add(key)
-    return key
-
-
-# Keys already found safe: a task uses a handful of keys again and again.
-_SAFE_KEYS: set[str] = set()
-_SAFE_KEYS_MAX = 4096
-
-
-def _value(value: object, method: str) -> JSON:
-    """``value`` as an operation's JSON value: a fresh copy, or a value nothing can change."""
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return value  # type: ignore[return-value]
-    if kind is int or kind is float:
-        if _is_plain_scalar(value):
-            return value  # type: ignore[return-value]
-    elif kind is dict:
-        for name, item in value.items():  # type: ignore[attr-defined]
-            if type(name) is not str or not _is_plain_scalar(item):
-                break
-        else:
-            return value.copy()  # type: ignore[attr-defined,no-any-return]
-    elif kind is list:
-        for item in value:  # type: ignore[attr-defined]
-            if not _is_plain_scalar(item):
-                break
-        else:
-            return value.copy()  # type: ignore[attr-defined,no-any-return]
-    elif kind is DictView or kind is ListView:
-        # The store's containers are never mutated, so the operation can share them.
-        return value._data  # type: ignore[attr-defined,no-any-return]
-    return _normalized(value, "value", method)
-
-
-def _amount(value: object, method: str) -> int | float:
-    """``value``, the argument ``n``, as an increment amount: a JSON number, not a bool."""
-    kind = type(value)
-    if kind is int:
-        if -_SAFE_INT <= value <= _SAFE_INT:  # type: ignore[operator]
-            return value  # type: ignore[return-value]
-    elif kind is float and value - value == 0.0:  # type: ignore[operator]
-        return value  # type: ignore[return-value]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"{method}: n must be a number (int or float, not bool), got {describe(value)}"
-        raise InvalidValueError(msg, "n")
-    return _normalized(value, "n", method)  # type: ignore[return-value]
-
-
-def _replacement(metadata: object, method: str) -> dict[str, JSON]:
-    """``metadata`` as the value of an ``update``: a JSON object."""
-    if isinstance(metadata, DictView):
-        return metadata._data
-    if not isinstance(metadata, dict):
-        msg = f"{method}: metadata must be a dict (the whole metadata object), got {describe(metadata)}"
-        raise InvalidValueError(msg, "metadata")
-    return _normalized(metadata, "metadata", method)  # type: ignore[return-value]
-
-
-def _call_text(op: Operation) -> str:
-    """How the user's call reads in an error message (without its value, which may be large)."""
-    if type(op) is Update:
-        return "replace(...)"
-    name = op.wire_type if type(op) is not Delete else "delete"
-    return f"{name}({op.key!r})"  # type: ignore[union-attr]
-
-
-# --------------------------------------------------------------------------- flushes
+_Updater = TypeVar("_Updater", bound="_UpdateMethods")
 
 
 @dataclass(frozen=True, slots=True)
-class Flush:
-    """What one drain took out of a :class:`RunMetadata`: the operations to send, collapsed.
+class _CallNames:
+    """How errors name each update method: ``set`` on the run itself, ``parent.set`` on its parent."""
 
-    ``operations``, ``parent_operations`` and ``root_operations`` are the collapsed
-    batches for the run itself, its parent and its root. ``unapplied`` reports the
-    run's own calls that were not applied since the previous drain (a ``remove``
-    from something that is not a list, a path write refused for padding a list
-    too far): they change nothing and are not sent.
+    set: str
+    delete: str
+    append: str
+    remove: str
+    increment: str
+    decrement: str
+    replace: str
 
-    The operations are frozen values, and (as everywhere in metaops) their JSON
-    values are not copied again once built: a value here may be the very list or
-    dict the buffer's metadata holds. Treat ``op.value`` (and ``op.to_wire()``) as
-    read-only; mutating it would change the metadata behind the buffer's back and
-    put its tracked size out of step. :attr:`bodies` are fresh copies to change freely.
+    @classmethod
+    def prefixed(cls, prefix: str) -> _CallNames:
+        methods = ("set", "delete", "append", "remove", "increment", "decrement", "replace")
+        return cls(*(prefix + method for method in methods))
 
-    :attr:`bodies` are the platform's request bodies and :meth:`texts` their JSON
-    text, in sending order. Every body carries the three lists, and each list keeps
-    its order across the bodies. A body is at most ``max_bytes`` of JSON both as
-    :func:`metaops.json_size` measures it (JavaScript's text) and as sent (its text
-    in UTF-8), unless a single operation alone is larger in the sent text (Python
-    writes ``5.0`` where JavaScript writes ``5``). A flush with nothing to send is
-    falsy and has no bodies.
 
-    >>> from metaops import Increment, Set
-    >>> flush = Flush((Set("status", "done"),), parent_operations=(Increment("rows", 1),))
-    >>> flush.bodies
-    ({'operations': [{'type': 'set', 'key': 'status', 'value': 'done'}], \
-'parentOperations': [{'type': 'increment', 'key': 'rows', 'value': 1}], 'rootOperations': []},)
-    >>> flush.texts()[0][:60]
-    '{"operations":[{"type":"set","key":"status","value":"done"}]'
-    >>> flush.packet()["dataType"], Flush().packet()
-    ('application/json', {'dataType': 'application/json'})
+class _UpdateMethods:
+    """The seven documented update methods, written once for a run and for its parent and root.
+
+    Each checks its arguments (an error names the call), builds the operation and
+    hands it to ``_enqueue``: :class:`RunMetadata` applies it to the run's metadata
+    and queues it, :class:`MetadataUpdater` queues it for the other run. Every method
+    returns the object it was called on, so calls chain.
     """
 
-    operations: tuple[Operation, ...] = ()
-    parent_operations: tuple[Operation, ...] = ()
-    root_operations: tuple[Operation, ...] = ()
-    unapplied: tuple[Operation, ...] = ()
-    max_bytes: int = MAX_REQUEST_BYTES
-    # Per body, how many operations of each list it carries, and the body's JSON text.
-    _counts: tuple[tuple[int, int, int], ...] = field(init=False, repr=False, compare=False)
-    _texts: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    __slots__ = ()
+    _names: _CallNames
+    _enqueue: Callable[[Operation], None]
 
-    def __post_init__(self) -> None:
-        for name in ("operations", "parent_operations", "root_operations", "unapplied"):
-            object.__setattr__(self, name, _operations_tuple(getattr(self, name), name))
-        max_bytes = self.max_bytes
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= _WRAPPER_BYTES:
-            msg = f"Flush: max_bytes must be an int over {_WRAPPER_BYTES}, got {max_bytes!r}"
-            raise InvalidLimitError(msg)
-        counts, texts = _plan((self.operations, self.parent_operations, self.root_operations), max_bytes)
-        object.__setattr__(self, "_counts", counts)
-        object.__setattr__(self, "_texts", texts)
+    def set(self: _Updater, key: str, value: object) -> _Updater:
+        """Set ``key`` (a top-level key, or every match of a ``$.`` path) to ``value``.
 
-    def __bool__(self) -> bool:
-        return bool(self._counts)
-
-    @property
-    def bodies(self) -> tuple[dict[str, list[dict[str, JSON]]], ...]:
-        """The request bodies ``{"operations", "parentOperations", "rootOperations"}``, in sending order.
-
-        Read back from :meth:`texts` on each access, so they are exactly what is sent
-        and entirely the caller's: changing one changes neither the flush nor the
-        buffer's metadata (the operations' own values may be the metadata's containers).
-
-        >>> from metaops import Append
-        >>> flush = Flush((Append("logs", "a"),))
-        >>> flush.bodies[0]["operations"][0]["value"] = "changed"
-        >>> flush.bodies[0]["operations"]
-        [{'type': 'append', 'key': 'logs', 'value': 'a'}]
+        >>> md = RunMetadata({"progress": {"done": 0}}, is_root=False)
+        >>> md.set("status", "processing").set("$.progress.done", 3).current()
+        DictView({'progress': {'done': 3}, 'status': 'processing'})
+        >>> md.parent.set("childStatus", "processing").set("step", 3) is md.parent
+        True
+        >>> md.drain().parent_operations
+        (Set(key='childStatus', value='processing'), Set(key='step', value=3))
         """
-        # Built from the text the flush holds anyway: the C parser makes fresh containers
-        # in O(flush size), where copying the operations' values would walk them in Python.
-        return tuple(json.loads(text) for text in self._texts)
+        names = self._names
+        if type(key) is not str or key not in SAFE_KEYS:
+            key = checked_key(key, names.set)
+        self._enqueue(Set._trusted(key, checked_value(value, names.set)))
+        return self
 
-    def texts(self) -> tuple[str, ...]:
-        """Each body as compact JSON text, ready to encode as UTF-8 and send (computed once).
+    def delete(self: _Updater, key: str) -> _Updater:
+        """Delete the top-level ``key`` (the documented ``del``; always literal).
 
-        >>> Flush((Delete("a"),)).texts()
-        ('{"operations":[{"type":"delete","key":"a"}],"parentOperations":[],"rootOperations":[]}',)
+        >>> md = RunMetadata({"a": 1, "b": 2}, is_root=False)
+        >>> md.delete("a").current()
+        DictView({'b': 2})
+        >>> md.root.delete("draft") is md.root
+        True
+        >>> md.drain().root_operations
+        (Delete(key='draft'),)
         """
-        return self._texts
+        names = self._names
+        if type(key) is not str or key not in SAFE_KEYS:
+            key = checked_key(key, names.delete)
+        self._enqueue(Delete._trusted(key))
+        return self
 
-    def packet(self) -> dict[str, str]:
-        """The completion packet: ``{"data": <JSON text>, "dataType": "application/json"}``.
+    def append(self: _Updater, key: str, value: object) -> _Updater:
+        """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``).
 
-        ``data`` holds the three lists in one body (the completion is not split).
-        A flush with nothing to send gives ``{"dataType": "application/json"}``.
-
-        >>> packet = Flush((Delete("a"),)).packet()
-        >>> packet["dataType"], json.loads(packet["data"])["operations"]
-        ('application/json', [{'type': 'delete', 'key': 'a'}])
+        >>> md = RunMetadata(is_root=False)
+        >>> md.append("logs", "one").append("logs", "two").get("logs")
+        ListView(['one', 'two'])
+        >>> md.parent.append("rowRuns", "run_1") is md.parent
+        True
+        >>> md.drain().parent_operations
+        (Append(key='rowRuns', value='run_1'),)
         """
-        if not self:
-            return {"dataType": "application/json"}
-        if len(self._texts) == 1:
-            return {"data": self._texts[0], "dataType": "application/json"}
-        body = {
-            "operations": [op.to_wire() for op in self.operations],
-            "parentOperations": [op.to_wire() for op in self.parent_operations],
-            "rootOperations": [op.to_wire() for op in self.root_operations],
-        }
-        return {"data": json_text(body), "dataType": "application/json"}
+        names = self._names
+        if type(key) is not str or key not in SAFE_KEYS:
+            key = checked_key(key, names.append)
+        self._enqueue(Append._trusted(key, checked_value(value, names.append)))
+        return self
 
-    def _after(self, delivered: int) -> tuple[tuple[Operation, ...], ...]:
-        """Each list's operations in the bodies from index ``delivered`` on."""
-        skipped = [sum(counts[i] for counts in self._counts[:delivered]) for i in range(3)]
-        lists = (self.operations, self.parent_operations, self.root_operations)
-        return tuple(ops[skip:] for ops, skip in zip(lists, skipped, strict=True))
+    def remove(self: _Updater, key: str, value: object) -> _Updater:
+        """Remove every item equal to ``value`` from the list at ``key`` (unapplied if not a list).
 
+        >>> md = RunMetadata({"tags": ["a", "b", "a"], "n": 1}, is_root=False)
+        >>> md.remove("tags", "a").remove("n", 1).get("tags")
+        ListView(['b'])
+        >>> md.unapplied
+        (Remove(key='n', value=1),)
+        >>> md.parent.remove("waiting", "run_1") is md.parent
+        True
+        >>> md.drain().parent_operations
+        (Remove(key='waiting', value='run_1'),)
+        """
+        names = self._names
+        if type(key) is not str or key not in SAFE_KEYS:
+            key = checked_key(key, names.remove)
+        self._enqueue(Remove._trusted(key, checked_value(value, names.remove)))
+        return self
 
-def _operations_tuple(ops: object, name: str) -> tuple[Operation, ...]:
-    if isinstance(ops, (str, bytes, dict)) or not isinstance(ops, (tuple, list)):
-        msg = f"Flush: {name} must be a tuple of operations, got {describe(ops)}"
-        raise InvalidValueError(msg, name)
-    for index, op in enumerate(ops):
-        if not isinstance(op, OPERATION_TYPES):
-            msg = f"Flush: {name}[{index}] is {describe(op)}, not an operation"
-            raise InvalidValueError(msg, f"{name}[{index}]")
-    return tuple(ops)
+    def increment(self: _Updater, key: str, n: int | float = 1) -> _Updater:
+        """Add ``n`` to the number at ``key`` (anything else counts as 0).
 
+        >>> md = RunMetadata({"rows": 1}, is_root=False)
+        >>> md.increment("rows").increment("rows", n=2).get("rows")
+        4
+        >>> md.parent.increment("processedRows", n=2) is md.parent
+        True
+        >>> md.drain().parent_operations
+        (Increment(key='processedRows', value=2),)
+        """
+        names = self._names
+        if type(key) is not str or key not in SAFE_KEYS:
+            key = checked_key(key, names.increment)
+        self._enqueue(Increment._trusted(key, checked_amount(n, names.increment)))
+        return self
 
-# JavaScript's text of a number is at most 4.2 times as long as Python's ("1e+20" is
-# "100000000000000000000"); everything else is written alike. So a body whose Python
-# text is a fifth of the limit fits without measuring it the JavaScript way.
-_JS_GROWTH = 5
+    def decrement(self: _Updater, key: str, n: int | float = 1) -> _Updater:
+        """Subtract ``n`` from the number at ``key``: sent as an increment by ``-n``.
 
-_Counts = tuple[int, int, int]
+        On the parent and root too (the reference sends ``-abs(n)`` there).
 
+        >>> md = RunMetadata({"stock": 5}, is_root=False)
+        >>> md.decrement("stock", 2).get("stock")
+        3
+        >>> md.root.decrement("left", -3)
+        MetadataUpdater(target='root')
+        >>> flush = md.drain()
+        >>> flush.operations, flush.root_operations
+        ((Increment(key='stock', value=-2),), (Increment(key='left', value=3),))
+        """
+        names = self._names
+        if type(key) is not str or key not in SAFE_KEYS:
+            key = checked_key(key, names.decrement)
+        self._enqueue(Increment._trusted(key, -checked_amount(n, names.decrement)))
+        return self
 
-def _plan(
-    lists: tuple[tuple[Operation, ...], ...], max_bytes: int
-) -> tuple[tuple[_Counts, ...], tuple[str, ...]]:
-    """The bodies (how many operations of each list each carries) and their JSON texts."""
-    if not any(lists):
-        return (), ()
-    wires = tuple([op.to_wire() for op in ops] for ops in lists)
-    whole = dict(zip(_SECTIONS, wires, strict=True))
-    text = json_text(whole)
-    sent = _utf8_length(text)
-    if sent <= max_bytes and (sent * _JS_GROWTH <= max_bytes or json_size(whole) <= max_bytes):
-        return ((len(lists[0]), len(lists[1]), len(lists[2])),), (text,)
-    planned: list[_Counts] = []
-    texts: list[str] = []
-    starts = (0, 0, 0)
-    for counts in _split(lists, wires, max_bytes):
-        _add_body(wires, starts, counts, max_bytes, planned, texts)
-        starts = (starts[0] + counts[0], starts[1] + counts[1], starts[2] + counts[2])
-    return tuple(planned), tuple(texts)
+    def replace(self: _Updater, metadata: Mapping[str, object]) -> _Updater:
+        """Replace the whole metadata with ``metadata`` (wire type ``update``).
 
-
-def _add_body(
-    wires: tuple[list[dict[str, JSON]], ...],
-    starts: _Counts,
-    counts: _Counts,
-    max_bytes: int,
-    planned: list[_Counts],
-    texts: list[str],
-) -> None:
-    """Add the body of ``counts`` operations from ``starts``, halved while its text is too long."""
-    body = {
-        name: wire[start : start + count]
-        for name, wire, start, count in zip(_SECTIONS, wires, starts, counts, strict=True)
-    }
-    text = json_text(body)
-    total = sum(counts)
-    if total == 1 or _utf8_length(text) <= max_bytes:
-        planned.append(counts)
-        texts.append(text)
-        return
-    # Python's text ran longer than JavaScript's (it writes 5.0 for 5): send it in two.
-    left = total // 2
-    first = []
-    for count in counts:
-        first.append(min(count, left))
-        left -= first[-1]
-    head = (first[0], first[1], first[2])
-    tail = (counts[0] - head[0], counts[1] - head[1], counts[2] - head[2])
-    _add_body(wires, starts, head, max_bytes, planned, texts)
-    _add_body(
-        wires,
-        (starts[0] + head[0], starts[1] + head[1], starts[2] + head[2]),
-        tail,
-        max_bytes,
-        planned,
-        texts,
-    )
+        >>> md = RunMetadata({"old": 1}, is_root=False)
+        >>> md.replace({"user": "Eric"}).current()
+        DictView({'user': 'Eric'})
+        >>> md.parent.replace({"status": "reset"}) is md.parent
+        True
+        >>> md.drain().parent_operations
+        (Update(value={'status': 'reset'}),)
+        """
+        self._enqueue(Update._trusted(checked_metadata(metadata, self._names.replace)))
+        return self
 
 
-def _split(
-    lists: tuple[tuple[Operation, ...], ...], wires: tuple[list[dict[str, JSON]], ...], max_bytes: int
-) -> tuple[_Counts, ...]:
-    """How many operations of each list go in each body, every body at most ``max_bytes`` of json_size.
+@dataclass(frozen=True, slots=True)
+class RejectedFlush:
+    """A flush the platform refused for good, set aside by :meth:`RunMetadata.reject`.
 
-    Each list is chunked so that any one of its parts fits a body alone, and
-    consecutive parts (the last of one list, the first of the next) share a body
-    while they fit.
+    ``flush`` is what was refused (its operations were not sent again) and
+    ``reason`` why, in the host's words (e.g. the server's error message).
     """
-    room = max_bytes - (_WRAPPER_BYTES - _CHUNK_WRAPPER_BYTES)
-    bodies: list[_Counts] = []
-    counts = [0, 0, 0]
-    used = _WRAPPER_BYTES
-    for section, ops in enumerate(lists):
-        start = 0
-        for part in chunk(ops, room):
-            # The part's list without its brackets, which the wrapper already counts.
-            inner = json_size(wires[section][start : start + len(part)]) - 2
-            start += len(part)
-            if any(counts) and (counts[section] or used + inner > max_bytes):
-                bodies.append((counts[0], counts[1], counts[2]))
-                counts = [0, 0, 0]
-                used = _WRAPPER_BYTES
-            counts[section] = len(part)
-            used += inner
-    bodies.append((counts[0], counts[1], counts[2]))
-    return tuple(bodies)
+
+    flush: Flush
+    reason: str
 
 
-def _utf8_length(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-# --------------------------------------------------------------------------- the buffer
-
-
-class RunMetadata:
+class RunMetadata(_UpdateMethods):
     """A run's metadata as the task sees it, and the operations queued for the platform.
 
     ``metadata`` is the run's metadata when it starts (a dict, copied). ``is_root``
@@ -676,11 +299,14 @@ class RunMetadata:
         "_parent",
         "_parent_queue",
         "_queue",
+        "_rejected",
         "_root",
         "_root_queue",
+        "_shown",
         "_state",
         "_unapplied",
     )
+    _names = _CallNames.prefixed("")
 
     def __init__(
         self,
@@ -694,7 +320,7 @@ class RunMetadata:
             msg = f"RunMetadata: is_root must be a bool, got {describe(is_root)}"
             raise InvalidValueError(msg, "is_root")
         allowed = metadata_limit(limit)
-        store = {} if metadata is None else _plain_metadata(metadata, "metadata")
+        store = {} if metadata is None else checked_metadata(metadata, "RunMetadata")
         size = json_size(store)
         if size > allowed:
             raise MetadataTooLargeError(size, allowed)
@@ -702,15 +328,18 @@ class RunMetadata:
         Flush(max_bytes=max_request_bytes)
         self._limit = allowed
         self._max_request_bytes = max_request_bytes
-        self._body_room = max_request_bytes - _WRAPPER_BYTES - _OPERATION_FRAME_BYTES - _NUMBER_BYTES
+        self._body_room = max_request_bytes - WRAPPER_BYTES - OPERATION_FRAME_BYTES - NUMBER_TEXT_MAX_BYTES
         self._is_root = is_root
         self._lock = threading.Lock()
         # (metadata, its JSON size): replaced as one value, so a reader never sees a torn pair.
         self._state: tuple[dict[str, JSON], int] = (store, size)
+        # The view current() last handed out: made again only once the metadata changed.
+        self._shown: DictView | None = None
         self._queue: list[Operation] = []
         self._parent_queue: list[Operation] = []
         self._root_queue: list[Operation] = []
         self._unapplied: list[Operation] = []
+        self._rejected: tuple[RejectedFlush, ...] = ()
         # The flush out for delivery; _DRAINING while drain() builds it.
         self._flight: Flush | object | None = None
         self._parent = MetadataUpdater(self, "parent")
@@ -719,26 +348,49 @@ class RunMetadata:
     # ----------------------------------------------------------------- reading
 
     def current(self) -> DictView:
-        """The metadata now, as a read-only view (O(1); a snapshot later calls do not change).
+        """The metadata now, as a read-only ``dict`` (a snapshot later calls do not change).
 
+        It works wherever a dict of JSON does (``json.dumps``, :func:`metaops.json_size`,
+        ``==``), and nothing done to it, or to the views nested in it, reaches the
+        buffer (see :class:`DictView`). Its cost is the number of top-level keys, paid
+        once per change of the metadata: between two changes, every call returns the
+        same view.
+
+        >>> import json
         >>> md = RunMetadata({"n": 1})
         >>> before = md.current()
-        >>> md.increment("n").current(), before
-        (DictView({'n': 2}), DictView({'n': 1}))
+        >>> md.increment("n").current(), before, json.dumps(before)
+        (DictView({'n': 2}), DictView({'n': 1}), '{"n": 1}')
         """
-        return _view(self._state[0])  # type: ignore[no-any-return]
+        metadata = self._state[0]
+        shown = self._shown
+        if shown is None or shown._data is not metadata:
+            shown = view(metadata)
+            self._shown = shown
+        return shown
 
     def get(self, key: str) -> Any:
-        """The value at the top-level ``key`` (read-only views for containers); ``None`` when absent.
+        """The value at ``key`` (read-only views for containers); ``None`` when there is none.
 
-        >>> md = RunMetadata({"n": 1, "logs": ["a"]})
+        ``key`` is what the update methods take: a top-level key, read literally, or a
+        ``$.`` path. Through wildcards or slices, a path reads what an update at that
+        key reads (an ``increment`` adds to it): its first match, a list found through
+        ``d`` of them flattened ``d`` levels (the reference's ``first``). An unsafe key
+        is refused as the update methods refuse it.
+
+        >>> md = RunMetadata({"n": 1, "logs": ["a"], "runs": [{"rows": 2}, {"rows": 5}]})
         >>> md.get("n"), md.get("logs"), md.get("absent")
         (1, ListView(['a']), None)
+        >>> md.get("$.runs.1.rows"), md.get("$.runs.*.rows"), md.get("$.logs.7")
+        (5, 2, None)
         """
-        if not isinstance(key, str):
-            msg = f"get: key must be a str, got {describe(key)}"
-            raise InvalidValueError(msg, "key")
-        return _view(self._state[0].get(key))
+        if type(key) is not str or key not in SAFE_KEYS:
+            key = checked_key(key, "get")
+        metadata = self._state[0]
+        if not key.startswith("$."):
+            return view(metadata.get(key))
+        found = first(match(metadata, parse_key(key).components))  # type: ignore[arg-type]
+        return None if found is MISSING or found is NOTHING else view(found)  # type: ignore[arg-type]
 
     @property
     def size(self) -> int:
@@ -772,7 +424,7 @@ class RunMetadata:
 
     @property
     def in_flight(self) -> Flush | None:
-        """The flush drained and not yet accepted or restored, if any."""
+        """The flush drained and not yet accepted, restored or rejected, if any."""
         flight = self._flight
         return flight if isinstance(flight, Flush) else None
 
@@ -788,87 +440,14 @@ class RunMetadata:
         with self._lock:
             return tuple(self._unapplied)
 
+    @property
+    def rejected(self) -> tuple[RejectedFlush, ...]:
+        """Every flush set aside by :meth:`reject`, with its reason, oldest first."""
+        return self._rejected
+
     # ----------------------------------------------------------------- updating
 
-    def set(self, key: str, value: object) -> RunMetadata:
-        """Set ``key`` (a top-level key, or every match of a ``$.`` path) to ``value``.
-
-        >>> md = RunMetadata({"progress": {"done": 0}})
-        >>> md.set("status", "processing").set("$.progress.done", 3).current()
-        DictView({'progress': {'done': 3}, 'status': 'processing'})
-        """
-        if type(key) is not str or key not in _SAFE_KEYS:
-            key = _key(key, "set")
-        self._local(Set._trusted(key, _value(value, "set")))
-        return self
-
-    def delete(self, key: str) -> RunMetadata:
-        """Delete the top-level ``key`` (the documented ``del``; always literal).
-
-        >>> RunMetadata({"a": 1, "b": 2}).delete("a").current()
-        DictView({'b': 2})
-        """
-        self._local(Delete._trusted(_key(key, "delete")))
-        return self
-
-    def append(self, key: str, value: object) -> RunMetadata:
-        """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``).
-
-        >>> RunMetadata().append("logs", "one").append("logs", "two").get("logs")
-        ListView(['one', 'two'])
-        """
-        if type(key) is not str or key not in _SAFE_KEYS:
-            key = _key(key, "append")
-        self._local(Append._trusted(key, _value(value, "append")))
-        return self
-
-    def remove(self, key: str, value: object) -> RunMetadata:
-        """Remove every item equal to ``value`` from the list at ``key`` (unapplied if not a list).
-
-        >>> md = RunMetadata({"tags": ["a", "b", "a"], "n": 1})
-        >>> md.remove("tags", "a").remove("n", 1).get("tags")
-        ListView(['b'])
-        >>> md.unapplied
-        (Remove(key='n', value=1),)
-        """
-        if type(key) is not str or key not in _SAFE_KEYS:
-            key = _key(key, "remove")
-        self._local(Remove._trusted(key, _value(value, "remove")))
-        return self
-
-    def increment(self, key: str, n: int | float = 1) -> RunMetadata:
-        """Add ``n`` to the number at ``key`` (anything else counts as 0).
-
-        >>> RunMetadata({"rows": 1}).increment("rows").increment("rows", n=2).get("rows")
-        4
-        """
-        if type(key) is not str or key not in _SAFE_KEYS:
-            key = _key(key, "increment")
-        self._local(Increment._trusted(key, _amount(n, "increment")))
-        return self
-
-    def decrement(self, key: str, n: int | float = 1) -> RunMetadata:
-        """Subtract ``n`` from the number at ``key`` (sent as an increment by ``-n``).
-
-        >>> md = RunMetadata({"stock": 5})
-        >>> md.decrement("stock", 2).get("stock")
-        3
-        >>> md.drain().operations
-        (Increment(key='stock', value=-2),)
-        """
-        self._local(decrement(_key(key, "decrement"), _amount(n, "decrement")))
-        return self
-
-    def replace(self, metadata: Mapping[str, object]) -> RunMetadata:
-        """Replace the whole metadata with ``metadata`` (wire type ``update``).
-
-        >>> RunMetadata({"old": 1}).replace({"user": "Eric"}).current()
-        DictView({'user': 'Eric'})
-        """
-        self._local(Update._trusted(_replacement(metadata, "replace")))
-        return self
-
-    def _local(self, op: Operation) -> None:
+    def _enqueue(self, op: Operation) -> None:
         """Apply ``op`` to the metadata and queue it, unless it changes nothing or is refused."""
         state = self._state
         # Applied outside the lock; redone inside only if another call got in between.
@@ -899,7 +478,7 @@ class RunMetadata:
             if kind is Update:
                 bound = size
             else:
-                bound = len(op.key) * _KEY_CHAR_BYTES  # type: ignore[union-attr]
+                bound = len(op.key) * KEY_CHAR_MAX_BYTES  # type: ignore[union-attr]
                 if kind is Set or kind is Append:
                     bound += size
                 elif kind is Remove:
@@ -912,7 +491,7 @@ class RunMetadata:
     def _remote(self, target: _Target, op: Operation) -> None:
         """Queue ``op`` for the parent or the root run (this run itself when it is the root)."""
         if self._is_root:
-            self._local(op)
+            self._enqueue(op)
             return
         # The other run's metadata is not here: refuse only what could never succeed.
         kind = type(op)
@@ -924,8 +503,8 @@ class RunMetadata:
                 raise MetadataTooLargeError(
                     value_bytes, self._limit, what=f"the value of {target}.{_call_text(op)}"
                 )
-        key_bytes = 0 if kind is Update else len(op.key) * _KEY_CHAR_BYTES  # type: ignore[union-attr]
-        if _WRAPPER_BYTES + _OPERATION_FRAME_BYTES + key_bytes + value_bytes > self._max_request_bytes:
+        key_bytes = 0 if kind is Update else len(op.key) * KEY_CHAR_MAX_BYTES  # type: ignore[union-attr]
+        if WRAPPER_BYTES + OPERATION_FRAME_BYTES + key_bytes + value_bytes > self._max_request_bytes:
             self._check_body(op)
         with self._lock:
             if target == "parent":
@@ -935,7 +514,7 @@ class RunMetadata:
 
     def _check_body(self, op: Operation) -> None:
         """Refuse ``op`` if its JSON cannot fit in a request body even alone."""
-        size = _WRAPPER_BYTES + json_size(op.to_wire())
+        size = WRAPPER_BYTES + json_size(op.to_wire())
         if size > self._max_request_bytes:
             raise MetadataTooLargeError(
                 size, self._max_request_bytes, what=f"a request body holding only {_call_text(op)}"
@@ -946,10 +525,11 @@ class RunMetadata:
     def drain(self) -> Flush:
         """Take everything queued as one :class:`Flush`, which is then in flight.
 
-        Resolve it with :meth:`accept` (the platform took it) or :meth:`restore` (it
-        failed) before draining again: :class:`FlushInFlightError` otherwise. A flush
-        with nothing to send is not in flight (it may still report ``unapplied``).
-        The run's final flush is a drain too; send ``flush.packet()`` with the completion.
+        Resolve it with :meth:`accept` (the platform took it), :meth:`restore` (it
+        failed; it is sent again) or :meth:`reject` (the platform refused it for good)
+        before draining again: :class:`FlushInFlightError` otherwise. A flush with
+        nothing to send is not in flight (it may still report ``unapplied``). The
+        run's final flush is a drain too; send ``flush.packet()`` with the completion.
 
         >>> md = RunMetadata()
         >>> flush = md.set("a", 1).increment("n").increment("n").drain()
@@ -960,7 +540,7 @@ class RunMetadata:
         """
         with self._lock:
             if self._flight is not None:
-                msg = "drain: a flush is in flight; accept() or restore() it first"
+                msg = "drain: a flush is in flight; accept(), restore() or reject() it first"
                 raise FlushInFlightError(msg)
             taken = (self._queue, self._parent_queue, self._root_queue)
             unapplied = tuple(self._unapplied)
@@ -990,6 +570,8 @@ class RunMetadata:
                     max_bytes=self._max_request_bytes,
                 )
         except BaseException:
+            # (A KeyboardInterrupt or MemoryError in the middle of collapsing, say:
+            # nothing taken may be lost.)
             with self._lock:
                 self._requeue(taken)
                 self._unapplied[:0] = unapplied
@@ -1020,11 +602,36 @@ class RunMetadata:
             raise InvalidValueError(msg, "delivered")
         with self._lock:
             self._check_flight(flush, "restore")
-            if not 0 <= delivered <= len(flush._counts):
-                bodies = len(flush._counts)
+            bodies = len(flush.texts())
+            if not 0 <= delivered <= bodies:
                 msg = f"restore: delivered must be between 0 and {bodies} (the bodies), got {delivered}"
-                raise ValueError(msg)
+                raise InvalidArgumentError(msg)
             self._requeue(flush._after(delivered))
+            self._flight = None
+
+    def reject(self, flush: Flush, reason: str) -> None:
+        """Set aside a flush the platform refused for good (a 400, 413, ...), with ``reason``.
+
+        The flush leaves flight and its operations are not queued again: they are kept,
+        with the reason, in :attr:`rejected` for the host to report or inspect. The
+        local metadata is left as it is (it still shows the refused calls); the next
+        :meth:`accept` adopts the server's metadata and applies what was queued since,
+        which heals any difference. Calls and drains go on as before.
+
+        >>> md = RunMetadata()
+        >>> refused = md.set("status", "x" * 10).drain()
+        >>> md.increment("n").reject(refused, "413: the metadata is too large")
+        >>> md.in_flight, md.get("status"), md.drain().operations
+        (None, 'xxxxxxxxxx', (Increment(key='n', value=1),))
+        >>> md.rejected[0].flush is refused, md.rejected[0].reason
+        (True, '413: the metadata is too large')
+        """
+        if not isinstance(reason, str):
+            msg = f"reject: reason must be a str, got {describe(reason)}"
+            raise InvalidValueError(msg, "reason")
+        with self._lock:
+            self._check_flight(flush, "reject")
+            self._rejected = (*self._rejected, RejectedFlush(flush, str.__str__(reason)))
             self._flight = None
 
     def _requeue(self, ops: Sequence[Sequence[Operation]]) -> None:
@@ -1053,7 +660,7 @@ class RunMetadata:
         >>> md.current()
         DictView({'n': 1, 'fromChild': True, 'logs': ['meanwhile']})
         """
-        store = _plain_metadata(metadata, "accept: metadata")
+        store = checked_metadata(metadata, "accept")
         size = json_size(store)
         queue = self._queue
         seen = len(queue)
@@ -1081,7 +688,7 @@ class RunMetadata:
                 msg = f"{method}: a flush is being drained; only that one can be {method}ed next"
             else:
                 msg = f"{method}: no flush is in flight (only an empty one can be {method}ed now)"
-            raise ValueError(msg)
+            raise InvalidArgumentError(msg)
 
     def __repr__(self) -> str:
         body = (
@@ -1095,7 +702,7 @@ class RunMetadata:
 _DRAINING = object()
 
 
-class MetadataUpdater:
+class MetadataUpdater(_UpdateMethods):
     """The update methods for the parent or the root run, queued to their own list.
 
     The other run's metadata is not here, so nothing is applied locally; a call is
@@ -1113,101 +720,27 @@ class MetadataUpdater:
     (True, 2)
     """
 
-    __slots__ = ("_owner", "_target")
+    __slots__ = ("_names", "_owner", "_target")
 
-    def __init__(self, owner: RunMetadata, target: Literal["parent", "root"]) -> None:
+    def __init__(self, owner: RunMetadata, target: _Target) -> None:
         self._owner = owner
         self._target: _Target = target
+        self._names = _CallNames.prefixed(f"{target}.")
 
-    def set(self, key: str, value: object) -> MetadataUpdater:
-        """Queue ``set(key, value)`` for the target run.
-
-        >>> md = RunMetadata(is_root=False)
-        >>> md.parent.set("status", "done").set("step", 3) is md.parent
-        True
-        >>> md.drain().parent_operations
-        (Set(key='status', value='done'), Set(key='step', value=3))
-        """
-        method = f"{self._target}.set"
-        self._owner._remote(self._target, Set._trusted(_key(key, method), _value(value, method)))
-        return self
-
-    def delete(self, key: str) -> MetadataUpdater:
-        """Queue ``delete(key)`` for the target run.
-
-        >>> md = RunMetadata(is_root=False)
-        >>> md.root.delete("draft")
-        MetadataUpdater(target='root')
-        >>> md.drain().root_operations
-        (Delete(key='draft'),)
-        """
-        self._owner._remote(self._target, Delete._trusted(_key(key, f"{self._target}.delete")))
-        return self
-
-    def append(self, key: str, value: object) -> MetadataUpdater:
-        """Queue ``append(key, value)`` for the target run.
-
-        >>> md = RunMetadata(is_root=False)
-        >>> md.parent.append("rowRuns", "run_1")
-        MetadataUpdater(target='parent')
-        >>> md.drain().parent_operations
-        (Append(key='rowRuns', value='run_1'),)
-        """
-        method = f"{self._target}.append"
-        self._owner._remote(self._target, Append._trusted(_key(key, method), _value(value, method)))
-        return self
-
-    def remove(self, key: str, value: object) -> MetadataUpdater:
-        """Queue ``remove(key, value)`` for the target run.
-
-        >>> md = RunMetadata(is_root=False)
-        >>> md.parent.remove("waiting", "run_1")
-        MetadataUpdater(target='parent')
-        >>> md.drain().parent_operations
-        (Remove(key='waiting', value='run_1'),)
-        """
-        method = f"{self._target}.remove"
-        self._owner._remote(self._target, Remove._trusted(_key(key, method), _value(value, method)))
-        return self
-
-    def increment(self, key: str, n: int | float = 1) -> MetadataUpdater:
-        """Queue ``increment(key, n)`` for the target run.
-
-        >>> md = RunMetadata(is_root=False)
-        >>> md.parent.increment("processedRows", n=2)
-        MetadataUpdater(target='parent')
-        >>> md.drain().parent_operations
-        (Increment(key='processedRows', value=2),)
-        """
-        method = f"{self._target}.increment"
-        self._owner._remote(self._target, Increment._trusted(_key(key, method), _amount(n, method)))
-        return self
-
-    def decrement(self, key: str, n: int | float = 1) -> MetadataUpdater:
-        """Queue an increment by ``-n`` for the target run (not ``-abs(n)`` as the reference).
-
-        >>> md = RunMetadata(is_root=False)
-        >>> md.root.decrement("left", -3)
-        MetadataUpdater(target='root')
-        >>> md.drain().root_operations
-        (Increment(key='left', value=3),)
-        """
-        method = f"{self._target}.decrement"
-        self._owner._remote(self._target, decrement(_key(key, method), _amount(n, method)))
-        return self
-
-    def replace(self, metadata: Mapping[str, object]) -> MetadataUpdater:
-        """Queue the replacement of the target run's whole metadata.
-
-        >>> md = RunMetadata(is_root=False)
-        >>> md.parent.replace({"status": "reset"})
-        MetadataUpdater(target='parent')
-        >>> md.drain().parent_operations
-        (Update(value={'status': 'reset'}),)
-        """
-        method = f"{self._target}.replace"
-        self._owner._remote(self._target, Update._trusted(_replacement(metadata, method)))
-        return self
+    def _enqueue(self, op: Operation) -> None:
+        self._owner._remote(self._target, op)
 
     def __repr__(self) -> str:
         return f"MetadataUpdater(target={self._target!r})"
+
+
+def _call_text(op: Operation) -> str:
+    """How the user's call reads in an error message (without its value, which may be large)."""
+    if type(op) is Update:
+        return "replace(...)"
+    return f"{op.wire_type}({op.key!r})"  # type: ignore[union-attr]
+
+
+# Shown, pickled and documented where users import them from.
+for _public in (DictView, ListView, Flush):
+    _public.__module__ = __name__

@@ -1,16 +1,19 @@
-"""A deliberately naive model of apply: deep-copy the state, then mutate it in place.
+"""A deliberately naive model of apply, and the comparisons tests judge results with.
 
-It shares the path matcher with metaops (the conformance vectors pin that down) but
-none of apply's copy-on-write: every write stores a private deep copy, the way the
-semantics read on paper. Property tests run batches through both and compare.
+The model deep-copies the state, then mutates it in place. It shares the path matcher
+with metaops (the conformance vectors pin that down) but none of apply's
+copy-on-write: every write stores a private deep copy, the way the semantics read on
+paper. Property tests run batches through both and compare with :func:`same_json`
+(or :func:`close_json` where floats were summed in another order).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from metaops import Append, Delete, Increment, Operation, Remove, Set, Update, is_safe_key, json_equal
-from metaops._json import MISSING, add_numbers, is_number
+from metaops._json import MISSING, add_numbers, is_number, json_identical
 from metaops._paths import DEAD, FAR, NOTHING, first, match, parse_key
 
 
@@ -125,3 +128,25 @@ def _path(m: dict[str, Any], op: Operation, components: Any) -> bool:
                 node.append(None)
         node[key] = _fresh(new)
     return True
+
+
+def same_json(a: object, b: object) -> bool:
+    """Equal as JSON text: same types (a bool is not a number), same key order."""
+    return json_identical(a, b)
+
+
+def close_json(a: object, b: object) -> bool:
+    """Equal as JSON, except that two numbers of which one is a float need only be close.
+
+    Collapsing merges float increments, and a merged sum equals the calls' one by one
+    only up to reassociation ((x + a) + b against x + (a + b)). Ints stay exact.
+    """
+    if is_number(a) and is_number(b):
+        if type(a) is int and type(b) is int:
+            return a == b
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)  # type: ignore[arg-type]
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(close_json(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close_json(x, y) for x, y in zip(a, b, strict=True))
+    return same_json(a, b)

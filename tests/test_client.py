@@ -103,6 +103,8 @@ def test_the_client_api_is_pinned_sorted_and_exactly_the_public_names() -> None:
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert public - {"annotations"} == set(CLIENT_API)
+    # What the client sets aside is the buffer's own record, not a copy of its own making.
+    assert metaops.client.RejectedFlush is metaops.RejectedFlush
 
 
 @pytest.mark.parametrize(

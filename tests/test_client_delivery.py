@@ -50,6 +50,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServic
 
 
 @pytest.fixture
+def backend_service(database_url: str) -> Iterator[ThreadedService]:
+    """The service on a fresh database of each storage backend (for what depends on the storage)."""
+    with threaded_service(database_url) as running:
+        yield running
+
+
+@pytest.fixture
 def run_id(service: ThreadedService) -> str:
     name = f"run_{next(_ids)}"
     service.create_run(name)
@@ -106,8 +113,12 @@ def test_an_answer_lost_after_the_service_applied_it_never_causes_a_second_appli
 
 
 def test_a_held_flush_that_was_applied_is_fenced_before_newer_calls_and_counted_once(
-    service: ThreadedService, run_id: str
+    backend_service: ThreadedService,
 ) -> None:
+    """On every storage backend: the fence is answered as a replay, the key having been applied."""
+    service, run_id = backend_service, "run_fenced"
+    service.create_run(run_id)
+
     def decide(exchange: Exchange) -> str | None:
         return "lose" if exchange.method == "PUT" and len(puts(proxy)) < FAST.attempts else None
 
@@ -129,9 +140,11 @@ def test_a_held_flush_that_was_applied_is_fenced_before_newer_calls_and_counted_
 
 
 def test_restore_and_merge_uses_a_new_key_only_after_the_fence_spent_the_old_one(
-    service: ThreadedService, run_id: str
+    backend_service: ThreadedService,
 ) -> None:
-    """The held body never reached the service; the fence finds nothing, then the merge goes out."""
+    """The held body never reached the service; the fence spends its key (on every storage backend)."""
+    service, run_id = backend_service, "run_merged"
+    service.create_run(run_id)
 
     def decide(exchange: Exchange) -> str | None:
         return "drop" if exchange.method == "PUT" and len(puts(proxy)) < FAST.attempts else None

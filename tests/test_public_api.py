@@ -38,6 +38,8 @@ PUBLIC_API = [
     "MetadataTooLargeError",
     "MetaopsError",
     "Operation",
+    "ReadOnlyError",
+    "RejectedFlush",
     "Remove",
     "RunMetadata",
     "Set",

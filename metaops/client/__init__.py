@@ -89,10 +89,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     msg = "metaops.client needs httpx: pip install 'metaops[client]'"
     raise ImportError(msg) from None
 
+from metaops.buffer import RejectedFlush
 from metaops.client._ambient import AmbientMetadata, metadata
 from metaops.client._async import AsyncMetadataClient
 from metaops.client._base import EXIT_TIMEOUT
-from metaops.client._core import RejectedFlush
 from metaops.client._errors import (
     ClientClosedError,
     MissingCredentialsError,

@@ -11,8 +11,9 @@ from typing import TypeVar
 import httpx
 
 from metaops._json import JSON
+from metaops.buffer import RejectedFlush
 from metaops.client._base import BaseClient, final_flush, register, transport_failure, unregister
-from metaops.client._core import Answer, Failure, RejectedFlush, RoundResult, Send, Steps, log
+from metaops.client._core import Answer, Failure, RoundResult, Send, Steps, log
 from metaops.client._errors import ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
 

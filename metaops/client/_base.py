@@ -20,8 +20,8 @@ import httpx
 
 from metaops._errors import InvalidArgumentError, InvalidValueError
 from metaops._json import describe
-from metaops.buffer import DictView, MetadataUpdater, RunMetadata
-from metaops.client._core import Answer, Core, Failure, RejectedFlush, RoundResult, Send, drive, log
+from metaops.buffer import DictView, MetadataUpdater, RejectedFlush, RunMetadata
+from metaops.client._core import Answer, Core, Failure, RoundResult, Send, drive, log
 from metaops.client._errors import ClientClosedError, MissingCredentialsError
 from metaops.client._retry import RetryPolicy
 

@@ -47,18 +47,19 @@ from __future__ import annotations
 
 import json
 import logging
+import random as _random
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from metaops import __version__
 from metaops._errors import MetaopsError
 from metaops._json import JSON, describe
-from metaops.buffer import Flush, RunMetadata
+from metaops.buffer import Flush, RejectedFlush, RunMetadata
 from metaops.client._errors import RequestRefusedError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy, is_retryable, retry_after
 
@@ -67,7 +68,6 @@ __all__ = [
     "Answer",
     "Core",
     "Failure",
-    "RejectedFlush",
     "RoundResult",
     "Send",
     "Steps",
@@ -157,17 +157,6 @@ class _Spent:
     interrupted: bool
 
 
-# TEMPORARY until RunMetadata.reject and RejectedFlush land from the buffer split: the
-# same value and the same effect on the buffer (the flush leaves flight, nothing is
-# requeued), kept by the core instead of the buffer.
-@dataclass(frozen=True, slots=True)
-class RejectedFlush:
-    """A flush the service refused for good, set aside with the service's reason."""
-
-    flush: Flush
-    reason: str
-
-
 @dataclass(slots=True)
 class RoundResult:
     """What one flush round did: the flushes set aside, and the failure that ended it, if any."""
@@ -227,8 +216,6 @@ class Core:
         random: Callable[[], float] | None = None,
         new_key: Callable[[], str] = _new_key,
     ) -> None:
-        import random as _random
-
         self.run_id = run_id
         self.buffer = buffer
         self.policy = policy
@@ -243,7 +230,6 @@ class Core:
         self._random = random or _random.random
         self._new_key = new_key
         self._flight: _Flight | None = None
-        self._rejected: list[RejectedFlush] = []
         self.requests = 0
 
     # ----------------------------------------------------------------- state
@@ -261,7 +247,7 @@ class Core:
 
     @property
     def rejected(self) -> tuple[RejectedFlush, ...]:
-        return tuple(self._rejected)
+        return self.buffer.rejected
 
     # ----------------------------------------------------------------- steps
 
@@ -315,7 +301,9 @@ class Core:
 
     # ----------------------------------------------------------------- flight
 
-    def _deliver(self, deadline: float | None, result: RoundResult) -> Steps[_Spent | str | None]:
+    def _deliver(
+        self, deadline: float | None, result: RoundResult
+    ) -> Steps[_Spent | Literal["rejected", "requeued"] | None]:
         """Send the flight's bodies in order; resolve the flush with the buffer."""
         flight = self._flight
         assert flight is not None
@@ -393,11 +381,8 @@ class Core:
         return None
 
     def _reject(self, flight: _Flight, reason: str, status: int, result: RoundResult) -> None:
-        # TEMPORARY shim for RunMetadata.reject: restoring with every body counted as
-        # delivered takes the flush out of flight and requeues nothing.
-        self.buffer.restore(flight.flush, delivered=len(flight.bodies))
-        rejected = RejectedFlush(flight.flush, reason)
-        self._rejected.append(rejected)
+        self.buffer.reject(flight.flush, reason)
+        rejected = self.buffer.rejected[-1]
         self._flight = None
         if not result.rejected:
             result.status = status

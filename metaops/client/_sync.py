@@ -10,8 +10,9 @@ from types import TracebackType
 import httpx
 
 from metaops._json import JSON
+from metaops.buffer import RejectedFlush
 from metaops.client._base import BaseClient, final_flush, register, sleep, sync_send, unregister
-from metaops.client._core import Answer, Failure, RejectedFlush, Send, drive, log
+from metaops.client._core import Answer, Failure, Send, drive, log
 from metaops.client._errors import ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
 
