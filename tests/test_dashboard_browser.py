@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -302,6 +303,25 @@ def test_untrusted_keys_values_and_chunks_are_shown_as_text(
     assert browser.execute_script("return document.querySelectorAll('img').length") == 0
     assert browser.execute_script("return window.pwned === undefined") is True
     assert errors(browser) == []
+
+
+def test_a_token_that_expires_while_the_page_is_open_stops_it_with_a_notice(
+    browser: Any, server: RunningServer, admin: httpx.Client
+) -> None:
+    assert admin.post("/admin/runs", json={"id": "run_expiring", "metadata": {"n": 0}}).status_code == 201
+    expires = int(time.time()) + 8  # time enough to open the page; then the next poll is refused
+    token = mint_public_token(SECRET, ["run_expiring"], expiration=expires)
+    browser.get(f"{server.url}/runs/run_expiring?token={token}")
+    until(browser, lambda: entries(browser).get("n") == "0", "the metadata")
+    while time.time() < expires + 1:
+        time.sleep(0.2)
+    put(admin, "run_expiring", {"type": "increment", "key": "n", "value": 1})
+    notice = until(browser, lambda: browser.find_element("id", "notice").text, "the notice")
+    assert notice == (
+        "The page's access token was refused (Public access token expired). "
+        f"A new link: metaops token run_expiring --url {server.url}"
+    )
+    assert browser.find_element("id", "connection").text == notice
 
 
 def test_a_token_for_another_run_gets_the_403_page(

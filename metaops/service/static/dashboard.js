@@ -374,7 +374,7 @@
       // not JSON: the status says enough
     }
     if (response.status === 401) {
-      return `The page's access token was refused (${message}). Mint a new link: metaops token RUN_ID --url`;
+      return `The page's access token was refused (${message}). A new link: metaops token ${runId} --url ${location.origin}`;
     }
     return message;
   }
