@@ -384,7 +384,7 @@ def _parser() -> _Parser:
         epilog="exit status: 0 when the parent's metadata equals every accepted call applied one by one,\n"
         "1 when it does not, 2 bad options or a missing extra (one line on standard error says which).",
     )
-    demo.add_argument("--rows", type=int, default=1000, help="rows in the CSV file (default 1000)")
+    demo.add_argument("--rows", type=int, default=500, help="rows in the CSV file (default 500)")
     demo.add_argument("--seed", type=int, default=2026, help="seed of the generated file")
     demo.add_argument("--json", action="store_true", help="print the report as one line of JSON instead")
     demo.add_argument(

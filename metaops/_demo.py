@@ -73,7 +73,7 @@ __all__ = ["CHILDREN_AT_ONCE", "DEFAULT_ROWS", "DemoReport", "run_demo", "summar
 
 Metadata = dict[str, JSON]
 
-DEFAULT_ROWS = 1_000
+DEFAULT_ROWS = 500
 CHILDREN_AT_ONCE = 4
 """Child runs working at the same time (the platform runs a batch's children concurrently)."""
 SERVE_ROW_SECONDS = 0.04
@@ -551,7 +551,7 @@ def summary(report: DemoReport) -> str:
         f"  The parent run set its status and totalRows, then started {report.rows:,} child",
         f"  runs, {CHILDREN_AT_ONCE} at a time. Each reported its row to the parent with",
         '  metadata.parent.increment("processedRows", 1).append("rowRuns", id).',
-        "  metaops.client sent each run's calls in one request, and metaops serve",
+        "  metaops.client sent each child's calls in one request, and metaops serve",
         f"  folded the {children_sent:,} operations the children sent into "
         f"{report.parent_writes:,} writes of the parent.",
         "",
