@@ -419,6 +419,8 @@ def _import(
         log = _Log()
         log.write(f"fetched customers.csv: {len(records):,} rows; one child run per row")
         parent.flush()  # as the SDK does before the task waits on its children
+        if progress_out is not None:
+            bar.show(_check(service.admin.get(metadata_path))["metadata"])
         # batchTriggerAndWait: the children, a few at a time, each in its own run.
         with ThreadPoolExecutor(CHILDREN_AT_ONCE, thread_name_prefix="metaops-demo-child") as children:
             done = [

@@ -66,6 +66,7 @@ def test_piped_output_ends_on_complete_within_80_columns_and_says_what_was_saved
     lines = ran.out.splitlines()
     assert "\r" not in ran.out
     progress = [line for line in lines if line.startswith("  ") and " rows (" in line]
+    assert progress[0] == "  0/10 rows (0%), status processing"  # shown before the children start
     assert progress[-1] == "  10/10 rows (100%), status complete"
     assert max(len(line) for line in lines) < 80, max(lines, key=len)
     lowered = ran.out.lower()
