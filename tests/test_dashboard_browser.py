@@ -362,7 +362,7 @@ def test_screenshot_of_the_demo_mid_import(browser: Any, tmp_path: Path) -> None
     outcome: dict[str, Any] = {}
 
     def demo() -> None:
-        outcome["report"] = run_demo(200, serve=True, announce=announce, after=after)
+        outcome["report"] = run_demo(500, serve=True, announce=announce, after=after)
 
     thread = threading.Thread(target=demo)
     thread.start()
