@@ -10,6 +10,7 @@ import pytest
 
 from metaops import InvalidArgumentError
 from metaops.service import RunNotFoundError, Storage, open_storage
+from metaops.service._streams_memory import MemoryStreamStore
 from metaops.service._streams_store import (
     MAX_CHUNK_BYTES,
     MAX_STREAMS_PER_RUN,
@@ -31,11 +32,24 @@ def storage(database_url: str) -> Iterator[Storage]:
     opened.close()
 
 
-@pytest.fixture
-def store(storage: Storage) -> Iterator[StreamStore]:
-    opened = open_stream_store(storage)
+@pytest.fixture(params=["database", "memory"])
+def store(storage: Storage, request: pytest.FixtureRequest) -> Iterator[StreamStore]:
+    """The stream store beside the storage, in its database; or in memory, beside a storage the
+    service has no stream tables for."""
+    opened = open_stream_store(storage if request.param == "database" else _Wrapped(storage))  # type: ignore[arg-type]
+    assert isinstance(opened, MemoryStreamStore) == (request.param == "memory")
     yield opened
     opened.close()
+
+
+class _Wrapped:
+    """A storage of no kind the service knows (it only passes calls on)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._storage, name)
 
 
 def _texts(values: list[object]) -> list[str]:

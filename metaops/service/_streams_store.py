@@ -23,6 +23,7 @@ stream holds stays readable. A finished stream takes no more chunks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -50,6 +51,8 @@ __all__ = [
     "open_stream_store",
     "plan_append",
 ]
+
+_log = logging.getLogger("metaops.service")
 
 MAX_STREAMS_PER_RUN = 64
 MAX_STREAM_CHUNKS = 100_000
@@ -256,7 +259,8 @@ class StreamStore(Protocol):
 
 
 def open_stream_store(storage: Storage) -> StreamStore:
-    """The stream store living beside ``storage``, in the same database."""
+    """The stream store living beside ``storage``, in the same database (SQLite, PostgreSQL);
+    in memory for any other storage."""
     from metaops.service._storage_sqlite import SQLiteStorage
 
     if isinstance(storage, SQLiteStorage):
@@ -271,5 +275,10 @@ def open_stream_store(storage: Storage) -> StreamStore:
         from metaops.service._streams_postgres import PostgresStreamStore
 
         return PostgresStreamStore(storage)
-    msg = f"no stream store for {type(storage).__name__}"
-    raise InvalidArgumentError(msg)
+    from metaops.service._streams_memory import MemoryStreamStore
+
+    _log.warning(
+        "%s keeps no streams: they are kept in this process's memory (not durable, not shared)",
+        type(storage).__name__,
+    )
+    return MemoryStreamStore(storage)
