@@ -332,13 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="the server's processes (default: %(default)s)"
     )
-    parser.add_argument(
-        "--server",
-        choices=["service", "example", "both"],
-        default="service",
-        help="what to load: metaops serve, the example server it replaced (while it exists), or both "
-        "one after the other, with their ratios",
-    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE, as JSON")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 100_000 or not 0 < args.seconds <= 600 or not 1 <= args.clients <= 64:
@@ -347,42 +340,25 @@ def main(argv: list[str] | None = None) -> int:
     size = json_size(state)
     machine = f"metadata {size:,} bytes of JSON; loopback; {os.cpu_count()} cores"
     runs: list[tuple[str, list[Result]]] = []
-    kinds = ["example", "service"] if args.server == "both" else [args.server]
     with tempfile.TemporaryDirectory(prefix="metaops-load-") as directory:
-        for kind in kinds:
-            if kind == "example":
-                database = str(Path(directory) / "example.sqlite3")
-                command = [sys.executable, "-m", "examples.server", "--db", database]
-                label = "example server (http.server), SQLite synchronous=FULL"
-            else:
-                database = args.database or f"sqlite:///{Path(directory) / 'runs.sqlite3'}"
-                command = [sys.executable, "-m", "metaops", "serve", "--database", database]
-                command += ["--workers", str(args.workers)]
-                label = f"metaops serve, {database.partition(':')[0]}, {args.workers} worker(s)"
-            results = run_scenarios(
-                command, state, clients=args.clients, max_requests=args.requests, max_seconds=args.seconds
-            )
-            runs.append((label, results))
-            print(f"{label}; {machine}")
-            print()
-            print(_HEADER)
-            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for r in results:
-                print(
-                    f"| {r.scenario} | {r.clients} | {r.requests} | {r.seconds} | {r.updates_per_second} | "
-                    f"{r.p50_ms} | {r.p90_ms} | {r.p99_ms} | {r.max_ms} | {r.writes} |"
-                )
-            print()
-    if len(runs) == 2:
-        print("metaops serve against the example server, in this run:")
+        database = args.database or f"sqlite:///{Path(directory) / 'runs.sqlite3'}"
+        command = [sys.executable, "-m", "metaops", "serve", "--database", database]
+        command += ["--workers", str(args.workers)]
+        label = f"metaops serve, {database.partition(':')[0]}, {args.workers} worker(s)"
+        results = run_scenarios(
+            command, state, clients=args.clients, max_requests=args.requests, max_seconds=args.seconds
+        )
+        runs.append((label, results))
+        print(f"{label}; {machine}")
         print()
-        print("| scenario | throughput × | p50 ÷ |")
-        print("|---|---:|---:|")
-        for old, new in zip(runs[0][1], runs[1][1], strict=True):
+        print(_HEADER)
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in results:
             print(
-                f"| {new.scenario} | {new.updates_per_second / old.updates_per_second:.1f} | "
-                f"{old.p50_ms / new.p50_ms:.1f} |"
+                f"| {r.scenario} | {r.clients} | {r.requests} | {r.seconds} | {r.updates_per_second} | "
+                f"{r.p50_ms} | {r.p90_ms} | {r.p99_ms} | {r.max_ms} | {r.writes} |"
             )
+        print()
     for label, results in runs:
         same = next(r for r in results if r.scenario.startswith("same-run"))
         print(f"{label}: {same.scenario} p99/p50 = {same.p99_ms / same.p50_ms:.1f}")

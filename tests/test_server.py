@@ -297,10 +297,12 @@ def test_compute_with_a_known_size_never_measures_the_whole_metadata(monkeypatch
     """The cost of an update with a known size follows what it touches: nothing measures the result."""
     import metaops.server as server
 
-    def refuse(value: object) -> tuple[int, int | None]:
+    def refuse(value: object) -> Any:
         raise AssertionError("measured the whole metadata")
 
-    monkeypatch.setattr(server, "_measure", refuse)
+    # Whichever measures the whole result (json_size, or the depth-aware walk while it exists).
+    monkeypatch.setattr(server, "_measure", refuse, raising=False)
+    monkeypatch.setattr(server, "json_size", refuse, raising=False)
     state: dict[str, Any] = {"rows": [{"id": i} for i in range(1000)], "n": 1}
     computed = compute_update(state, [Increment("n")], size=json_size(state))
     assert computed.size == json_size(state)

@@ -185,6 +185,7 @@ def test_a_random_token_is_printed_and_the_default_database_is_in_the_working_di
     assert (tmp_path / "metaops.sqlite3").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_gracefully_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'runs.sqlite3'}"
     first = ServeProcess(url)

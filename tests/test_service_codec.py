@@ -79,7 +79,7 @@ def test_text_after_each_update_is_json_text(
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(value=json_values(max_leaves=30), awkward=st.lists(st.sampled_from(AWKWARD), max_size=6))
 def test_awkward_values_are_written_as_json_text_writes_them(
     encoder: str, value: Any, awkward: list[Any]
@@ -137,7 +137,7 @@ def _row_operations() -> st.SearchStrategy[Operation]:
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(steps=st.lists(st.lists(_row_operations(), min_size=1, max_size=3), min_size=1, max_size=6))
 def test_long_lists_patched_by_position_stay_exact(encoder: str, steps: list[list[Operation]]) -> None:
     """A list of 40 rows keeps its items' texts; a copy with rows changed, appended, removed or

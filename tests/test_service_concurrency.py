@@ -30,7 +30,7 @@ def server(database_url: str) -> Iterator[RunningServer]:
 
 
 @pytest.mark.parametrize(
-    "increments", [pytest.param(60, id="8x60"), pytest.param(500, id="8x500", marks=pytest.mark.slow)]
+    "increments", [pytest.param(40, id="8x40"), pytest.param(500, id="8x500", marks=pytest.mark.slow)]
 )
 def test_eight_writers_racing_on_one_run_lose_nothing(server: RunningServer, increments: int) -> None:
     """8 writers × N increments racing on one run: every one lands, none twice (8 × 500 = 4000 in

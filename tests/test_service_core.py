@@ -123,7 +123,8 @@ def test_a_warm_update_never_measures_parses_or_encodes_the_whole_metadata(
 
     monkeypatch.setattr(service_module, "json_size", forbidden("json_size"))
     monkeypatch.setattr(service_module, "_loaded", forbidden("_loaded"))
-    monkeypatch.setattr("metaops.server._measure", forbidden("_measure"))
+    monkeypatch.setattr("metaops.server._measure", forbidden("_measure"), raising=False)
+    monkeypatch.setattr("metaops.server.json_size", forbidden("json_size"), raising=False)
     monkeypatch.setattr(codec, "json_text", json_text_of_small_values)
     for _ in range(3):
         outcome = service.update(

@@ -6,6 +6,7 @@ the test process, with a 16 KB metadata limit.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -78,6 +79,16 @@ def test_create_update_and_read_a_run(client: Client) -> None:
     assert "idempotent-replayed" not in client.last_headers
     assert client.get_metadata("walk") == {"status": "running", "done": 3}
     assert client.run("walk")["version"] == 1
+
+
+def test_head_answers_as_get_without_a_body(server: RunningServer, client: Client) -> None:
+    client.create_run("head", metadata={"a": 1})
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("HEAD", "/api/v1/runs/head/metadata", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    assert (response.status, response.read()) == (200, b"")
+    assert response.getheader("content-length") == str(len(b'{"metadata":{"a":1}}'))
+    connection.close()
 
 
 def test_unknown_runs_and_routes_are_404_with_a_json_body(client: Client) -> None:

@@ -9,6 +9,7 @@ reopen.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -368,3 +369,35 @@ def test_unknown_database_urls_are_refused() -> None:
         open_storage("mysql://localhost/db")
     with pytest.raises(ValueError, match="expected sqlite:///"):
         open_storage("sqlite://")
+
+
+def test_listeners_hear_other_processes_commits(database_url: str) -> None:
+    """Two storages on one database stand for two processes: each hears the other's appends and
+    completions, and its own commits once."""
+    this, other = open_storage(database_url), open_storage(database_url)
+    try:
+        _create(this, "r")
+        heard: list[tuple[str, int]] = []
+        arrived = threading.Condition()
+
+        def listener(run_id: str, version: int) -> None:
+            with arrived:
+                heard.append((run_id, version))
+                arrived.notify_all()
+
+        this.subscribe(listener)
+        with other.write("r") as tx:
+            assert tx is not None
+            tx.append(OPS)
+        other.complete_run("r", 5.0)
+        with this.write("r") as tx:
+            assert tx is not None
+            tx.append(OPS)
+        with arrived:
+            assert arrived.wait_for(lambda: len(heard) >= 3, timeout=10), heard
+        assert sorted(heard) == [("r", 1), ("r", 1), ("r", 2)]
+        time.sleep(0.3)  # nothing more arrives: this process's own commit is not heard twice
+        assert len(heard) == 3, heard
+    finally:
+        this.close()
+        other.close()

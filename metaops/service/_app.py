@@ -289,7 +289,7 @@ def create_app(
         return result
 
     async def metadata(request: Request) -> Response:
-        return await (get_metadata if request.method == "GET" else put_metadata)(request)
+        return await (put_metadata if request.method == "PUT" else get_metadata)(request)
 
     async def get_metadata(request: Request) -> Response:
         run_id = request.path_params["run_id"]

@@ -8,8 +8,10 @@ their own table, so that bumping a run's version never rewrites its metadata.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,11 +71,23 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_used_at ON idempotency_keys (used_at);
+-- The change feed across processes: each commit that moves a run adds a row, which the
+-- other processes sharing the file read (writer tells their own rows apart); kept a minute.
+CREATE TABLE IF NOT EXISTS changes (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id  TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    writer  TEXT NOT NULL,
+    at      REAL NOT NULL
+);
 """
 
 _RECORD = "SELECT id, parent_id, root_id, version, snapshot_version, created_at, completed_at FROM runs"
 _IDLE_CONNECTIONS = 16
 CHECKPOINT_INTERVAL = 1.0
+FEED_INTERVAL = 0.05
+"""Seconds between two looks for other processes' commits, while someone listens."""
+FEED_RETENTION = 60.0
 _SYNCHRONOUS = ("FULL", "EXTRA")
 
 
@@ -102,6 +116,9 @@ class SQLiteStorage:
         self._lock = threading.Lock()
         self._closed = False
         self._listeners: list[ChangeListener] = []
+        self._writer_id = secrets.token_hex(8)
+        self._feed: threading.Thread | None = None
+        self._feed_start: tuple[sqlite3.Connection, int]
         self._held: dict[str, int] = {}  # run -> how many threads of this process hold or wait for it
         # SQLite has one writer at a time; waiting for it here wakes the next writer as soon as
         # the last commits, where SQLite's own busy handler polls with sleeps of up to 100 ms.
@@ -180,14 +197,17 @@ class SQLiteStorage:
             try:
                 with self._connection() as db:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                with self._writer, self._connection() as db:
+                    db.execute("DELETE FROM changes WHERE at < ?", (time.time() - FEED_RETENTION,))
             except StorageError:  # closed, or busy: the next round does it
                 continue
 
     def close(self) -> None:
         """Close every idle connection; later calls raise :class:`StorageError`."""
         self._stopping.set()
-        if self._checkpointer is not threading.current_thread():
-            self._checkpointer.join(timeout=30)
+        for thread in (self._checkpointer, self._feed):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=30)
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -259,7 +279,7 @@ class SQLiteStorage:
                 if row is None:
                     db.execute("ROLLBACK")
                     raise RunNotFoundError(run_id)
-                tx = _Transaction(db, _record(row))
+                tx = _Transaction(db, _record(row), self._changed)
                 yield tx
                 db.execute("COMMIT")
         finally:
@@ -273,13 +293,24 @@ class SQLiteStorage:
 
     def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
         with self._writer, self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
             cursor = db.execute("UPDATE runs SET completed_at = ? WHERE id = ?", (completed_at, run_id))
             if cursor.rowcount != 1:
+                db.execute("ROLLBACK")
                 raise RunNotFoundError(run_id)
             row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
+            self._changed(db, run_id, row[3])
+            db.execute("COMMIT")
         record = _record(row)
         self._notify(run_id, record.version)  # listeners re-read the record: it completed
         return record
+
+    def _changed(self, db: sqlite3.Connection, run_id: str, version: int) -> None:
+        """Record a change for the other processes' feeds (inside the caller's transaction)."""
+        db.execute(
+            "INSERT INTO changes (run_id, version, writer, at) VALUES (?, ?, ?, ?)",
+            (run_id, version, self._writer_id, time.time()),
+        )
 
     # ------------------------------------------------------------------ outbox and keys
 
@@ -315,8 +346,19 @@ class SQLiteStorage:
     # ------------------------------------------------------------------ changes
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """As the Protocol says; other processes' commits arrive within ``FEED_INTERVAL`` or so."""
         with self._lock:
             self._listeners.append(listener)
+            start = self._feed is None and not self._closed
+            if start:
+                self._feed = threading.Thread(target=self._follow_others, name="metaops-feed", daemon=True)
+        if start:
+            # Where the feed starts is read before subscribe returns: a commit after it is heard.
+            db = self._connect()
+            (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
+            self._feed_start = (db, int(last))
+            assert self._feed is not None
+            self._feed.start()
 
         def unsubscribe() -> None:
             with self._lock:
@@ -324,6 +366,33 @@ class SQLiteStorage:
                     self._listeners.remove(listener)
 
         return unsubscribe
+
+    def _follow_others(self) -> None:
+        """Tell the listeners of other processes' commits, found through ``PRAGMA data_version``.
+
+        One connection of its own: ``data_version`` changes when another connection committed.
+        """
+        db, last = self._feed_start
+        seen = None
+        try:
+            while not self._stopping.wait(FEED_INTERVAL):
+                try:
+                    (version,) = db.execute("PRAGMA data_version").fetchone()
+                    if version == seen:
+                        continue
+                    seen = version
+                    rows = db.execute(
+                        "SELECT seq, run_id, version FROM changes WHERE seq > ? AND writer != ? ORDER BY seq",
+                        (last, self._writer_id),
+                    ).fetchall()
+                except sqlite3.Error:  # busy, say: the next round reads them
+                    seen = None
+                    continue
+                for seq, run_id, run_version in rows:
+                    last = seq
+                    self._notify(run_id, run_version)
+        finally:
+            db.close()
 
     def _notify(self, run_id: str, version: int) -> None:
         with self._lock:
@@ -352,9 +421,15 @@ def _history(db: sqlite3.Connection, record: RunRecord, since: int | None) -> Hi
 class _Transaction:
     """:class:`~metaops.service.RunTransaction` on one SQLite connection inside ``BEGIN IMMEDIATE``."""
 
-    def __init__(self, db: sqlite3.Connection, record: RunRecord) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        record: RunRecord,
+        changed: Callable[[sqlite3.Connection, str, int], None],
+    ) -> None:
         self._db = db
         self._record = record
+        self._changed = changed
         self._version = record.version
         self.appended: int | None = None
 
@@ -384,6 +459,7 @@ class _Transaction:
             db.execute(
                 "UPDATE runs SET version = ?, snapshot_version = ? WHERE id = ?", (version, version, run_id)
             )
+        self._changed(db, run_id, version)
         self.appended = version
         return version
 

@@ -1,1 +1,0 @@
-"""Programs that embed metaops (not part of the installed package)."""
