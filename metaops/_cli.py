@@ -300,16 +300,21 @@ def _demo(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         _wait_for_interrupt()
 
-    report = run_demo(
-        args.rows,
-        seed=args.seed,
-        progress=None if args.json else sys.stdout,
-        tty=tty,
-        serve=args.serve,
-        port=args.port,
-        announce=announce if args.serve else None,
-        after=serve_until_stopped if args.serve else None,
-    )
+    try:
+        report = run_demo(
+            args.rows,
+            seed=args.seed,
+            progress=None if args.json else sys.stdout,
+            tty=tty,
+            serve=args.serve,
+            port=args.port,
+            announce=announce if args.serve else None,
+            after=serve_until_stopped if args.serve else None,
+        )
+    except KeyboardInterrupt:
+        sys.stdout.write("\n" if tty else "")
+        sys.stderr.write("metaops demo: interrupted; the service and its temporary database are gone\n")
+        return 130  # what a shell reports for a process Ctrl-C ended
     if not args.serve:
         sys.stdout.write(_dump(report.to_json()) if args.json else summary(report))
     return EXIT_OK if report.consistent else EXIT_INVALID
@@ -382,7 +387,8 @@ def _parser() -> _Parser:
         "serving the page until Ctrl-C. Needs the server and client extras:\n"
         "pip install 'metaops[server,client]'.",
         epilog="exit status: 0 when the parent's metadata equals every accepted call applied one by one,\n"
-        "1 when it does not, 2 bad options or a missing extra (one line on standard error says which).",
+        "1 when it does not, 2 bad options or a missing extra (one line on standard error says which),\n"
+        "130 interrupted (Ctrl-C) before the end; with --serve, Ctrl-C after the end exits 0.",
     )
     demo.add_argument("--rows", type=int, default=500, help="rows in the CSV file (default 500)")
     demo.add_argument("--seed", type=int, default=2026, help="seed of the generated file")

@@ -427,10 +427,15 @@ def _import(
                 children.submit(_child_run, service, parent_id, row, index, calls, log, pause)
                 for index, row in enumerate(records)
             ]
-            while not all(future.done() for future in done):
-                if progress_out is not None:
-                    bar.show(_check(service.admin.get(metadata_path))["metadata"])
-                time.sleep(POLL_INTERVAL)
+            try:
+                while not all(future.done() for future in done):
+                    if progress_out is not None:
+                        bar.show(_check(service.admin.get(metadata_path))["metadata"])
+                    time.sleep(POLL_INTERVAL)
+            except BaseException:  # Ctrl-C: the children at work finish, the others never start
+                children.shutdown(cancel_futures=True)
+                log.close()
+                raise
             for future in done:
                 future.result()  # a child that failed fails the demo
         metadata.set("status", "complete")

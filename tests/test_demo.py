@@ -247,6 +247,44 @@ def test_serve_prints_the_link_waits_for_the_page_and_serves_until_stopped() -> 
         process.stdout.close()
 
 
+def test_ctrl_c_during_the_import_stops_it_at_once_with_one_line() -> None:
+    process = _python(
+        "demo",
+        "--serve",
+        "--rows",
+        "400",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        for line in process.stdout:
+            if line.startswith("Watch it live: "):
+                break
+        link = line.removeprefix("Watch it live: ").strip()
+        base, rest = link.split("/runs/")
+        run_id, token = rest.split("?token=")
+        headers = {"Authorization": f"Bearer {token}"}
+        httpx.get(f"{base}/realtime/v1/runs/{run_id}", params={"offset": "-1"}, headers=headers, timeout=30)
+        for line in process.stdout:
+            if " rows (" in line and not line.startswith("  0/"):
+                break  # children are at work (a line at each tenth)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        assert "status complete" not in process.stdout.read()  # the other children never started
+        assert process.stderr.read() == (
+            "metaops demo: interrupted; the service and its temporary database are gone\n"
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
 def test_run_demo_serves_the_dashboard_until_after_returns() -> None:
     """In-process: the link works during ``after``, and the report carries it."""
     seen: dict[str, Any] = {}
