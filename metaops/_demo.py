@@ -417,31 +417,32 @@ def _import(
         metadata.set("status", "processing").set("totalRows", len(records))
         calls.by_parent(Set("status", "processing"), Set("totalRows", len(records)))
         log = _Log()
-        log.write(f"fetched customers.csv: {len(records):,} rows; one child run per row")
-        parent.flush()  # as the SDK does before the task waits on its children
-        if progress_out is not None:
-            bar.show(_check(service.admin.get(metadata_path))["metadata"])
-        # batchTriggerAndWait: the children, a few at a time, each in its own run.
-        with ThreadPoolExecutor(CHILDREN_AT_ONCE, thread_name_prefix="metaops-demo-child") as children:
-            done = [
-                children.submit(_child_run, service, parent_id, row, index, calls, log, pause)
-                for index, row in enumerate(records)
-            ]
-            try:
-                while not all(future.done() for future in done):
-                    if progress_out is not None:
-                        bar.show(_check(service.admin.get(metadata_path))["metadata"])
-                    time.sleep(POLL_INTERVAL)
-            except BaseException:  # Ctrl-C: the children at work finish, the others never start
-                children.shutdown(cancel_futures=True)
-                log.close()
-                raise
-            for future in done:
-                future.result()  # a child that failed fails the demo
-        metadata.set("status", "complete")
-        calls.by_parent(Set("status", "complete"))
-        log.write(f"imported {len(records):,} rows")
-        log.close()
+        try:
+            log.write(f"fetched customers.csv: {len(records):,} rows; one child run per row")
+            parent.flush()  # as the SDK does before the task waits on its children
+            if progress_out is not None:
+                bar.show(_check(service.admin.get(metadata_path))["metadata"])
+            # batchTriggerAndWait: the children, a few at a time, each in its own run.
+            with ThreadPoolExecutor(CHILDREN_AT_ONCE, thread_name_prefix="metaops-demo-child") as children:
+                done = [
+                    children.submit(_child_run, service, parent_id, row, index, calls, log, pause)
+                    for index, row in enumerate(records)
+                ]
+                try:
+                    while not all(future.done() for future in done):
+                        if progress_out is not None:
+                            bar.show(_check(service.admin.get(metadata_path))["metadata"])
+                        time.sleep(POLL_INTERVAL)
+                except BaseException:  # Ctrl-C: the children at work finish, the others never start
+                    children.shutdown(cancel_futures=True)
+                    raise
+                for future in done:
+                    future.result()  # a child that failed fails the demo
+            metadata.set("status", "complete")
+            calls.by_parent(Set("status", "complete"))
+            log.write(f"imported {len(records):,} rows")
+        finally:
+            log.close()  # whatever happened: its thread must not outlive the run
     _check(service.admin.post("/admin/flush", json={}))
     _check(service.admin.post(f"/admin/runs/{quote(parent_id, safe='')}/complete", json={}))
     described = _check(service.admin.get(f"/admin/runs/{quote(parent_id, safe='')}"))

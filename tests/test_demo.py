@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+import metaops._demo as demo_module
 from metaops._cli import main
 from metaops._demo import run_demo
 from metaops.client import read_stream
@@ -283,6 +284,22 @@ def test_ctrl_c_during_the_import_stops_it_at_once_with_one_line() -> None:
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_a_child_that_fails_fails_the_demo_and_leaves_no_thread_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = demo_module._handle_csv_row
+
+    def failing(row: dict[str, str], index: int, *args: Any) -> None:
+        if index == 3:
+            raise ValueError("row 4 is malformed")
+        real(row, index, *args)
+
+    monkeypatch.setattr(demo_module, "_handle_csv_row", failing)
+    with pytest.raises(ValueError, match="row 4 is malformed"):
+        run_demo(8)
+    assert [thread.name for thread in threading.enumerate() if thread.name.startswith("metaops-demo")] == []
 
 
 def test_run_demo_serves_the_dashboard_until_after_returns() -> None:
