@@ -22,8 +22,9 @@ long-polls). Scenarios, one after the other, each on its own run:
   the memory per idle subscriber.
 * **stalled consumers**: S subscribers each send one live poll on a run holding
   ``--metadata-kb`` of metadata and then never read their socket; the writer PUTs
-  updates. The server's RSS after the first and after all updates: a consumer
-  that stops reading holds at most one answer, whatever the number of updates.
+  ``--updates`` increments. The growth of the server's RSS, beside its growth for
+  the same updates to a run nobody watches (the control): a consumer that stops
+  reading is owed at most one answer, whatever the number of updates.
 
 Both processes share this machine's cores (say how many with the figures); the
 client's own work is part of the measured latency.
@@ -274,40 +275,48 @@ async def _fan_out(server: _Server, run_id: str, count: int, updates: int, gap: 
     }
 
 
-async def _stalled(server: _Server, run_id: str, count: int, updates: int, kilobytes: int) -> dict[str, Any]:
-    await _create(server.port, run_id, {"n": 0, "pad": "x" * (kilobytes * 1024)})
-    connections = []
-    for _ in range(count):
-        connection = await _Connection.open(server.port)
-        status, headers, _ = await connection.request("GET", f"/realtime/v1/runs/{run_id}?offset=-1")
-        assert status == 200
-        # One live poll, its answer never read.
-        path = f"/realtime/v1/runs/{run_id}?cursor=&handle={headers['electric-handle']}&live=true&offset=0_0"
-        connection.writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n".encode() + _AUTH + b"\r\n")
-        connections.append(connection)
-    await asyncio.sleep(1.0)
+async def _rss_growth(server: _Server, run_id: str, updates: int) -> int:
+    """KiB the server's RSS grew by while ``updates`` increments were written to ``run_id``."""
+    await asyncio.sleep(0.5)
     before = server.rss_kib()
     writer = await _Connection.open(server.port)
     body = json.dumps({"operations": [{"type": "increment", "key": "n", "value": 1}]}).encode()
-    after_first = 0
-    for step in range(updates):
-        status, _, _ = await writer.request("PUT", f"/api/v1/runs/{run_id}/metadata", body)
-        assert status == 200
-        if step == 9:
-            await asyncio.sleep(0.5)
-            after_first = server.rss_kib()
+    try:
+        for _ in range(updates):
+            status, _, _ = await writer.request("PUT", f"/api/v1/runs/{run_id}/metadata", body)
+            assert status == 200
+    finally:
+        writer.close()
     await asyncio.sleep(1.0)
-    after_all = server.rss_kib()
-    writer.close()
+    return server.rss_kib() - before
+
+
+async def _stalled(server: _Server, count: int, updates: int, kilobytes: int) -> dict[str, Any]:
+    """The same updates to two runs of the same size: one nobody watches (the control), one with
+    ``count`` consumers that sent a live poll and never read its answer."""
+    metadata = {"n": 0, "pad": "x" * (kilobytes * 1024)}
+    await _create(server.port, "run_control", metadata)
+    control = await _rss_growth(server, "run_control", updates)
+    await _create(server.port, "run_stalled", metadata)
+    connections = []
+    for _ in range(count):
+        connection = await _Connection.open(server.port)
+        status, headers, _ = await connection.request("GET", "/realtime/v1/runs/run_stalled?offset=-1")
+        assert status == 200
+        path = (
+            f"/realtime/v1/runs/run_stalled?cursor=&handle={headers['electric-handle']}&live=true&offset=0_0"
+        )
+        connection.writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n".encode() + _AUTH + b"\r\n")
+        connections.append(connection)
+    stalled = await _rss_growth(server, "run_stalled", updates)
     for connection in connections:
         connection.close()
     return {
         "stalled_subscribers": count,
         "metadata_kib": kilobytes,
         "updates": updates,
-        "rss_before_kib": before,
-        "rss_after_10_updates_kib": after_first,
-        f"rss_after_{updates}_updates_kib": after_all,
+        "rss_growth_control_kib": control,
+        "rss_growth_stalled_kib": stalled,
     }
 
 
@@ -316,7 +325,7 @@ async def _main(args: argparse.Namespace, database: str) -> dict[str, Any]:
     try:
         single = await _fan_out(server, "run_latency", 1, args.updates, args.gap)
         fan_out = await _fan_out(server, "run_fan_out", args.subscribers, args.updates, args.gap)
-        stalled = await _stalled(server, "run_stalled", args.stalled, args.updates, args.metadata_kb)
+        stalled = await _stalled(server, args.stalled, args.updates, args.metadata_kb)
     finally:
         server.stop()
     return {
@@ -359,12 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{fan_out['kib_per_idle_subscriber']} KiB of server RSS per idle "
         f"subscriber ({fan_out['rss_before_kib']} -> {fan_out['rss_idle_kib']} KiB)"
     )
-    updates = stalled["updates"]
     print(
         f"stalled: {stalled['stalled_subscribers']} consumers that stopped reading, "
-        f"{stalled['metadata_kib']} KiB of metadata: server RSS {stalled['rss_before_kib']} KiB before, "
-        f"{stalled['rss_after_10_updates_kib']} after 10 updates, "
-        f"{stalled[f'rss_after_{updates}_updates_kib']} after {updates}"
+        f"{stalled['metadata_kib']} KiB of metadata, {stalled['updates']} updates: server RSS grew "
+        f"{stalled['rss_growth_stalled_kib']} KiB, and {stalled['rss_growth_control_kib']} KiB for the "
+        "same updates to a run nobody watches"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -8,8 +8,14 @@ oracle that other implementations can test against from any language: JSON in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import functools
 import json
+import math
+import os
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from importlib.resources import files
@@ -19,8 +25,8 @@ from typing import Any, NoReturn
 from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
-from metaops._json import JSON, MAX_DEPTH, describe, normalize
-from metaops._size import json_size, json_text
+from metaops._json import JSON, MAX_DEPTH, normalize
+from metaops._size import DEFAULT_LIMIT, LIMIT_ENV, json_size, json_text, metadata_limit
 from metaops._values import Operation, _parse, parse_operations
 
 __all__ = ["main"]
@@ -28,17 +34,51 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_BAD_INPUT = 2
+EXIT_OUTPUT = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+MAX_INPUT = 64 * 1024 * 1024
+"""The most bytes read from one input: far more than any metadata or request (the service
+takes 2 MiB bodies), and a bound on what ``yes |`` or ``/dev/zero`` can make it hold."""
 
 _OUTPUT = """\
 output: one line of compact JSON (no spaces), newline-terminated, ASCII only
 (other characters as \\u escapes), object keys in the order metaops holds them
 (not sorted). Numbers are written as Python writes them (1.0, 1e-05), which parse
 to the same values; a number that is not finite (a float increment that
-overflowed) is written null, as JavaScript's JSON.stringify writes it.
+overflowed) is written null, as JavaScript's JSON.stringify writes it."""
 
-exit status: 0 done, 2 bad input (a file that cannot be read, malformed JSON,
-the wrong shape, an invalid operation, JSON nested too deeply): one line on
-standard error says what."""
+# Every command's exit statuses, as --help lists them: (status, what it means). A test runs
+# each listed status of each command, so a status added here or in a command needs a case there.
+_BAD_JSON = (
+    f"a wrong command line, a file that cannot be read, input over {MAX_INPUT // 2**20} MiB, input "
+    "that is empty or not JSON (not UTF-8 text, malformed JSON, NaN), JSON nested too deeply"
+)
+_DONE = (EXIT_OK, "done")
+_NOT_WRITTEN = (
+    EXIT_OUTPUT,
+    "standard output could not be written (a full disk, a closed stream: one line on "
+    "standard error says why; nothing is said when a reader such as head stopped reading); "
+    "what was written before may be cut short",
+)
+_STOPPED = (EXIT_INTERRUPTED, "interrupted (Ctrl-C)")
+
+
+def _bad(what: str) -> tuple[int, str]:
+    return (EXIT_BAD_INPUT, f"bad input: {what}; one line on standard error says what and where")
+
+
+def _exit_statuses(*statuses: tuple[int, str]) -> str:
+    rows = (
+        textwrap.fill(meaning, width=80, initial_indent=f"  {status:<5}", subsequent_indent=" " * 7)
+        for status, meaning in statuses
+    )
+    return "exit status:\n" + "\n".join(rows)
+
+
+def _epilog(output: str, *statuses: tuple[int, str]) -> str:
+    return f"{output}\n\n{_exit_statuses(*statuses)}" if output else _exit_statuses(*statuses)
+
 
 _FLOATS = """\
 Exactly so for integers; float increments merged into one are equal up to
@@ -57,6 +97,10 @@ class _BadInput(Exception):
     """Input the command cannot work on; the message says which argument and what is wrong."""
 
 
+class _OutputFailed(Exception):
+    """Standard output cannot be written; the message says why."""
+
+
 _DEEP = "JSON nested too deeply to process"
 
 
@@ -73,26 +117,69 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- input and output
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-32's little-endian mark starts like UTF-16's
+
+
 def _read_text(name: str, source: str) -> str:
     """The text of ``source`` (a path, or ``-`` for standard input) for the argument ``name``."""
-    if source == "-":
-        stream = getattr(sys.stdin, "buffer", None)
-        if stream is None:  # a text stream without bytes underneath (e.g. io.StringIO)
-            return sys.stdin.read()
-        data: bytes = stream.read()
-        where = f"{name} (standard input)"
-    else:
-        where = f"{name} ({source})"
-        try:
-            data = Path(source).read_bytes()
-        except OSError as error:
-            msg = f"{where}: cannot read the file: {error.strerror or error}"
-            raise _BadInput(msg) from None
+    where = _where(name, source)
+    if not source:
+        msg = f"{name}: the path is empty (give a file, or - for standard input)"
+        raise _BadInput(msg)
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        msg = f"{where}: not UTF-8 text (byte {error.start}: {error.reason})"
+        data = _read_bytes(source, where)
+    except OSError as error:
+        what = "standard input" if source == "-" else "the file"
+        msg = f"{where}: cannot read {what}: {error.strerror or error}{_json_not_path(source, error)}"
         raise _BadInput(msg) from None
+    if isinstance(data, str):  # standard input as text without bytes underneath (e.g. io.StringIO)
+        return data
+    if len(data) > MAX_INPUT:
+        limit = f"{MAX_INPUT // 2**20} MiB" if MAX_INPUT % 2**20 == 0 else f"{MAX_INPUT:,} bytes"
+        msg = f"{where}: more than {limit}, the most metaops reads from one input"
+        raise _BadInput(msg)
+    if data.startswith(_UTF16_BOMS):
+        msg = f"{where}: UTF-16 or UTF-32 text (it starts with their byte order mark); metaops reads UTF-8"
+        raise _BadInput(msg)
+    # JSON's standard lets a reader skip a UTF-8 byte order mark; Windows editors write one.
+    offset = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        return data[offset:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        msg = f"{where}: not UTF-8 text (byte {offset + error.start}: {error.reason})"
+        raise _BadInput(msg) from None
+
+
+def _read_bytes(source: str, where: str) -> bytes | str:
+    """Up to ``MAX_INPUT + 1`` bytes of ``source``: one more than allowed tells that there are more."""
+    if source != "-":
+        with open(source, "rb") as file:
+            return file.read(MAX_INPUT + 1)
+    if sys.stdin is None:  # started with standard input closed (<&-)
+        msg = f"{where}: standard input is closed"
+        raise _BadInput(msg)
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        text: str = sys.stdin.read(MAX_INPUT + 1)
+        return text
+    data: bytes = stream.read(MAX_INPUT + 1)
+    return data
+
+
+def _json_not_path(source: str, error: OSError) -> str:
+    """A hint when a missing "file" is JSON text given where a path belongs (metaops size '{"a": 1}')."""
+    looks_like_json = source.lstrip()[:1] in ("{", "[", '"') or source in ("true", "false", "null")
+    if isinstance(error, FileNotFoundError) and looks_like_json:
+        return "; to give JSON itself rather than a file, pipe it in and pass - (echo '...' | metaops ...)"
+    return ""
+
+
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def _where(name: str, source: str) -> str:
+    return f"{name} ({'standard input' if source == '-' else source})"
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -100,12 +187,69 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(msg)
 
 
-def _load(name: str, source: str) -> Any:
-    """The JSON value in ``source``; :class:`_BadInput` naming the argument when it is not JSON."""
-    text = _read_text(name, source)
-    where = f"{name} ({'standard input' if source == '-' else source})"
+class _PastDoubles(Exception):
+    """A number in the input that a double cannot hold (JavaScript reads it as Infinity)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _read_int(text: str) -> int | float:
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return int(text)
+    except ValueError:
+        # Past Python's digit limit (4,300 digits), so far past the doubles that JavaScript
+        # reads it as Infinity; so does float().
+        return float(text)
+
+
+def _finite_int(text: str) -> int | float:
+    number = _read_int(text)
+    if len(text) > 300:  # shorter ones are all well inside the doubles (up to 1.8e308)
+        try:
+            float(number)  # OverflowError exactly where JavaScript's reading rounds to Infinity
+        except OverflowError:
+            raise _PastDoubles(text) from None
+        if isinstance(number, float):
+            raise _PastDoubles(text)
+    return number
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # 1e400: no NaN comes here (the constant NaN is refused)
+        raise _PastDoubles(text)
+    return number
+
+
+def _load(name: str, source: str, *, finite: bool = False) -> Any:
+    """The JSON value in ``source``; :class:`_BadInput` naming the argument when it is not JSON.
+
+    A number past the doubles' range is read as JavaScript reads it, as infinity, unless
+    ``finite``: then it is bad input, said in the input's words (not Python's ``inf``).
+    """
+    text = _read_text(name, source)
+    where = _where(name, source)
+    if not text.strip(_JSON_WHITESPACE):
+        # Said plainly: the parser's "Expecting value at line 2, column 1" reads as a syntax error.
+        msg = f"{where}: {'only whitespace' if text else 'empty'}, no JSON in it"
+        raise _BadInput(msg)
+    try:
+        if finite:
+            return json.loads(
+                text, parse_constant=_refuse_constant, parse_int=_finite_int, parse_float=_finite_float
+            )
+        return json.loads(text, parse_constant=_refuse_constant, parse_int=_read_int)
+    except _PastDoubles as error:
+        shown = (
+            error.text if len(error.text) <= 24 else f"{error.text[:20]}... ({len(error.text):,} characters)"
+        )
+        msg = (
+            f"{where}: the number {shown} is past the range of a double: JavaScript reads it as "
+            "Infinity, which JSON cannot hold"
+        )
+        raise _BadInput(msg) from None
     except json.JSONDecodeError as error:
         msg = f"{where}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
         raise _BadInput(msg) from None
@@ -117,12 +261,8 @@ def _load(name: str, source: str) -> Any:
         raise _BadInput(msg) from None
 
 
-def _where(name: str, source: str) -> str:
-    return f"{name} ({'standard input' if source == '-' else source})"
-
-
 def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
-    value = _load(name, source)
+    value = _load(name, source, finite=True)
     try:
         return parse_operations(_as_list(value, name, source), safe_keys=False)
     except (InvalidOperationError, InvalidValueError) as error:
@@ -133,15 +273,32 @@ def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
 
 def _as_list(value: object, name: str, source: str) -> list[Any]:
     if not isinstance(value, list):
-        msg = f"{_where(name, source)}: expected a JSON array of operations, got {describe(value)}"
+        msg = f"{_where(name, source)}: expected a JSON array of operations, got {_json_kind(value)}"
         raise _BadInput(msg)
     return value
 
 
+def _json_kind(value: object) -> str:
+    """What ``value``, read from JSON text, is, in JSON's words (the user wrote JSON, not Python)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {json.dumps(shown, ensure_ascii=False)}"
+    if isinstance(value, float) and math.isinf(value):
+        return "a number past the range of a double"
+    text = repr(value)
+    return f"a number of {len(text.lstrip('-')):,} digits" if len(text) > 40 else f"the number {text}"
+
+
 def _load_metadata(name: str, source: str) -> dict[str, JSON]:
-    value = _load(name, source)
+    value = _load(name, source, finite=True)
     if not isinstance(value, dict):
-        msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {describe(value)}"
+        msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {_json_kind(value)}"
         raise _BadInput(msg)
     try:
         return normalize(value, name, wire=True)  # type: ignore[return-value]
@@ -173,6 +330,63 @@ def _dump(value: object) -> str:
         raise _TooDeep from None
 
 
+def _out(text: str) -> None:
+    """Write ``text`` to standard output; :class:`_OutputFailed` when it cannot be written."""
+    stream = sys.stdout
+    binary = getattr(stream, "buffer", None)
+    try:
+        if binary is None:  # a text stream without bytes underneath (e.g. io.StringIO)
+            stream.write(text)
+            return
+        stream.flush()
+        # The bytes, in a loop: over an unbuffered file (python -u, PYTHONUNBUFFERED=1) the
+        # text layer ignores a short write, so output cut short by a reader leaving (| head)
+        # would pass for complete and end with status 0.
+        view = memoryview(_encoded(text, stream))
+        while view:
+            written = binary.write(view)
+            if not written:  # None: a non-blocking stream that cannot take more now
+                raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            view = view[written:]
+    except BrokenPipeError:
+        raise  # the reader left on purpose (| head): main() ends quietly
+    except OSError as error:
+        msg = f"cannot write to standard output: {error.strerror or error}"
+        raise _OutputFailed(msg) from None
+
+
+def _encoded(text: str, stream: Any) -> bytes:
+    """``text`` in ``stream``'s encoding; what it cannot encode (a path's odd bytes) escaped."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, getattr(stream, "errors", None) or "strict")
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace")
+
+
+def _say(command: str, message: str) -> None:
+    """One line on standard error, if there is a standard error to write to."""
+    with contextlib.suppress(AttributeError, OSError):  # closed (None) or broken: nobody to tell
+        sys.stderr.write(f"metaops {command}: {message}\n")
+
+
+def _abandon_stdout() -> None:
+    """Point the process's standard output at the null device.
+
+    What is still buffered would otherwise fail again when the interpreter flushes it
+    on exit, with a second report ("Exception ignored ... BrokenPipeError").
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's StringIO): nothing buffered
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, descriptor)
+    finally:
+        os.close(null)
+
+
 def _wire(ops: Sequence[Operation]) -> list[dict[str, JSON]]:
     return [op.to_wire() for op in ops]
 
@@ -182,18 +396,43 @@ def _wire(ops: Sequence[Operation]) -> list[dict[str, JSON]]:
 
 def _apply(args: argparse.Namespace) -> int:
     _one_stdin(args.state, args.ops)
+    # Before reading anything, so that a malformed TASK_RUN_METADATA_MAXIMUM_SIZE is found at once.
+    limit = metadata_limit(args.limit)
     state = _load_metadata("STATE", args.state)
     ops = _load_operations("OPS", args.ops)
     result = apply(state, ops)
     unapplied = {id(op) for op in result.unapplied}
     indices = [index for index, op in enumerate(ops) if id(op) in unapplied]
-    sys.stdout.write(_dump({"metadata": result.metadata, "unapplied": indices}))
+    _out(_dump({"metadata": result.metadata, "unapplied": indices}))
+    # apply() itself has no limit (the service checks it); an oracle that printed 300 KB of
+    # metadata without a word would let a user believe the platform takes it.
+    size = json_size(result.metadata)
+    if size > limit:
+        if args.limit is not None:
+            origin = "--limit"
+        elif LIMIT_ENV in os.environ:
+            origin = LIMIT_ENV
+        else:
+            origin = f"the default; --limit or {LIMIT_ENV} sets another"
+        _say(
+            "apply",
+            f"warning: the new metadata is {size:,} bytes of JSON, over the {limit:,}-byte limit "
+            f"({origin}); the platform would refuse this update",
+        )
     return EXIT_OK
+
+
+def _byte_count(text: str) -> int:
+    """``--limit``'s value: a whole number of bytes."""
+    if not (text.isascii() and text.isdigit()):
+        msg = f"expected a whole number of bytes, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
 
 
 def _collapse(args: argparse.Namespace) -> int:
     ops = _load_operations("OPS", args.ops)
-    sys.stdout.write(_dump(_wire(collapse(ops))))
+    _out(_dump(_wire(collapse(ops))))
     return EXIT_OK
 
 
@@ -201,7 +440,7 @@ def _compose(args: argparse.Namespace) -> int:
     _one_stdin(args.first, args.second)
     first = _load_operations("A", args.first)
     second = _load_operations("B", args.second)
-    sys.stdout.write(_dump(_wire(compose(first, second))))
+    _out(_dump(_wire(compose(first, second))))
     return EXIT_OK
 
 
@@ -212,7 +451,7 @@ def _size(args: argparse.Namespace) -> int:
     except (RecursionError, ValueError):
         # Read, but nested past what the encoder's stack holds.
         raise _BadInput(f"{_where('JSON', args.json)}: {_DEEP}") from None
-    sys.stdout.write(f"{size}\n")
+    _out(f"{size}\n")
     return EXIT_OK
 
 
@@ -237,12 +476,37 @@ def _validate(args: argparse.Namespace) -> int:
             detail = str(error) if isinstance(error, InvalidValueError) else _DEEP
             raise _BadInput(f"{_where('OPS', args.ops)}: operation {index}: {detail}") from None
     # Written at the end, so that bad input found part way leaves nothing on standard output.
-    sys.stdout.write("".join(lines))
-    return EXIT_INVALID if lines else EXIT_OK
+    checked = _count(len(raw), "operation")
+    if lines:
+        _out("".join(lines))
+        _say("validate", f"{len(lines):,} of {checked} invalid")
+        return EXIT_INVALID
+    # A line even when there is nothing to report, so that success is seen, not inferred.
+    _out(f"{checked}, {'valid' if len(raw) == 1 else 'all valid'}\n")
+    return EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    """``3 operations``, ``1 operation``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _vectors(args: argparse.Namespace) -> int:
+    # Path("") is the working directory, and "-" means standard input everywhere else: both
+    # would put files where the user did not ask for them.
+    if not args.dir:
+        msg = "DIR: the path is empty; name a directory (. for the working directory)"
+        raise _BadInput(msg)
+    if args.dir == "-":
+        msg = (
+            "DIR (-): the vectors are files for a directory, not standard output; "
+            "name a directory (./- for one called -)"
+        )
+        raise _BadInput(msg)
     target = Path(args.dir)
+    if target.exists() and not target.is_dir():
+        msg = f"DIR ({args.dir}): a file, not a directory"
+        raise _BadInput(msg)
     try:
         target.mkdir(parents=True, exist_ok=True)
         written = []
@@ -255,7 +519,7 @@ def _vectors(args: argparse.Namespace) -> int:
         msg = f"DIR ({args.dir}): cannot write the vectors there: {error.strerror or error}"
         raise _BadInput(msg) from None
     for path in written:
-        sys.stdout.write(f"{path}\n")
+        _out(f"{path}\n")
     return EXIT_OK
 
 
@@ -264,9 +528,10 @@ def _demo(args: argparse.Namespace) -> int:
         from metaops._demo import DemoReport, run_demo, summary
     except ImportError as error:
         missing = f" ({error.name} is missing)" if error.name else ""
-        sys.stderr.write(
-            f"metaops demo: the demo runs metaops serve and metaops.client, which need extras{missing}: "
-            "pip install 'metaops[server,client]'\n"
+        _say(
+            "demo",
+            f"the demo runs metaops serve and metaops.client, which need extras{missing}: "
+            "pip install 'metaops[server,client]'",
         )
         return EXIT_BAD_INPUT
     if args.rows < 0 or not 0 <= args.port <= 65535:
@@ -277,27 +542,23 @@ def _demo(args: argparse.Namespace) -> int:
         raise _BadInput(msg)
     tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
     if not args.json:
-        sys.stdout.write(
+        _out(
             f"metaops demo: the CSV import of the run-metadata docs, {args.rows:,} rows,\n"
             "through metaops serve (SQLite in a temporary directory) and metaops.client\n"
         )
-        sys.stdout.flush()
 
     def announce(url: str, opened: threading.Event) -> None:
-        sys.stdout.write(f"Watch it live: {url}\n")
+        _out(f"Watch it live: {url}\n")
         if sys.stdin is not None and sys.stdin.isatty():
-            sys.stdout.write("The import starts when the page opens, or press Enter.\n")
+            _out("The import starts when the page opens, or press Enter.\n")
             threading.Thread(target=_set_on_enter, args=(opened,), daemon=True).start()
         else:
-            sys.stdout.write("The import starts when the page opens.\n")
-        sys.stdout.flush()
+            _out("The import starts when the page opens.\n")
         while not opened.wait(0.5):
             pass
 
     def serve_until_stopped(report: DemoReport) -> None:
-        sys.stdout.write(summary(report))
-        sys.stdout.write("Still serving the page; Ctrl-C to stop.\n")
-        sys.stdout.flush()
+        _out(summary(report) + "Still serving the page; Ctrl-C to stop.\n")
         _wait_for_interrupt()
 
     try:
@@ -312,11 +573,11 @@ def _demo(args: argparse.Namespace) -> int:
             after=serve_until_stopped if args.serve else None,
         )
     except KeyboardInterrupt:
-        sys.stdout.write("\n" if tty else "")
-        sys.stderr.write("metaops demo: interrupted; the service and its temporary database are gone\n")
-        return 130  # what a shell reports for a process Ctrl-C ended
+        if tty:
+            _out("\n")  # off the progress bar's line, for the one line main() says
+        raise
     if not args.serve:
-        sys.stdout.write(_dump(report.to_json()) if args.json else summary(report))
+        _out(_dump(report.to_json()) if args.json else summary(report))
     return EXIT_OK if report.consistent else EXIT_INVALID
 
 
@@ -349,7 +610,10 @@ def _one_stdin(*sources: str) -> None:
 # --------------------------------------------------------------------------- the parser
 
 
+@functools.cache
 def _parser() -> _Parser:
+    """The command line's parser, built once: building it (argparse's gettext look-ups, the
+    help's wrapping) costs more than most commands take to run."""
     from metaops import __version__
 
     parser = _Parser(
@@ -362,7 +626,15 @@ def _parser() -> _Parser:
     parser.add_argument("--version", action="version", version=f"metaops {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, summary: str, description: str, epilog: str = _OUTPUT) -> _Parser:
+    operations_epilog = _epilog(
+        _OUTPUT,
+        _DONE,
+        _bad(_BAD_JSON + ", JSON of the wrong shape, an invalid operation"),
+        _NOT_WRITTEN,
+        _STOPPED,
+    )
+
+    def command(name: str, summary: str, description: str, epilog: str = operations_epilog) -> _Parser:
         sub: _Parser = commands.add_parser(
             name,
             help=summary,
@@ -386,9 +658,18 @@ def _parser() -> _Parser:
         "its time over the rows so that the progress bar can be watched filling, and keeps\n"
         "serving the page until Ctrl-C. Needs the server and client extras:\n"
         "pip install 'metaops[server,client]'.",
-        epilog="exit status: 0 when the parent's metadata equals every accepted call applied one by one,\n"
-        "1 when it does not, 2 bad options or a missing extra (one line on standard error says which),\n"
-        "130 interrupted (Ctrl-C) before the end; with --serve, Ctrl-C after the end exits 0.",
+        epilog=_epilog(
+            "",
+            (
+                EXIT_OK,
+                "the parent's metadata equals every accepted call applied one by one (with "
+                "--serve: then stopped by Ctrl-C or SIGTERM)",
+            ),
+            (EXIT_INVALID, "it does not"),
+            _bad("a wrong command line, an option out of range, the server or client extra missing"),
+            _NOT_WRITTEN,
+            _STOPPED,
+        ),
     )
     demo.add_argument("--rows", type=int, default=500, help="rows in the CSV file (default 500)")
     demo.add_argument("--seed", type=int, default=2026, help="seed of the generated file")
@@ -405,10 +686,26 @@ def _parser() -> _Parser:
         "apply",
         "Apply operations to metadata",
         "STATE is a JSON object (the metadata).\n" + _OPERATIONS + "\n\n"
-        'Prints {"metadata": <the new metadata>, "unapplied": [<0-based indices into OPS>]}.',
+        'Prints {"metadata": <the new metadata>, "unapplied": [<0-based indices into OPS>]}.\n'
+        "When the new metadata is larger than the size limit (as JSON.stringify measures it),\n"
+        "a warning on standard error says by how much: the platform refuses such an update.\n"
+        "The metadata is printed all the same, and the exit status is 0.",
+        epilog=_epilog(
+            _OUTPUT,
+            (EXIT_OK, "done (also when the new metadata is over the size limit)"),
+            _bad(_BAD_JSON + f", JSON of the wrong shape, an invalid operation, a malformed {LIMIT_ENV}"),
+            _NOT_WRITTEN,
+            _STOPPED,
+        ),
     )
     sub.add_argument("state", metavar="STATE", help="the metadata: a JSON object")
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
+    sub.add_argument(
+        "--limit",
+        type=_byte_count,
+        metavar="BYTES",
+        help=f"the metadata size limit to warn about (default: {LIMIT_ENV}, else {DEFAULT_LIMIT:,})",
+    )
     sub.set_defaults(handler=_apply, inputs=[("STATE", "state"), ("OPS", "ops")])
 
     sub = command(
@@ -436,6 +733,7 @@ def _parser() -> _Parser:
         "Measure the JSON size of a value",
         "JSON is any JSON value. Prints its size in bytes as JavaScript measures it: the\n"
         "UTF-8 length of JSON.stringify(value), as a decimal integer.",
+        epilog=_epilog("", _DONE, _bad(_BAD_JSON), _NOT_WRITTEN, _STOPPED),
     )
     sub.add_argument("json", metavar="JSON", help="any JSON value")
     sub.set_defaults(handler=_size, inputs=[("JSON", "json")])
@@ -445,9 +743,21 @@ def _parser() -> _Parser:
         "Check operations against the platform's schema",
         "OPS is a JSON array of wire operations, each checked as the platform's schema checks\n"
         "it (unsafe keys are refused). Prints one line per invalid operation,\n"
-        '{"index": <0-based>, "field": <the field at fault, or null>, "message": "..."};\n'
-        "nothing when all are valid.",
-        epilog=_OUTPUT.replace("exit status: 0 done,", "exit status: 0 all valid, 1 some invalid,"),
+        '{"index": <0-based>, "field": <the field at fault, or null>, "message": "..."},\n'
+        'and "N of M operations invalid" on standard error. When all are valid it prints one\n'
+        'line of text instead, "M operations, all valid" ("1 operation, valid").',
+        epilog=_epilog(
+            "output: each line for an invalid operation is compact JSON, ASCII only (other\n"
+            "characters as \\u escapes).",
+            (EXIT_OK, "all valid"),
+            (EXIT_INVALID, "some invalid (a line for each on standard output)"),
+            _bad(
+                _BAD_JSON
+                + ", JSON of the wrong shape (an operation that is not valid is status 1, not bad input)"
+            ),
+            _NOT_WRITTEN,
+            _STOPPED,
+        ),
     )
     sub.add_argument("ops", metavar="OPS", help="the operations: a JSON array")
     sub.set_defaults(handler=_validate, inputs=[("OPS", "ops")])
@@ -458,7 +768,9 @@ def _parser() -> _Parser:
         "Writes apply.jsonl, divergences.jsonl, size.jsonl, wire.jsonl and their README.md into\n"
         "DIR (created if missing; files of those names are replaced), for another implementation\n"
         "to run metaops's own cases. Prints the path of each file written, one a line.",
-        epilog="exit status: 0 done, 2 DIR cannot be written (one line on standard error says why).",
+        epilog=_epilog(
+            "", _DONE, _bad("a wrong command line, DIR cannot be written"), _NOT_WRITTEN, _STOPPED
+        ),
     )
     sub.add_argument("dir", metavar="DIR", help="the directory to write into")
     sub.set_defaults(handler=_vectors)
@@ -501,7 +813,10 @@ def _serve(argv: Sequence[str]) -> int:
             "pip install 'metaops[server]'\n"
         )
         return EXIT_BAD_INPUT
-    return serve(list(argv))
+    try:
+        return serve(list(argv))
+    except SystemExit as done:  # --help, or a usage error argparse has already reported
+        return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -523,12 +838,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(arguments)
     except SystemExit as done:  # --help, --version, or a usage error (already reported)
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except OSError:  # the reader of --help left (| head): no second report at exit
+            _abandon_stdout()
         return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
+    if sys.stdout is None:  # started with its standard output closed (>&-)
+        _say(args.command, "standard output is closed: there is nowhere to write the answer")
+        return EXIT_OUTPUT
     try:
         code: int = args.handler(args)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            msg = f"cannot write to standard output: {error.strerror or error}"
+            raise _OutputFailed(msg) from None
     except (_BadInput, MetaopsError) as error:
-        sys.stderr.write(f"metaops {args.command}: {error}\n")
+        _say(args.command, str(error))
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _say(args.command, "interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Its reader stopped reading (| head): as other tools do, end without a word.
+        _abandon_stdout()
+        return EXIT_OUTPUT
+    except _OutputFailed as error:
+        _say(args.command, str(error))
+        _abandon_stdout()
+        return EXIT_OUTPUT
     except (RecursionError, _TooDeep):
         # The last resort, for input that was read but recursed past the stack while being
         # processed or written out; which argument held it is not known here, so name them all.
@@ -536,7 +877,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not inputs:
             raise
         named = " or ".join(_where(name, getattr(args, attr)) for name, attr in inputs)
-        sys.stderr.write(f"metaops {args.command}: {named}: {_DEEP}\n")
+        _say(args.command, f"{named}: {_DEEP}")
         return EXIT_BAD_INPUT
-    sys.stdout.flush()
     return code

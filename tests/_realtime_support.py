@@ -23,10 +23,10 @@ SECRET = "realtime-test-secret-0123456789abcdef"
 
 
 @contextmanager
-def live_server(database_url: str, **config: Any) -> Iterator[RunningServer]:
-    """``metaops serve``'s app on ``database_url``, in a thread, with :data:`SECRET` as its token."""
+def live_server(database_url: str, secret: str = SECRET, **config: Any) -> Iterator[RunningServer]:
+    """``metaops serve``'s app on ``database_url``, in a thread, with ``secret`` as its token."""
     service = MetadataService(open_storage(database_url), ServiceConfig(**config))
-    with running_server(service, SECRET) as server:
+    with running_server(service, secret) as server:
         yield server
 
 

@@ -8,10 +8,13 @@ status and standard input.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from importlib.resources import files
@@ -52,15 +55,25 @@ class Ran:
         return json.loads(self.out)
 
 
-def run(*argv: str, stdin: bytes | str = b"") -> Ran:
-    """``main(argv)`` with ``stdin`` as standard input, capturing standard output and error."""
-    data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
-    out, err = io.StringIO(), io.StringIO()
+def run(*argv: str, stdin: bytes | str | io.TextIOBase = b"", stdout: io.StringIO | None = None) -> Ran:
+    """``main(argv)`` with ``stdin`` as standard input, capturing standard output and error.
+
+    ``stdin`` is the bytes (or text) standard input holds, or a stream to use as it;
+    ``stdout``, a stream to use as standard output instead of a fresh one.
+    """
+    if isinstance(stdin, io.TextIOBase):
+        stream = stdin
+    else:
+        data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
+        stream = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    out, err = stdout or io.StringIO(), io.StringIO()
     saved = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    sys.stdin = stream
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(list(argv))
+    except KeyboardInterrupt:  # left to escape, it would stop the whole test session
+        pytest.fail("KeyboardInterrupt escaped main()")
     finally:
         sys.stdin = saved
     return Ran(code, out.getvalue(), err.getvalue())
@@ -156,6 +169,81 @@ def test_unsafe_keys_are_reported_unapplied_not_refused(tmp_path: Path) -> None:
     assert ran.json() == {"metadata": {"a": 2}, "unapplied": [0]}
 
 
+def big_state(tmp_path: Path, size: int) -> str:
+    """A file holding metadata of exactly ``size`` bytes of JSON: {"a":"xx...x"}, 8 bytes and the x's."""
+    return write(tmp_path, "state.json", {"a": "x" * (size - len('{"a":""}'))})
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "limit", "origin"),
+    [
+        (None, [], 262_144, "(the default; --limit or TASK_RUN_METADATA_MAXIMUM_SIZE sets another)"),
+        ("1000", [], 1000, "(TASK_RUN_METADATA_MAXIMUM_SIZE)"),
+        ("1000", ["--limit", "500"], 500, "(--limit)"),
+        (None, ["--limit", "0"], 0, "(--limit)"),
+    ],
+    ids=["default", "environment", "option over environment", "zero"],
+)
+def test_apply_warns_when_the_metadata_passes_the_limit(
+    env: str | None,
+    argv: list[str],
+    limit: int,
+    origin: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over the limit: the metadata is printed (exit 0) and one warning line names the size, the limit
+    and where the limit came from."""
+    if env is None:
+        monkeypatch.delenv("TASK_RUN_METADATA_MAXIMUM_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("TASK_RUN_METADATA_MAXIMUM_SIZE", env)
+    size = 300_000 if limit > 100_000 else max(limit + 1, 8)
+    ran = run("apply", *argv, big_state(tmp_path, size), write(tmp_path, "ops.json", []))
+    assert ran.code == 0
+    assert ran.json()["metadata"] == {"a": "x" * (size - 8)}
+    assert ran.err == (
+        f"metaops apply: warning: the new metadata is {size:,} bytes of JSON, over the {limit:,}-byte "
+        f"limit {origin}; the platform would refuse this update\n"
+    )
+
+
+def test_apply_measures_the_new_metadata_not_the_old(tmp_path: Path) -> None:
+    """The warning is about the result: operations that take the metadata past the limit warn, and
+    operations that bring it back under do not."""
+    state = big_state(tmp_path, 100)
+    grow = write(tmp_path, "grow.json", [{"type": "set", "key": "b", "value": 1}])
+    shrink = write(tmp_path, "shrink.json", [{"type": "delete", "key": "a"}])
+    assert "warning" in run("apply", "--limit", "100", state, grow).err
+    assert run("apply", "--limit", "99", state, shrink).err == ""
+
+
+@pytest.mark.parametrize("size", [262_143, 262_144])
+def test_apply_at_the_limit_says_nothing(size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metadata of exactly the limit is allowed, as the platform allows it: no warning."""
+    monkeypatch.delenv("TASK_RUN_METADATA_MAXIMUM_SIZE", raising=False)
+    ran = run("apply", big_state(tmp_path, size), write(tmp_path, "ops.json", []))
+    assert (ran.code, ran.err) == (0, "")
+
+
+def test_apply_with_a_malformed_limit_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TASK_RUN_METADATA_MAXIMUM_SIZE that is not a number of bytes: exit 2, naming it, not ignored."""
+    monkeypatch.setenv("TASK_RUN_METADATA_MAXIMUM_SIZE", "256kb")
+    ran = run("apply", write(tmp_path, "state.json", {}), write(tmp_path, "ops.json", []))
+    assert_bad_input(ran, "apply", "TASK_RUN_METADATA_MAXIMUM_SIZE='256kb'", "not a whole number of bytes")
+
+
+@pytest.mark.parametrize("value", ["-5", "1.5", "lots", ""])
+def test_apply_with_a_malformed_limit_option(value: str, tmp_path: Path) -> None:
+    """--limit takes a whole number of bytes; anything else is a usage error (exit 2, one line)."""
+    ran = run("apply", "--limit", value, write(tmp_path, "s.json", {}), write(tmp_path, "o.json", []))
+    assert ran.code == 2
+    assert ran.err.count("\n") == 1, ran.err
+    assert f"argument --limit: expected a whole number of bytes, got {value!r}" in ran.err
+
+
 # --------------------------------------------------------------------------- collapse and compose
 
 
@@ -238,12 +326,35 @@ def test_validate_names_the_field() -> None:
     assert [(line["index"], line["field"]) for line in lines] == [(0, "value"), (1, None), (2, "type")]
 
 
-def test_validate_prints_nothing_when_all_are_valid() -> None:
-    """All valid: exit 0, empty output."""
+def test_validate_says_so_when_all_are_valid() -> None:
+    """All valid: exit 0 and one line that says how many operations were checked."""
     ops = [case["op"] for case in WIRE if case["valid"]]
-    assert ops
+    assert len(ops) > 100
     ran = run("validate", "-", stdin=json.dumps(ops))
-    assert (ran.code, ran.out, ran.err) == (0, "", "")
+    assert (ran.code, ran.out, ran.err) == (0, f"{len(ops):,} operations, all valid\n", "")
+
+
+@pytest.mark.parametrize(
+    ("ops", "line"),
+    [
+        ([], "0 operations, all valid\n"),
+        ([{"type": "delete", "key": "a"}], "1 operation, valid\n"),
+        ([{"type": "delete", "key": "a"}] * 2, "2 operations, all valid\n"),
+    ],
+)
+def test_validate_counts_in_words(ops: list[Any], line: str) -> None:
+    """The summary reads as English for none, one and many operations."""
+    ran = run("validate", "-", stdin=json.dumps(ops))
+    assert (ran.code, ran.out, ran.err) == (0, line, "")
+
+
+def test_validate_counts_the_invalid_on_standard_error() -> None:
+    """Some invalid: the JSON lines on standard output stay machine-readable; the count goes to stderr."""
+    ops = [{"type": "delete", "key": "a"}, {"type": "nope"}, {"type": "set"}]
+    ran = run("validate", "-", stdin=json.dumps(ops))
+    assert ran.code == 1
+    assert [json.loads(line)["index"] for line in ran.out.splitlines()] == [1, 2]
+    assert ran.err == "metaops validate: 2 of 3 operations invalid\n"
 
 
 def test_validate_refuses_unsafe_keys() -> None:
@@ -306,9 +417,147 @@ def test_an_unreadable_file_is_named(argv: list[str], command: str, tmp_path: Pa
     assert_bad_input(ran, command, paths["missing"], "cannot read the file", "No such file")
 
 
-def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["", "\n"], ids=["empty", "a newline"])
+def test_an_empty_file_is_named_as_empty(text: str, tmp_path: Path) -> None:
+    """An empty file (or one blank line): exit 2, saying it is empty, naming the argument and the file."""
+    path = tmp_path / "state.json"
+    path.write_text(text, encoding="utf-8")
+    ran = run("apply", str(path), write(tmp_path, "ops.json", []))
+    assert_bad_input(ran, "apply", f"STATE ({path}): ", "no JSON in it")
+    assert "malformed" not in ran.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["apply", "{dir}", "{ops}"], "STATE"),
+        (["apply", "{state}", "{dir}"], "OPS"),
+        (["collapse", "{dir}"], "OPS"),
+        (["compose", "{ops}", "{dir}"], "B"),
+        (["size", "{dir}"], "JSON"),
+        (["validate", "{dir}"], "OPS"),
+    ],
+)
+def test_a_directory_is_not_a_file(argv: list[str], name: str, tmp_path: Path) -> None:
     """Given a directory where a file is expected: exit 2, saying it cannot be read."""
-    assert_bad_input(run("size", str(tmp_path)), "size", f"JSON ({tmp_path})", "cannot read the file")
+    paths = {
+        "dir": str(tmp_path),
+        "ops": write(tmp_path, "ops.json", []),
+        "state": write(tmp_path, "s.json", {}),
+    }
+    ran = run(*(arg.format(**paths) for arg in argv))
+    assert_bad_input(ran, argv[0], f"{name} ({tmp_path}): cannot read the file: Is a directory")
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [(["apply", "", "{ops}"], "STATE"), (["compose", "{ops}", ""], "B"), (["size", ""], "JSON")],
+)
+def test_an_empty_path_is_named(argv: list[str], name: str, tmp_path: Path) -> None:
+    """An empty path (an unset shell variable: metaops size "$FILE"): exit 2, saying the path is empty,
+    not "Is a directory" (the working directory) nor "No such file"."""
+    ran = run(*(arg.format(ops=write(tmp_path, "ops.json", [])) for arg in argv))
+    assert_bad_input(ran, argv[0], f"{name}: the path is empty (give a file, or - for standard input)")
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', "[1, 2]", '"x"', "null", ' {"a": 1}'])
+def test_json_given_where_a_path_belongs_gets_a_hint(text: str) -> None:
+    """`metaops size '{"a": 1}'`: no such file, and a hint that JSON itself is piped in with -."""
+    ran = run("size", text)
+    assert_bad_input(ran, "size", f"JSON ({text}): cannot read the file: No such file or directory")
+    assert ran.err.endswith(
+        "; to give JSON itself rather than a file, pipe it in and pass - (echo '...' | metaops ...)\n"
+    )
+
+
+def test_a_missing_file_that_is_not_json_gets_no_hint(tmp_path: Path) -> None:
+    """The hint is for text that looks like JSON; a plain missing path is only named."""
+    missing = tmp_path / "value.json"
+    ran = run("size", str(missing))
+    assert ran.err == f"metaops size: JSON ({missing}): cannot read the file: No such file or directory\n"
+
+
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    """A file a Windows editor saved with a UTF-8 byte order mark reads as the JSON after it."""
+    state = tmp_path / "state.json"
+    state.write_bytes(b"\xef\xbb\xbf" + b'{"a": 1}')
+    ops = tmp_path / "ops.json"
+    ops.write_bytes(b"\xef\xbb\xbf" + b'[{"type": "increment", "key": "a", "value": 2}]')
+    assert run("apply", str(state), str(ops)).json() == {"metadata": {"a": 3}, "unapplied": []}
+    assert run("size", "-", stdin=b"\xef\xbb\xbf" + b'{"a": 1}').out == "7\n"
+
+
+def test_a_byte_that_is_not_utf8_is_counted_from_the_start_of_the_input() -> None:
+    """After a byte order mark, the offset named is still the byte's place in the input as given."""
+    ran = run("size", "-", stdin=b"\xef\xbb\xbf[\xff]")
+    assert_bad_input(ran, "size", "not UTF-8 text (byte 4: invalid start byte)")
+
+
+def test_a_closed_standard_input_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with standard input closed (`<&-`, which Python shows as None): exit 2, saying so."""
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdin", None)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["collapse", "-"]) == 2
+    assert out.getvalue() == ""
+    assert err.getvalue() == "metaops collapse: OPS (standard input): standard input is closed\n"
+
+
+class FailingBytes(io.BytesIO):
+    """Bytes whose read fails as a broken device's does."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        """An input/output error."""
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_standard_input_that_cannot_be_read_is_named() -> None:
+    """A read of standard input that fails: exit 2 with the reason, not a traceback."""
+    ran = run("size", "-", stdin=io.TextIOWrapper(FailingBytes(), encoding="utf-8"))
+    assert_bad_input(ran, "size", "JSON (standard input): cannot read standard input: Input/output error")
+
+
+@pytest.mark.parametrize("excess", [0, 1])
+def test_input_past_the_size_bound_is_refused(excess: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input larger than MAX_INPUT: exit 2, naming the bound; exactly MAX_INPUT bytes is read."""
+    monkeypatch.setattr("metaops._cli.MAX_INPUT", 100)
+    text = '"' + "x" * (98 + excess) + '"'
+    ran = run("size", "-", stdin=text)
+    if excess:
+        assert_bad_input(ran, "size", "JSON (standard input): more than 100 bytes, the most metaops reads")
+    else:
+        assert (ran.code, ran.out) == (0, "100\n")
+
+
+def test_the_size_bound_is_64_mib_and_stops_an_endless_input() -> None:
+    """`metaops size /dev/zero` ends (exit 2) after 64 MiB instead of filling memory."""
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero on this system to stand for an endless input")
+    ran = run("size", "/dev/zero")
+    assert_bad_input(ran, "size", "JSON (/dev/zero): more than 64 MiB, the most metaops reads from one input")
+
+
+@pytest.mark.parametrize(
+    ("argument", "fragment"),
+    [
+        ("", "DIR: the path is empty; name a directory (. for the working directory)"),
+        ("-", "DIR (-): the vectors are files for a directory, not standard output"),
+    ],
+)
+def test_vectors_refuses_a_path_that_would_surprise(
+    argument: str, fragment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vectors ""` would fill the working directory and `vectors -` make a directory called -:
+    exit 2, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    assert_bad_input(run("vectors", argument), "vectors", fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_vectors_into_a_file(tmp_path: Path) -> None:
+    """`vectors FILE`: exit 2, saying it is a file, not a directory."""
+    path = write(tmp_path, "ops.json", [])
+    assert_bad_input(run("vectors", path), "vectors", f"DIR ({path}): a file, not a directory")
 
 
 @pytest.mark.parametrize(
@@ -327,14 +576,30 @@ def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
     ("text", "what"),
     [
         ('{"a": ', "malformed JSON at line 1, column 7: Expecting value"),
-        ("", "malformed JSON at line 1, column 1"),
+        ("", ": empty, no JSON in it"),
+        ("\n", ": only whitespace, no JSON in it"),
+        (" \r\n\t\n", ": only whitespace, no JSON in it"),
         ('{"a": 1}\n[', "malformed JSON at line 2, column 1: Extra data"),
         ("[NaN]", "malformed JSON: NaN is not JSON"),
         ('{"x": -Infinity}', "malformed JSON: -Infinity is not JSON"),
-        (b"\xff\xfe[]", "not UTF-8 text (byte 0"),
+        (b"[\xff]", "not UTF-8 text (byte 1: invalid start byte)"),
+        (b"\x89PNG\r\n\x1a\n\x00", "not UTF-8 text (byte 0"),
+        ('[1, "\ufeff"]'.encode("utf-16"), "UTF-16 or UTF-32 text (it starts with their byte order mark)"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ],
-    ids=["truncated", "empty", "extra data", "NaN", "Infinity", "not utf-8", "deep"],
+    ids=[
+        "truncated",
+        "empty",
+        "a newline",
+        "whitespace",
+        "extra data",
+        "NaN",
+        "Infinity",
+        "not utf-8",
+        "binary",
+        "utf-16",
+        "deep",
+    ],
 )
 def test_input_that_is_not_json_is_named(
     argv: list[str], name: str, text: str | bytes, what: str, tmp_path: Path
@@ -348,12 +613,17 @@ def test_input_that_is_not_json_is_named(
 @pytest.mark.parametrize(
     ("argv", "stdin", "fragments"),
     [
-        (["apply", "-", "{ops}"], "[]", ["STATE (standard input)", "expected a JSON object", "got a list"]),
-        (["apply", "-", "{ops}"], '"x"', ["STATE", "expected a JSON object", "got the string 'x'"]),
+        (["apply", "-", "{ops}"], "[]", ["STATE (standard input)", "expected a JSON object", "got an array"]),
+        (["apply", "-", "{ops}"], '"x"', ["STATE", "expected a JSON object", 'got the string "x"']),
+        (["apply", "-", "{ops}"], "true", ["STATE", "expected a JSON object", "got true"]),
+        (["apply", "-", "{ops}"], '"\\u00e9t\\u00e9"', ["STATE", 'got the string "\u00e9t\u00e9"']),
         (["apply", "{state}", "-"], "{}", ["OPS (standard input)", "expected a JSON array", "got an object"]),
-        (["collapse", "-"], "7", ["OPS", "expected a JSON array of operations, got 7"]),
+        (["collapse", "-"], "7", ["OPS", "expected a JSON array of operations, got the number 7"]),
+        (["collapse", "-"], "-2.5e-3", ["OPS", "got the number -0.0025"]),
+        (["collapse", "-"], "1" * 50, ["OPS", "got a number of 50 digits"]),
+        (["collapse", "-"], '"' + "y" * 50 + '"', ["OPS", 'got the string "' + "y" * 37 + '..."']),
         (["compose", "-", "{ops}"], "null", ["A (standard input)", "expected a JSON array", "got null"]),
-        (["compose", "{ops}", "-"], "{}", ["B (standard input)", "expected a JSON array"]),
+        (["compose", "{ops}", "-"], "false", ["B (standard input)", "expected a JSON array", "got false"]),
         (["validate", "-"], '{"type": "set"}', ["OPS", "expected a JSON array", "got an object"]),
     ],
 )
@@ -392,11 +662,85 @@ def test_an_invalid_operation_is_named(
     assert_bad_input(ran, argv[0], name, *fragments)
 
 
+@pytest.mark.parametrize(
+    ("argv", "stdin", "name", "shown"),
+    [
+        (["apply", "-", "{ops}"], '{"a": 1e400}', "STATE", "1e400"),
+        (["apply", "-", "{ops}"], '{"a": [-1.5E+999]}', "STATE", "-1.5E+999"),
+        (["apply", "-", "{ops}"], '{"a": ' + "1" * 5000 + "}", "STATE", "1" * 20 + "... (5,000 characters)"),
+        (["apply", "{state}", "-"], '[{"type": "increment", "key": "n", "value": 1e400}]', "OPS", "1e400"),
+        (["collapse", "-"], '[{"type": "set", "key": "n", "value": ' + "9" * 5000 + "}]", "OPS", "9" * 20),
+        (["compose", "{ops}", "-"], '[{"type": "update", "value": {"x": 2e308}}]', "B", "2e308"),
+    ],
+    ids=["1e400", "in a list", "5,000 digits", "increment", "set of 5,000 digits", "update"],
+)
+def test_a_number_past_the_doubles_is_named_as_written(
+    argv: list[str], stdin: str, name: str, shown: str, tmp_path: Path
+) -> None:
+    """A number JavaScript reads as Infinity: exit 2, quoting the number as the input spells it
+    (not Python's inf, nor its advice about int_max_str_digits)."""
+    paths = {"state": write(tmp_path, "state.json", {}), "ops": write(tmp_path, "ops.json", [])}
+    ran = run(*(arg.format(**paths) for arg in argv), stdin=stdin)
+    assert_bad_input(
+        ran, argv[0], f"{name} (standard input): the number {shown}", "past the range of a double"
+    )
+    assert " inf" not in ran.err
+    assert "int_max_str_digits" not in ran.err
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1e400", 4), ("[-1e400]", 6), ("1" * 5000, 4), ('{"n": -' + "1" * 5000 + "}", 10)],
+    ids=["1e400", "-1e400 in a list", "5,000 digits", "-5,000 digits in an object"],
+)
+def test_size_reads_numbers_past_the_doubles_as_javascript_does(text: str, size: int) -> None:
+    """`size` measures what JSON.stringify(JSON.parse(text)) writes: a number past the doubles is
+    Infinity, written null (4 bytes), however many digits it has."""
+    ran = run("size", "-", stdin=text)
+    assert (ran.code, ran.out, ran.err) == (0, f"{size}\n", "")
+
+
+def test_validate_judges_a_long_number_as_it_judges_1e400() -> None:
+    """A 5,000-digit increment is the same number to the schema as 1e400: the same verdict (invalid),
+    not bad input about Python's digit limit."""
+    long, short = (
+        run("validate", "-", stdin='[{"type": "increment", "key": "n", "value": ' + number + "}]")
+        for number in ("1" * 5000, "1e400")
+    )
+    assert (long.code, long.out) == (short.code, short.out)
+    assert long.code == 1
+
+
 def test_metadata_holding_an_int_beyond_javascript_is_refused(tmp_path: Path) -> None:
     """STATE with an integer no double can hold (JavaScript would read Infinity): exit 2, saying where."""
     ops = write(tmp_path, "ops.json", [])
     ran = run("apply", "-", ops, stdin='{"big": ' + "9" * 400 + "}")
-    assert_bad_input(ran, "apply", "STATE (standard input)", "STATE['big']", "too large")
+    assert_bad_input(ran, "apply", "STATE (standard input): the number 99999", "past the range of a double")
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        # The largest double and the last integers that still round to it, written in full;
+        # 2**1024 - 2**970 is the first that rounds to Infinity.
+        str(int(sys.float_info.max)),
+        str(2**1024 - 2**970 - 1),
+        str(-(2**1024 - 2**970 - 1)),
+    ],
+    ids=["the largest double", "just below the rounding point", "negative"],
+)
+def test_the_largest_integers_a_double_holds_are_taken(number: str, tmp_path: Path) -> None:
+    """Integers of 309 digits that a double still holds are not refused as past its range."""
+    ran = run("apply", "-", write(tmp_path, "ops.json", []), stdin='{"big": ' + number + "}")
+    assert "past the range of a double" not in ran.err, ran.err
+
+
+def test_the_first_integer_past_the_doubles_is_refused(tmp_path: Path) -> None:
+    """2**1024 - 2**970, where JavaScript's reading rounds to Infinity: refused, as 1e400 is."""
+    ran = run("apply", "-", write(tmp_path, "ops.json", []), stdin='{"big": ' + str(2**1024 - 2**970) + "}")
+    assert_bad_input(
+        ran, "apply", "STATE (standard input): the number 17976931348623158079", "past the range"
+    )
 
 
 def test_standard_input_for_two_arguments_is_refused() -> None:
@@ -545,7 +889,7 @@ def test_every_command_has_help(command: str) -> None:
     assert ran.code == 0
     assert ran.out.startswith(f"usage: metaops {command} ")
     assert "exit status:" in ran.out
-    if command not in ("demo", "vectors"):
+    if command in ("apply", "collapse", "compose"):
         assert "one line of compact JSON" in ran.out
 
 
@@ -571,6 +915,227 @@ def test_version() -> None:
 
     ran = run("--version")
     assert (ran.code, ran.out) == (0, f"metaops {metaops.__version__}\n")
+
+
+# --------------------------------------------------------------------------- exit statuses
+
+
+def documented_statuses(command: str) -> set[int]:
+    """The exit statuses ``COMMAND --help`` lists (its "exit status:" section, one a row)."""
+    help_text = run(command, "--help").out
+    assert "\nexit status:\n" in help_text, command
+    section = help_text.split("\nexit status:\n", 1)[1]
+    return {int(status) for status in re.findall(r"^  (\d+) +\S", section, flags=re.MULTILINE)}
+
+
+def parser_commands() -> list[str]:
+    """Every subcommand the parser knows (read from --help, so that a new one shows up here)."""
+    return re.findall(r"^    ([a-z]+) ", run("--help").out, flags=re.MULTILINE)
+
+
+def inconsistent_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the demo's check fail: its report says the stored metadata differs."""
+    import metaops._demo
+
+    real = metaops._demo.run_demo
+
+    def differs(*args: Any, **kwargs: Any) -> Any:
+        return dataclasses.replace(real(*args, **kwargs), consistent=False)
+
+    monkeypatch.setattr(metaops._demo, "run_demo", differs)
+
+
+# For each command, a command line that ends with each status it documents, other than 3
+# and 130 (output that cannot be written, Ctrl-C), which every command shares and which are
+# run below from its status-0 command line. Arguments in braces are files made by the test.
+EXITS: dict[str, dict[int, tuple[list[str], str]]] = {
+    "apply": {0: (["apply", "{state}", "{ops}"], ""), 2: (["apply", "{state}", "-"], "[{")},
+    "collapse": {0: (["collapse", "{ops}"], ""), 2: (["collapse", "-"], '[{"type": "nope"}]')},
+    "compose": {0: (["compose", "{ops}", "-"], "[]"), 2: (["compose", "{ops}", "{missing}"], "")},
+    "size": {0: (["size", "-"], '{"a": [1, 2]}'), 2: (["size", "-"], "NaN")},
+    "validate": {
+        0: (["validate", "{ops}"], ""),
+        1: (["validate", "-"], '[{"type": "nope"}]'),
+        2: (["validate", "-"], '{"type": "nope"}'),
+    },
+    "vectors": {0: (["vectors", "{dir}"], ""), 2: (["vectors", "{state}/under-a-file"], "")},
+    "demo": {
+        0: (["demo", "--rows", "8", "--json"], ""),
+        1: (["demo", "--rows", "8", "--json"], ""),
+        2: (["demo", "--rows", "-1"], ""),
+    },
+}
+SHARED = {3, 130}
+
+
+def exit_case(command: str, status: int, tmp_path: Path) -> tuple[list[str], str]:
+    """The command line and standard input of ``EXITS[command][status]``, with its files made."""
+    argv, stdin = EXITS[command][status]
+    paths = {
+        "state": write(tmp_path, "state.json", {"a": 1}),
+        "ops": write(tmp_path, "ops.json", [{"type": "increment", "key": "a", "value": 1}]),
+        "missing": str(tmp_path / "missing.json"),
+        "dir": str(tmp_path / "vectors"),
+    }
+    return [arg.format(**paths) for arg in argv], stdin
+
+
+# Commands that run until stopped, or that need the server extra: their --help lists what
+# their own suites run (tests/test_service_cli.py for serve: a stop by SIGTERM is 0, a
+# startup error 2; tests/test_tokens.py for token: printed 0, bad input 2).
+SERVING = {"serve": {0, 2}, "token": {0, 2}}
+
+
+def test_every_command_documents_the_statuses_tested_here() -> None:
+    """Each command the parser has lists its exit statuses in --help, and this file (or, for a
+    command that serves until stopped, its own suite) runs each one."""
+    commands = parser_commands()
+    assert sorted(commands) == sorted([*COMMANDS, *SERVING])
+    for command in COMMANDS:
+        assert documented_statuses(command) == set(EXITS[command]) | SHARED, command
+    for command, statuses in SERVING.items():
+        assert documented_statuses(command) == statuses, command
+
+
+@pytest.mark.parametrize(
+    ("command", "status"), [(command, status) for command in COMMANDS for status in EXITS[command]]
+)
+def test_each_documented_status_happens(
+    command: str, status: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line listed for a status ends with that status: --help says what really happens."""
+    if (command, status) == ("demo", 1):
+        inconsistent_demo(monkeypatch)
+    argv, stdin = exit_case(command, status, tmp_path)
+    ran = run(*argv, stdin=stdin)
+    assert ran.code == status, (ran.out, ran.err)
+    if status == 2:
+        assert_bad_input(ran, command)
+
+
+def test_validate_help_says_an_invalid_operation_is_status_1() -> None:
+    """validate's --help does not list an invalid operation as bad input (it is status 1)."""
+    text = " ".join(run("validate", "--help").out.split())
+    assert "1 some invalid" in text
+    bad_input = text.split(" 2 bad input: ", 1)[1].split(" 3 ", 1)[0]
+    assert "an invalid operation;" not in bad_input
+    assert "an operation that is not valid is status 1, not bad input" in bad_input
+
+
+class BrokenStdout(io.StringIO):
+    """Standard output whose writes fail with ``failure``, at the write or at the flush."""
+
+    def __init__(self, failure: BaseException, *, at: str = "write") -> None:
+        super().__init__()
+        self.failure = failure
+        self.at = at
+
+    def write(self, text: str) -> int:
+        """Fail, or keep ``text`` when the failure is due at the flush."""
+        if self.at == "write":
+            raise self.failure
+        return super().write(text)
+
+    def flush(self) -> None:
+        """Fail, when the failure is due at the flush."""
+        if self.at == "flush":
+            raise self.failure
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("at", ["write", "flush"])
+def test_output_that_cannot_be_written_is_status_3(command: str, at: str, tmp_path: Path) -> None:
+    """A full disk under standard output: exit 3 and one line saying so, for every command."""
+    argv, stdin = exit_case(command, 0, tmp_path)
+    full = BrokenStdout(OSError(errno.ENOSPC, "No space left on device"), at=at)
+    ran = run(*argv, stdin=stdin, stdout=full)
+    assert ran.code == 3
+    assert ran.err == f"metaops {command}: cannot write to standard output: No space left on device\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_reader_that_stopped_reading_ends_quietly_with_status_3(command: str, tmp_path: Path) -> None:
+    """Standard output's reader left (`| head -1`): exit 3 without a word, as other tools end."""
+    argv, stdin = exit_case(command, 0, tmp_path)
+    ran = run(*argv, stdin=stdin, stdout=BrokenStdout(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    assert (ran.code, ran.err) == (3, "")
+
+
+def test_a_closed_standard_output_is_status_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with standard output closed (`>&-`, which Python shows as None): exit 3, saying so."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["size", str(ROOT / "pyproject.toml")]) == 3
+    assert err.getvalue() == "metaops size: standard output is closed: there is nowhere to write the answer\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_ctrl_c_is_status_130(command: str, tmp_path: Path) -> None:
+    """Ctrl-C while a command runs: exit 130 and one line, no traceback."""
+    argv, stdin = exit_case(command, 0, tmp_path)
+    ran = run(*argv, stdin=stdin, stdout=BrokenStdout(KeyboardInterrupt()))
+    assert (ran.code, ran.err) == (130, f"metaops {command}: interrupted\n")
+
+
+class WaitingStdin(io.TextIOWrapper):
+    """Standard input the user interrupts (Ctrl-C) while the command waits to read it."""
+
+    def __init__(self) -> None:
+        super().__init__(Interrupted(), encoding="utf-8")
+
+
+class Interrupted(io.BytesIO):
+    """Bytes whose read is interrupted."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Ctrl-C, as the user presses it while the read waits."""
+        raise KeyboardInterrupt
+
+
+class Trickle(io.RawIOBase):
+    """An unbuffered file that takes at most ``step`` bytes a write, then, once ``room`` is used, none."""
+
+    def __init__(self, step: int, room: int) -> None:
+        self.taken = bytearray()
+        self.step = step
+        self.room = room
+
+    def writable(self) -> bool:
+        """Yes."""
+        return True
+
+    def write(self, data: Any) -> int:
+        """Take the first ``step`` bytes; a broken pipe once ``room`` bytes are taken."""
+        if len(self.taken) >= self.room:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        part = bytes(data[: min(self.step, self.room - len(self.taken))])
+        self.taken += part
+        return len(part)
+
+
+@pytest.mark.parametrize(("room", "status"), [(10**9, 0), (40, 3)], ids=["all taken", "reader left"])
+def test_short_writes_to_unbuffered_output_are_written_in_full_or_reported(
+    room: int, status: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Standard output over an unbuffered file (as under python -u) that takes a few bytes a write:
+    every byte arrives, or, when its reader leaves part way, the status says it did not."""
+    raw = Trickle(step=7, room=room)
+    err = io.StringIO()
+    # TextIOWrapper over a raw file, as Python builds standard output under -u.
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", write_through=True))  # type: ignore[type-var]
+    monkeypatch.setattr(sys, "stderr", err)
+    state = write(tmp_path, "state.json", {"log": "x" * 1000})
+    assert main(["apply", state, write(tmp_path, "ops.json", [])]) == status
+    expected = b'{"metadata":{"log":"' + b"x" * 1000 + b'"},"unapplied":[]}\n'
+    assert bytes(raw.taken) == expected[: min(room, len(expected))]
+    assert err.getvalue() == ""
+
+
+def test_ctrl_c_while_waiting_for_standard_input_is_status_130() -> None:
+    """Ctrl-C at a terminal where `metaops size -` waits for input: exit 130, one line."""
+    ran = run("size", "-", stdin=WaitingStdin())
+    assert (ran.code, ran.out, ran.err) == (130, "", "metaops size: interrupted\n")
 
 
 # --------------------------------------------------------------------------- the reference's collapsing rule
@@ -611,6 +1176,86 @@ def test_python_m_metaops_reads_stdin_and_exits_with_the_status() -> None:
     assert done.stdout == ""
     assert done.stderr.startswith(
         "metaops collapse: OPS (standard input): malformed JSON at line 1, column 3"
+    )
+
+
+def test_python_m_metaops_stops_quietly_when_its_reader_does(tmp_path: Path) -> None:
+    """`metaops apply ... | head -c 10`: exit 3 and nothing on stderr, not even at the interpreter's exit.
+
+    With unbuffered output (PYTHONUNBUFFERED=1), where Python's text layer would take the short
+    write the reader's leaving causes for a complete one; buffered output is the case of
+    test_python_m_metaops_into_a_pipe_nobody_reads.
+    """
+    state = write(tmp_path, "state.json", {"log": "x" * 4_000_000})  # far more than a pipe buffers
+    ops = write(tmp_path, "ops.json", [])
+    with subprocess.Popen(
+        [sys.executable, "-m", "metaops", "apply", state, ops],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**without_unbuffered(), "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        assert process.stdout.read(10) == b'{"metadata'
+        process.stdout.close()
+        err = process.stderr.read()
+        assert process.wait(timeout=120) == 3
+    assert err == b""
+
+
+def without_unbuffered() -> dict[str, str]:
+    """The environment for ``python -m metaops`` from this checkout, with output buffered as by default."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [(["apply", "--help"], 0), (["size", "-"], 3)],
+)
+def test_python_m_metaops_into_a_pipe_nobody_reads(argv: list[str], status: int) -> None:
+    """Output into a pipe whose reader has already gone (`| head -0`): no traceback, no report at exit.
+
+    Help was written; a command's answer was not, which its status says."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "metaops", *argv],
+            input="[1, 2]",
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=without_unbuffered(),
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert (done.returncode, done.stderr) == (status, "")
+
+
+def test_python_m_metaops_onto_a_full_disk(tmp_path: Path) -> None:
+    """Standard output onto /dev/full: exit 3 with one line, no traceback."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system to stand for a full disk")
+    ops = write(tmp_path, "ops.json", [{"type": "set", "key": "a", "value": 1}])
+    with open("/dev/full", "w", encoding="utf-8") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "metaops", "collapse", ops],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+    assert (done.returncode, done.stderr) == (
+        3,
+        "metaops collapse: cannot write to standard output: No space left on device\n",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import secrets
 import threading
@@ -182,3 +183,48 @@ def test_postgres_array_literals() -> None:
     assert _text_array('{"a","b.c"}') == ("a", "b.c")
     assert _text_array('{plain,"with \\"quote\\"",x}') == ("plain", 'with "quote"', "x")
     assert _text_array(None) == ()
+
+
+def test_the_follower_starts_over_on_must_refetch_and_merges_partial_updates() -> None:
+    """Sans I/O: a 409 sends it back to a snapshot under the new handle; an update carrying some
+    columns changes only those; a batch without up-to-date yields nothing yet."""
+    from metaops.client._core import Answer, Send
+    from metaops.client._retry import RetryPolicy
+    from metaops.client._subscribe import ShapeFollower
+
+    def row(**value: Any) -> dict[str, Any]:
+        return {"key": "k", "value": value, "headers": {"operation": "insert"}}
+
+    up_to_date = {"headers": {"control": "up-to-date"}}
+    base = {
+        "id": "r",
+        "friendlyId": "r",
+        "status": "EXECUTING",
+        "metadata": '{"n":1}',
+        "metadataType": "application/json",
+    }
+    follower = ShapeFollower("r", "token", RetryPolicy(attempts=1))
+
+    def answer(status: int, headers: dict[str, str], messages: object) -> list[RunSnapshot]:
+        steps = follower.poll()
+        request = next(steps)
+        assert isinstance(request, Send)
+        try:
+            steps.send(Answer(status, headers, json.dumps(messages).encode()))
+        except StopIteration as done:
+            result: list[RunSnapshot] = done.value
+            return result
+        raise AssertionError("the poll asked for more")
+
+    [first] = answer(200, {"electric-handle": "h1", "electric-offset": "1_0"}, [row(**base), up_to_date])
+    assert (first.metadata, first.offset) == ({"n": 1}, "1_0")
+    assert follower.live
+    update = {"key": "k", "value": {"metadata": '{"n":2}'}, "headers": {"operation": "update"}}
+    assert (
+        answer(200, {"electric-offset": "2_0", "electric-cursor": "c"}, [update]) == []
+    )  # not up to date yet
+    [second] = answer(200, {"electric-offset": "2_0"}, [up_to_date])
+    assert (second.metadata, second.status, second.id) == ({"n": 2}, "EXECUTING", "r")
+    assert answer(409, {"electric-handle": "h2"}, [{"headers": {"control": "must-refetch"}}]) == []
+    assert (follower.handle, follower.offset, follower.live, follower.row) == ("h2", "-1", False, {})
+    assert "offset=-1" in follower._request().path

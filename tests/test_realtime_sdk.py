@@ -126,13 +126,20 @@ def test_with_streams_delivers_every_chunk_of_every_stream_the_run_lists(
     assert last_run["realtimeStreams"] == ["tokens", "progress"]
 
 
+# The SDK signs a token itself with a secret of any other shape (after asking the server's
+# /api/v1/auth/jwt/claims); with a key shaped like the platform's extra API keys it asks the
+# server to mint one (POST /api/v1/auth/public-tokens). Both are served.
+SDK_SECRETS = {"self-signed": SECRET, "server-minted": "tr_dev_sk_" + "a1B2c3D4e5F6g7H8i9J0k1L2"}
+
+
+@pytest.mark.parametrize("secret", SDK_SECRETS.values(), ids=SDK_SECRETS.keys())
 def test_a_token_minted_by_create_public_token_reads_its_run_and_nothing_else(
-    database_url: str, reference: Path
+    database_url: str, reference: Path, secret: str
 ) -> None:
-    with live_server(database_url) as server, http(server) as client:
+    with live_server(database_url, secret) as server, http(server, secret) as client:
         for run_id in ("run_public", "run_private"):
             assert client.post("/admin/runs", json={"id": run_id, "metadata": {"n": 0}}).status_code == 201
-        config = {"baseUrl": server.url, "token": SECRET, "runId": "run_public", "mode": "token"}
+        config = {"baseUrl": server.url, "token": secret, "runId": "run_public", "mode": "token"}
         with SDKDriver(reference, config) as sdk:
             token = sdk.next()["token"]
             assert sdk.next()["metadata"] == {"n": 0}  # subscribed with the minted token

@@ -172,9 +172,16 @@ def test_the_token_command_mints_offline(
     assert claims["scopes"] == ["read:runs:run_mine"]
     assert 590 <= claims["exp"] - claims["iat"] <= 600
     assert _reads(server, token)["run_mine"] == (200, 200, 200)
-    for argv in (["token"], ["token", "run_mine", "--expires", "never"], ["token", "run_mine", "--all-runs"]):
+    for argv in (
+        ["token"],
+        ["token", "run_mine", "--expires", "never"],
+        ["token", "run_mine", "--all-runs"],
+        ["token", "run_mine", "--no-such-option"],
+    ):
         assert cli(argv) == 2
-        assert capsys.readouterr().err.startswith("metaops token: ")
+        err = capsys.readouterr().err
+        assert err.startswith("metaops token: ")
+        assert err.count("\n") == 1
     assert cli(["token", "run 1", "--url", "http://example.test:8030/"]) == 0
     page = capsys.readouterr().out.strip()
     assert page.startswith("http://example.test:8030/runs/run%201?token=")

@@ -202,6 +202,8 @@ class ShapeFollower:
         self.cursor: str | None = None
         self.live = False
         self.row: dict[str, Any] = {}
+        # Whether the row changed since the last up-to-date: a batch without one is told later.
+        self.changed = False
 
     def _request(self) -> Send:
         params = {"log": "full", "offset": self.offset}
@@ -229,7 +231,7 @@ class ShapeFollower:
                 return self._take(reply)
             if reply.status == 409:  # must refetch: start over from a snapshot
                 self.handle = reply.headers.get("electric-handle")
-                self.offset, self.live, self.row = "-1", False, {}
+                self.offset, self.live, self.row, self.changed = "-1", False, {}, False
                 return []
             if is_retryable(reply.status):
                 last, later = f"HTTP {reply.status}", retry_after(reply.headers)
@@ -245,23 +247,22 @@ class ShapeFollower:
         self.offset = headers.get("electric-offset", self.offset)
         self.cursor = headers.get("electric-cursor", self.cursor)
         messages = json.loads(answer.content) if answer.content.strip() else []
-        changed = False
         snapshots: list[RunSnapshot] = []
         for message in messages:
             control = message.get("headers", {}).get("control")
             if control == "up-to-date":
                 self.live = True
-                if changed and self.row:
+                if self.changed and self.row:
                     snapshots.append(_snapshot(self.row, self.offset))
-                changed = False
+                self.changed = False
             elif control == "must-refetch":
-                self.row, self.offset, self.live = {}, "-1", False
+                self.row, self.offset, self.live, self.changed = {}, "-1", False, False
             elif isinstance(message.get("value"), dict):
                 operation = message.get("headers", {}).get("operation")
                 self.row = (
                     dict(message["value"]) if operation == "insert" else {**self.row, **message["value"]}
                 )
-                changed = True
+                self.changed = True
         return snapshots
 
 

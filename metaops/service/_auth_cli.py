@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 from urllib.parse import quote
 
 from metaops._errors import InvalidArgumentError
@@ -31,11 +32,20 @@ Example:
   curl -H "Authorization: Bearer $(metaops token run_1234)" \\
        http://127.0.0.1:8030/api/v1/runs/run_1234/metadata
 
-exit status: 0 printed, 2 bad input (one line on standard error says what)."""
+exit status:
+  0    printed
+  2    bad input: a wrong command line, no secret, a duration that cannot be read;
+       one line on standard error says what"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, as for every other bad input; --help has the usage.
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metaops token",
         description=_DESCRIPTION,
         epilog=_EPILOG,

@@ -75,6 +75,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
@@ -371,8 +372,6 @@ class _BadRequest(Exception):
 
 
 def _parameters(query: bytes) -> dict[str, str]:
-    from urllib.parse import parse_qsl
-
     try:
         pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, strict_parsing=False)
     except ValueError as error:

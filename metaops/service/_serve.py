@@ -279,7 +279,13 @@ that start, and lets those in flight finish ({SHUTDOWN_TIMEOUT:g} s at most) bef
 it closes the database. Queued parent/root operations stay in the database and are
 written after a restart. Idempotency keys are kept 24 hours. If the server cannot
 start (the port is in use, the database cannot be opened), it prints one line
-saying why and exits with status 2."""
+saying why and exits with status 2.
+
+exit status:
+  0    stopped by SIGTERM or Ctrl-C, once the requests in flight finished
+  2    bad input: a wrong command line, or the server could not start (the port
+       is in use, the database cannot be opened); one line on standard error
+       says why"""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -197,7 +197,8 @@ class PostgresStorage:
         self._origin = secrets.token_hex(6)
         self._lock = threading.Lock()
         self._listeners: list[ChangeListener] = []
-        self._listener = _Listener(url)  # connects on first use
+        # Connects on first use.
+        self._listener = _Listener(url, f"metaops:wake:{self._origin}", self._notify_now)
         self._feed_registered = False
         self._closed = False
         try:
@@ -265,6 +266,10 @@ class PostgresStorage:
             self._closed = True
         self._listener.stop()
         self._pool.close()
+
+    def _notify_now(self, channel: str) -> None:
+        with self._pool.connection() as db:  # also while closing
+            db.execute("SELECT pg_notify(%s, '')", (channel,))
 
     # ------------------------------------------------------------------ runs
 
@@ -609,12 +614,21 @@ def _describe(error: psycopg.Error) -> str:
 
 class _Listener:
     """One connection ``LISTEN``ing on any number of channels, on a daemon thread started on
-    first use; it reconnects (and listens again) when the connection drops."""
+    first use; it reconnects (and listens again) when the connection drops.
 
-    def __init__(self, url: str) -> None:
+    The thread waits for notifications at most ``_POLL`` seconds at a time; to listen to a
+    new channel, or to stop, it is woken at once by a NOTIFY on a channel of its own
+    (``wake`` sends one, through another connection).
+    """
+
+    _POLL = 1.0
+
+    def __init__(self, url: str, channel: str, wake: Callable[[str], None]) -> None:
         self._url = url
+        self._own_channel = channel
+        self._wake = wake
         self._lock = threading.Lock()
-        self._callbacks: dict[str, list[Callable[[str], None]]] = {}
+        self._callbacks: dict[str, list[Callable[[str], None]]] = {channel: []}
         self._waiting: list[tuple[str, threading.Event]] = []  # channels to LISTEN to, and who waits
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -628,9 +642,12 @@ class _Listener:
             if callback is not None:
                 self._callbacks.setdefault(channel, []).append(callback)
             self._waiting.append((channel, listening))
-            if self._thread is None:
+            running = self._thread is not None
+            if not running:
                 self._thread = threading.Thread(target=self._run, name="metaops-listen", daemon=True)
                 self._thread.start()
+        if running:
+            self._wake_up()
         if not listening.wait(timeout):
             _log.warning("LISTEN %s: not in effect after %.0f s; still trying", channel, timeout)
 
@@ -643,11 +660,21 @@ class _Listener:
         return remove
 
     def stop(self) -> None:
+        """Stop the thread (it closes its connection); idempotent."""
         self._stop.set()
         with self._lock:
             thread = self._thread
         if thread is not None:
-            thread.join(timeout=5)
+            self._wake_up()
+            thread.join(timeout=self._POLL + 5)
+
+    def _wake_up(self) -> None:
+        for _ in range(2):  # a pooled connection found dead is replaced for the second try
+            try:
+                self._wake(self._own_channel)
+                return
+            except Exception:  # it wakes up on its own within _POLL seconds
+                _log.debug("could not wake the listening thread", exc_info=True)
 
     def _run(self) -> None:
         delay = 0.05
@@ -661,7 +688,8 @@ class _Listener:
                     delay = 0.05
                     while not self._stop.is_set():
                         self._listen_to_new(db)
-                        for notification in db.notifies(timeout=0.1):
+                        # stop_after: back to the loop after each batch (a wake-up among them).
+                        for notification in db.notifies(timeout=self._POLL, stop_after=1):
                             self._deliver(notification.channel, notification.payload)
             except psycopg.Error as error:
                 _log.warning("listening for changes: %s; reconnecting in %.2f s", _describe(error), delay)
