@@ -21,8 +21,8 @@ import math
 import os
 import re
 
-from metaops._errors import InvalidLimitError, MetadataTooLargeError
-from metaops._json import js_iso_string
+from metaops._errors import InvalidLimitError, InvalidValueError, MetadataTooLargeError
+from metaops._json import describe, js_iso_string
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -46,8 +46,9 @@ def _default(value: object) -> object:
 
     if isinstance(value, datetime) and value.tzinfo is not None:
         return js_iso_string(value)
-    msg = f"json_size: {type(value).__name__} is not a JSON value"
-    raise TypeError(msg)
+    # Shared by json_size and json_text: the message names the value, not the function.
+    msg = f"{describe(value)} is not a JSON value"
+    raise InvalidValueError(msg)
 
 
 def _encoder(*, allow_nan: bool, ascii: bool = False) -> json.JSONEncoder:

@@ -178,7 +178,7 @@ class ListView(list[Any]):
     _data: list[JSON]
 
     def __new__(cls, data: object = ()) -> ListView:
-        if isinstance(data, (str, bytes, dict)) or not isinstance(data, (list, tuple)):
+        if not isinstance(data, (list, tuple)):
             msg = f"ListView must be given a list, got {describe(data)}"
             raise InvalidValueError(msg, "ListView")
         return _list_view(normalize(data, "ListView"))  # type: ignore[arg-type]

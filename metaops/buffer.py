@@ -51,12 +51,11 @@ Where this differs from the reference SDK (``StandardMetadataManager`` in
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 from metaops._apply import apply_sized
-from metaops._arguments import SAFE_KEYS, checked_amount, checked_key, checked_metadata, checked_value
+from metaops._arguments import SAFE_KEYS, checked_key, checked_metadata
 from metaops._bodies import (
     KEY_CHAR_MAX_BYTES,
     NUMBER_TEXT_MAX_BYTES,
@@ -74,7 +73,8 @@ from metaops._errors import (
 from metaops._json import JSON, MISSING, describe
 from metaops._paths import NOTHING, first, match, parse_key
 from metaops._size import json_size, metadata_limit, value_size
-from metaops._values import Append, Delete, Increment, Operation, Remove, Set, Update
+from metaops._updates import CallNames, UpdateMethods
+from metaops._values import Append, Delete, Operation, Remove, Set, Update
 from metaops._views import DictView, ListView, view
 
 __all__ = [
@@ -88,175 +88,27 @@ __all__ = [
 ]
 
 _Target = Literal["parent", "root"]
-_Updater = TypeVar("_Updater", bound="_UpdateMethods")
 
 
-@dataclass(frozen=True, slots=True)
-class _CallNames:
-    """How errors name each update method: ``set`` on the run itself, ``parent.set`` on its parent."""
-
-    set: str
-    delete: str
-    append: str
-    remove: str
-    increment: str
-    decrement: str
-    replace: str
-
-    @classmethod
-    def prefixed(cls, prefix: str) -> _CallNames:
-        methods = ("set", "delete", "append", "remove", "increment", "decrement", "replace")
-        return cls(*(prefix + method for method in methods))
-
-
-class _UpdateMethods:
-    """The seven documented update methods, written once for a run and for its parent and root.
-
-    Each checks its arguments (an error names the call), builds the operation and
-    hands it to ``_enqueue``: :class:`RunMetadata` applies it to the run's metadata
-    and queues it, :class:`MetadataUpdater` queues it for the other run. Every method
-    returns the object it was called on, so calls chain.
-    """
-
-    __slots__ = ()
-    _names: _CallNames
-    _enqueue: Callable[[Operation], None]
-
-    def set(self: _Updater, key: str, value: object) -> _Updater:
-        """Set ``key`` (a top-level key, or every match of a ``$.`` path) to ``value``.
-
-        >>> md = RunMetadata({"progress": {"done": 0}}, is_root=False)
-        >>> md.set("status", "processing").set("$.progress.done", 3).current()
-        DictView({'progress': {'done': 3}, 'status': 'processing'})
-        >>> md.parent.set("childStatus", "processing").set("step", 3) is md.parent
-        True
-        >>> md.drain().parent_operations
-        (Set(key='childStatus', value='processing'), Set(key='step', value=3))
-        """
-        names = self._names
-        if type(key) is not str or key not in SAFE_KEYS:
-            key = checked_key(key, names.set)
-        self._enqueue(Set._trusted(key, checked_value(value, names.set)))
-        return self
-
-    def delete(self: _Updater, key: str) -> _Updater:
-        """Delete the top-level ``key`` (the documented ``del``; always literal).
-
-        >>> md = RunMetadata({"a": 1, "b": 2}, is_root=False)
-        >>> md.delete("a").current()
-        DictView({'b': 2})
-        >>> md.root.delete("draft") is md.root
-        True
-        >>> md.drain().root_operations
-        (Delete(key='draft'),)
-        """
-        names = self._names
-        if type(key) is not str or key not in SAFE_KEYS:
-            key = checked_key(key, names.delete)
-        self._enqueue(Delete._trusted(key))
-        return self
-
-    def append(self: _Updater, key: str, value: object) -> _Updater:
-        """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``).
-
-        >>> md = RunMetadata(is_root=False)
-        >>> md.append("logs", "one").append("logs", "two").get("logs")
-        ListView(['one', 'two'])
-        >>> md.parent.append("rowRuns", "run_1") is md.parent
-        True
-        >>> md.drain().parent_operations
-        (Append(key='rowRuns', value='run_1'),)
-        """
-        names = self._names
-        if type(key) is not str or key not in SAFE_KEYS:
-            key = checked_key(key, names.append)
-        self._enqueue(Append._trusted(key, checked_value(value, names.append)))
-        return self
-
-    def remove(self: _Updater, key: str, value: object) -> _Updater:
-        """Remove every item equal to ``value`` from the list at ``key`` (unapplied if not a list).
-
-        >>> md = RunMetadata({"tags": ["a", "b", "a"], "n": 1}, is_root=False)
-        >>> md.remove("tags", "a").remove("n", 1).get("tags")
-        ListView(['b'])
-        >>> md.unapplied
-        (Remove(key='n', value=1),)
-        >>> md.parent.remove("waiting", "run_1") is md.parent
-        True
-        >>> md.drain().parent_operations
-        (Remove(key='waiting', value='run_1'),)
-        """
-        names = self._names
-        if type(key) is not str or key not in SAFE_KEYS:
-            key = checked_key(key, names.remove)
-        self._enqueue(Remove._trusted(key, checked_value(value, names.remove)))
-        return self
-
-    def increment(self: _Updater, key: str, n: int | float = 1) -> _Updater:
-        """Add ``n`` to the number at ``key`` (anything else counts as 0).
-
-        >>> md = RunMetadata({"rows": 1}, is_root=False)
-        >>> md.increment("rows").increment("rows", n=2).get("rows")
-        4
-        >>> md.parent.increment("processedRows", n=2) is md.parent
-        True
-        >>> md.drain().parent_operations
-        (Increment(key='processedRows', value=2),)
-        """
-        names = self._names
-        if type(key) is not str or key not in SAFE_KEYS:
-            key = checked_key(key, names.increment)
-        self._enqueue(Increment._trusted(key, checked_amount(n, names.increment)))
-        return self
-
-    def decrement(self: _Updater, key: str, n: int | float = 1) -> _Updater:
-        """Subtract ``n`` from the number at ``key``: sent as an increment by ``-n``.
-
-        On the parent and root too (the reference sends ``-abs(n)`` there).
-
-        >>> md = RunMetadata({"stock": 5}, is_root=False)
-        >>> md.decrement("stock", 2).get("stock")
-        3
-        >>> md.root.decrement("left", -3)
-        MetadataUpdater(target='root')
-        >>> flush = md.drain()
-        >>> flush.operations, flush.root_operations
-        ((Increment(key='stock', value=-2),), (Increment(key='left', value=3),))
-        """
-        names = self._names
-        if type(key) is not str or key not in SAFE_KEYS:
-            key = checked_key(key, names.decrement)
-        self._enqueue(Increment._trusted(key, -checked_amount(n, names.decrement)))
-        return self
-
-    def replace(self: _Updater, metadata: Mapping[str, object]) -> _Updater:
-        """Replace the whole metadata with ``metadata`` (wire type ``update``).
-
-        >>> md = RunMetadata({"old": 1}, is_root=False)
-        >>> md.replace({"user": "Eric"}).current()
-        DictView({'user': 'Eric'})
-        >>> md.parent.replace({"status": "reset"}) is md.parent
-        True
-        >>> md.drain().parent_operations
-        (Update(value={'status': 'reset'}),)
-        """
-        self._enqueue(Update._trusted(checked_metadata(metadata, self._names.replace)))
-        return self
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedFlush:
+class RejectedFlush(NamedTuple):
     """A flush the platform refused for good, set aside by :meth:`RunMetadata.reject`.
 
-    ``flush`` is what was refused (its operations were not sent again) and
-    ``reason`` why, in the host's words (e.g. the server's error message).
+    The pair ``(flush, reason)``: ``flush`` is what was refused (its operations are
+    not sent again) and ``reason`` why, in the host's words (the server's error
+    message, say).
+
+    >>> md = RunMetadata()
+    >>> md.reject(md.set("a", 1).drain(), "400: invalid body")
+    >>> flush, reason = md.rejected[0]
+    >>> flush.operations, reason
+    ((Set(key='a', value=1),), '400: invalid body')
     """
 
     flush: Flush
     reason: str
 
 
-class RunMetadata(_UpdateMethods):
+class RunMetadata(UpdateMethods):
     """A run's metadata as the task sees it, and the operations queued for the platform.
 
     ``metadata`` is the run's metadata when it starts (a dict, copied). ``is_root``
@@ -306,7 +158,7 @@ class RunMetadata(_UpdateMethods):
         "_state",
         "_unapplied",
     )
-    _names = _CallNames.prefixed("")
+    _names = CallNames.prefixed("")
 
     def __init__(
         self,
@@ -702,7 +554,7 @@ class RunMetadata(_UpdateMethods):
 _DRAINING = object()
 
 
-class MetadataUpdater(_UpdateMethods):
+class MetadataUpdater(UpdateMethods):
     """The update methods for the parent or the root run, queued to their own list.
 
     The other run's metadata is not here, so nothing is applied locally; a call is
@@ -725,7 +577,7 @@ class MetadataUpdater(_UpdateMethods):
     def __init__(self, owner: RunMetadata, target: _Target) -> None:
         self._owner = owner
         self._target: _Target = target
-        self._names = _CallNames.prefixed(f"{target}.")
+        self._names = CallNames.prefixed(f"{target}.")
 
     def _enqueue(self, op: Operation) -> None:
         self._owner._remote(self._target, op)

@@ -6,6 +6,8 @@ import copy
 import json
 from typing import Any
 
+from hypothesis import settings
+
 from metaops import Append, Delete, Flush, Increment, Operation, Remove, RunMetadata, Set, apply, json_size
 from metaops.buffer import MetadataUpdater
 from metaops.server import parse_update_request
@@ -86,3 +88,17 @@ def make_call(target: RunMetadata | MetadataUpdater, op: Operation, via_decremen
 def body_alone(op: Operation) -> int:
     """The JSON size of a request body carrying only ``op``."""
     return json_size({"operations": [op.to_wire()], "parentOperations": [], "rootOperations": []})
+
+
+def budget(share: int, **changes: Any) -> settings:
+    """The loaded profile's settings, with ``1/share`` of its examples in the quick profiles.
+
+    For tests whose every example is costly (a state machine's fifty steps, large drawn
+    metadata). Under a profile running at most the "ci" profile's examples (the default,
+    and "dev"), such a test runs a ``share``-th of them, at least ten; a larger profile
+    (``--hypothesis-profile=thorough``) runs them all.
+    """
+    examples = settings().max_examples  # the loaded profile's
+    if examples <= settings.get_profile("ci").max_examples:
+        examples = max(examples // share, 10)
+    return settings(max_examples=examples, **changes)

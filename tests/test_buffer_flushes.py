@@ -256,11 +256,12 @@ def test_reject_needs_the_flush_in_flight_and_a_reason() -> None:
     assert [rejected.reason for rejected in md.rejected] == ["an equal flush is the same flush"]
 
 
-def test_rejected_flush_is_a_frozen_value() -> None:
-    """RejectedFlush compares by value and cannot be changed."""
+def test_rejected_flush_is_a_frozen_pair() -> None:
+    """RejectedFlush is the pair (flush, reason): it compares by value and cannot be changed."""
     flush = Flush((Set("a", 1),))
     rejected = RejectedFlush(flush, "400")
-    assert rejected == RejectedFlush(Flush((Set("a", 1),)), "400")
+    assert rejected == RejectedFlush(Flush((Set("a", 1),)), "400") == (flush, "400")
+    assert tuple(rejected) == (rejected.flush, rejected.reason) == (flush, "400")
     assert rejected != RejectedFlush(flush, "413")
     with pytest.raises(AttributeError):
         rejected.reason = "other"  # type: ignore[misc]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -34,7 +34,7 @@ from metaops import (
 from metaops.buffer import Flush, MetadataUpdater, RunMetadata
 from metaops.server import parse_update_request
 from metaops.strategies import LITERAL_KEYS, json_values, keys, metadata, operations
-from tests.buffer_support import Metadata, Server, body_alone, make_call, snapshot
+from tests.buffer_support import Metadata, Server, body_alone, budget, make_call, snapshot
 from tests.oracle import close_json, oracle_apply, same_json
 
 # --------------------------------------------------------------------------- the model-based test
@@ -332,9 +332,8 @@ class BufferMachine(RuleBasedStateMachine):
         assert same_json(self.md.current(), self.server.own)
 
 
-# The profile's example count (tests/conftest.py), with runs long enough for flushes to
-# interleave with calls.
-BufferMachine.TestCase.settings = settings(settings.default, stateful_step_count=50)
+# One example is fifty steps: calls, drains, deliveries, failures and refusals interleaved.
+BufferMachine.TestCase.settings = budget(5, stateful_step_count=50)
 TestBufferMachine = BufferMachine.TestCase
 
 # Floats for the float model: bounded, so that the rounding a reassociated sum can
@@ -435,10 +434,11 @@ class FloatBufferMachine(BufferMachine):
             self.call(Increment(key, amount), who, via_decrement=amount < 0)
 
 
-FloatBufferMachine.TestCase.settings = settings(settings.default, stateful_step_count=50)
+FloatBufferMachine.TestCase.settings = budget(5, stateful_step_count=50)
 TestFloatBufferMachine = FloatBufferMachine.TestCase
 
 
+@budget(3)
 @given(initial=metadata(), ops=st.lists(operations(unsafe=False), max_size=15))
 def test_tracked_size_is_the_json_size_with_floats_too(initial: Metadata, ops: list[Operation]) -> None:
     """With floats, the size kept call by call still equals json_size of current()."""

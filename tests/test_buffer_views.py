@@ -25,7 +25,7 @@ from metaops import (
 )
 from metaops.buffer import DictView, Flush, ListView, RunMetadata
 from metaops.strategies import json_values, keys, metadata
-from tests.buffer_support import Metadata, snapshot
+from tests.buffer_support import Metadata, budget, snapshot
 from tests.oracle import same_json
 
 NESTED: Metadata = {
@@ -65,6 +65,7 @@ def test_what_current_and_get_return_serializes_as_the_plain_json(dumps: Callabl
     assert dumps(RunMetadata().current()) == dumps({})
 
 
+@budget(3)
 @given(initial=metadata(max_leaves=8))
 def test_current_serializes_and_measures_as_its_plain_copy(initial: Metadata) -> None:
     """For any metadata: json.dumps and json_text of current() are to_dict()'s; json_size is the size."""
@@ -222,6 +223,15 @@ def test_plain_copies_of_a_view_hand_out_views_inside() -> None:
     assert same_json(snapshot(md), before)
 
 
+@pytest.mark.parametrize("dumps", [json_text, json_size])
+def test_a_serializer_error_names_the_value_and_no_other_function(dumps: Callable[[Any], object]) -> None:
+    """json_text used to say "json_size: ..." about a value it could not write."""
+    with pytest.raises(InvalidValueError, match="is not a JSON value") as caught:
+        dumps(RunMetadata({"a": 1}).current() | {"x": object()})
+    assert "json_size" not in str(caught.value)
+    assert "json_text" not in str(caught.value)
+
+
 def test_views_equal_plain_containers_both_ways() -> None:
     """A view equals (and json_equal-s) the plain container it shows, from either side, at any depth."""
     md = RunMetadata(NESTED)
@@ -374,6 +384,7 @@ def test_get_takes_paths_as_the_update_methods_do() -> None:
 _NOT_LISTS = json_values().filter(lambda value: not isinstance(value, list))
 
 
+@budget(3)
 @given(initial=metadata(max_leaves=8), key=keys(unsafe=False), value=_NOT_LISTS)
 def test_get_reads_back_what_set_wrote_at_the_same_key(initial: Metadata, key: str, value: Any) -> None:
     """For any metadata and key: once set(key, v) changed the metadata, get(key) is v."""

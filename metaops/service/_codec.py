@@ -81,92 +81,100 @@ changed is written by patching those, after one C-level pass that finds them."""
 
 
 def _encode(value: JSON, previous: JSON, texts: Texts) -> tuple[bytes, int]:
-    """The text of ``value``; adds the containers it wrote to ``texts``; returns how many.
+    """The text of ``value``; adds the containers it wrote to ``texts``; returns their texts' bytes.
 
     ``previous`` is the value last written: walked beside ``value``, it says which old list a
     changed list was copied from, whose items' texts the copy can reuse by position.
     """
-    added = 0
-
-    def text_of(node: Any, old: Any) -> bytes:
-        """The text of container ``node``; one frame per level of nesting, as deep metadata needs."""
-        nonlocal added
-        hit = texts.get(id(node))
-        if hit is not None and hit[0] is node:
-            return hit[1]
-        parts: list[bytes] | None = None
-        if type(node) is dict:
-            kinds = set(map(type, node.values()))
-            if dict not in kinds and list not in kinds:
-                text = _leaf(node, kinds)
-            else:
-                olds = old if type(old) is dict else {}
-                # One join per container: every child's text is copied once, into its parent's.
-                pieces = []
-                for name, item in node.items():
-                    pieces.append(b",")
-                    pieces.append(
-                        _encode_ascii(name).encode() if name.isascii() else json_text(name).encode()
-                    )
-                    pieces.append(b":")
-                    kind = type(item)
-                    pieces.append(
-                        text_of(item, olds.get(name)) if kind is dict or kind is list else _scalar(item)
-                    )
-                pieces[0] = b"{"
-                pieces.append(b"}")
-                text = b"".join(pieces)
-        else:
-            kinds = set(map(type, node))
-            if dict not in kinds and list not in kinds:
-                text = _leaf(node, kinds)
-            else:
-                before: list[Any] = old if type(old) is list else []
-                entry = texts.get(id(before)) if before else None
-                if entry is not None and entry[0] is before and entry[2] is not None:
-                    parts = entry[2][: len(node)]
-                    common = min(len(node), len(before))
-                    changed = list(compress(range(common), map(is_not, node, before)))
-                    changed += range(common, len(node))
-                    parts.extend([b""] * (len(node) - len(parts)))
-                else:
-                    parts = [b""] * len(node)
-                    changed = list(range(len(node)))
-                # Plain loops, no comprehension: one stack frame per level of nesting.
-                for index in changed:
-                    item = node[index]
-                    kind = type(item)
-                    if kind is dict or kind is list:
-                        parts[index] = text_of(item, before[index] if index < len(before) else None)
-                    else:
-                        parts[index] = _scalar(item)
-                text = b"[" + b",".join(parts) + b"]"
-                if len(parts) < _KEEP_PARTS:
-                    parts = None
-        texts[id(node)] = (node, text, parts)
-        added += 1
-        return text
-
     if type(value) is dict or type(value) is list:
-        return text_of(value, previous), added
+        written = [0]
+        return _text_of(value, previous, texts, written), written[0]
     return _scalar(value), 0
+
+
+# A module-level function, not a closure: a closure that calls itself is a reference cycle,
+# and every cycle kept the texts it reached (megabytes per update of a large run) alive
+# until the garbage collector's next full pass, which counts objects, not bytes.
+def _text_of(node: Any, old: Any, texts: Texts, written: list[int]) -> bytes:
+    """The text of container ``node``; one frame per level of nesting, as deep metadata needs."""
+    hit = texts.get(id(node))
+    if hit is not None and hit[0] is node:
+        return hit[1]
+    parts: list[bytes] | None = None
+    if type(node) is dict:
+        kinds = set(map(type, node.values()))
+        if dict not in kinds and list not in kinds:
+            text = _leaf(node, kinds)
+        else:
+            olds = old if type(old) is dict else {}
+            # One join per container: every child's text is copied once, into its parent's.
+            pieces = []
+            for name, item in node.items():
+                pieces.append(b",")
+                pieces.append(_encode_ascii(name).encode() if name.isascii() else json_text(name).encode())
+                pieces.append(b":")
+                kind = type(item)
+                pieces.append(
+                    _text_of(item, olds.get(name), texts, written)
+                    if kind is dict or kind is list
+                    else _scalar(item)
+                )
+            pieces[0] = b"{"
+            pieces.append(b"}")
+            text = b"".join(pieces)
+    else:
+        kinds = set(map(type, node))
+        if dict not in kinds and list not in kinds:
+            text = _leaf(node, kinds)
+        else:
+            before: list[Any] = old if type(old) is list else []
+            entry = texts.get(id(before)) if before else None
+            if entry is not None and entry[0] is before and entry[2] is not None:
+                parts = entry[2][: len(node)]
+                common = min(len(node), len(before))
+                changed = list(compress(range(common), map(is_not, node, before)))
+                changed += range(common, len(node))
+                parts.extend([b""] * (len(node) - len(parts)))
+            else:
+                parts = [b""] * len(node)
+                changed = list(range(len(node)))
+            # Plain loops, no comprehension: one stack frame per level of nesting.
+            for index in changed:
+                item = node[index]
+                kind = type(item)
+                if kind is dict or kind is list:
+                    parts[index] = _text_of(
+                        item, before[index] if index < len(before) else None, texts, written
+                    )
+                else:
+                    parts[index] = _scalar(item)
+            text = b"[" + b",".join(parts) + b"]"
+            if len(parts) < _KEEP_PARTS:
+                parts = None
+    texts[id(node)] = (node, text, parts)
+    written[0] += len(text)
+    return text
 
 
 class TextCache:
     """The JSON texts of one run's containers, shared by the versions of its metadata.
 
     :meth:`encode` adds the containers it writes; texts of containers no longer in
-    the metadata are dropped now and then (when the cache holds twice what the
-    metadata had at the last count), by a walk that keeps what is still reachable.
+    the metadata are dropped now and then, by a walk that keeps what is still
+    reachable: when the cache holds twice the containers, or twice the bytes of text
+    (and a mebibyte), that the metadata had at the last count. Bytes count as well as
+    containers: each update of a large run writes its top-level text anew.
     Safe to use from several threads: an entry is only ever used for the very object
     it holds.
     """
 
-    __slots__ = ("_live", "_previous", "_texts")
+    __slots__ = ("_held", "_live", "_live_bytes", "_previous", "_texts")
 
     def __init__(self) -> None:
         self._texts: Texts = {}
         self._live = 0
+        self._live_bytes = 0
+        self._held = 0  # bytes of text in the cache, live or not
         self._previous: JSON = None
 
     def __len__(self) -> int:
@@ -185,17 +193,26 @@ class TextCache:
         b'{"rows":[{"id":1},{"id":2}],"n":2}'
         """
         texts = self._texts
-        text, added = _encode(value, self._previous, texts)
+        text, written = _encode(value, self._previous, texts)
         self._previous = value
-        if added and len(texts) > 2 * self._live + 256:
-            self._texts, self._live = _reachable(value, texts)
+        self._held += written
+        if written and (
+            len(texts) > 2 * self._live + 256 or self._held > 2 * self._live_bytes + _SLACK_BYTES
+        ):
+            self._texts, self._live, self._live_bytes = _reachable(value, texts)
+            self._held = self._live_bytes
         return text
 
 
-def _reachable(value: JSON, texts: Texts) -> tuple[Texts, int]:
-    """The entries of ``texts`` for containers in ``value``, and how many containers it holds."""
+_SLACK_BYTES = 2**20
+"""Text the cache may hold beyond twice what is live before it prunes."""
+
+
+def _reachable(value: JSON, texts: Texts) -> tuple[Texts, int, int]:
+    """The entries of ``texts`` for containers in ``value``, how many containers it holds, and
+    the bytes of the texts kept."""
     kept: Texts = {}
-    count = 0
+    count = size = 0
     stack: list[Any] = [value]
     while stack:
         node = stack.pop()
@@ -203,9 +220,10 @@ def _reachable(value: JSON, texts: Texts) -> tuple[Texts, int]:
         hit = texts.get(id(node))
         if hit is not None and hit[0] is node:
             kept[id(node)] = hit
+            size += len(hit[1])
         children = node.values() if type(node) is dict else node
         stack.extend(child for child in children if type(child) is dict or type(child) is list)
-    return kept, count
+    return kept, count, size
 
 
 def _refuse_constant(name: str) -> None:
