@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -501,26 +502,81 @@ def _vectors(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from metaops._demo import run_demo, summary
-
-    if args.rows < 0 or args.flush_every < 1:
-        msg = f"--rows must be >= 0 and --flush-every >= 1, got {args.rows} and {args.flush_every}"
+    try:
+        from metaops._demo import DemoReport, run_demo, summary
+    except ImportError as error:
+        missing = f" ({error.name} is missing)" if error.name else ""
+        _say(
+            "demo",
+            f"the demo runs metaops serve and metaops.client, which need extras{missing}: "
+            "pip install 'metaops[server,client]'",
+        )
+        return EXIT_BAD_INPUT
+    if args.rows < 0 or not 0 <= args.port <= 65535:
+        msg = f"--rows must be >= 0 and --port from 0 to 65535, got {args.rows} and {args.port}"
+        raise _BadInput(msg)
+    if args.serve and args.json:
+        msg = "--serve prints a link and keeps serving; it does not go with --json"
         raise _BadInput(msg)
     tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
     if not args.json:
         _out(
-            f"metaops demo: the CSV example of the run-metadata docs, {args.rows:,} rows, "
-            "in one process (SQLite in a temporary directory)\n"
+            f"metaops demo: the CSV import of the run-metadata docs, {args.rows:,} rows,\n"
+            "through metaops serve (SQLite in a temporary directory) and metaops.client\n"
         )
-    report = run_demo(
-        args.rows,
-        wave=args.flush_every,
-        seed=args.seed,
-        progress=None if args.json else sys.stdout,
-        tty=tty,
-    )
-    _out(_dump(report.to_json()) if args.json else summary(report))
+
+    def announce(url: str, opened: threading.Event) -> None:
+        _out(f"Watch it live: {url}\n")
+        if sys.stdin is not None and sys.stdin.isatty():
+            _out("The import starts when the page opens, or press Enter.\n")
+            threading.Thread(target=_set_on_enter, args=(opened,), daemon=True).start()
+        else:
+            _out("The import starts when the page opens.\n")
+        while not opened.wait(0.5):
+            pass
+
+    def serve_until_stopped(report: DemoReport) -> None:
+        _out(summary(report) + "Still serving the page; Ctrl-C to stop.\n")
+        _wait_for_interrupt()
+
+    try:
+        report = run_demo(
+            args.rows,
+            seed=args.seed,
+            progress=None if args.json else sys.stdout,
+            tty=tty,
+            serve=args.serve,
+            port=args.port,
+            announce=announce if args.serve else None,
+            after=serve_until_stopped if args.serve else None,
+        )
+    except KeyboardInterrupt:
+        if tty:
+            _out("\n")  # off the progress bar's line, for the one line main() says
+        raise
+    if not args.serve:
+        _out(_dump(report.to_json()) if args.json else summary(report))
     return EXIT_OK if report.consistent else EXIT_INVALID
+
+
+def _set_on_enter(event: threading.Event) -> None:
+    sys.stdin.readline()
+    event.set()
+
+
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    import signal
+
+    stopped = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    try:
+        while not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_stdin(*sources: str) -> None:
@@ -568,32 +624,40 @@ def _parser() -> _Parser:
 
     demo = command(
         "demo",
-        "Run the documented CSV example end to end in one process",
-        "A parent run processes a CSV file: it sets its metadata's status and totalRows, and\n"
-        "one child run per row updates the parent's processedRows, rowRuns and progress, all\n"
-        "through the SDK buffer and the server-side loop into a SQLite file in a temporary\n"
-        "directory. Shows a progress bar on a terminal (plain lines otherwise), then a summary:\n"
-        "calls made, operations sent after collapsing against what the reference's rule would\n"
-        "send, bytes sent, flushes, the final metadata and its size.",
+        "Run the documented CSV import through metaops serve and metaops.client",
+        "A parent run imports a CSV file: it sets its metadata's status and totalRows, and one\n"
+        "child run per row reports to it with metadata.parent.increment('processedRows', 1)\n"
+        ".append('rowRuns', id). The runs are metaops.client clients of a metaops serve app\n"
+        "started on a free port of 127.0.0.1, with SQLite in a temporary directory; the parent\n"
+        "also writes a log stream. Shows a progress bar on a terminal (plain lines otherwise),\n"
+        "then what happened: the calls made, the requests, bytes and operations sent, how often\n"
+        "the parent's metadata was written, against one request and one write per call, and the\n"
+        "final metadata. With --serve, prints the link of the run's dashboard page first, takes\n"
+        "its time over the rows so that the progress bar can be watched filling, and keeps\n"
+        "serving the page until Ctrl-C. Needs the server and client extras:\n"
+        "pip install 'metaops[server,client]'.",
         epilog=_epilog(
             "",
-            (EXIT_OK, "the stored metadata equals every accepted call applied one by one"),
+            (
+                EXIT_OK,
+                "the parent's metadata equals every accepted call applied one by one (with "
+                "--serve: then stopped by Ctrl-C or SIGTERM)",
+            ),
             (EXIT_INVALID, "it does not"),
-            _bad("a wrong command line, an option out of range"),
+            _bad("a wrong command line, an option out of range, the server or client extra missing"),
             _NOT_WRITTEN,
             _STOPPED,
         ),
     )
-    demo.add_argument("--rows", type=int, default=3000, help="rows in the CSV file (default 3000)")
-    demo.add_argument(
-        "--flush-every",
-        type=int,
-        default=100,
-        metavar="N",
-        help="child runs between two flushes of the parent's buffer (default 100)",
-    )
-    demo.add_argument("--seed", type=int, default=2026, help="seed of the generated file and run ids")
+    demo.add_argument("--rows", type=int, default=500, help="rows in the CSV file (default 500)")
+    demo.add_argument("--seed", type=int, default=2026, help="seed of the generated file")
     demo.add_argument("--json", action="store_true", help="print the report as one line of JSON instead")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="print the dashboard's link, go slowly enough to watch, and keep serving until Ctrl-C",
+    )
+    demo.add_argument("--port", type=int, default=0, help="port of the service (default 0: a free one)")
     demo.set_defaults(handler=_demo)
 
     sub = command(

@@ -1,4 +1,4 @@
-"""The command line: the oracle commands against the reference's vectors, every bad input, the demo.
+"""The command line: the oracle commands against the reference's vectors, and every bad input.
 
 Most tests call ``main(argv)`` in the test process (fast); a few run
 ``python -m metaops`` as a subprocess to check the real entry point, its exit
@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from metaops import MAX_DEPTH, Operation, json_equal, parse_operations
 from metaops._cli import main
 from metaops._collapse import reference_rule
-from metaops._demo import run_demo
 from metaops.strategies import batches, metadata
 
 from .conftest import read_vectors
@@ -881,18 +880,6 @@ def test_usage_errors_are_one_line(argv: list[str], fragment: str) -> None:
     assert "--help" in ran.err
 
 
-@pytest.mark.parametrize(
-    ("argv", "fragment"),
-    [
-        (["demo", "--rows", "-1"], "--rows must be >= 0"),
-        (["demo", "--flush-every", "0"], "--flush-every >= 1"),
-    ],
-)
-def test_demo_options_out_of_range(argv: list[str], fragment: str) -> None:
-    """Demo options out of range: exit 2, naming the option."""
-    assert_bad_input(run(*argv), "demo", fragment)
-
-
 # --------------------------------------------------------------------------- help and version
 
 
@@ -913,13 +900,6 @@ def test_collapse_help_says_floats_agree_up_to_rounding(command: str) -> None:
     text = " ".join(run(command, "--help").out.split())
     assert "from every starting metadata." in text
     assert "Exactly so for integers; float increments merged into one are equal up to rounding" in text
-
-
-def test_demo_help_names_every_metadata_key() -> None:
-    """`demo --help` names each key the demo's runs write, status included."""
-    text = run("demo", "--help").out
-    for key in ("status", "totalRows", "processedRows", "rowRuns", "progress"):
-        assert key in text, key
 
 
 def test_top_level_help_lists_every_command() -> None:
@@ -981,8 +961,8 @@ EXITS: dict[str, dict[int, tuple[list[str], str]]] = {
     },
     "vectors": {0: (["vectors", "{dir}"], ""), 2: (["vectors", "{state}/under-a-file"], "")},
     "demo": {
-        0: (["demo", "--rows", "8", "--flush-every", "4", "--json"], ""),
-        1: (["demo", "--rows", "8", "--flush-every", "4", "--json"], ""),
+        0: (["demo", "--rows", "8", "--json"], ""),
+        1: (["demo", "--rows", "8", "--json"], ""),
         2: (["demo", "--rows", "-1"], ""),
     },
 }
@@ -1159,125 +1139,11 @@ def test_ctrl_c_while_waiting_for_standard_input_is_status_130() -> None:
     assert (ran.code, ran.out, ran.err) == (130, "", "metaops size: interrupted\n")
 
 
-# --------------------------------------------------------------------------- the demo
-
-
-def test_demo_runs_the_csv_example() -> None:
-    """The demo's JSON report: every row counted once, the check passed, fewer operations than the rule."""
-    ran = run("demo", "--rows", "120", "--flush-every", "50", "--json")
-    assert ran.code == 0, ran.err
-    report = ran.json()
-    final = report["metadata"]
-    assert final["status"] == "complete"
-    assert final["totalRows"] == final["processedRows"] == 120
-    assert len(final["rowRuns"]) == len(set(final["rowRuns"])) == 120
-    assert final["progress"] == 1
-    assert report["consistent"] is True
-    assert report["waves"] == 3
-    assert report["serverFlushes"] == 3
-    # Four calls by the parent (status twice, totalRows, status), three per child.
-    assert report["calls"] == {"total": 4 + 3 * 120, "parent": 4, "children": 3 * 120}
-    assert report["serverOperations"]["arrived"] == 3 * 120
-    assert report["serverOperations"]["metaops"] < report["serverOperations"]["referenceRule"]
-    # JSON.stringify's bytes, counted by hand: the run ids are "run_" and 25 ASCII characters.
-    frame = '{"status":"complete","totalRows":120,"processedRows":120,"rowRuns":[],"progress":1}'
-    assert report["size"] == len(frame) + 120 * len('"run_0123456789012345678901234"') + 119
-    assert report["rejected"] == []
-
-
-def test_demo_prints_plain_progress_lines_and_a_summary() -> None:
-    """Not on a terminal: progress as plain lines (no carriage returns), then the summary."""
-    ran = run("demo", "--rows", "60", "--flush-every", "20")
-    assert ran.code == 0, ran.err
-    assert "\r" not in ran.out
-    assert "  60/60 rows (100%)" in ran.out
-    for label in ("calls made", "operations sent", "server flushes", "final metadata", "size", "check"):
-        assert f"\n  {label} " in ran.out
-    assert "equals every accepted call applied one by one" in ran.out
-
-
-def screen(written: str) -> list[str]:
-    """The lines a terminal shows after ``written``: a carriage return moves to the line's start,
-    later characters overwrite earlier ones, ESC [K clears to the end of the line."""
-    lines = [""]
-    column = 0
-    i = 0
-    while i < len(written):
-        if written.startswith("\x1b[K", i):
-            lines[-1] = lines[-1][:column]
-            i += 3
-            continue
-        char = written[i]
-        i += 1
-        if char == "\r":
-            column = 0
-        elif char == "\n":
-            lines.append("")
-            column = 0
-        else:
-            line = lines[-1]
-            lines[-1] = line[:column] + char + line[column + 1 :]
-            column += 1
-    return [line.rstrip(" ") for line in lines]
-
-
-def test_demo_draws_a_bar_on_a_terminal() -> None:
-    """On a terminal the progress is one line redrawn with carriage returns, ending full."""
-    shown = io.StringIO()
-    report = run_demo(40, wave=10, progress=shown, tty=True)
-    assert report.consistent
-    frames = shown.getvalue().split("\r")
-    assert len(frames) >= 5
-    assert "[" + "#" * 30 + "]" in frames[-1]
-    assert "40/40 rows" in frames[-1]
-
-
-class FakeTerminal(io.StringIO):
-    """Standard output that says it is a terminal."""
-
-    def isatty(self) -> bool:
-        """A terminal, as far as the demo can tell."""
-        return True
-
-
-def test_demo_on_a_terminal_leaves_no_stray_characters() -> None:
-    """The bar's last redraw ("complete") fully covers the longer one before it ("processing")."""
-    out = FakeTerminal()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["demo", "--rows", "40", "--flush-every", "10"]) == 0
-    written = out.getvalue()
-    assert "processing\r" in written  # the redraw this test is about did happen
-    bar = [line for line in screen(written) if "rows" in line and "[" in line]
-    assert bar == ["  [" + "#" * 30 + "] 40/40 rows 100%  complete"]
-
-
-def test_demo_prints_the_final_metadata_as_javascript_writes_it() -> None:
-    """The summary's metadata spells numbers as JSON.stringify does: progress 1.0 is written 1."""
-    ran = run("demo", "--rows", "20", "--flush-every", "10")
-    assert ran.code == 0, ran.err
-    (line,) = [line for line in ran.out.splitlines() if line.startswith("  final metadata ")]
-    assert line.endswith('"progress":1}'), line
-    assert "1.0" not in line
-
-
-def test_demo_over_the_limit_rejects_and_stays_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a small limit, children's updates past it are rejected and reported; nothing else is lost."""
-    monkeypatch.setenv("TASK_RUN_METADATA_MAXIMUM_SIZE", "2000")
-    ran = run("demo", "--rows", "100", "--flush-every", "25", "--json")
-    assert ran.code == 0, ran.err
-    report = ran.json()
-    final = report["metadata"]
-    assert report["limit"] == 2000
-    assert report["size"] <= 2000
-    assert report["rejected"]
-    assert all(r["size"] > 2000 for r in report["rejected"])
-    assert final["processedRows"] + len(report["rejected"]) == 100
-    assert final["processedRows"] == len(final["rowRuns"])
-    assert report["consistent"] is True
+# --------------------------------------------------------------------------- the reference's collapsing rule
 
 
 def test_reference_rule_matches_the_reference() -> None:
-    """The demo's copy of the reference's collapsing rule gives what collapseOperations gave (vectors)."""
+    """metaops's copy of the reference's collapsing rule gives what collapseOperations gave (vectors)."""
     for case in APPLY:
         ops = parse_operations(case["ops"], safe_keys=False)
         got = wire(reference_rule(ops))
@@ -1392,14 +1258,6 @@ def test_python_m_metaops_onto_a_full_disk(tmp_path: Path) -> None:
         3,
         "metaops collapse: cannot write to standard output: No space left on device\n",
     )
-
-
-def test_python_m_metaops_demo() -> None:
-    """`python -m metaops demo` finishes and exits 0 (a small run)."""
-    done = _python_m("demo", "--rows", "50")
-    assert done.returncode == 0, done.stderr
-    assert "Summary" in done.stdout
-    assert "50/50 rows" in done.stdout
 
 
 # --------------------------------------------------------------------------- benchmarks/plot.py

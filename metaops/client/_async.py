@@ -12,7 +12,7 @@ import httpx
 
 from metaops._json import JSON
 from metaops.buffer import RejectedFlush
-from metaops.client._base import BaseClient, final_flush, register, transport_failure, unregister
+from metaops.client._base import BaseClient, final_flush, register, tls, transport_failure, unregister
 from metaops.client._core import Answer, Failure, RoundResult, Send, Steps, log
 from metaops.client._errors import ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
@@ -59,7 +59,7 @@ class AsyncMetadataClient(BaseClient):
             timeout=timeout,
             on_reject=on_reject,
         )
-        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout)
+        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout, verify=tls())
         self._rounds = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -209,7 +209,7 @@ class AsyncMetadataClient(BaseClient):
         # cut off mid-request left its body held (marked before each request), so the
         # key is settled before anything is sent again.
         self._closed = True
-        with httpx.Client(base_url=self._base_url, timeout=self._timeout) as http:
+        with httpx.Client(base_url=self._base_url, timeout=self._timeout, verify=tls()) as http:
             results = final_flush(self, http, deadline)
         self._report(results)
         if results and results[-1].failure is not None:

@@ -11,7 +11,7 @@ import httpx
 
 from metaops._json import JSON
 from metaops.buffer import RejectedFlush
-from metaops.client._base import BaseClient, final_flush, register, sleep, sync_send, unregister
+from metaops.client._base import BaseClient, final_flush, register, sleep, sync_send, tls, unregister
 from metaops.client._core import Answer, Failure, Send, drive, log
 from metaops.client._errors import ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
@@ -72,7 +72,7 @@ class MetadataClient(BaseClient):
             timeout=timeout,
             on_reject=on_reject,
         )
-        self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout)
+        self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout, verify=tls())
         # One round at a time (the flusher's, flush()'s or close()'s): rounds drain the
         # buffer, and a flush must be resolved before the next is drained.
         self._rounds = threading.Lock()

@@ -25,7 +25,11 @@ Live routes (:mod:`metaops.service._realtime`, :mod:`metaops.service._streams`,
 (a run-scoped JWT) may ``GET`` the metadata, Realtime and stream routes of its runs:
 403 for anything else.
 
-Every answer other than 2xx is ``{"error": "<message>"}``: 400 malformed body (the
+The dashboard (:mod:`metaops.service._dashboard`): ``GET /runs/{runId}?token=<public
+token>``, an HTML page following the run live; it authenticates itself and answers
+its refusals (401, 403, 404) as HTML pages.
+
+Every other answer other than 2xx is ``{"error": "<message>"}``: 400 malformed body (the
 message names the field), a run completed over an hour ago, a bad header; 401
 without the token (decided from the headers, before any body is read, comparing in
 constant time); 404 unknown run or route; 405 a method the route does not take; 408
@@ -54,6 +58,7 @@ from metaops._errors import MetadataTooLargeError, MetaopsError
 from metaops._size import json_text
 from metaops.service._auth import Authority
 from metaops.service._codec import loads
+from metaops.service._dashboard import Dashboard
 from metaops.service._errors import (
     RunCompletedError,
     RunExistsError,
@@ -118,10 +123,13 @@ class MetadataApp:
     that an unread body is never taken for the next request).
     """
 
-    def __init__(self, app: ASGIApp, service: MetadataService, authority: Authority) -> None:
+    def __init__(
+        self, app: ASGIApp, service: MetadataService, authority: Authority, dashboard: Dashboard | None = None
+    ) -> None:
         self._app = app
         self._service = service
         self._authority = authority
+        self._dashboard = dashboard
 
     @property
     def service(self) -> MetadataService:
@@ -145,6 +153,10 @@ class MetadataApp:
         if self._service.closing:
             message = "The server is shutting down; nothing was done"
             await _send_error(send, 503, message, {"Connection": "close", "Retry-After": RETRY_AFTER})
+            return
+        if self._dashboard is not None and self._dashboard.owns(scope):
+            # The page authenticates itself: its token comes in the link, its refusals are pages.
+            await self._dashboard(scope, receive, send)
             return
         # The secret, or a public token within its reach (401 / 403 otherwise).
         refusal = self._authority.check(scope)
@@ -378,4 +390,4 @@ def create_app(
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.router.redirect_slashes = False
-    return MetadataApp(app, service, authority)
+    return MetadataApp(app, service, authority, Dashboard(service, authority, run))
