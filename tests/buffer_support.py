@@ -94,7 +94,7 @@ def budget(share: int, **changes: Any) -> settings:
     """The loaded profile's settings, with ``1/share`` of its examples in the quick profiles.
 
     For tests whose every example is costly (a state machine's fifty steps, large drawn
-    metadata). Under a profile running at most the "ci" profile's examples (the default,
+    metadata). Under a profile running at most the "ci" profile's examples ("default", "ci"
     and "dev"), such a test runs a ``share``-th of them, at least ten; a larger profile
     (``--hypothesis-profile=thorough``) runs them all.
     """
