@@ -43,7 +43,7 @@ SDK_WARMUP_DEFAULT = "1"
 NODE_TIMEOUT = 3600
 NOISY_SPREAD = 0.5  # (max - min) / median of the repetitions above which a timing is flagged
 
-# Targets of the issues: metaops (CPython) against the reference (V8), same machine, same run.
+# The project's targets: metaops (CPython) against the reference (V8), same machine, same run.
 SINGLE_OP_SPEEDUP = 1000.0
 SDK_LOOP_SPEEDUP = 300.0
 BUFFER_LOOP_SPEEDUP = 200.0

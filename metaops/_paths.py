@@ -5,7 +5,7 @@ any other key names a top-level entry literally. Parsed paths are cached by key
 string, so a batch that touches the same path a thousand times parses it once.
 
 Matching follows the reference's JSONHeroPath where that is well defined and the
-grammar in SPEC.md where the reference crashes or writes to the wrong place:
+path grammar below where the reference crashes or writes to the wrong place:
 every match carries the concrete steps from the root to its container, so a
 write lands where the path says, whatever the keys contain.
 """
@@ -38,7 +38,7 @@ __all__ = [
 # next character. JavaScript's "." skips line terminators, so the escape does too.
 _COMPONENTS = re.compile(r"(?:[^.\\]|\\[^\n\r\u2028\u2029])+")
 # The reference's unsafe-segment split (schemas/common.js in @trigger.dev/core 4.8.3):
-# backslashes separate segments too, which SPEC.md's prose leaves out.
+# backslashes separate segments too (the written specification's prose leaves that out).
 _SEGMENT_SPLIT = re.compile(r"[.\[\]'\"\\]+")
 _DANGEROUS_SEGMENTS = frozenset({"__proto__", "constructor", "prototype"})
 _SLICE = re.compile(r"\[([0-9]*):(-?[0-9]*)?\]")

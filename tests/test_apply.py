@@ -1,7 +1,7 @@
 """``apply`` per operation, and its copy-on-write contract.
 
 Expected results come from running the reference (``@trigger.dev/core`` 4.8.3,
-``applyMetadataOperations``) on the same input, or from SPEC.md where metaops
+``applyMetadataOperations``) on the same input, or from the README's table of divergences where metaops
 differs on purpose (such cases say so); expected sizes are node's
 ``Buffer.byteLength(JSON.stringify(result))``.
 """
@@ -311,7 +311,7 @@ def test_operation_values_are_never_mutated() -> None:
 
 
 def test_append_to_a_list_a_set_placed_earlier_in_the_batch() -> None:
-    """SPEC.md divergence: the reference pushes into the set's own value; metaops copies."""
+    """A divergence (README): the reference pushes into the set's own value; metaops copies."""
     placed = Set("l", [1])
     result = apply({}, [placed, Append("l", 2)])
     assert result.metadata == {"l": [1, 2]}
@@ -443,7 +443,7 @@ def test_a_changed_result_is_a_new_dict(state: dict[str, Any], ops: list[Operati
 
 
 def test_a_value_written_at_several_matches_is_not_shared_mutably() -> None:
-    """SPEC.md divergence: each match gets its own copy, so a later write shows in one place only."""
+    """A divergence (README): each match gets its own copy, so a later write shows in one place only."""
     state: dict[str, Any] = {"a": [{"x": 0}, {"x": 0}]}
     result = apply(state, [Set("$.a.*", {"n": []}), Append("$.a.0.n", 1)])
     assert result.metadata == {"a": [{"n": [1]}, {"n": []}]}

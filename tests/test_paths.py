@@ -1,7 +1,7 @@
 """Keys and paths, one feature at a time, through ``apply``.
 
 Expected results come from running the reference (``@trigger.dev/core`` 4.8.3,
-``applyMetadataOperations``) on the same state and operations, except where SPEC.md
+``applyMetadataOperations``) on the same state and operations, except where the README's table of divergences
 says metaops differs on purpose (each such case says so).
 """
 
@@ -141,7 +141,7 @@ def test_padding_past_the_limit_is_unapplied(op: Operation) -> None:
 def test_non_canonical_keys_on_lists_read_as_missing_and_write_nothing(key: str) -> None:
     """Reference: on a list, a non-index key reads as missing and a write there changes nothing.
 
-    (For "length" the reference truncates the list; SPEC.md: metaops writes nothing.)
+    (For "length" the reference truncates the list; metaops writes nothing: a divergence.)
     """
     state: dict[str, Any] = {"a": [1, 2]}
     for op in (Set(f"$.a.{key}", 0), Append(f"$.a.{key}", 5), Increment(f"$.a.{key}", 5)):
@@ -198,7 +198,7 @@ def test_wildcards(state: dict[str, Any], op: Operation, expected: dict[str, Any
 
 
 def test_wildcard_skips_null_children_when_a_key_follows() -> None:
-    """SPEC.md (the reference throws here): a null reached by '*' has no children to follow."""
+    """A divergence (the reference throws here): a null reached by '*' has no children to follow."""
     _check({"a": [None, {"n": 1}]}, [Set("$.a.*.n", 7)], {"a": [None, {"n": 7}]}, [])
     _check({"a": {"p": None, "q": {"n": 1}}}, [Increment("$.a.*.n")], {"a": {"p": None, "q": {"n": 2}}}, [])
 
@@ -293,12 +293,12 @@ def test_an_escaped_backslash_before_a_dot_ends_the_component() -> None:
 @pytest.mark.parametrize(
     ("state", "op", "expected"),
     [
-        # SPEC.md: writes land on key "a.b" (the reference re-parses the path: throws, or writes a.b nested)
+        # metaops: writes land on key "a.b" (the reference re-parses the path: throws, or writes a.b nested)
         ({"a.b": 1}, Increment("$.a\\.b"), {"a.b": 2}),
         ({"a": {"b": 1}}, Set("$.a\\.b", 0), {"a": {"b": 1}, "a.b": 0}),
         # reference: {"a\\b": 2}
         ({"a\\b": 1}, Increment("$.a\\\\b"), {"a\\b": 2}),
-        # the reference reads "a/b~1c" but writes "a/b/c"; SPEC.md: metaops writes what it read
+        # the reference reads "a/b~1c" but writes "a/b/c"; metaops writes what it read
         ({"a/b~1c": 1}, Increment("$.a~1b~1c"), {"a/b~1c": 2}),
     ],
 )

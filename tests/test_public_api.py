@@ -17,7 +17,7 @@ import metaops
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The API as the issue and DESIGN.md name it. A change here is an API change: deliberate.
+# The public API. A change here is an API change: deliberate.
 PUBLIC_API = [
     "DEFAULT_LIMIT",
     "JSON",

@@ -10,7 +10,7 @@ Four laws:
 1. ``apply`` gives the reference's metadata and unapplied indices. Where the two disagree
    on a batch, the case is re-run one operation at a time from metaops's own states:
    every operation must then agree, except those that meet a documented divergence
-   (SPEC.md "Where metaops differs from the reference"), which the detector below names
+   (the README's "Where metaops differs from the reference"), which the detector below names
    precisely from the state the operation runs on. So a batch-level disagreement is
    excused only when it comes from JS-only in-memory states that one JSON round trip
    between operations removes (array holes, ``undefined``, properties on arrays, one
@@ -318,7 +318,7 @@ def _repro(state: Any, ops: Any, reference: Any, ours: Any, why: str) -> str:
 # each match by turning it back into path text (``path.child(key)`` appends ".key" to the
 # parent's text, unescaped) and parsing that again. _reference_write_path replays that
 # re-parse; where it names another place than the match, the reference writes elsewhere
-# or throws (SPEC.md: a component holding an escape, a wildcard reaching a key that is
+# or throws (a divergence: a component holding an escape, a wildcard reaching a key that is
 # empty or contains '.' or '\\').
 
 _REF_COMPONENTS = re.compile(r"(?:[^.\\]|\\[^\n\r\u2028\u2029])+")
@@ -385,7 +385,7 @@ def _reference_write_path(names: Sequence[str]) -> list[tuple[str, str]]:
 # a plain key, which resets ``lastIndex``. Every non-wildcard component of every parse
 # goes through that test. So a slice text is read as a slice only when the text tested
 # before it was not one: "$.a.[0:2].[1:]" reads "[1:]" as a key named "[1:]", and so does
-# a second "$.[0:2]" parsed right after a first. (Not in SPEC.md; reported to the lead.)
+# a second "$.[0:2]" parsed right after a first. (A divergence the README names in general terms.)
 # _readings replays that state over what one operation parses: its key (twice for an
 # increment: once to read, once to write) and, when the path's first component finds
 # anything, the paths JSONHeroPath builds for the results, whose last component is the
@@ -554,8 +554,8 @@ def _writes(op: Operation, current: object) -> bool:
 
 def _divergence(state: dict[str, Any], op: Operation, components: Components | None = None) -> str | None:
     """The divergence ``op`` meets on ``state`` when its path reads as ``components`` (by
-    default as metaops reads it), or None where the reference is exact. Reasons not in
-    SPEC.md start with "UNDOCUMENTED"."""
+    default as metaops reads it), or None where the reference is exact. Reasons the README names only in
+    general terms start with "UNDOCUMENTED"."""
     if isinstance(op, (Update, Delete)):
         return None
     parsed = parse_key(op.key)
@@ -616,7 +616,7 @@ def _apply_as_read(
     whether it applied.
 
     For the operations whose slice text the reference reads as a key: the rest of what they
-    do is still compared. A deep copy written in place, as SPEC.md states the operations.
+    do is still compared. A deep copy written in place, as the operations are specified.
     """
     assert not isinstance(op, (Update, Delete))
     result = copy.deepcopy(state)
@@ -896,7 +896,7 @@ def test_parse_operation_accepts_what_the_reference_schema_accepts(
         ):
             # An update's value is a record of unknowns to the reference, which takes a number
             # past the double range as Infinity (stored as null); metaops refuses such numbers
-            # everywhere (metaops/_json.py). (Not in SPEC.md; reported to the lead.)
+            # everywhere (metaops/_json.py). (A divergence the README names in general terms.)
             STATS["wire: UNDOCUMENTED: update holding a number past the double range"] += 1
             return
         assert not answer["valid"], (
@@ -930,8 +930,8 @@ def _as_zod_reads(wire: dict[str, Any]) -> dict[str, Any]:
     zod builds each ``z.record`` afresh by assignment, and assigning "__proto__" sets the
     new object's prototype instead of a key: the key vanishes from every object of a
     set/append/remove value (JSON records all the way down) and from the top level of an
-    update's value (a record of unknowns). metaops keeps such keys. (Not in SPEC.md;
-    reported to the lead.)
+    update's value (a record of unknowns). metaops keeps such keys. (A divergence the README
+    names in general terms.)
     """
     if "value" not in wire:
         return wire
