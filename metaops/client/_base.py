@@ -68,7 +68,13 @@ bound: contextvars.ContextVar[BaseClient | None] = contextvars.ContextVar(
 
 
 class BaseClient:
-    """One run's metadata: the update methods, and the settings both clients take."""
+    """One run's metadata: the update methods, and the settings both clients take.
+
+    The constructor is written once, here: it checks the settings and builds the
+    buffer and the transport core, then :meth:`_open` (the sync or async client's)
+    opens the HTTP client and starts the flusher, and the client is registered
+    for the flush at interpreter exit.
+    """
 
     def __init__(
         self,
@@ -120,6 +126,12 @@ class BaseClient:
         self._bindings: list[contextvars.Token[BaseClient | None]] = []
         self._parent = _ClientUpdater(self, self._metadata.parent)
         self._root = _ClientUpdater(self, self._metadata.root)
+        self._open()
+        register(self)
+
+    def _open(self) -> None:  # pragma: no cover - overridden
+        """Open the HTTP client and start flushing: all that the sync and async clients make differently."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- updates (no I/O)
 
