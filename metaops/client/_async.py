@@ -11,8 +11,8 @@ from typing import TypeVar
 import httpx
 
 from metaops._json import JSON
-from metaops.client._base import BaseClient, final_flush, tls, transport_failure, unregister
-from metaops.client._core import Answer, Failure, RoundResult, Send, Steps, log
+from metaops.client._base import BaseClient, async_send, async_sleep, final_flush, tls, unregister
+from metaops.client._core import Answer, Failure, RoundResult, Send, Steps, drive_async, log
 from metaops.client._errors import ServiceUnavailableError
 
 __all__ = ["AsyncMetadataClient"]
@@ -53,22 +53,11 @@ class AsyncMetadataClient(BaseClient):
     # ----------------------------------------------------------------- I/O
 
     async def _send(self, request: Send) -> Answer | Failure:
-        try:
-            response = await self._http.request(
-                request.method,
-                request.path,
-                content=request.content,
-                headers=request.headers,
-                timeout=request.timeout,
-            )
-        except httpx.TransportError as error:
-            return transport_failure(error)
-        return Answer(response.status_code, response.headers, response.content)
+        return await async_send(self._http, request)
 
     async def _wait(self, seconds: float) -> bool:
         if self._closed:
-            await asyncio.sleep(seconds)
-            return False
+            return await async_sleep(seconds)
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         except asyncio.TimeoutError:
@@ -76,13 +65,7 @@ class AsyncMetadataClient(BaseClient):
         return True
 
     async def _drive(self, steps: Steps[_T]) -> _T:
-        reply: object = None
-        try:
-            while True:
-                effect = steps.send(reply)
-                reply = await (self._send(effect) if isinstance(effect, Send) else self._wait(effect.seconds))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        return await drive_async(steps, self._send, self._wait)
 
     async def _flush_periodically(self) -> None:
         while True:

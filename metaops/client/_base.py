@@ -6,6 +6,7 @@ to the local :class:`~metaops.RunMetadata` and queue it); only flushing differs.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextvars
 import math
@@ -29,6 +30,8 @@ from metaops.client._retry import RetryPolicy
 __all__ = [
     "EXIT_TIMEOUT",
     "BaseClient",
+    "async_send",
+    "async_sleep",
     "bound",
     "final_flush",
     "register",
@@ -407,6 +410,21 @@ def sync_send(http: httpx.Client, request: Send) -> Answer | Failure:
     return Answer(response.status_code, response.headers, response.content)
 
 
+async def async_send(http: httpx.AsyncClient, request: Send) -> Answer | Failure:
+    """:func:`sync_send` with ``httpx.AsyncClient``."""
+    try:
+        response = await http.request(
+            request.method,
+            request.path,
+            content=request.content,
+            headers=request.headers,
+            timeout=request.timeout,
+        )
+    except httpx.TransportError as error:
+        return transport_failure(error)
+    return Answer(response.status_code, response.headers, response.content)
+
+
 def transport_failure(error: httpx.TransportError) -> Failure:
     """What a transport error says about its request: only a connection never made sent nothing."""
     text = str(error)
@@ -418,6 +436,12 @@ def transport_failure(error: httpx.TransportError) -> Failure:
 def sleep(seconds: float) -> bool:
     """A wait nothing cuts short (a final flush's)."""
     time.sleep(seconds)
+    return False
+
+
+async def async_sleep(seconds: float) -> bool:
+    """:func:`sleep` on the event loop."""
+    await asyncio.sleep(seconds)
     return False
 
 

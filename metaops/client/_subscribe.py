@@ -49,8 +49,8 @@ import httpx
 
 from metaops._errors import InvalidValueError
 from metaops._json import JSON, describe
-from metaops.client._base import _access_token, _base_url, sleep, sync_send, transport_failure
-from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive
+from metaops.client._base import _access_token, _base_url, async_send, async_sleep, sleep, sync_send
+from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive, drive_async
 from metaops.client._errors import MissingCredentialsError, RequestRefusedError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy, is_retryable, retry_after
 from metaops.client._streams import StreamChunk, _error_text, read_stream, read_stream_async
@@ -416,30 +416,10 @@ async def _follow_async(
 ) -> AsyncIterator[RunSnapshot]:
     follower = ShapeFollower(run_id, token, policy)
     async with httpx.AsyncClient(base_url=url, timeout=POLL_TIMEOUT) as http:
-
-        async def send(request: Send) -> Answer | Failure:
-            try:
-                response = await http.request(
-                    request.method, request.path, headers=request.headers, timeout=request.timeout
-                )
-            except httpx.TransportError as error:
-                return transport_failure(error)
-            return Answer(response.status_code, response.headers, response.content)
-
         while True:
-            steps = follower.poll()
-            reply: object = None
-            try:
-                while True:
-                    effect = steps.send(reply)
-                    if isinstance(effect, Send):
-                        reply = await send(effect)
-                    else:
-                        await asyncio.sleep(effect.seconds)
-                        reply = False
-            except StopIteration as done:
-                snapshots: list[RunSnapshot] = done.value
-            for snapshot in snapshots:
+            for snapshot in await drive_async(
+                follower.poll(), lambda request: async_send(http, request), async_sleep
+            ):
                 yield snapshot
                 if stop and snapshot.completed:
                     return
