@@ -11,7 +11,7 @@ import httpx
 
 from metaops._json import JSON
 from metaops.client._base import BaseClient, final_flush, sleep, sync_send, tls, unregister
-from metaops.client._core import Answer, Failure, Send, drive, log
+from metaops.client._core import Answer, Failure, RoundResult, Send, drive, log
 from metaops.client._errors import ServiceUnavailableError
 
 __all__ = ["MetadataClient"]
@@ -125,19 +125,11 @@ class MetadataClient(BaseClient):
         Raises :class:`~metaops.client.ServiceUnavailableError` if the final flush
         fails; the operations stay queued and ``close()`` can be called again.
         """
-        self._closed = True
-        self._stopping.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._rounds.acquire(
-            timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())
-        ):
+        results = self._last_rounds(deadline)
+        if results is None:
             msg = f"run {self._run_id}: close: the flush in progress did not end within {timeout} s"
             raise ServiceUnavailableError(msg)
-        try:
-            results = final_flush(self, self._http, deadline)
-        finally:
-            self._rounds.release()
-        self._report(results)
         if results and results[-1].failure is not None:
             raise results[-1].failure
         self._thread.join()
@@ -147,18 +139,27 @@ class MetadataClient(BaseClient):
     def _close_at_exit(self, deadline: float) -> None:
         if self._http.is_closed:
             return
+        results = self._last_rounds(deadline)
+        if results is None:
+            log.error("run %s: at exit, the flush in progress did not end in time", self._run_id)
+        elif results and results[-1].failure is not None:
+            log.error("%s; at exit, this is lost", results[-1].failure)
+
+    def _last_rounds(self, deadline: float | None) -> list[RoundResult] | None:
+        """What close() and the exit-time flush share: refuse updates, stop the flusher, and flush
+        what is left by ``deadline``; ``None`` when the round in progress did not end by then."""
         self._closed = True
         self._stopping.set()
-        if not self._rounds.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            log.error("run %s: at exit, the flush in progress did not end in time", self._run_id)
-            return
+        if not self._rounds.acquire(
+            timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())
+        ):
+            return None
         try:
             results = final_flush(self, self._http, deadline)
         finally:
             self._rounds.release()
         self._report(results)
-        if results and results[-1].failure is not None:
-            log.error("%s; at exit, this is lost", results[-1].failure)
+        return results
 
     # ----------------------------------------------------------------- context
 
