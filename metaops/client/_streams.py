@@ -27,7 +27,7 @@ import json
 import queue
 import random
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -119,29 +119,39 @@ class _Writer:
             params.append("end=true")
         path = self.path + ("?" + "&".join(params) if params else "")
         body = ("\n".join(chunks) + "\n").encode() if chunks else b""
-        last = ""
-        later: float | None = None
-        for attempt in range(self.policy.attempts):
-            if attempt:
-                yield Wait(self.policy.delay(attempt - 1, random.random, later))
-            later = None
-            reply = yield Send("POST", path, self.headers, body, self.timeout)
-            if isinstance(reply, Failure):
-                last = reply.error
-                continue
-            assert isinstance(reply, Answer)
-            if reply.status == 200:
-                self.length = int(httpx.Response(200, content=reply.content).json()["length"])
-                self.sent += len(chunks)
-                return
-            if is_retryable(reply.status):
-                last = f"HTTP {reply.status}"
-                later = retry_after(reply.headers)
-                continue
-            msg = f"stream {self.path}: HTTP {reply.status}: {_error_text(reply)}"
-            raise RequestRefusedError(msg, reply.status)
-        msg = f"stream {self.path}: no answer after {self.policy.attempts} attempts ({last})"
-        raise ServiceUnavailableError(msg, self.policy.attempts, last)
+        request = Send("POST", path, self.headers, body, self.timeout)
+        answer = yield from send_retried(request, self.policy, f"stream {self.path}", (200,))
+        self.length = int(httpx.Response(200, content=answer.content).json()["length"])
+        self.sent += len(chunks)
+
+
+def send_retried(request: Send, policy: RetryPolicy, what: str, done: Container[int]) -> Steps[Answer]:
+    """Send ``request`` until it gets an answer whose status is in ``done``, and return that answer.
+
+    A failure or a retryable answer (408, 429, 5xx) is tried again as ``policy`` says (a
+    ``Retry-After`` honoured); any other answer raises :class:`RequestRefusedError`, and
+    spent attempts :class:`ServiceUnavailableError`, their messages starting with ``what``.
+    """
+    last = ""
+    later: float | None = None
+    for attempt in range(policy.attempts):
+        if attempt:
+            yield Wait(policy.delay(attempt - 1, random.random, later))
+        later = None
+        reply = yield request
+        if isinstance(reply, Failure):
+            last = reply.error
+            continue
+        assert isinstance(reply, Answer)
+        if reply.status in done:
+            return reply
+        if is_retryable(reply.status):
+            last, later = f"HTTP {reply.status}", retry_after(reply.headers)
+            continue
+        msg = f"{what}: HTTP {reply.status}: {_error_text(reply)}"
+        raise RequestRefusedError(msg, reply.status)
+    msg = f"{what}: no answer after {policy.attempts} attempts ({last})"
+    raise ServiceUnavailableError(msg, policy.attempts, last)
 
 
 def _batches(first: object, more: Any) -> tuple[list[str], bool, bool]:

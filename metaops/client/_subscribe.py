@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import random
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -50,10 +49,10 @@ import httpx
 from metaops._errors import InvalidValueError
 from metaops._json import JSON, describe
 from metaops.client._base import _access_token, _base_url, async_send, async_sleep, sleep, sync_send
-from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive, drive_async
-from metaops.client._errors import MissingCredentialsError, RequestRefusedError, ServiceUnavailableError
-from metaops.client._retry import RetryPolicy, is_retryable, retry_after
-from metaops.client._streams import StreamChunk, _error_text, read_stream, read_stream_async
+from metaops.client._core import Answer, Send, Steps, drive, drive_async
+from metaops.client._errors import MissingCredentialsError
+from metaops.client._retry import RetryPolicy
+from metaops.client._streams import StreamChunk, read_stream, read_stream_async, send_retried
 
 __all__ = ["MAX_QUEUED", "RunSnapshot", "Subscription", "credentials", "subscribe", "subscribe_async"]
 
@@ -216,30 +215,12 @@ class ShapeFollower:
 
     def poll(self) -> Steps[list[RunSnapshot]]:
         """One answer's worth of snapshots (often none: nothing changed during the hold)."""
-        last = ""
-        later: float | None = None
-        for attempt in range(self.policy.attempts):
-            if attempt:
-                yield Wait(self.policy.delay(attempt - 1, random.random, later))
-            later = None
-            reply = yield self._request()
-            if isinstance(reply, Failure):
-                last = reply.error
-                continue
-            assert isinstance(reply, Answer)
-            if reply.status == 200:
-                return self._take(reply)
-            if reply.status == 409:  # must refetch: start over from a snapshot
-                self.handle = reply.headers.get("electric-handle")
-                self.offset, self.live, self.row, self.changed = "-1", False, {}, False
-                return []
-            if is_retryable(reply.status):
-                last, later = f"HTTP {reply.status}", retry_after(reply.headers)
-                continue
-            msg = f"subscribe {self.path}: HTTP {reply.status}: {_error_text(reply)}"
-            raise RequestRefusedError(msg, reply.status)
-        msg = f"subscribe {self.path}: no answer after {self.policy.attempts} attempts ({last})"
-        raise ServiceUnavailableError(msg, self.policy.attempts, last)
+        answer = yield from send_retried(self._request(), self.policy, f"subscribe {self.path}", (200, 409))
+        if answer.status == 409:  # must refetch: start over from a snapshot
+            self.handle = answer.headers.get("electric-handle")
+            self.offset, self.live, self.row, self.changed = "-1", False, {}, False
+            return []
+        return self._take(answer)
 
     def _take(self, answer: Answer) -> list[RunSnapshot]:
         headers = answer.headers
