@@ -16,6 +16,7 @@ import pytest
 
 from metaops.client import (
     AsyncMetadataClient,
+    MetadataClient,
     MissingCredentialsError,
     RequestRefusedError,
     RunSnapshot,
@@ -158,6 +159,30 @@ def test_subscribe_async_with_streams_gets_snapshots_and_every_chunk(
     chunks = [(item.key, item.index, item.value) for item in seen if isinstance(item, StreamChunk)]
     assert chunks == [("tokens", 0, "Hello"), ("tokens", 1, ", "), ("tokens", 2, "world")]
     runs = [item for item in seen if isinstance(item, RunSnapshot)]
+    assert runs[-1].completed
+    assert runs[-1].metadata == {"n": 0, "done": True}
+    assert runs[-1].streams == ("tokens",)
+
+
+def test_subscribe_with_streams_gets_snapshots_and_every_chunk(
+    server: RunningServer, client: httpx.Client, run_id: str
+) -> None:
+    """The blocking merge (a thread per reader) gives what the asyncio one does, and ends once the
+    run completed and its stream ended."""
+    items, thread = _consume(subscribe(run_id, base_url=server.url, access_token=SECRET, streams=True))
+    assert items.get(timeout=30).metadata == {"n": 0}
+    with MetadataClient(run_id, base_url=server.url, access_token=SECRET) as md:
+        assert md.stream("tokens", ["Hello", ", ", "world"]) == 3
+        md.set("done", True)
+    assert client.post(f"/admin/runs/{run_id}/complete").status_code == 200
+    seen: list[Any] = []
+    while (item := items.get(timeout=60)) is not None:
+        seen.append(item)
+    thread.join(timeout=30)
+    chunks = [(item.key, item.index, item.value) for item in seen if isinstance(item, StreamChunk)]
+    assert chunks == [("tokens", 0, "Hello"), ("tokens", 1, ", "), ("tokens", 2, "world")]
+    runs = [item for item in seen if isinstance(item, RunSnapshot)]
+    assert len(runs) + len(chunks) == len(seen)  # no error, nothing else
     assert runs[-1].completed
     assert runs[-1].metadata == {"n": 0, "done": True}
     assert runs[-1].streams == ("tokens",)

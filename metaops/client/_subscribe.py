@@ -330,6 +330,26 @@ class _Ended:
     error: BaseException | None = None
 
 
+class _Readers:
+    """The readers a merged subscription still waits for, told by what they queue: the run's
+    (``None``), and each stream's (its key) from its ``("started", key)`` to its :class:`_Ended`."""
+
+    def __init__(self) -> None:
+        self.running: set[str | None] = {None}
+
+    def passes(self, item: object) -> bool:
+        """Whether ``item`` goes to the consumer (a snapshot or a chunk); a reader's error is raised."""
+        if isinstance(item, tuple):
+            self.running.add(item[1])
+            return False
+        if isinstance(item, _Ended):
+            if item.error is not None:
+                raise item.error
+            self.running.discard(item.key)
+            return False
+        return True
+
+
 def _merged(
     url: str, token: str, run_id: str, policy: RetryPolicy, stop_on_completion: bool, stop: threading.Event
 ) -> Iterator[Any]:
@@ -373,17 +393,11 @@ def _merged(
         put(_Ended(None))
 
     threading.Thread(target=follow, name=f"metaops-subscribe:{run_id}", daemon=True).start()
-    running: set[str | None] = {None}
+    readers = _Readers()
     try:
-        while running:
+        while readers.running:
             item = items.get()
-            if isinstance(item, tuple):
-                running.add(item[1])
-            elif isinstance(item, _Ended):
-                if item.error is not None:
-                    raise item.error
-                running.discard(item.key)
-            else:
+            if readers.passes(item):
                 yield item
     finally:
         stop.set()
@@ -454,17 +468,11 @@ async def subscribe_async(
         await items.put(_Ended(None))
 
     tasks.append(asyncio.ensure_future(follow()))
-    running: set[str | None] = {None}
+    readers = _Readers()
     try:
-        while running:
+        while readers.running:
             item = await items.get()
-            if isinstance(item, tuple):
-                running.add(item[1])
-            elif isinstance(item, _Ended):
-                if item.error is not None:
-                    raise item.error
-                running.discard(item.key)
-            else:
+            if readers.passes(item):
                 yield item
     finally:
         for task in tasks:
