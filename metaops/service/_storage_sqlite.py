@@ -21,6 +21,7 @@ from metaops.service._sqlite import SQLitePool
 from metaops.service._storage import (
     ChangeListener,
     History,
+    Listeners,
     LogEntry,
     OutboxEntry,
     RejectedEntry,
@@ -116,7 +117,7 @@ class SQLiteStorage:
         self._pool = SQLitePool(self._path, self._connect, idle=_IDLE_CONNECTIONS, what="storage")
         self._connection = self._pool.connection
         self._lock = threading.Lock()
-        self._listeners: list[ChangeListener] = []
+        self._listeners: Listeners[ChangeListener] = Listeners()
         self._writer_id = secrets.token_hex(8)
         self._feed: threading.Thread | None = None
         self._feed_start: tuple[sqlite3.Connection, int]
@@ -312,8 +313,8 @@ class SQLiteStorage:
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """As the Protocol says; other processes' commits arrive within ``FEED_INTERVAL`` or so."""
+        unsubscribe = self._listeners.add(listener)
         with self._lock:
-            self._listeners.append(listener)
             start = self._feed is None and not self._pool.closed
             if start:
                 self._feed = threading.Thread(target=self._follow_others, name="metaops-feed", daemon=True)
@@ -324,11 +325,6 @@ class SQLiteStorage:
             self._feed_start = (db, int(last))
             assert self._feed is not None
             self._feed.start()
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
 
         return unsubscribe
 
@@ -360,9 +356,7 @@ class SQLiteStorage:
             db.close()
 
     def _notify(self, run_id: str, version: int) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
+        for listener in self._listeners.current():
             listener(run_id, version)
 
 

@@ -9,13 +9,13 @@ bytes with an index range alone.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from metaops.service._errors import RunNotFoundError
 from metaops.service._sqlite import SQLitePool
+from metaops.service._storage import Listeners
 from metaops.service._streams_store import (
     MAX_STREAMS_PER_RUN,
     PAGE_BYTES,
@@ -71,8 +71,7 @@ class SQLiteStreamStore:
         self._busy_timeout = busy_timeout
         self._pool = SQLitePool(self._path, self._connect, idle=_IDLE_CONNECTIONS, what="stream store")
         self._connection = self._pool.connection
-        self._lock = threading.Lock()
-        self._listeners: list[StreamListener] = []
+        self._listeners: Listeners[StreamListener] = Listeners()
         with self._connection() as db:
             db.executescript(_SCHEMA)
 
@@ -159,18 +158,8 @@ class SQLiteStreamStore:
         return StreamPage(tuple((int(i), str(d)) for i, d in rows), info.length, info.finished)
 
     def subscribe(self, listener: StreamListener) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.add(listener)
 
     def _notify(self, run_id: str, key: str, length: int) -> None:
-        with self._lock:
-            listeners = tuple(self._listeners)
-        for listener in listeners:
+        for listener in self._listeners.current():
             listener(run_id, key, length)
