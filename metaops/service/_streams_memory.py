@@ -74,7 +74,7 @@ class MemoryStreamStore:
         if created or plan.changes:
             for listener in listeners:
                 listener(run_id, key, plan.length)
-        return AppendResult(plan.length, len(plan.chunks), created, plan.finished)
+        return plan.result(created)
 
     def keys(self, run_id: str) -> tuple[str, ...]:
         with self._lock:

@@ -143,10 +143,7 @@ class PostgresStreamStore:
                     cursor.executemany(
                         "INSERT INTO metaops_stream_chunks (run_id, key, idx, end_bytes, data) "
                         "VALUES (%s, %s, %s, %s, %s)",
-                        [
-                            (run_id, key, plan.start + offset, plan.ends[offset], text)
-                            for offset, text in enumerate(plan.chunks)
-                        ],
+                        plan.rows(run_id, key),
                     )
             if plan.changes:
                 db.execute(
@@ -161,7 +158,7 @@ class PostgresStreamStore:
                 )
         if created or plan.changes:
             self._dispatch(f"{run_id}/{key}", plan.length)
-        return AppendResult(plan.length, len(plan.chunks), created, plan.finished)
+        return plan.result(created)
 
     def keys(self, run_id: str) -> tuple[str, ...]:
         with self._connection() as db:

@@ -108,10 +108,7 @@ class SQLiteStreamStore:
             if plan.chunks:
                 db.executemany(
                     "INSERT INTO stream_chunks (run_id, key, idx, end_bytes, data) VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (run_id, key, plan.start + offset, plan.ends[offset], text)
-                        for offset, text in enumerate(plan.chunks)
-                    ],
+                    plan.rows(run_id, key),
                 )
             if plan.changes:
                 db.execute(
@@ -121,7 +118,7 @@ class SQLiteStreamStore:
             db.execute("COMMIT")
         if created or plan.changes:
             self._notify(run_id, key, plan.length)
-        return AppendResult(plan.length, len(plan.chunks), created, plan.finished)
+        return plan.result(created)
 
     def keys(self, run_id: str) -> tuple[str, ...]:
         with self._connection() as db:
