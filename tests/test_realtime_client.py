@@ -8,12 +8,13 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from metaops import InvalidValueError
 from metaops.client import (
     AsyncMetadataClient,
     MetadataClient,
@@ -201,6 +202,34 @@ def test_refusals_and_missing_credentials(server: RunningServer, client: httpx.C
         assert next(subscription).metadata == {"n": 0}
     with pytest.raises(MissingCredentialsError):
         subscribe(run_id, base_url=None, access_token=None)
+
+
+def test_bad_arguments_are_refused_at_the_call_by_both_subscribes(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked before any request, with the function's name in the message (the async one at
+    its first step, as a generator); the run id first, then the credentials, then the policy."""
+    monkeypatch.delenv("TRIGGER_API_URL", raising=False)
+    monkeypatch.delenv("TRIGGER_SECRET_KEY", raising=False)
+
+    def first_async(**arguments: Any) -> Any:
+        async def main() -> Any:
+            return await subscribe_async(**arguments).__anext__()
+
+        return asyncio.run(main())
+
+    calls: list[tuple[str, Callable[..., Any]]] = [("subscribe", subscribe), ("subscribe_async", first_async)]
+    for name, call in calls:
+        with pytest.raises(InvalidValueError, match=f"^{name}: run_id must be a non-empty str, got "):
+            call(run_id="", base_url=server.url, access_token=SECRET)
+        with pytest.raises(InvalidValueError, match=f"^{name}: run_id must be a non-empty str, got .*7"):
+            call(run_id=7, base_url=server.url, access_token=SECRET)
+        with pytest.raises(InvalidValueError, match=f"^{name}: retry must be a RetryPolicy, got .*3"):
+            call(run_id="run_x", base_url=server.url, access_token=SECRET, retry=3)
+        with pytest.raises(MissingCredentialsError, match=f"^{name}: no service URL"):
+            call(run_id="run_x", base_url=None, access_token=None, retry=3)
+        with pytest.raises(InvalidValueError, match=f"^{name}: run_id"):
+            call(run_id=None, base_url=None, access_token=None, retry=3)
 
 
 def test_postgres_array_literals() -> None:

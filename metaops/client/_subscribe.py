@@ -247,13 +247,20 @@ class ShapeFollower:
         return snapshots
 
 
-def _policy(name: str, retry: RetryPolicy | None) -> RetryPolicy:
+def _settings(
+    name: str, run_id: object, base_url: str | None, access_token: str | None, retry: RetryPolicy | None
+) -> tuple[str, str, RetryPolicy]:
+    """What ``subscribe`` and ``subscribe_async`` check alike: the URL, the token and the policy."""
+    if not isinstance(run_id, str) or not run_id:
+        msg = f"{name}: run_id must be a non-empty str, got {describe(run_id)}"
+        raise InvalidValueError(msg, "run_id")
+    url, token = credentials(name, base_url, access_token)
     if retry is None:
-        return RetryPolicy(attempts=10, max_delay=5.0)
+        return url, token, RetryPolicy(attempts=10, max_delay=5.0)
     if not isinstance(retry, RetryPolicy):
         msg = f"{name}: retry must be a RetryPolicy, got {describe(retry)}"
         raise InvalidValueError(msg, "retry")
-    return retry
+    return url, token, retry
 
 
 # --------------------------------------------------------------------------- blocking
@@ -311,11 +318,7 @@ def subscribe(
 
     With ``streams=True``, :class:`~metaops.client.StreamChunk` values too.
     """
-    if not isinstance(run_id, str) or not run_id:
-        msg = f"subscribe: run_id must be a non-empty str, got {describe(run_id)}"
-        raise InvalidValueError(msg, "run_id")
-    url, token = credentials("subscribe", base_url, access_token)
-    policy = _policy("subscribe", retry)
+    url, token, policy = _settings("subscribe", run_id, base_url, access_token, retry)
     if not streams:
         return Subscription(_follow(url, token, run_id, policy, stop_on_completion))
     stop = threading.Event()
@@ -430,11 +433,7 @@ async def subscribe_async(
     retry: RetryPolicy | None = None,
 ) -> AsyncIterator[RunSnapshot | StreamChunk]:
     """:func:`subscribe` for asyncio: ``async for run in subscribe_async(run_id): ...``."""
-    if not isinstance(run_id, str) or not run_id:
-        msg = f"subscribe_async: run_id must be a non-empty str, got {describe(run_id)}"
-        raise InvalidValueError(msg, "run_id")
-    url, token = credentials("subscribe_async", base_url, access_token)
-    policy = _policy("subscribe_async", retry)
+    url, token, policy = _settings("subscribe_async", run_id, base_url, access_token, retry)
     if not streams:
         async for snapshot in _follow_async(url, token, run_id, policy, stop_on_completion):
             yield snapshot
