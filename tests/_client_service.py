@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from metaops.service import MetadataService, ServiceConfig, open_storage, running_server
+from tests._service_support import threaded_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "client-test-token-5f1c"
@@ -71,8 +71,7 @@ class ThreadedService(_Access):
 
 @contextmanager
 def threaded_service(database_url: str) -> Iterator[ThreadedService]:
-    service = MetadataService(open_storage(database_url), ServiceConfig())
-    with running_server(service, TOKEN) as server:
+    with threaded_server(database_url, TOKEN) as server:
         yield ThreadedService(server.url)
 
 

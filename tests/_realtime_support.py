@@ -7,27 +7,27 @@ import json
 import queue
 import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from metaops.service import MetadataService, RunningServer, ServiceConfig, open_storage, running_server
+from metaops.service import RunningServer
 
+from ._service_support import threaded_server
 from .node_reference import SCRIPTS, node_env
 
 # 32 bytes or more: the HMAC key of public tokens (PyJWT warns below that).
 SECRET = "realtime-test-secret-0123456789abcdef"
 
 
-@contextmanager
-def live_server(database_url: str, secret: str = SECRET, **config: Any) -> Iterator[RunningServer]:
-    """``metaops serve``'s app on ``database_url``, in a thread, with ``secret`` as its token."""
-    service = MetadataService(open_storage(database_url), ServiceConfig(**config))
-    with running_server(service, secret) as server:
-        yield server
+def live_server(
+    database_url: str, secret: str = SECRET, **config: Any
+) -> AbstractContextManager[RunningServer]:
+    """:func:`~tests._service_support.threaded_server` with ``secret`` (long enough to sign public
+    tokens) as its token."""
+    return threaded_server(database_url, secret, **config)
 
 
 def http(server: RunningServer, token: str | None = SECRET, timeout: float = 60.0) -> httpx.Client:

@@ -34,11 +34,16 @@ _T = TypeVar("_T")
 
 
 @contextmanager
-def threaded_server(database_url: str, **config: Any) -> Iterator[RunningServer]:
-    """The service on ``database_url``, served by uvicorn in a thread on a free loopback port."""
-    timeout = config.pop("request_timeout", 30.0)
+def threaded_server(database_url: str, token: str = TOKEN, **config: Any) -> Iterator[RunningServer]:
+    """The service on ``database_url`` with ``token`` as its secret, served by uvicorn in a thread on
+    a free loopback port. ``request_timeout`` is the server's; the rest goes to :class:`ServiceConfig`.
+
+    Every suite that serves in a thread starts its server here (the client's, Realtime's, the
+    service's own), each with its own token.
+    """
+    serving = {"request_timeout": config.pop("request_timeout")} if "request_timeout" in config else {}
     service = MetadataService(open_storage(database_url), ServiceConfig(**config))
-    with running_server(service, TOKEN, request_timeout=timeout) as server:
+    with running_server(service, token, **serving) as server:
         yield server
 
 
