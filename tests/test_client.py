@@ -34,8 +34,9 @@ from metaops.client import (
     metadata,
 )
 from metaops.client._base import BaseClient
-from tests._client_service import ROOT, TOKEN, ThreadedService, threaded_service
+from tests._client_service import TOKEN, ThreadedService, threaded_service
 from tests._faults import Exchange, fault_proxy
+from tests._serve import ROOT
 from tests.test_public_api import _isort_style_key
 
 FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
