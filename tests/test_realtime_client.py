@@ -28,20 +28,12 @@ from metaops.client import (
 from metaops.client._subscribe import _text_array
 from metaops.service import RunningServer
 
-from ._realtime_support import SECRET, CuttingProxy, http, live_server, realtime_of
+from . import _realtime_support as support
+from ._realtime_support import SECRET, CuttingProxy, realtime_of
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    # The client's logic does not depend on the storage (the server suites cover both).
-    with live_server(f"sqlite:///{tmp_path_factory.mktemp('subscribe') / 'runs.sqlite3'}") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with http(server) as opened:
-        yield opened
+# The client's logic does not depend on the storage (the server suites cover both).
+server = support.sqlite_server
+client = support.client
 
 
 @pytest.fixture
