@@ -10,17 +10,23 @@ from the many threads of the delivery tests).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 
+from metaops.client import RetryPolicy
 from tests._serve import ROOT, ServeProcess
 from tests._service_support import threaded_server
 
 TOKEN = "client-test-token-5f1c"
+FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
+"""Retries that keep a test quick: three attempts, waits of at most 50 ms."""
+_ids = itertools.count()
 
 
 class _Access:
@@ -62,6 +68,29 @@ class ThreadedService(_Access):
 def threaded_service(database_url: str) -> Iterator[ThreadedService]:
     with threaded_server(database_url, TOKEN) as server:
         yield ThreadedService(server.url)
+
+
+# Fixtures the client suites share (a module takes them by name: ``service = client_service.service``).
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedService]:
+    """One service for the module, on SQLite (the client's logic does not depend on the storage)."""
+    with threaded_service(f"sqlite:///{tmp_path_factory.mktemp('client') / 'runs.sqlite3'}") as running:
+        yield running
+
+
+def new_run_name() -> str:
+    """A run id not used before in this test process."""
+    return f"run_{next(_ids)}"
+
+
+@pytest.fixture
+def run_id(service: ThreadedService) -> str:
+    """A fresh run on the module's service."""
+    name = new_run_name()
+    service.create_run(name)
+    return name
 
 
 class Service(_Access, ServeProcess):
