@@ -50,7 +50,7 @@ import logging
 import random as _random
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal, TypeVar
@@ -500,5 +500,20 @@ def drive(steps: Steps[_T], send: Callable[[Send], Answer | Failure], wait: Call
         while True:
             effect = steps.send(reply)
             reply = send(effect) if isinstance(effect, Send) else wait(effect.seconds)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def drive_async(
+    steps: Steps[_T],
+    send: Callable[[Send], Awaitable[Answer | Failure]],
+    wait: Callable[[float], Awaitable[bool]],
+) -> _T:
+    """Run ``steps`` to the end on the event loop: :func:`drive`, awaiting each effect."""
+    reply: object = None
+    try:
+        while True:
+            effect = steps.send(reply)
+            reply = await (send(effect) if isinstance(effect, Send) else wait(effect.seconds))
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

@@ -27,7 +27,7 @@ import json
 import queue
 import random
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -119,29 +119,39 @@ class _Writer:
             params.append("end=true")
         path = self.path + ("?" + "&".join(params) if params else "")
         body = ("\n".join(chunks) + "\n").encode() if chunks else b""
-        last = ""
-        later: float | None = None
-        for attempt in range(self.policy.attempts):
-            if attempt:
-                yield Wait(self.policy.delay(attempt - 1, random.random, later))
-            later = None
-            reply = yield Send("POST", path, self.headers, body, self.timeout)
-            if isinstance(reply, Failure):
-                last = reply.error
-                continue
-            assert isinstance(reply, Answer)
-            if reply.status == 200:
-                self.length = int(httpx.Response(200, content=reply.content).json()["length"])
-                self.sent += len(chunks)
-                return
-            if is_retryable(reply.status):
-                last = f"HTTP {reply.status}"
-                later = retry_after(reply.headers)
-                continue
-            msg = f"stream {self.path}: HTTP {reply.status}: {_error_text(reply)}"
-            raise RequestRefusedError(msg, reply.status)
-        msg = f"stream {self.path}: no answer after {self.policy.attempts} attempts ({last})"
-        raise ServiceUnavailableError(msg, self.policy.attempts, last)
+        request = Send("POST", path, self.headers, body, self.timeout)
+        answer = yield from send_retried(request, self.policy, f"stream {self.path}", (200,))
+        self.length = int(httpx.Response(200, content=answer.content).json()["length"])
+        self.sent += len(chunks)
+
+
+def send_retried(request: Send, policy: RetryPolicy, what: str, done: Container[int]) -> Steps[Answer]:
+    """Send ``request`` until it gets an answer whose status is in ``done``, and return that answer.
+
+    A failure or a retryable answer (408, 429, 5xx) is tried again as ``policy`` says (a
+    ``Retry-After`` honoured); any other answer raises :class:`RequestRefusedError`, and
+    spent attempts :class:`ServiceUnavailableError`, their messages starting with ``what``.
+    """
+    last = ""
+    later: float | None = None
+    for attempt in range(policy.attempts):
+        if attempt:
+            yield Wait(policy.delay(attempt - 1, random.random, later))
+        later = None
+        reply = yield request
+        if isinstance(reply, Failure):
+            last = reply.error
+            continue
+        assert isinstance(reply, Answer)
+        if reply.status in done:
+            return reply
+        if is_retryable(reply.status):
+            last, later = f"HTTP {reply.status}", retry_after(reply.headers)
+            continue
+        msg = f"{what}: HTTP {reply.status}: {_error_text(reply)}"
+        raise RequestRefusedError(msg, reply.status)
+    msg = f"{what}: no answer after {policy.attempts} attempts ({last})"
+    raise ServiceUnavailableError(msg, policy.attempts, last)
 
 
 def _batches(first: object, more: Any) -> tuple[list[str], bool, bool]:
@@ -310,6 +320,77 @@ def _chunk(key: str, event: tuple[str | None, str]) -> StreamChunk:
     return StreamChunk(key, int(index or 0), json.loads(data))
 
 
+class _Retry(Exception):
+    def __init__(self, message: str, later: float | None) -> None:
+        super().__init__(message)
+        self.later = later
+
+
+class _StreamReading:
+    """What :func:`read_stream` and :func:`read_stream_async` decide, sans I/O: where to resume,
+    which answers are refusals, when to give up and how long to wait. They only make the requests."""
+
+    def __init__(
+        self,
+        name: str,
+        run_id: str,
+        key: str,
+        base_url: str | None,
+        access_token: str | None,
+        after: int,
+        retry: RetryPolicy | None,
+    ) -> None:
+        from metaops.client._subscribe import credentials
+
+        self.url, self._token = credentials(name, base_url, access_token)
+        self.path = stream_path(run_id, key)
+        self._key = key
+        self._after = after
+        self._policy = retry or RetryPolicy(attempts=10, max_delay=5.0)
+        self._failures = 0
+        self._parser = SSEParser()
+
+    def headers(self) -> dict[str, str]:
+        """The next request's headers: it resumes after the last chunk received."""
+        self._parser = SSEParser()
+        return _stream_headers(self._token, self._after)
+
+    def refusal(self, answer: Answer) -> RequestRefusedError | _Retry:
+        """What to raise for an answer other than 200: a refusal, or a retry."""
+        if not is_retryable(answer.status):
+            msg = f"stream {self.path}: HTTP {answer.status}: {_error_text(answer)}"
+            return RequestRefusedError(msg, answer.status)
+        return _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
+
+    def answered(self) -> None:
+        """The service answered 200: the failures in a row start again from none."""
+        self._failures = 0
+
+    def feed(self, line: str) -> StreamChunk | None:
+        """The chunk ``line`` completes, if it does."""
+        event = self._parser.feed(line)
+        if event is None:
+            return None
+        chunk = _chunk(self._key, event)
+        self._after = chunk.index
+        return chunk
+
+    def check_end(self) -> None:
+        """The response ended: :class:`_Retry` unless the stream ended with it."""
+        if "end" not in self._parser.comments:
+            raise _Retry("the response ended early", None)
+
+    def delay(self, error: httpx.TransportError | _Retry) -> float:
+        """The wait before the next attempt after ``error``; raises once the attempts in a row are spent."""
+        self._failures += 1
+        if self._failures >= self._policy.attempts:
+            last = str(error) if isinstance(error, _Retry) else transport_failure(error).error
+            msg = f"stream {self.path}: no answer after {self._failures} attempts ({last})"
+            raise ServiceUnavailableError(msg, self._failures, last) from None
+        later = error.later if isinstance(error, _Retry) else None
+        return self._policy.delay(self._failures - 1, random.random, later)
+
+
 def read_stream(
     run_id: str,
     key: str,
@@ -328,48 +409,25 @@ def read_stream(
     no answer (:class:`~metaops.client.ServiceUnavailableError` after them). A
     refusal (400, 401, 403, 404) raises :class:`~metaops.client.RequestRefusedError`.
     """
-    from metaops.client._subscribe import credentials
-
-    url, token = credentials("read_stream", base_url, access_token)
-    path = stream_path(run_id, key)
-    policy = retry or RetryPolicy(attempts=10, max_delay=5.0)
-    failures = 0
-    with httpx.Client(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
+    reading = _StreamReading("read_stream", run_id, key, base_url, access_token, after, retry)
+    with httpx.Client(base_url=reading.url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
         while True:
-            parser = SSEParser()
             try:
-                with http.stream("GET", path, headers=_stream_headers(token, after)) as response:
+                with http.stream("GET", reading.path, headers=reading.headers()) as response:
                     if response.status_code != 200:
                         response.read()
-                        answer = Answer(response.status_code, response.headers, response.content)
-                        if not is_retryable(answer.status):
-                            msg = f"stream {path}: HTTP {answer.status}: {_error_text(answer)}"
-                            raise RequestRefusedError(msg, answer.status)
-                        raise _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
-                    failures = 0
+                        raise reading.refusal(
+                            Answer(response.status_code, response.headers, response.content)
+                        )
+                    reading.answered()
                     for line in response.iter_lines():
-                        event = parser.feed(line)
-                        if event is not None:
-                            chunk = _chunk(key, event)
-                            after = chunk.index
+                        chunk = reading.feed(line)
+                        if chunk is not None:
                             yield chunk
-                if "end" in parser.comments:
-                    return
-                raise _Retry("the response ended early", None)
+                reading.check_end()
+                return
             except (httpx.TransportError, _Retry) as error:
-                failures += 1
-                if failures >= policy.attempts:
-                    last = str(error) if isinstance(error, _Retry) else transport_failure(error).error
-                    msg = f"stream {path}: no answer after {failures} attempts ({last})"
-                    raise ServiceUnavailableError(msg, failures, last) from None
-                later = error.later if isinstance(error, _Retry) else None
-                sleep(policy.delay(failures - 1, random.random, later))
-
-
-class _Retry(Exception):
-    def __init__(self, message: str, later: float | None) -> None:
-        super().__init__(message)
-        self.later = later
+                sleep(reading.delay(error))
 
 
 async def read_stream_async(
@@ -383,39 +441,22 @@ async def read_stream_async(
     timeout: float = 60.0,
 ) -> AsyncIterator[StreamChunk]:
     """:func:`read_stream` for asyncio: ``async for chunk in read_stream_async(run_id, key): ...``."""
-    from metaops.client._subscribe import credentials
-
-    url, token = credentials("read_stream_async", base_url, access_token)
-    path = stream_path(run_id, key)
-    policy = retry or RetryPolicy(attempts=10, max_delay=5.0)
-    failures = 0
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
+    reading = _StreamReading("read_stream_async", run_id, key, base_url, access_token, after, retry)
+    async with httpx.AsyncClient(base_url=reading.url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
         while True:
-            parser = SSEParser()
             try:
-                async with http.stream("GET", path, headers=_stream_headers(token, after)) as response:
+                async with http.stream("GET", reading.path, headers=reading.headers()) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        answer = Answer(response.status_code, response.headers, response.content)
-                        if not is_retryable(answer.status):
-                            msg = f"stream {path}: HTTP {answer.status}: {_error_text(answer)}"
-                            raise RequestRefusedError(msg, answer.status)
-                        raise _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
-                    failures = 0
+                        raise reading.refusal(
+                            Answer(response.status_code, response.headers, response.content)
+                        )
+                    reading.answered()
                     async for line in response.aiter_lines():
-                        event = parser.feed(line)
-                        if event is not None:
-                            chunk = _chunk(key, event)
-                            after = chunk.index
+                        chunk = reading.feed(line)
+                        if chunk is not None:
                             yield chunk
-                if "end" in parser.comments:
-                    return
-                raise _Retry("the response ended early", None)
+                reading.check_end()
+                return
             except (httpx.TransportError, _Retry) as error:
-                failures += 1
-                if failures >= policy.attempts:
-                    last = str(error) if isinstance(error, _Retry) else transport_failure(error).error
-                    msg = f"stream {path}: no answer after {failures} attempts ({last})"
-                    raise ServiceUnavailableError(msg, failures, last) from None
-                later = error.later if isinstance(error, _Retry) else None
-                await asyncio.sleep(policy.delay(failures - 1, random.random, later))
+                await asyncio.sleep(reading.delay(error))
