@@ -3,12 +3,18 @@
 What the exactly-once client relies on: a repeat answers 200 with the run's current
 metadata and ``Idempotent-Replayed: true`` and applies nothing; the key is recorded
 in the write's transaction, also when nothing changed, so that an empty PUT with a
-key whose outcome is unknown fences it.
+key whose outcome is unknown fences it; and a repeat says with ``Idempotent-Original``
+whether the request that first used the key carried operations or none (a fence), so
+that a fence retried after its own answer was lost is not taken for the body.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +62,39 @@ def test_an_empty_put_fences_a_key_whose_outcome_is_unknown(client: Client) -> N
     assert client.run("r")["version"] == 0
 
 
+def test_a_repeat_says_whether_the_request_that_used_the_key_carried_operations(client: Client) -> None:
+    """``Idempotent-Original``: ``operations`` after a body, ``empty`` after a fence, whatever
+    the repeat carries; a first use has neither header."""
+    client.create_run("r", metadata={"n": 0})
+    client.put_metadata("r", INCREMENT, key="body")
+    client.put_metadata("r", {"operations": []}, key="fence")
+    assert "idempotent-original" not in client.last_headers
+    for key, original in (("body", "operations"), ("fence", "empty")):
+        repeats: tuple[dict[str, Any], ...] = (INCREMENT, {"operations": []})
+        for repeat in repeats:
+            assert client.put_metadata("r", repeat, key=key) == (200, {"metadata": {"n": 1}})
+            assert client.last_headers["idempotent-replayed"] == "true"
+            assert client.last_headers["idempotent-original"] == original
+
+
+def test_operations_for_the_parent_alone_count_as_operations_and_an_ignored_metadata_does_not(
+    client: Client,
+) -> None:
+    client.create_run("parent")
+    client.create_run("child", parentId="parent")
+    parent_only = {"parentOperations": [{"type": "increment", "key": "done", "value": 1}]}
+    # With an operations list, even an empty one, the metadata field is ignored (as the platform does).
+    ignored = {"operations": [], "metadata": {"replaced": True}}
+    for key, body in (("parent-only", parent_only), ("ignored", ignored)):
+        client.put_metadata("child", body, key=key)
+        client.put_metadata("child", body, key=key)
+    assert client.last_headers["idempotent-original"] == "empty"
+    client.put_metadata("child", parent_only, key="parent-only")
+    assert client.last_headers["idempotent-original"] == "operations"
+    client.flush()
+    assert (client.get_metadata("parent"), client.get_metadata("child")) == ({"done": 1}, {})
+
+
 def test_a_key_is_recorded_when_the_body_changed_nothing(client: Client) -> None:
     client.create_run("r", metadata={"tags": []})
     unchanged = {"operations": [{"type": "remove", "key": "tags", "value": "absent"}]}
@@ -67,6 +106,7 @@ def test_a_key_is_recorded_when_the_body_changed_nothing(client: Client) -> None
         {"metadata": {"tags": []}},
     )
     assert client.last_headers["idempotent-replayed"] == "true"
+    assert client.last_headers["idempotent-original"] == "operations"  # it carried some
 
 
 def test_a_key_guards_the_parent_operations_too(client: Client) -> None:
@@ -146,3 +186,30 @@ def test_the_replayed_answer_reports_a_run_changed_by_another_process(database_u
     assert (outcome.replayed, outcome.state.metadata) == (True, {"n": 1, "by": "two"})
     one.close()
     two.close()
+
+
+def test_a_key_stored_before_keys_recorded_their_operations_is_replayed_without_saying(
+    tmp_path: Path,
+) -> None:
+    """A SQLite file of an earlier version gains the column when opened; its keys are still
+    replayed, without ``Idempotent-Original`` (the service does not know, and does not guess)."""
+    path = tmp_path / "earlier.sqlite3"
+    earlier = MetadataService(open_storage(f"sqlite:///{path}"), ServiceConfig())
+    earlier.create_run("r")
+    earlier.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "DROP TABLE idempotency_keys;"
+            "CREATE TABLE idempotency_keys (run_id TEXT NOT NULL REFERENCES runs (id), key TEXT NOT NULL,"
+            " used_at REAL NOT NULL, PRIMARY KEY (run_id, key)) WITHOUT ROWID;"
+            "INSERT INTO idempotency_keys VALUES ('r', 'earlier', 1e12);"
+        )
+    with threaded_server(f"sqlite:///{path}") as server:
+        client = Client(server.port)
+        assert client.put_metadata("r", INCREMENT, key="earlier") == (200, {"metadata": {}})
+        assert client.last_headers["idempotent-replayed"] == "true"
+        assert "idempotent-original" not in client.last_headers
+        client.put_metadata("r", INCREMENT, key="later")
+        client.put_metadata("r", INCREMENT, key="later")
+        assert client.last_headers["idempotent-original"] == "operations"
+        client.close()

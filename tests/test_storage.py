@@ -143,7 +143,7 @@ def test_a_transaction_that_raises_writes_nothing(storage: Storage) -> None:
             assert tx is not None
             tx.append(OPS)
             tx.enqueue("p", OPS, 1.0)
-            tx.use_key("key-1", 1.0)
+            tx.use_key("key-1", 1.0, operations=True)
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
@@ -154,7 +154,7 @@ def test_a_transaction_that_raises_writes_nothing(storage: Storage) -> None:
     assert storage.outbox_size() == 0
     with storage.write("c") as tx:
         assert tx is not None
-        assert not tx.key_used("key-1")
+        assert tx.key_use("key-1") is None
         assert tx.history(0).entries == ()
 
 
@@ -181,21 +181,35 @@ def test_idempotency_keys_are_per_run_and_expire(storage: Storage) -> None:
     _create(storage, "b")
     with storage.write("a") as tx:
         assert tx is not None
-        assert not tx.key_used("k")
-        tx.use_key("k", 100.0)
-        tx.use_key("old", 10.0)
+        assert tx.key_use("k") is None
+        tx.use_key("k", 100.0, operations=True)
+        tx.use_key("old", 10.0, operations=True)
     with storage.write("a") as tx:
         assert tx is not None
-        assert tx.key_used("k")
-        assert tx.key_used("old")
+        assert tx.key_use("k") == "operations"
+        assert tx.key_use("old") == "operations"
     with storage.write("b") as tx:
         assert tx is not None
-        assert not tx.key_used("k")
+        assert tx.key_use("k") is None
     assert storage.expire_keys(before=50.0) == 1
     with storage.write("a") as tx:
         assert tx is not None
-        assert tx.key_used("k")
-        assert not tx.key_used("old")
+        assert tx.key_use("k") == "operations"
+        assert tx.key_use("old") is None
+
+
+def test_a_key_remembers_whether_its_request_carried_operations(storage: Storage) -> None:
+    """A key spent by an empty request (a client's fence) reads apart from one its body spent."""
+    _create(storage, "r")
+    with storage.write("r") as tx:
+        assert tx is not None
+        tx.use_key("body", 1.0, operations=True)
+        tx.use_key("fence", 1.0, operations=False)
+    with storage.write("r") as tx:
+        assert tx is not None
+        assert tx.key_use("body") == "operations"
+        assert tx.key_use("fence") == "empty"
+        assert tx.key_use("unused") is None
 
 
 def test_the_outbox_keeps_order_and_settles_or_rejects_entries(storage: Storage) -> None:
@@ -307,7 +321,7 @@ def test_listeners_hear_of_committed_versions_only(storage: Storage) -> None:
         roll_back()
     with storage.write("r") as tx:
         assert tx is not None
-        tx.use_key("no change", 1.0)
+        tx.use_key("no change", 1.0, operations=False)
     with storage.write("r") as tx:
         assert tx is not None
         tx.append(OPS)
@@ -347,7 +361,7 @@ def test_what_committed_is_there_after_reopening(database_url: str) -> None:
         assert tx is not None
         tx.append(OPS)
         tx.enqueue("p", OPS, 1.0)
-        tx.use_key("k", 1.0)
+        tx.use_key("k", 1.0, operations=True)
     first.close()
     with pytest.raises(StorageError):
         first.get_run("r")
@@ -359,7 +373,7 @@ def test_what_committed_is_there_after_reopening(database_url: str) -> None:
         assert second.outbox_runs(10) == ["p"]
         with second.write("r") as tx:
             assert tx is not None
-            assert tx.key_used("k")
+            assert tx.key_use("k") == "operations"
     finally:
         second.close()
 

@@ -317,6 +317,33 @@ def test_tables_of_another_schema_version_are_refused(postgres_url: str) -> None
         PostgresStorage(postgres_url)
 
 
+def test_tables_of_version_1_are_migrated_once_and_their_keys_read_as_unrecorded(postgres_url: str) -> None:
+    """Version 1 did not record whether a key's request carried operations: the column is added
+    (by the first process to start), and the keys stored before it are ``"unrecorded"``."""
+    storage = PostgresStorage(postgres_url)
+    _create(storage, "r")
+    storage.close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("ALTER TABLE metaops_idempotency_keys DROP COLUMN carried_operations")
+        db.execute("DELETE FROM metaops_schema")
+        db.execute("INSERT INTO metaops_schema (version) VALUES (1)")
+        db.execute("INSERT INTO metaops_idempotency_keys (run_id, key, used_at) VALUES ('r', 'earlier', 1.0)")
+    migrated, again = PostgresStorage(postgres_url), PostgresStorage(postgres_url)
+    try:
+        with migrated.write("r") as tx:
+            assert tx is not None
+            assert tx.key_use("earlier") == "unrecorded"
+            tx.use_key("fence", 2.0, operations=False)
+        with again.write("r") as tx:
+            assert tx is not None
+            assert (tx.key_use("earlier"), tx.key_use("fence")) == ("unrecorded", "empty")
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            assert db.execute("SELECT max(version) FROM metaops_schema").fetchone() == (2,)
+    finally:
+        migrated.close()
+        again.close()
+
+
 class _Heard:
     """What a listener heard, and a way to wait until it heard something."""
 
@@ -408,7 +435,7 @@ def test_a_process_starting_beside_busy_writers_does_not_wait_for_them(
         assert tx is not None
         for table_writes in range(3):
             tx.enqueue("parent", OPS, float(table_writes))
-        tx.use_key("k", 1.0)
+        tx.use_key("k", 1.0, operations=True)
         tx.append(OPS)
         _run_unless_it_waits_for_a_lock(postgres_url, lambda: open_many().get_run("child"))
 
@@ -434,7 +461,7 @@ def test_a_writer_waits_for_a_held_run_at_most_the_lock_timeout(postgres_url: st
 def _get_stuck_holding(stuck: PostgresStorage, other: PostgresStorage) -> None:
     with stuck.write("r") as tx:
         assert tx is not None
-        assert not tx.key_used("k")
+        assert tx.key_use("k") is None
         # Stuck while deciding (a hung worker): meanwhile another process waits for the
         # run, and gets it once PostgreSQL has ended the stuck session.
         with other.write("r") as theirs:

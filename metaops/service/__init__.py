@@ -26,6 +26,7 @@ from metaops.service._service import MetadataService, RunState, ServiceConfig, U
 from metaops.service._storage import (
     ChangeListener,
     History,
+    KeyUse,
     LogEntry,
     OutboxEntry,
     RejectedEntry,
@@ -55,6 +56,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "ChangeListener",
     "History",
+    "KeyUse",
     "LogEntry",
     "MetadataApp",
     "MetadataService",

@@ -8,8 +8,10 @@ Platform routes (what the official SDK calls), bearer token required:
   metadata after its own operations; parent and root operations are queued and
   applied after the write commits). An ``Idempotency-Key`` header (1 to 255 visible
   ASCII characters) makes it apply at most once per run and key: a repeat, whatever
-  its body, applies nothing and answers 200 with the current metadata and
-  ``Idempotent-Replayed: true``.
+  its body, applies nothing and answers 200 with the current metadata,
+  ``Idempotent-Replayed: true`` and ``Idempotent-Original: operations`` or ``empty``:
+  whether the request that first used the key carried operations (a client that fenced
+  the key with an empty request can tell its fence's record from its body's).
 
 Admin routes (same token), for tests, demos and operators:
 
@@ -67,7 +69,7 @@ from metaops.service._errors import (
     StorageError,
 )
 from metaops.service._realtime_app import Realtime
-from metaops.service._service import MetadataService
+from metaops.service._service import MetadataService, UpdateOutcome
 
 __all__ = ["MAX_BODY_BYTES", "REQUEST_TIMEOUT", "MetadataApp", "create_app"]
 
@@ -229,6 +231,15 @@ def _object(body: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def _replay_headers(outcome: UpdateOutcome) -> dict[str, str]:
+    """A repeat's headers: it was replayed, and what the request that used the key carried
+    (left out for a key stored before that was kept: the client then cannot tell)."""
+    headers = {"Idempotent-Replayed": "true"}
+    if outcome.original in ("operations", "empty"):
+        headers["Idempotent-Original"] = outcome.original
+    return headers
+
+
 def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
@@ -307,7 +318,7 @@ def create_app(
             key = _idempotency_key(request)
             body = _parse_json(await _read_body(request, request_timeout))
             outcome = await run(lambda: service.update(run_id, body, key=key))
-            headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+            headers = _replay_headers(outcome) if outcome.replayed else None
             return Response(b'{"metadata":' + outcome.state.text + b"}", 200, headers, "application/json")
 
         return await answer(request, work)

@@ -10,14 +10,16 @@ One ``PUT`` goes:
    is the stored one; otherwise the cached copy with the log entries written since
    (by another process) replayed, or the snapshot and the log when nothing is cached;
 4. a repeated ``Idempotency-Key`` stops here: nothing is applied, the answer is the
-   current metadata (replayed);
+   current metadata (replayed), with what the request that first used the key carried
+   (operations, or none: an empty request that fenced the key);
 5. apply the run's own operations with ``apply_sized`` (the size is kept, never
    re-measured), refuse the result over the limit (nothing is written), and write
    the JSON text of the result reusing the text of every subtree the update left
    alone (:class:`~metaops.service._codec.TextCache`);
 6. in the same transaction: log the operations (not the metadata; every
    ``snapshot_every`` versions the metadata is written as a new snapshot instead),
-   queue the parent and root operations in the outbox, record the key, commit;
+   queue the parent and root operations in the outbox, record the key (and whether
+   this request carried operations), commit;
 7. after the commit, write the queued operations into their runs (each target held
    as in 2.; the batch folded with ``compose``; entries over the limit rejected with
    the reason, never dropped). A failure there is logged, never answered: the
@@ -64,7 +66,7 @@ from metaops.server import (
 )
 from metaops.service._codec import TextCache, loads
 from metaops.service._errors import RunCompletedError, RunNotFoundError, ServiceClosingError
-from metaops.service._storage import History, OutboxEntry, RunRecord, RunTransaction, Storage
+from metaops.service._storage import History, KeyUse, OutboxEntry, RunRecord, RunTransaction, Storage
 
 __all__ = ["MetadataService", "RunState", "ServiceConfig", "UpdateOutcome"]
 
@@ -139,10 +141,16 @@ class RunState:
 
 @dataclass(frozen=True, slots=True)
 class UpdateOutcome:
-    """What an update answered: the run's state after it, and whether its key was a repeat."""
+    """What an update answered: the run's state after it, and whether its key was a repeat.
+
+    For a repeat, ``original`` says what the request that first used the key carried
+    (:data:`~metaops.service.KeyUse`): a client that fenced the key learns from
+    it whether its own earlier body or an empty request (a fence) spent it.
+    """
 
     state: RunState
     replayed: bool = False
+    original: KeyUse | None = None
 
 
 def _operations_text(operations: Sequence[Operation]) -> str:
@@ -312,8 +320,9 @@ class MetadataService:
             assert tx is not None
             record = tx.record
             state = self._current(run_id, record, tx.history)
-            if key is not None and tx.key_used(key):
-                return UpdateOutcome(state, replayed=True)
+            used = None if key is None else tx.key_use(key)
+            if used is not None:
+                return UpdateOutcome(state, replayed=True, original=used)
             window = self._config.updatable_window
             if record.completed_at is not None and record.completed_at <= now - window:
                 msg = "Cannot update metadata for a completed run"
@@ -329,7 +338,8 @@ class MetadataService:
             for target, operations in targets:
                 tx.enqueue(target, _operations_text(operations), now)
             if key is not None:
-                tx.use_key(key, now)
+                carried = bool(own or request.parent_operations or request.root_operations)
+                tx.use_key(key, now, operations=carried)
         self._install(run_id, new)
         if targets and self._config.inline_flush:
             for target in dict.fromkeys(target for target, _ in targets):

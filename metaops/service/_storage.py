@@ -11,12 +11,12 @@ in memory at some version catches up by replaying only the entries after it.
 Writes happen inside :meth:`Storage.write`: one transaction holding the run (a row
 lock in PostgreSQL, the database's write lock in SQLite), in which the service
 reads what it needs (the run's record, the log since the version it holds, whether
-an idempotency key was used, the run's queued entries), decides, and writes (a log
-entry, an outbox entry for another run, the idempotency key, settled and rejected
-queued entries). Everything written in one ``write`` block commits together before
-the block returns, or nothing does. An update acknowledged to a client has
-therefore been committed durably (SQLite ``synchronous=FULL``; PostgreSQL's
-defaults).
+an idempotency key was used and whether that request carried operations, the run's
+queued entries), decides, and writes (a log entry, an outbox entry for another run,
+the idempotency key, settled and rejected queued entries). Everything written in one
+``write`` block commits together before the block returns, or nothing does. An update
+acknowledged to a client has therefore been committed durably (SQLite
+``synchronous=FULL``; PostgreSQL's defaults).
 
 The **outbox** holds operations one run sends another (a child's
 ``parentOperations``/``rootOperations``): inserted in the sending run's transaction,
@@ -39,13 +39,14 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from metaops._errors import InvalidArgumentError
 
 __all__ = [
     "ChangeListener",
     "History",
+    "KeyUse",
     "Listeners",
     "LogEntry",
     "OutboxEntry",
@@ -124,6 +125,12 @@ class RejectedEntry:
     rejected_at: float
 
 
+KeyUse = Literal["operations", "empty", "unrecorded"]
+"""What the request that first used an idempotency key carried: operations (applied then,
+whatever they changed), none (an empty request: a client fencing the key), or
+``"unrecorded"`` for a key stored before the storage kept that."""
+
+
 class RunTransaction(Protocol):
     """One run held for writing, inside one database transaction.
 
@@ -153,12 +160,13 @@ class RunTransaction(Protocol):
         """
         ...
 
-    def key_used(self, key: str) -> bool:
-        """Whether the idempotency key ``key`` was recorded for this run."""
+    def key_use(self, key: str) -> KeyUse | None:
+        """What the request that used the idempotency key ``key`` on this run carried; ``None`` if unused."""
         ...
 
-    def use_key(self, key: str, at: float) -> None:
-        """Record the idempotency key ``key`` for this run, used at ``at``."""
+    def use_key(self, key: str, at: float, *, operations: bool) -> None:
+        """Record the idempotency key ``key`` for this run, used at ``at`` by a request that carried
+        ``operations`` or, when false, none."""
         ...
 
     def enqueue(self, run_id: str, operations: str, at: float) -> int:

@@ -20,9 +20,10 @@ process, opened by the first :meth:`PostgresStorage.subscribe`) receives it.
 The tables live in the first schema on the connection's ``search_path`` (put
 ``?options=-c%20search_path%3Dname`` in the URL to keep several deployments in one
 database apart), each name prefixed ``metaops_``; the notification channel is named
-after that schema. They are created at startup when missing, under an advisory lock
-so that N workers starting at once do not race on ``CREATE TABLE IF NOT EXISTS``; when
-they exist, startup runs no DDL (which would lock tables that requests write).
+after that schema. They are created at startup when missing, and tables of an older
+version are migrated, under an advisory lock so that N workers starting at once do not
+race on ``CREATE TABLE IF NOT EXISTS``; when they are current, startup runs no DDL
+(which would lock tables that requests write).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from metaops.service._errors import RunExistsError, RunNotFoundError, StorageErr
 from metaops.service._storage import (
     ChangeListener,
     History,
+    KeyUse,
     Listeners,
     LogEntry,
     OutboxEntry,
@@ -55,7 +57,7 @@ __all__ = ["PostgresStorage"]
 
 _log = logging.getLogger("metaops.service")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metaops_schema (
@@ -98,14 +100,23 @@ CREATE TABLE IF NOT EXISTS metaops_rejected (
     rejected_at double precision NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metaops_rejected_run ON metaops_rejected (run_id, seq);
+-- carried_operations: whether the request that used the key carried any (false: none, a
+-- client fencing the key); NULL for keys stored by schema version 1.
 CREATE TABLE IF NOT EXISTS metaops_idempotency_keys (
-    run_id  text NOT NULL REFERENCES metaops_runs (id),
-    key     text NOT NULL,
-    used_at double precision NOT NULL,
+    run_id             text NOT NULL REFERENCES metaops_runs (id),
+    key                text NOT NULL,
+    used_at            double precision NOT NULL,
+    carried_operations boolean,
     PRIMARY KEY (run_id, key)
 );
 CREATE INDEX IF NOT EXISTS metaops_idempotency_keys_used_at ON metaops_idempotency_keys (used_at);
 """
+
+# What brings the tables of each older version to the next one (every version below
+# SCHEMA_VERSION has an entry).
+_MIGRATIONS = {
+    1: "ALTER TABLE metaops_idempotency_keys ADD COLUMN carried_operations boolean",
+}
 
 _RECORD_COLUMNS = "id, parent_id, root_id, version, snapshot_version, created_at, completed_at"
 _RECORD = f"SELECT {_RECORD_COLUMNS} FROM metaops_runs"
@@ -480,16 +491,23 @@ class _Transaction:
         self.appended = version
         return version
 
-    def key_used(self, key: str) -> bool:
+    def key_use(self, key: str) -> KeyUse | None:
         row = self.ask(
-            "SELECT 1 FROM metaops_idempotency_keys WHERE run_id = %s AND key = %s", (self._record.id, key)
+            "SELECT carried_operations FROM metaops_idempotency_keys WHERE run_id = %s AND key = %s",
+            (self._record.id, key),
         ).fetchone()
-        return row is not None
+        if row is None:
+            return None
+        carried: bool | None = row[0]
+        if carried is None:
+            return "unrecorded"
+        return "operations" if carried else "empty"
 
-    def use_key(self, key: str, at: float) -> None:
+    def use_key(self, key: str, at: float, *, operations: bool) -> None:
         self._db.execute(
-            "INSERT INTO metaops_idempotency_keys (run_id, key, used_at) VALUES (%s, %s, %s)",
-            (self._record.id, key, at),
+            "INSERT INTO metaops_idempotency_keys (run_id, key, used_at, carried_operations) "
+            "VALUES (%s, %s, %s, %s)",
+            (self._record.id, key, at, operations),
         )
 
     def enqueue(self, run_id: str, operations: str, at: float) -> int:
@@ -536,12 +554,19 @@ def _create_schema(db: psycopg.Connection[Any], shown_url: str) -> str:
     # Tables already there: no DDL at all. CREATE INDEX IF NOT EXISTS locks its table
     # against writes before it finds the index exists, so a worker restarting under load
     # would stall the others' writes (or deadlock with one).
-    if _stored_version(db) is None:
+    stored = _stored_version(db)
+    if stored is None or stored in _MIGRATIONS:
         with db.transaction():
-            # CREATE ... IF NOT EXISTS is not safe against itself running in another session.
+            # CREATE ... IF NOT EXISTS is not safe against itself running in another session,
+            # nor is a migration: the second session to get here finds the work done.
             db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"metaops.schema:{schema}",))
-            if _stored_version(db) is None:
+            stored = _stored_version(db)
+            if stored is None:
                 db.execute(_SCHEMA.encode())
+                db.execute("INSERT INTO metaops_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif stored in _MIGRATIONS:
+                for version in range(stored, SCHEMA_VERSION):
+                    db.execute(_MIGRATIONS[version].encode())
                 db.execute("INSERT INTO metaops_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
     stored = _stored_version(db)
     if stored != SCHEMA_VERSION:

@@ -21,6 +21,7 @@ from metaops.service._sqlite import SQLitePool
 from metaops.service._storage import (
     ChangeListener,
     History,
+    KeyUse,
     Listeners,
     LogEntry,
     OutboxEntry,
@@ -66,10 +67,13 @@ CREATE TABLE IF NOT EXISTS rejected (
     rejected_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rejected_run ON rejected (run_id, seq);
+-- carried_operations: whether the request that used the key carried any (1) or none (0,
+-- a client fencing the key); NULL for keys stored before the column was added.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
-    run_id  TEXT NOT NULL REFERENCES runs (id),
-    key     TEXT NOT NULL,
-    used_at REAL NOT NULL,
+    run_id             TEXT NOT NULL REFERENCES runs (id),
+    key                TEXT NOT NULL,
+    used_at            REAL NOT NULL,
+    carried_operations INTEGER,
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_used_at ON idempotency_keys (used_at);
@@ -132,6 +136,7 @@ class SQLiteStorage:
                 msg = f"{self._path}: SQLite refused WAL mode (got {mode_set!r})"
                 raise StorageError(msg)
             db.executescript(_SCHEMA)
+            _add_missing_columns(db)
         self._stopping = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_forever, name="metaops-checkpoint", daemon=True
@@ -360,6 +365,27 @@ class SQLiteStorage:
             listener(run_id, version)
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a file made by an earlier version up to the schema (``CREATE TABLE IF NOT EXISTS``
+    leaves an existing table as it is)."""
+    if _has_column(db, "idempotency_keys", "carried_operations"):
+        return
+    db.execute("BEGIN IMMEDIATE")  # another process opening the file may be adding it too
+    if not _has_column(db, "idempotency_keys", "carried_operations"):
+        db.execute("ALTER TABLE idempotency_keys ADD COLUMN carried_operations INTEGER")
+    db.execute("COMMIT")
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
+
+
+def _key_use(carried_operations: object) -> KeyUse:
+    if carried_operations is None:
+        return "unrecorded"
+    return "operations" if carried_operations else "empty"
+
+
 def _history(db: sqlite3.Connection, record: RunRecord, since: int | None) -> History:
     if since is not None and record.snapshot_version <= since <= record.version:
         rows = db.execute(
@@ -422,15 +448,17 @@ class _Transaction:
         self.appended = version
         return version
 
-    def key_used(self, key: str) -> bool:
+    def key_use(self, key: str) -> KeyUse | None:
         row = self._db.execute(
-            "SELECT 1 FROM idempotency_keys WHERE run_id = ? AND key = ?", (self._record.id, key)
+            "SELECT carried_operations FROM idempotency_keys WHERE run_id = ? AND key = ?",
+            (self._record.id, key),
         ).fetchone()
-        return row is not None
+        return None if row is None else _key_use(row[0])
 
-    def use_key(self, key: str, at: float) -> None:
+    def use_key(self, key: str, at: float, *, operations: bool) -> None:
         self._db.execute(
-            "INSERT INTO idempotency_keys (run_id, key, used_at) VALUES (?, ?, ?)", (self._record.id, key, at)
+            "INSERT INTO idempotency_keys (run_id, key, used_at, carried_operations) VALUES (?, ?, ?, ?)",
+            (self._record.id, key, at, int(operations)),
         )
 
     def enqueue(self, run_id: str, operations: str, at: float) -> int:
