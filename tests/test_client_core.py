@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from metaops import RunMetadata, Set
+from metaops import Increment, RunMetadata, Set
 from metaops.client import RequestRefusedError, RetryPolicy, ServiceUnavailableError
 from metaops.client._core import (
     FENCE_BODY,
@@ -56,8 +56,10 @@ class Script:
             return stop.value
 
 
-def ok(metadata: dict[str, Any], *, replayed: bool = False) -> Answer:
+def ok(metadata: dict[str, Any], *, replayed: bool = False, original: str | None = None) -> Answer:
     headers = {"idempotent-replayed": "true"} if replayed else {}
+    if original is not None:
+        headers["idempotent-original"] = original
     return Answer(200, headers, json.dumps({"metadata": metadata}).encode())
 
 
@@ -70,24 +72,50 @@ REFUSED = Failure("ConnectError: [Errno 111] Connection refused", reached=False)
 
 
 class Service:
-    """A tiny model of the idempotency contract, to answer the core as the service would."""
+    """A tiny model of the idempotency contract, to answer the core as the service would.
 
-    def __init__(self) -> None:
+    A repeat says what the request that used the key carried (``Idempotent-Original``),
+    unless ``says_original`` is false (a service that does not).
+    """
+
+    def __init__(self, *, says_original: bool = True) -> None:
         self.metadata: dict[str, Any] = {}
-        self.keys: set[str] = set()
+        self.keys: dict[str, str] = {}  # key -> "operations" or "empty"
         self.applied: list[dict[str, Any]] = []
+        self.says_original = says_original
 
     def apply(self, request: Send) -> Answer:
         key = dict(request.headers)["idempotency-key"]
         if key in self.keys:
-            return ok(self.metadata, replayed=True)
-        self.keys.add(key)
+            return ok(self.metadata, replayed=True, original=self.keys[key] if self.says_original else None)
         body = json.loads(request.content or b"{}")
+        sections = ("operations", "parentOperations", "rootOperations")
+        self.keys[key] = "operations" if any(body.get(name) for name in sections) else "empty"
         for op in body.get("operations", []):
             assert op["type"] == "increment"
             self.metadata[op["key"]] = self.metadata.get(op["key"], 0) + op["value"]
         self.applied.append(body)
         return ok(self.metadata)
+
+
+def applied_but_lost(service: Service) -> Reply:
+    """The service applies each request, and its answer is lost."""
+
+    def reply(request: Send) -> Failure:
+        service.apply(request)
+        return LOST
+
+    return reply
+
+
+def in_turn(*replies: Reply) -> Reply:
+    """Each of ``replies`` for one request, in order; the last for every request after."""
+    queue = list(replies)
+
+    def reply(request: Send) -> Answer | Failure:
+        return (queue.pop(0) if len(queue) > 1 else queue[0])(request)
+
+    return reply
 
 
 def key_of(request: Send) -> str:
@@ -244,11 +272,13 @@ def test_no_attempt_starts_past_the_deadline_and_each_request_is_bounded_by_it()
 # --------------------------------------------------------------------------- exactly once
 
 
-def test_a_lost_answer_is_resent_under_the_same_key_and_applied_once() -> None:
-    """All attempts' answers lost after the service applied the first: held, then resent, replayed."""
+@pytest.mark.parametrize("says_original", [True, False])
+def test_a_lost_answer_is_resent_under_the_same_key_and_applied_once(says_original: bool) -> None:
+    """All attempts' answers lost after the service applied the first: held, then resent, replayed
+    (no fence was sent, so the replay is the body's own, whether or not the service says so)."""
     buffer = RunMetadata()
     buffer.increment("n")
-    service = Service()
+    service = Service(says_original=says_original)
     core = make_core(buffer)
 
     def lose(request: Send) -> Failure:
@@ -312,6 +342,89 @@ def test_newer_calls_fence_the_held_key_and_without_a_replay_the_flush_merges_un
     )
     assert service.apply(late).headers.get("idempotent-replayed") == "true"
     assert service.metadata == {"n": 11}
+
+
+def test_a_fence_retried_after_its_own_answer_was_lost_is_not_taken_for_the_held_body() -> None:
+    """Held (never applied) + newer calls: the fence spends the key but its answer is lost; the
+    retried fence is replayed, and says the key's request was empty: the flush merges."""
+    buffer = RunMetadata()
+    buffer.increment("n")
+    service = Service()
+    core = make_core(buffer)
+    Script(lambda request: LOST).run(core.flush())
+    buffer.increment("n", 10)
+    script = Script(in_turn(applied_but_lost(service), service.apply))
+    assert script.run(core.flush()).failure is None
+    lost_fence, replayed_fence, merged = script.sends
+    assert [(key_of(r), r.content) for r in (lost_fence, replayed_fence)] == [("key-0", FENCE_BODY)] * 2
+    assert key_of(merged) == "key-1"
+    assert json.loads(merged.content or b"")["operations"] == [{"type": "increment", "key": "n", "value": 11}]
+    assert service.metadata == {"n": 11}
+    assert buffer.current() == {"n": 11}
+
+
+def test_a_fence_whose_attempts_were_all_lost_is_settled_by_the_next_rounds_fence() -> None:
+    """The first fence round spends the key and every answer is lost; the next round's fence is
+    replayed as the fence's own record: the body was not applied, and merges."""
+    buffer = RunMetadata()
+    buffer.increment("n")
+    service = Service()
+    core = make_core(buffer)
+    Script(lambda request: LOST).run(core.flush())
+    buffer.increment("n", 10)
+    first = Script(applied_but_lost(service))
+    assert isinstance(first.run(core.flush()).failure, ServiceUnavailableError)
+    assert core.held is not None
+    second = Script(service.apply)
+    assert second.run(core.flush()).failure is None
+    assert [(key_of(r), r.content) for r in second.sends[:1]] == [("key-0", FENCE_BODY)]
+    assert service.metadata == {"n": 11}
+    assert buffer.current() == {"n": 11}
+
+
+def test_a_fence_replayed_as_the_bodys_record_accepts_the_body_even_after_a_lost_fence() -> None:
+    """The body was applied (its answers lost); a fence's answer is lost too; the retried fence
+    is replayed with the key's request carrying operations: accepted, never sent again."""
+    buffer = RunMetadata()
+    buffer.increment("n")
+    service = Service()
+    core = make_core(buffer)
+    Script(lambda request: (service.apply(request), LOST)[1]).run(core.flush())
+    buffer.increment("n", 10)
+    script = Script(in_turn(applied_but_lost(service), service.apply))
+    assert script.run(core.flush()).failure is None
+    newer = script.sends[-1]
+    assert json.loads(newer.content or b"")["operations"] == [{"type": "increment", "key": "n", "value": 10}]
+    assert service.metadata == {"n": 11}
+    assert buffer.current() == {"n": 11}
+
+
+def test_a_body_replayed_as_an_empty_requests_record_was_not_applied_and_goes_back_to_the_buffer() -> None:
+    buffer = RunMetadata()
+    buffer.increment("n")
+    core = make_core(buffer)
+    result = Script(lambda request: ok({}, replayed=True, original="empty")).run(core.flush())
+    assert (result.failure, result.rejected) == (None, [])
+    assert (core.held, buffer.pending) == (None, True)
+    service = Service()
+    Script(service.apply).run(core.flush())
+    assert service.metadata == {"n": 1}
+
+
+def test_a_fenced_key_replayed_by_a_service_that_does_not_say_what_used_it_is_set_aside() -> None:
+    """Without ``Idempotent-Original``, a replay after a fence may have reached the service proves
+    nothing: the flush is set aside with the reason (never dropped silently, never sent twice)."""
+    buffer = RunMetadata()
+    buffer.increment("n")
+    service = Service(says_original=False)
+    core = make_core(buffer)
+    Script(lambda request: LOST).run(core.flush())
+    buffer.increment("n", 10)
+    result = Script(in_turn(applied_but_lost(service), service.apply)).run(core.flush())
+    (rejected,) = result.rejected
+    assert "outcome unknown" in rejected.reason
+    assert rejected.flush.operations == (Increment("n", 1),)
+    assert service.metadata == {"n": 10}
 
 
 def test_a_fence_that_fails_keeps_the_flush_held_and_sends_nothing_newer() -> None:

@@ -162,6 +162,40 @@ def test_restore_and_merge_uses_a_new_key_only_after_the_fence_spent_the_old_one
     assert service.metadata(run_id) == {"n": 11}
 
 
+def test_a_fence_whose_answer_was_lost_is_not_taken_for_the_held_body_when_retried(
+    backend_service: ThreadedService,
+) -> None:
+    """The held body never arrived; the fence spends its key but its answer is lost, and the
+    retried fence is replayed. That replay is the fence's own: the body is merged, not dropped."""
+    service, run_id = backend_service, "run_fence_lost"
+    service.create_run(run_id)
+    faults = iter(["drop"] * FAST.attempts + ["lose"])
+
+    def decide(exchange: Exchange) -> str | None:
+        return next(faults, None) if exchange.method == "PUT" else None
+
+    with fault_proxy(service.url, decide=decide) as proxy, make(proxy.url, run_id) as md:
+        md.increment("n")
+        with pytest.raises(ServiceUnavailableError):
+            md.flush()
+        md.increment("n", 10)
+        md.flush()
+        assert md.current() == {"n": 11}
+    sent = puts(proxy)
+    held_key = sent[0].key
+    lost_fence, replayed_fence, merged = sent[FAST.attempts :]
+    assert (lost_fence.key, lost_fence.body, lost_fence.fault, lost_fence.replayed) == (
+        held_key,
+        FENCE_BODY,
+        "lose",
+        False,
+    )
+    assert (replayed_fence.key, replayed_fence.body, replayed_fence.replayed) == (held_key, FENCE_BODY, True)
+    assert merged.key != held_key
+    assert increments(merged) == [11]
+    assert service.metadata(run_id) == {"n": 11}
+
+
 def test_a_flush_that_never_reached_the_service_merges_without_a_fence(
     service: ThreadedService, run_id: str
 ) -> None:

@@ -43,8 +43,10 @@ retries of one body, and ``metaops serve`` applies each key once, so nothing is
 applied twice either. A body whose outcome is unknown (it may have been applied)
 is never merged with newer calls under a new key: with nothing newer queued it is
 resent under its own key; with newer calls queued, its key is first *fenced* (a
-PUT with that key and no operations): replayed means it was applied, otherwise the
-key is spent and the body can safely be merged and sent under a new one.
+PUT with that key and no operations): a first use spends the key, and the body can
+safely be merged and sent under a new one; a replay says (``Idempotent-Original``)
+whether the key's first request carried operations (the body was applied) or was
+empty (an earlier attempt of the fence, whose answer was lost, spent it).
 
 Against the Trigger.dev platform, which does not honour ``Idempotency-Key``, the
 guarantee is *at least once*: nothing is lost, but a body whose response was lost

@@ -13,22 +13,31 @@ Exactly once
 
 Every PUT carries an ``Idempotency-Key``, and the service applies a key at most
 once per run (a repeat, whatever its body, applies nothing and answers the run's
-current metadata with ``Idempotent-Replayed: true``). A body keeps its key across
-every retry. The hazard is a body whose outcome is unknown: a timeout after
-sending, a dropped connection, a 5xx or 429 (a proxy's answer cannot be told from
-the service's), a lost response. Such a body may have been applied, so its
-operations must never go out again under another key. The flush holding it stays
-out of the buffer (it is *held*, not restored) until its outcome is known:
+current metadata with ``Idempotent-Replayed: true``, and ``Idempotent-Original:
+operations`` or ``empty``: whether the request that first used the key carried
+operations). A body keeps its key across every retry. The hazard is a body whose
+outcome is unknown: a timeout after sending, a dropped connection, a 5xx or 429 (a
+proxy's answer cannot be told from the service's), a lost response. Such a body may
+have been applied, so its operations must never go out again under another key.
+The flush holding it stays out of the buffer (it is *held*, not restored) until its
+outcome is known:
 
 * nothing queued since: the same body is sent again with the same key, as a retry;
   either it is applied now, or it was before and the service replays;
 * newer calls are queued (re-collapsing would change the content): the key is
-  *fenced* first, with a PUT of that key and ``{"operations": []}``. Replayed: the
-  body was applied, and the flush is accepted (its answer is the run's current
-  metadata). Not replayed: the key is now spent with nothing applied (the old
-  request, if it still arrives, is a no-op), so the flush goes back to the buffer
+  *fenced* first, with a PUT of that key and ``{"operations": []}``, retried (and
+  sent again in later rounds) under the same key until it is answered. Not
+  replayed: the fence spent the key with nothing applied (the old request, if it
+  still arrives, is a no-op), so the flush goes back to the buffer
   (:meth:`~metaops.RunMetadata.restore`), collapses with the newer calls, and
-  leaves under a new key.
+  leaves under a new key. Replayed: the key was used before, by the body or by an
+  earlier attempt of the fence whose answer was lost; ``Idempotent-Original`` tells
+  which (``operations``: the body was applied, and the flush is accepted with the
+  run's current metadata; ``empty``: a fence spent it, and the flush is restored as
+  above). A replay without that header (a service that does not say) proves the body
+  applied only while no fence of the key can have reached the service; after one
+  may have, the flush is set aside with "outcome unknown" as its reason (as a
+  refusal is, below) rather than guessed at.
 
 A flush whose attempts all failed before anything could reach the service (the
 connection was refused, no connection came free) is restored at once.
@@ -134,6 +143,9 @@ Steps = Generator["Send | Wait", Any, _T]
 class _Taken:
     metadata: dict[str, JSON]
     replayed: bool
+    # For a replay: what the request that first used the key carried ("operations" or
+    # "empty"), when the service says (``Idempotent-Original``).
+    original: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +199,11 @@ class _Flight:
     # Whether an attempt with ``key`` may have reached the service (then the body is
     # never re-collapsed under another key until a fence settles it).
     reached: bool = False
+    # Whether a fence of ``key`` may have reached the service: then the key may be spent
+    # by the fence, and a replay proves the body applied only when the service says the
+    # key's request carried operations. (Newer calls stay queued until the fence settles
+    # the key, so the body itself never goes out under it again.)
+    fenced: bool = False
     metadata: dict[str, JSON] | None = None
 
 
@@ -303,8 +320,13 @@ class Core:
 
     def _deliver(
         self, deadline: float | None, result: RoundResult
-    ) -> Steps[_Spent | Literal["rejected", "requeued"] | None]:
-        """Send the flight's bodies in order; resolve the flush with the buffer."""
+    ) -> Steps[_Spent | Literal["rejected", "requeued", "restored"] | None]:
+        """Send the flight's bodies in order; resolve the flush with the buffer.
+
+        ``"restored"``: a body's key turned out spent by a fence, nothing under it applied;
+        the flush is back in the buffer for the next round (not this one: a service that
+        answered every new key so would otherwise keep the round going).
+        """
         flight = self._flight
         assert flight is not None
         while flight.delivered < len(flight.bodies):
@@ -312,8 +334,10 @@ class Core:
                 "PUT", flight.bodies[flight.delivered], flight.key, deadline, flight
             )
             if isinstance(outcome, _Taken):
-                self._delivered_one(flight, outcome)
-                continue
+                settled = self._settle(flight, outcome, result, fence=False)
+                if settled == "delivered":
+                    continue
+                return settled
             if isinstance(outcome, _Refused):
                 if flight.delivered == 0:
                     self._reject(flight, outcome.reason, outcome.status, result)
@@ -350,6 +374,42 @@ class Core:
         flight.metadata = taken.metadata
         flight.key = self._new_key()
         flight.reached = False
+        flight.fenced = False
+
+    def _settle(
+        self, flight: _Flight, taken: _Taken, result: RoundResult, *, fence: bool
+    ) -> Literal["delivered", "restored", "rejected"]:
+        """Act on a 2xx answer to a request with the flight's key: was the body under that key applied?
+
+        Under a key the client sends only its body and fences of it. A first use (not
+        replayed) is the request's own: the body applied, or the fence spent the key. A
+        replay says which of them came first only through ``Idempotent-Original``; without
+        it, only when no fence of the key can have reached the service.
+        """
+        applied: bool | None
+        if not taken.replayed:
+            applied = not fence
+        elif taken.original in ("operations", "empty"):
+            applied = taken.original == "operations"
+        else:
+            applied = None if flight.fenced else True
+        if applied:
+            if fence:
+                log.info("run %s: fenced key %s: the held body had been applied", self.run_id, flight.key)
+            self._delivered_one(flight, taken)
+            return "delivered"
+        if applied is None:
+            reason = (
+                "outcome unknown: its key was fenced, and the service's replay does not say "
+                "whether the body or the fence used it (no Idempotent-Original header)"
+            )
+            self._reject(flight, reason, 200, result)
+            return "rejected"
+        what = "fenced key %s: nothing had been applied" if fence else "key %s had been spent by a fence"
+        log.info("run %s: " + what + "; the flush is merged under a new key", self.run_id, flight.key)
+        self.buffer.restore(flight.flush, delivered=flight.delivered)
+        self._flight = None
+        return "restored"
 
     def _fence(self, deadline: float | None, result: RoundResult) -> Steps[_Spent | None]:
         """Settle the held body before newer calls are collapsed with it (see the module)."""
@@ -359,7 +419,7 @@ class Core:
             self.buffer.restore(flight.flush, delivered=flight.delivered)
             self._flight = None
             return None
-        outcome = yield from self._request("PUT", FENCE_BODY, flight.key, deadline, flight)
+        outcome = yield from self._request("PUT", FENCE_BODY, flight.key, deadline, flight, fence=True)
         if isinstance(outcome, _Spent):
             return outcome
         if isinstance(outcome, _Refused):
@@ -368,16 +428,13 @@ class Core:
             reason = f"outcome unknown: the fence of its key was refused: {outcome.reason}"
             self._reject(flight, reason, outcome.status, result)
             return None
-        if outcome.replayed:
-            log.info("run %s: fenced key %s: the held body had been applied", self.run_id, flight.key)
-            self._delivered_one(flight, outcome)
+        if self._settle(flight, outcome, result, fence=True) == "delivered":
             if flight.delivered == len(flight.bodies):
                 self._accept(flight, outcome.metadata)
-                return None
-        else:
-            log.info("run %s: fenced key %s: nothing had been applied", self.run_id, flight.key)
-        self.buffer.restore(flight.flush, delivered=flight.delivered)
-        self._flight = None
+            else:
+                # The rest of the flush never went out: it merges with the newer calls.
+                self.buffer.restore(flight.flush, delivered=flight.delivered)
+                self._flight = None
         return None
 
     def _reject(self, flight: _Flight, reason: str, status: int, result: RoundResult) -> None:
@@ -405,8 +462,15 @@ class Core:
         key: str | None,
         deadline: float | None,
         flight: _Flight | None = None,
+        *,
+        fence: bool = False,
     ) -> Steps[_Taken | _Refused | _Spent]:
-        """Make the request, retrying what may succeed later, within the policy and ``deadline``."""
+        """Make the request, retrying what may succeed later, within the policy and ``deadline``.
+
+        With ``flight``, each attempt marks the flight's key as having (perhaps) reached
+        the service, and with ``fence`` as (perhaps) fenced, unless the attempt is known
+        not to have arrived.
+        """
         headers: tuple[tuple[str, str], ...] = self._headers
         if content is not None:
             headers = (*headers, ("content-type", "application/json"))
@@ -420,18 +484,19 @@ class Core:
                 timeout = min(timeout, deadline - self._clock())
                 if timeout <= 0:
                     break
-            reached_before = flight.reached if flight is not None else False
+            before = (flight.reached, flight.fenced) if flight is not None else (False, False)
             if flight is not None:
                 # Marked before the request goes: a round abandoned mid-request (a
                 # cancelled task, an interpreter exiting) leaves the body held.
                 flight.reached = True
+                flight.fenced = flight.fenced or fence
             attempts += 1
             self.requests += 1
             reply = yield Send(method, self.path, headers, content, timeout)
             wait_at_least: float | None = None
             if isinstance(reply, Failure):
                 if flight is not None and not reply.reached:
-                    flight.reached = reached_before
+                    flight.reached, flight.fenced = before
                 last = reply.error
             elif 200 <= reply.status < 300:
                 taken = _taken(reply)
@@ -444,7 +509,7 @@ class Core:
             else:
                 if flight is not None:
                     # The service refuses before applying anything.
-                    flight.reached = reached_before
+                    flight.reached, flight.fenced = before
                 return _Refused(reply.status, _error_message(reply))
             if attempt + 1 == self.policy.attempts:
                 break
@@ -478,7 +543,8 @@ def _taken(answer: Answer) -> _Taken | str:
     if not isinstance(metadata, dict):
         return f"expected {{'metadata': {{...}}}}, got {describe(payload)}"
     replayed = answer.headers.get("idempotent-replayed", "").strip().lower() == "true"
-    return _Taken(metadata, replayed)
+    original = answer.headers.get("idempotent-original", "").strip().lower() if replayed else ""
+    return _Taken(metadata, replayed, original or None)
 
 
 def _error_message(answer: Answer) -> str:
