@@ -81,6 +81,7 @@ __all__ = [
     "Send",
     "Steps",
     "Wait",
+    "error_message",
 ]
 
 log = logging.getLogger("metaops.client")
@@ -504,13 +505,13 @@ class Core:
                     return taken
                 last = f"{reply.status} with an unreadable body: {taken}"
             elif is_retryable(reply.status):
-                last = f"{reply.status}: {_error_message(reply)}"
+                last = f"{reply.status}: {error_message(reply)}"
                 wait_at_least = retry_after(reply.headers)
             else:
                 if flight is not None:
                     # The service refuses before applying anything.
                     flight.reached, flight.fenced = before
-                return _Refused(reply.status, _error_message(reply))
+                return _Refused(reply.status, error_message(reply))
             if attempt + 1 == self.policy.attempts:
                 break
             delay = self.policy.delay(attempt, self._random, wait_at_least)
@@ -547,7 +548,7 @@ def _taken(answer: Answer) -> _Taken | str:
     return _Taken(metadata, replayed, original or None)
 
 
-def _error_message(answer: Answer) -> str:
+def error_message(answer: Answer) -> str:
     """The service's ``error`` message, or the start of the body."""
     try:
         payload = json.loads(answer.content)

@@ -38,7 +38,7 @@ from metaops._errors import InvalidArgumentError
 from metaops._json import JSON, normalize
 from metaops._size import json_text
 from metaops.client._base import sleep, sync_send, transport_failure
-from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive
+from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive, error_message
 from metaops.client._errors import ClientClosedError, RequestRefusedError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy, is_retryable, retry_after
 
@@ -93,14 +93,6 @@ def _chunk_text(key: str, index: int, value: object) -> str:
     return json_text(normalize(value, f"stream {key!r}: value #{index}"))
 
 
-def _error_text(answer: Answer) -> str:
-    try:
-        message = httpx.Response(answer.status, content=answer.content).json().get("error")
-    except (ValueError, AttributeError):
-        message = None
-    return message if isinstance(message, str) else answer.content[:200].decode(errors="replace")
-
-
 class _Writer:
     """One stream's writes, sans I/O: numbered requests, retried as ``policy`` says."""
 
@@ -148,7 +140,7 @@ def send_retried(request: Send, policy: RetryPolicy, what: str, done: Container[
         if is_retryable(reply.status):
             last, later = f"HTTP {reply.status}", retry_after(reply.headers)
             continue
-        msg = f"{what}: HTTP {reply.status}: {_error_text(reply)}"
+        msg = f"{what}: HTTP {reply.status}: {error_message(reply)}"
         raise RequestRefusedError(msg, reply.status)
     msg = f"{what}: no answer after {policy.attempts} attempts ({last})"
     raise ServiceUnavailableError(msg, policy.attempts, last)
@@ -358,7 +350,7 @@ class _StreamReading:
     def refusal(self, answer: Answer) -> RequestRefusedError | _Retry:
         """What to raise for an answer other than 200: a refusal, or a retry."""
         if not is_retryable(answer.status):
-            msg = f"stream {self.path}: HTTP {answer.status}: {_error_text(answer)}"
+            msg = f"stream {self.path}: HTTP {answer.status}: {error_message(answer)}"
             return RequestRefusedError(msg, answer.status)
         return _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
 
