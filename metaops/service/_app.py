@@ -49,7 +49,7 @@ import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -206,6 +206,10 @@ async def _read_body(request: Request, timeout: float) -> bytes:
             f"went quiet for {timeout:g} s"
         )
         raise _Refusal(408, message, close=True) from None
+    except ClientDisconnect:
+        # Nobody is left to answer (the server drops what is sent now), and nothing was done:
+        # a client's own hang-up is no error of the server's.
+        raise _Refusal(400, "Request body: the client went away before it arrived", close=True) from None
     return b"".join(parts)
 
 

@@ -37,8 +37,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import jwt
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Scope
@@ -320,17 +321,26 @@ def access_of(request: Request) -> Access:
 
 
 def _json(status: int, payload: object) -> Response:
+    # An unread body (408, 413) leaves the connection unfit for another request.
+    headers = {"Connection": "close"} if status in (408, 413) else None
     return Response(
-        json.dumps(payload, separators=(",", ":")).encode(), status, media_type="application/json"
+        json.dumps(payload, separators=(",", ":")).encode(), status, headers, media_type="application/json"
     )
 
 
-async def _small_json_object(request: Request) -> dict[str, Any]:
+async def _small_json_object(request: Request, timeout: float) -> dict[str, Any]:
     body = b""
-    async for part in request.stream():
-        body += part
-        if len(body) > _MAX_TOKEN_REQUEST:
-            raise _Denied(413, f"Request body is over the limit of {_MAX_TOKEN_REQUEST:,} bytes")
+    try:
+        with anyio.fail_after(timeout):
+            async for part in request.stream():
+                body += part
+                if len(body) > _MAX_TOKEN_REQUEST:
+                    raise _Denied(413, f"Request body is over the limit of {_MAX_TOKEN_REQUEST:,} bytes")
+    except TimeoutError:
+        raise _Denied(408, f"Request body did not arrive within {timeout:g} s") from None
+    except ClientDisconnect:
+        # Nobody is left to answer, and nothing was minted.
+        raise _Denied(400, "Request body: the client went away before it arrived") from None
     if not body.strip():
         return {}
     try:
@@ -347,11 +357,12 @@ def _not_json(name: str) -> None:
     raise ValueError(msg)
 
 
-def auth_routes(authority: Authority) -> list[Route]:
+def auth_routes(authority: Authority, *, request_timeout: float = 30.0) -> list[Route]:
     """``POST /api/v1/auth/jwt/claims`` (what the official SDK asks before it signs a public
     token itself) and ``POST /api/v1/auth/public-tokens`` (``{"scopes": [...],
     "expirationTime"?: ...}`` → ``{"token": ...}``, as the platform answers it). Both
-    need the secret: a public token cannot mint another."""
+    need the secret: a public token cannot mint another. A body that takes longer than
+    ``request_timeout`` seconds to arrive is answered 408."""
 
     def secret_only(request: Request) -> None:
         if not access_of(request).secret:
@@ -367,7 +378,7 @@ def auth_routes(authority: Authority) -> list[Route]:
     async def public_tokens(request: Request) -> Response:
         try:
             secret_only(request)
-            body = await _small_json_object(request)
+            body = await _small_json_object(request, request_timeout)
             scopes = read_scopes(body.get("scopes"))
             token = authority.mint(scopes=scopes, expiration=body.get("expirationTime"))
         except _Denied as denied:

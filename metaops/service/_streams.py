@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from metaops._errors import InvalidArgumentError, MetaopsError
@@ -130,8 +130,11 @@ class StreamHub:
             del self._signals[(run_id, key)]
 
 
-def _json_error(status: int, message: str, **extra: object) -> Response:
-    return Response(json_text({"error": message, **extra}).encode(), status, media_type="application/json")
+def _json_error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> Response:
+    body = json_text({"error": message, **extra}).encode()
+    return Response(body, status, headers, media_type="application/json")
 
 
 def _start_after(request: Request) -> int | None:
@@ -280,6 +283,10 @@ def _parse_chunks(body: bytes) -> list[str]:
     return chunks
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
 async def _body(request: Request, timeout: float) -> bytes:
     parts: list[bytes] = []
     size = 0
@@ -287,7 +294,7 @@ async def _body(request: Request, timeout: float) -> bytes:
         async for part in request.stream():
             size += len(part)
             if size > MAX_WRITE_BYTES:
-                raise StreamFullError(f"Request body is over the limit of {MAX_WRITE_BYTES:,} bytes")
+                raise _BodyTooLarge
             parts.append(part)
     return b"".join(parts)
 
@@ -312,7 +319,15 @@ def write_stream_route(
             try:
                 body = await _body(request, request_timeout)
             except TimeoutError:
-                return _json_error(408, f"Request body did not arrive within {request_timeout:g} s")
+                message = f"Request body did not arrive within {request_timeout:g} s"
+                return _json_error(408, message, headers={"Connection": "close"})
+            except _BodyTooLarge:
+                # The rest of the body is not read: the connection cannot carry another request.
+                message = f"Request body is over the limit of {MAX_WRITE_BYTES:,} bytes"
+                return _json_error(413, message, headers={"Connection": "close"})
+            except ClientDisconnect:
+                # Nobody is left to answer, and nothing was stored.
+                return _json_error(400, "Request body: the client went away before it arrived")
             chunks = _parse_chunks(body)
             first = None if index is None else int(index)
             result = await run(

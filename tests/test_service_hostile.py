@@ -1,0 +1,153 @@
+"""The service under hostile input: what an audit found, each case refused cleanly.
+
+Every answer is a JSON body with the status that says what was wrong, nothing a
+refused request sent is stored, nothing is logged as a server error, and no single
+request keeps the event loop from answering the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette", reason="the service needs the server extra: pip install 'metaops[server]'")
+
+from metaops.service import MetadataService, RunningServer, create_app, open_storage
+from tests._backends import BACKENDS, fresh_database
+from tests._service_support import TOKEN, Client, threaded_server
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    url = fresh_database(request.param, tmp_path_factory.mktemp("hostile"), request)
+    with threaded_server(url) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[Client]:
+    connection = Client(server.port)
+    yield connection
+    connection.close()
+
+
+# ------------------------------------------------------------------ a client that hangs up mid-body
+
+
+def _asgi_scope(method: str, path: str, declared: int) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+            (b"content-length", str(declared).encode()),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def _hang_up_mid_body(app: Any, method: str, path: str) -> list[dict[str, Any]]:
+    """Drive ``app`` as uvicorn does for a client that sends part of its body, then goes away."""
+    arriving: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"op', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return arriving.pop(0) if len(arriving) > 1 else arriving[0]
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(_asgi_scope(method, path, 100), receive, send)
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/api/v1/runs/gone/metadata"),
+        ("POST", "/admin/runs"),
+        ("POST", "/admin/runs/gone/complete"),
+        ("POST", "/admin/flush"),
+        ("POST", "/realtime/v1/streams/gone/log"),
+        ("POST", "/api/v1/auth/public-tokens"),
+    ],
+)
+def test_a_client_gone_mid_body_is_no_server_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, method: str, path: str
+) -> None:
+    """A client that hangs up while sending its body (or whose body the HTTP parser gives up
+    on) is the server's daily bread: no traceback, no error logged, nothing stored. Before,
+    every body-reading route logged ClientDisconnect with a traceback, and the stream and
+    token routes let it escape to uvicorn ("Exception in ASGI application")."""
+    service = MetadataService(open_storage(f"sqlite:///{tmp_path / 'runs.sqlite3'}"))
+    service.create_run("gone")
+    app = create_app(service, TOKEN, manage_service=False)
+    with caplog.at_level(logging.WARNING):
+        sent = asyncio.run(_hang_up_mid_body(app, method, path))
+    assert service.get("gone").version == 0
+    assert service.storage.get_run("run_1") is None
+    service.close()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+    assert all(400 <= status < 500 for status in statuses), statuses  # never a 500
+
+
+# ------------------------------------------------------------------ one request never stalls the rest
+
+
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server that waits half a second for a body (SQLite: the backend plays no part)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('impatient') / 'runs.sqlite3'}"
+    with threaded_server(url, request_timeout=0.5) as running:
+        yield running
+
+
+def test_a_token_request_whose_body_stops_arriving_is_408(impatient_server: RunningServer) -> None:
+    """POST /api/v1/auth/public-tokens read its body with no deadline: a client sending it a
+    byte at a time held the connection for as long as it liked. Now it is 408, as on every
+    other route that reads a body, and the connection is closed."""
+    head = (
+        "POST /api/v1/auth/public-tokens HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n{{"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", impatient_server.port), timeout=30) as raw:
+        raw.sendall(head)
+        received = b""
+        while chunk := raw.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 408 "), received[:200]
+    assert b"connection: close" in received.lower()
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert json.loads(body) == {"error": "Request body did not arrive within 0.5 s"}
+
+
+def test_a_stream_write_over_2_mib_is_413_and_closes_the_connection(client: Client) -> None:
+    """The stream route stops reading a body past 2 MiB: what is left of it cannot be taken for
+    the next request, so the answer closes the connection, as the metadata route's does."""
+    client.create_run("ndjson-big")
+    status, answer = client.request("POST", "/realtime/v1/streams/ndjson-big/log", raw=b"1\n" * 1_500_000)
+    assert status == 413
+    assert answer == {"error": "Request body is over the limit of 2,097,152 bytes"}
+    assert client.last_headers["connection"] == "close"
