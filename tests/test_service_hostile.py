@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ import pytest
 pytest.importorskip("starlette", reason="the service needs the server extra: pip install 'metaops[server]'")
 
 from metaops.service import MetadataService, RunningServer, create_app, open_storage
+from metaops.service._codec import loads
+from metaops.service._streams_store import MAX_STREAM_CHUNKS
 from tests._backends import BACKENDS, fresh_database
 from tests._service_support import TOKEN, Client, threaded_server
 
@@ -114,6 +117,51 @@ def test_a_client_gone_mid_body_is_no_server_error(
 
 
 # ------------------------------------------------------------------ one request never stalls the rest
+
+
+def test_stream_bodies_are_parsed_off_the_event_loop(
+    server: RunningServer, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 MiB of NDJSON is up to a million values: parsed on the event loop, that took seconds
+    in which the server answered nobody else (a GET waited 3 s behind one such write). The
+    lines are parsed on a worker thread."""
+    parsed_on: set[str] = set()
+
+    def watched(text: str | bytes) -> Any:
+        parsed_on.add(threading.current_thread().name)
+        return loads(text)
+
+    monkeypatch.setattr("metaops.service._streams.loads", watched)
+    client.create_run("ndjson-thread")
+    status, answer = client.request(
+        "POST", "/realtime/v1/streams/ndjson-thread/log", raw=b'{"row": 1}\n{"row": 2}\n'
+    )
+    assert (status, answer) == (200, {"length": 2, "accepted": 2, "finished": False})
+    assert parsed_on, "the body was not parsed"
+    loop_thread = "metaops-uvicorn"  # running_server's thread, where the event loop runs
+    assert loop_thread not in parsed_on
+
+
+def test_a_write_of_more_chunks_than_a_stream_holds_is_refused_unparsed(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body with more values than any stream may hold is 413 after the first value past the
+    bound, not after parsing them all; nothing is stored."""
+    calls = [0]
+
+    def counted(text: str | bytes) -> Any:
+        calls[0] += 1
+        return loads(text)
+
+    monkeypatch.setattr("metaops.service._streams.loads", counted)
+    client.create_run("ndjson-many")
+    body = b"1\n" * (MAX_STREAM_CHUNKS + 50_000)
+    status, answer = client.request("POST", "/realtime/v1/streams/ndjson-many/log", raw=body)
+    assert status == 413
+    assert f"{MAX_STREAM_CHUNKS:,}" in answer["error"]
+    assert calls[0] == MAX_STREAM_CHUNKS
+    status, answer = client.request("POST", "/realtime/v1/streams/ndjson-many/log?index=0", raw=b"")
+    assert (status, answer["length"]) == (200, 0)
 
 
 @pytest.fixture(scope="module")

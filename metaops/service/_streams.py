@@ -54,6 +54,8 @@ from metaops.service._errors import RunNotFoundError, ServiceClosingError, Stora
 from metaops.service._realtime import INTERRUPTIBLE
 from metaops.service._service import MetadataService
 from metaops.service._streams_store import (
+    MAX_STREAM_CHUNKS,
+    AppendResult,
     ChunkGapError,
     StreamFinishedError,
     StreamFullError,
@@ -258,11 +260,16 @@ async def _events(
         hub.release(run_id, key, signal)
 
 
-def _parse_chunks(body: bytes) -> list[str]:
+def _parse_chunks(body: bytes, key: str) -> list[str]:
+    """The chunks of an NDJSON body, each written anew; past :data:`MAX_STREAM_CHUNKS` values,
+    :class:`StreamFullError` without parsing the rest (no stream holds that many)."""
     chunks: list[str] = []
     for number, line in enumerate(body.split(b"\n"), start=1):
         if not line.strip():
             continue
+        if len(chunks) == MAX_STREAM_CHUNKS:
+            msg = f"stream {key!r}: over {MAX_STREAM_CHUNKS:,} chunks in one write would pass the limit"
+            raise StreamFullError(msg)
         try:
             value = loads(line.decode("utf-8"))
         except UnicodeDecodeError as error:
@@ -328,11 +335,15 @@ def write_stream_route(
             except ClientDisconnect:
                 # Nobody is left to answer, and nothing was stored.
                 return _json_error(400, "Request body: the client went away before it arrived")
-            chunks = _parse_chunks(body)
             first = None if index is None else int(index)
-            result = await run(
-                lambda: store.append(run_id, key, chunks, first=first, end=end == "true", at=clock())
-            )
+
+            def append() -> AppendResult:
+                # Parsed on a worker thread, not the event loop: 2 MiB of NDJSON can hold
+                # 100,000 values, a second of work every other request would wait for.
+                chunks = _parse_chunks(body, key)
+                return store.append(run_id, key, chunks, first=first, end=end == "true", at=clock())
+
+            result = await run(append)
         except RunNotFoundError:
             return _json_error(404, "Task Run not found")
         except ChunkGapError as error:
