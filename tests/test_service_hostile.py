@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the service needs the server extra: pip install 'metaops[server]'")
 
-from metaops.service import MetadataService, RunningServer, create_app, open_storage
+from metaops.service import MetadataService, RunningServer, RunNotFoundError, create_app, open_storage
 from metaops.service._codec import loads
 from metaops.service._streams_store import MAX_STREAM_CHUNKS
 from tests._backends import BACKENDS, fresh_database
@@ -199,3 +199,56 @@ def test_a_stream_write_over_2_mib_is_413_and_closes_the_connection(client: Clie
     assert status == 413
     assert answer == {"error": "Request body is over the limit of 2,097,152 bytes"}
     assert client.last_headers["connection"] == "close"
+
+
+# ------------------------------------------------------------------ values no run can hold
+
+
+@pytest.mark.parametrize("completed_at", [1e18, -1, 1e300, 253_402_300_800])
+def test_a_completion_time_no_timestamp_can_name_is_400_and_changes_nothing(
+    client: Client, completed_at: float
+) -> None:
+    """``completedAt`` past the year 9999 (or before 1970) was stored, and from then on every
+    Realtime read of the run was a 500 with a traceback (the row's timestamp cannot be
+    written). It is refused, naming the field, and the run stays open and readable."""
+    run_id = f"late-{abs(int(completed_at)) % 10_000}-{completed_at < 0}"
+    client.create_run(run_id)
+    status, answer = client.request("POST", f"/admin/runs/{run_id}/complete", {"completedAt": completed_at})
+    assert status == 400
+    assert answer["error"].startswith("completedAt: expected Unix seconds from 0 to 253402300799")
+    assert client.run(run_id)["completed"] is False
+    status, rows = client.request("GET", f"/realtime/v1/runs/{run_id}?offset=-1")
+    assert status == 200
+    assert rows[0]["value"]["completedAt"] is None
+
+
+def test_run_ids_holding_nul_name_no_run(server: RunningServer, client: Client) -> None:
+    """A NUL in a run id: PostgreSQL cannot hold it, and answered every route naming one with
+    503 (a database failure, which clients retry as an unknown outcome). No run can have such
+    an id: creating one is 400 naming the field, and a path holding one is 404, on every
+    backend alike."""
+    for field in ("id", "parentId", "rootId"):
+        status, answer = client.request("POST", "/admin/runs", {"id": "nul-ok", field: "a\x00b"})
+        assert status == 400, answer
+        assert answer["error"].startswith(f"{field}: expected text without NUL characters")
+    assert client.request("GET", "/admin/runs/nul-ok")[0] == 404
+    client.create_run("nul-ok")
+    for method, path in [
+        ("GET", "/api/v1/runs/a%00b/metadata"),
+        ("PUT", "/api/v1/runs/a%00b/metadata"),
+        ("GET", "/admin/runs/a%00b"),
+        ("POST", "/admin/runs/a%00b/complete"),
+        ("GET", "/realtime/v1/runs/a%00b?offset=-1"),
+        ("GET", "/realtime/v1/streams/a%00b/log"),
+        ("POST", "/realtime/v1/streams/a%00b/log"),
+        ("GET", "/runs/a%00b"),
+    ]:
+        body: object = {"operations": []} if method == "PUT" else None
+        status, answer = client.request(method, path, body)
+        assert (status, answer) == (404, {"error": "Not found: the path holds a NUL character"}), path
+    with pytest.raises(RunNotFoundError):
+        server.service.get("nul-ok\x00")
+    with pytest.raises(RunNotFoundError):
+        server.service.update("nul-ok\x00", {"operations": []})
+    with pytest.raises(RunNotFoundError):
+        server.service.complete_run("nul-ok\x00")

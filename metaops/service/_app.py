@@ -154,6 +154,13 @@ class MetadataApp:
             message = "The server is shutting down; nothing was done"
             await _send_error(send, 503, message, {"Connection": "close", "Retry-After": RETRY_AFTER})
             return
+        if "\x00" in scope["path"]:
+            # No run, stream or route has a NUL in its name, and PostgreSQL cannot even look one
+            # up (it would answer an error, taken for a database failure: 503, "retry").
+            await _send_error(
+                send, 404, "Not found: the path holds a NUL character", _unread_body_headers(scope)
+            )
+            return
         if self._dashboard is not None and self._dashboard.owns(scope):
             # The page authenticates itself: its token comes in the link, its refusals are pages.
             await self._dashboard(scope, receive, send)
