@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ from metaops.service import MetadataService, RunningServer, RunNotFoundError, cr
 from metaops.service._codec import loads
 from metaops.service._streams_store import MAX_STREAM_CHUNKS
 from tests._backends import BACKENDS, fresh_database
-from tests._service_support import TOKEN, Client, threaded_server
+from tests._service_support import ROOT, TOKEN, Client, threaded_server
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -252,3 +257,84 @@ def test_run_ids_holding_nul_name_no_run(server: RunningServer, client: Client) 
         server.service.update("nul-ok\x00", {"operations": []})
     with pytest.raises(RunNotFoundError):
         server.service.complete_run("nul-ok\x00")
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def _public_token(secret: str) -> str:
+    from metaops.service import mint_public_token
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyJWT's own warning about short keys: not this test's subject
+        return mint_public_token(secret, ["cli-run"])
+
+
+@pytest.mark.parametrize("secret", ["secret", "s" * 32])
+def test_metaops_token_says_a_short_secret_is_weak_in_one_line_of_its_own(secret: str) -> None:
+    """`metaops token run_1 --token secret` (as the README's walkthrough has it) printed PyJWT's
+    warning, with a file name and a line of source, on stderr. Now one line of its own says
+    why a short secret is a risk (a public token lets anyone guess it offline); a secret of
+    32 bytes or more gets no warning."""
+    done = subprocess.run(
+        [sys.executable, "-m", "metaops", "token", "cli-run", "--token", secret],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "default"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+\n", done.stdout)
+    if len(secret) >= 32:
+        assert done.stderr == ""
+    else:
+        assert done.stderr == (
+            "metaops token: warning: the secret: it is 6 bytes long: anyone holding a public access "
+            "token signed with it can test guesses of it offline, and it does everything; "
+            "use 32 bytes or more\n"
+        )
+
+
+def test_metaops_serve_says_a_short_token_is_weak_once(tmp_path: Path) -> None:
+    """`metaops serve --token secret` printed PyJWT's warning (file name, source line) the
+    first time a public token was checked. Now it says so once, in its own words, at start."""
+    errors = tmp_path / "stderr.txt"
+    database = f"sqlite:///{tmp_path / 'runs.sqlite3'}"
+    with errors.open("w") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "metaops",
+                "serve",
+                "--port",
+                "0",
+                "--token",
+                "secret",
+                "--database",
+                database,
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "default"},
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            port = int(process.stdout.readline().rsplit(":", 1)[1])
+            admin = Client(port, token="secret")
+            admin.create_run("cli-run")
+            admin.close()
+            reader = Client(port, token=_public_token("secret"))
+            assert reader.get_metadata("cli-run") == {}
+            reader.close()
+        finally:
+            process.terminate()
+            process.communicate(timeout=30)
+    assert errors.read_text() == (
+        "metaops serve: warning: the token: it is 6 bytes long: anyone holding a public access "
+        "token signed with it can test guesses of it offline, and it does everything; "
+        "use 32 bytes or more\n"
+    )

@@ -23,8 +23,11 @@ A public token:
 * **expires**: ``exp`` is required, checked on every request (401 once past).
 
 A bad token (malformed, wrong signature, wrong issuer or audience, expired) is 401.
-The secret's length is the key's length: PyJWT warns about HMAC keys under 32 bytes,
-and so should you (``metaops serve`` makes a random one of 43 characters).
+The secret's length is the key's length, and a public token is handed to browsers:
+anyone holding one can test guesses of a short secret offline, and the secret does
+everything. Use 32 bytes or more (``metaops serve`` makes a random one of 43
+characters); the command line says so in one line (:func:`weak_secret`) where PyJWT
+would print its own warning, with a file name, at every other call.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import hmac
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +61,9 @@ __all__ = [
     "auth_routes",
     "expiration_time",
     "mint_public_token",
+    "quiet_key_length_warnings",
     "read_scopes",
+    "weak_secret",
 ]
 
 PUBLIC_TOKEN_ISSUER = "https://id.trigger.dev"
@@ -84,6 +90,8 @@ _DURATION = re.compile(
 )
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _MAX_TOKEN_REQUEST = 64 * 1024
+MIN_SECRET_BYTES = 32
+"""An HS256 key shorter than this can be guessed offline from any token signed with it (RFC 7518)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +150,31 @@ def expiration_time(value: object, now: float) -> int:
         msg = f"expirationTime: the token would expire at {exp}, not after now ({int(now)})"
         raise InvalidArgumentError(msg)
     return exp
+
+
+def weak_secret(secret: str) -> str | None:
+    """Why ``secret`` is too short to sign public tokens with, or ``None``.
+
+    >>> weak_secret("s" * 32) is None
+    True
+    >>> weak_secret("secret")[:60]
+    'it is 6 bytes long: anyone holding a public access token sig'
+    """
+    length = len(secret.encode("utf-8", "surrogatepass"))
+    if length >= MIN_SECRET_BYTES:
+        return None
+    return (
+        f"it is {length} bytes long: anyone holding a public access token signed with it can test "
+        f"guesses of it offline, and it does everything; use {MIN_SECRET_BYTES} bytes or more"
+    )
+
+
+def quiet_key_length_warnings() -> None:
+    """Silence PyJWT's own warning about short HMAC keys (for the command line, which says it
+    once in its own words: :func:`weak_secret`)."""
+    category = getattr(jwt, "InsecureKeyLengthWarning", None)  # PyJWT 2.10 and later
+    if isinstance(category, type) and issubclass(category, Warning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 def read_scopes(scopes: object) -> list[str]:

@@ -44,6 +44,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from metaops._errors import InvalidArgumentError, InvalidLimitError, MetaopsError
 from metaops._size import json_text, metadata_limit
 from metaops.service._app import REQUEST_TIMEOUT, MetadataApp, create_app
+from metaops.service._auth import quiet_key_length_warnings, weak_secret
 from metaops.service._realtime import INTERRUPTIBLE
 from metaops.service._service import MetadataService, ServiceConfig
 from metaops.service._storage import open_storage
@@ -377,6 +378,7 @@ class _Settings:
 
 def worker_app() -> MetadataApp:
     """The app of one ``--workers`` process, from the settings its parent put in the environment."""
+    quiet_key_length_warnings()  # the parent said it once
     return _Settings(**json.loads(os.environ[_SETTINGS_ENV])).app()
 
 
@@ -446,6 +448,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     if generated:
         print(f"token: {token}", flush=True)
     print(f"database: {service.storage.url}; workers: {args.workers}", flush=True)
+    weakness = None if generated else weak_secret(token)
+    if weakness is not None:
+        print(f"metaops serve: warning: the token: {weakness}", file=sys.stderr, flush=True)
+    quiet_key_length_warnings()  # said once, above; PyJWT would say it at every token
     log_level = "info" if args.verbose else "warning"
     # uvicorn shuts down gracefully on SIGTERM, then raises it again with the handler it
     # found in place: this one ends the process with status 0, as Ctrl-C does.
