@@ -12,7 +12,16 @@ import httpx
 
 from metaops._json import JSON
 from metaops.buffer import RejectedFlush
-from metaops.client._base import BaseClient, final_flush, register, tls, transport_failure, unregister
+from metaops.client._base import (
+    BaseClient,
+    check_open,
+    final_flush,
+    register,
+    timeout_argument,
+    tls,
+    transport_failure,
+    unregister,
+)
 from metaops.client._core import Answer, Failure, RoundResult, Send, Steps, log
 from metaops.client._errors import ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
@@ -146,6 +155,7 @@ class AsyncMetadataClient(BaseClient):
 
         Raises as :meth:`MetadataClient.flush <metaops.client.MetadataClient.flush>` does.
         """
+        timeout = timeout_argument(self, "flush", timeout)
         self._start()
         deadline = None if timeout is None else time.monotonic() + timeout
         await self._locked("flush", deadline)
@@ -157,7 +167,11 @@ class AsyncMetadataClient(BaseClient):
         result.raise_for_outcome()
 
     async def retrieve(self) -> dict[str, JSON]:
-        """Read the run's metadata from the service (a GET, retried like a flush)."""
+        """Read the run's metadata from the service (a GET, retried like a flush).
+
+        :class:`~metaops.client.ClientClosedError` once the client is closed.
+        """
+        check_open(self, "retrieve")
         return await self._drive(self._core.retrieve())
 
     async def stream(self, key: str, values: AsyncIterable[object] | Iterable[object]) -> int:
@@ -172,6 +186,9 @@ class AsyncMetadataClient(BaseClient):
         Raises :class:`~metaops.client.ServiceUnavailableError` if the final flush
         fails; the operations stay queued and ``close()`` can be awaited again.
         """
+        timeout = timeout_argument(self, "close", timeout)
+        if self._http.is_closed:
+            return  # closed already: nothing is left to send
         self._closed = True
         self._stopping.set()
         deadline = None if timeout is None else time.monotonic() + timeout

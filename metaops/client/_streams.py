@@ -34,8 +34,8 @@ from urllib.parse import quote
 
 import httpx
 
-from metaops._errors import InvalidArgumentError
-from metaops._json import JSON, normalize
+from metaops._errors import InvalidArgumentError, InvalidValueError
+from metaops._json import JSON, describe, normalize
 from metaops._size import json_text
 from metaops.client._base import sleep, sync_send, transport_failure
 from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive
@@ -170,9 +170,18 @@ def _check_open(client: BaseClient, key: str) -> None:
         raise ClientClosedError(msg)
 
 
+def _not_iterable(key: str, values: object) -> InvalidValueError:
+    msg = f"stream({key!r}): values must be an iterable of JSON values, got {describe(values)}"
+    return InvalidValueError(msg, "values")
+
+
 def write_stream(client: MetadataClient, key: str, values: Iterable[object]) -> int:
     """``client.stream(key, values)``: send ``values`` as they come; the number sent (see the module)."""
     _check_open(client, key)
+    try:
+        values = iter(values)
+    except TypeError:  # refused before the stream is created
+        raise _not_iterable(key, values) from None
     core = client._core
     writer = _Writer(stream_path(client.run_id, key), core._headers, core.policy, core.timeout)
 
@@ -219,6 +228,11 @@ async def write_stream_async(
 ) -> int:
     """``await client.stream(key, values)``: the same as :func:`write_stream`, on the event loop."""
     _check_open(client, key)
+    if not isinstance(values, AsyncIterable):
+        try:
+            values = iter(values)
+        except TypeError:  # refused before the stream is created
+            raise _not_iterable(key, values) from None
     core = client._core
     writer = _Writer(stream_path(client.run_id, key), core._headers, core.policy, core.timeout)
     await client._drive(writer.post([], end=False))

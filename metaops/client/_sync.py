@@ -11,7 +11,17 @@ import httpx
 
 from metaops._json import JSON
 from metaops.buffer import RejectedFlush
-from metaops.client._base import BaseClient, final_flush, register, sleep, sync_send, tls, unregister
+from metaops.client._base import (
+    BaseClient,
+    check_open,
+    final_flush,
+    register,
+    sleep,
+    sync_send,
+    timeout_argument,
+    tls,
+    unregister,
+)
 from metaops.client._core import Answer, Failure, Send, drive, log
 from metaops.client._errors import ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
@@ -118,6 +128,7 @@ class MetadataClient(BaseClient):
         again at the next interval. Raises :class:`~metaops.client.RequestRefusedError`
         when the service refused what was sent; it is set aside in :attr:`rejected`.
         """
+        timeout = timeout_argument(self, "flush", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._rounds.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             msg = f"run {self._run_id}: flush: the flush in progress did not end within {timeout:g} s"
@@ -133,7 +144,9 @@ class MetadataClient(BaseClient):
         """Read the run's metadata from the service (a GET, retried like a flush).
 
         The local copy is not changed: it already shows the calls not yet sent.
+        :class:`~metaops.client.ClientClosedError` once the client is closed.
         """
+        check_open(self, "retrieve")
         return drive(self._core.retrieve(), self._send, self._wait)
 
     def stream(self, key: str, values: Iterable[object]) -> int:
@@ -153,6 +166,7 @@ class MetadataClient(BaseClient):
         Raises :class:`~metaops.client.ServiceUnavailableError` if the final flush
         fails; the operations stay queued and ``close()`` can be called again.
         """
+        timeout = timeout_argument(self, "close", timeout)
         self._closed = True
         self._stopping.set()
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -1,0 +1,141 @@
+"""metaops.client misused: what an audit found, each answered with a typed error or made to work.
+
+Every refusal is a :class:`~metaops.MetaopsError` that is also the matching built-in,
+raised before anything changes; never a bare ``TypeError`` from deep inside, nor
+httpx's own ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("httpx", reason="the client needs the client extra: pip install 'metaops[client]'")
+
+from metaops import InvalidArgumentError, InvalidValueError
+from metaops.client import (
+    AsyncMetadataClient,
+    ClientClosedError,
+    MetadataClient,
+    RetryPolicy,
+)
+from tests._client_service import TOKEN, ThreadedService, threaded_service
+
+FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedService]:
+    with threaded_service(f"sqlite:///{tmp_path_factory.mktemp('misuse') / 'runs.sqlite3'}") as running:
+        yield running
+
+
+@pytest.fixture
+def run_id(service: ThreadedService) -> str:
+    name = f"misuse_{next(_ids)}"
+    service.create_run(name)
+    return name
+
+
+def _sync(service: ThreadedService, run_id: str) -> MetadataClient:
+    return MetadataClient(run_id, base_url=service.url, access_token=TOKEN, flush_interval=60, retry=FAST)
+
+
+def _async(service: ThreadedService, run_id: str) -> AsyncMetadataClient:
+    return AsyncMetadataClient(
+        run_id, base_url=service.url, access_token=TOKEN, flush_interval=60, retry=FAST
+    )
+
+
+def _stream_keys(service: ThreadedService, run_id: str) -> Any:
+    answer = httpx.get(
+        f"{service.url}/realtime/v1/runs/{run_id}",
+        params={"offset": "-1"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    return answer.json()[0]["value"]["realtimeStreams"]
+
+
+BAD_TIMEOUTS = [
+    ("1", InvalidValueError, TypeError),
+    (True, InvalidValueError, TypeError),
+    (float("nan"), InvalidArgumentError, ValueError),
+    (-1, InvalidArgumentError, ValueError),
+    (float("inf"), InvalidArgumentError, ValueError),
+]
+
+
+@pytest.mark.parametrize(("timeout", "error", "builtin"), BAD_TIMEOUTS, ids=repr)
+def test_flush_and_close_refuse_a_timeout_that_is_not_seconds(
+    service: ThreadedService, run_id: str, timeout: Any, error: type[Exception], builtin: type[Exception]
+) -> None:
+    """``flush(timeout="1")`` raised a bare TypeError from an addition deep inside, and a NaN or
+    negative timeout was taken as it came. Both are refused, typed, before anything is sent or
+    closed; the queued call is still sent afterwards."""
+    md = _sync(service, run_id)
+    md.increment("n")
+    for call in (md.flush, md.close):
+        with pytest.raises(error) as raised:
+            call(timeout)
+        assert isinstance(raised.value, builtin)
+        assert "timeout" in str(raised.value)
+    assert not md.closed
+    assert md.pending
+    md.close()
+    assert service.metadata(run_id) == {"n": 1}
+
+    async def main() -> None:
+        amd = _async(service, run_id)
+        amd.increment("n")
+        for call in (amd.flush, amd.close):
+            with pytest.raises(error):
+                await call(timeout)
+        assert not amd.closed
+        assert amd.pending
+        await amd.close()
+
+    asyncio.run(main())
+    assert service.metadata(run_id) == {"n": 2}
+
+
+def test_retrieve_after_close_is_a_client_closed_error(service: ThreadedService, run_id: str) -> None:
+    """After ``close()``, ``retrieve()`` raised httpx's RuntimeError ("the client has been
+    closed"); now the same ClientClosedError as every other call on a closed client."""
+    md = _sync(service, run_id)
+    md.close()
+    with pytest.raises(ClientClosedError, match=r"^retrieve: MetadataClient for run 'misuse_\d+' is closed"):
+        md.retrieve()
+
+    async def main() -> None:
+        amd = _async(service, run_id)
+        await amd.close()
+        with pytest.raises(ClientClosedError, match=r"^retrieve: AsyncMetadataClient"):
+            await amd.retrieve()
+
+    asyncio.run(main())
+
+
+def test_stream_of_something_not_iterable_is_refused_before_the_stream_exists(
+    service: ThreadedService, run_id: str
+) -> None:
+    """``stream("log", 5)`` created the stream on the service, then raised a bare TypeError from
+    its loop. Now InvalidValueError (a TypeError) naming the argument, and no stream is made."""
+    md = _sync(service, run_id)
+    with pytest.raises(InvalidValueError, match=r"^stream\('log'\): values must be an iterable"):
+        md.stream("log", 5)  # type: ignore[arg-type]
+    md.close()
+
+    async def main() -> None:
+        async with _async(service, run_id) as amd:
+            with pytest.raises(InvalidValueError, match=r"^stream\('log'\): values must be an iterable"):
+                await amd.stream("log", 5)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert _stream_keys(service, run_id) == "{}"
