@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from metaops.client import (
     ClientClosedError,
     MetadataClient,
     RetryPolicy,
+    WrongEventLoopError,
 )
 from tests._client_service import TOKEN, ThreadedService, threaded_service
 
@@ -139,3 +141,60 @@ def test_stream_of_something_not_iterable_is_refused_before_the_stream_exists(
 
     asyncio.run(main())
     assert _stream_keys(service, run_id) == "{}"
+
+
+def test_an_async_client_outlives_its_first_event_loop(service: ThreadedService, run_id: str) -> None:
+    """An AsyncMetadataClient used in a second ``asyncio.run`` raised "Event loop is closed"
+    from httpx: its connections belonged to the first loop. Once that loop has ended, the
+    next one takes over (new connections, a new flushing task), and nothing queued is lost."""
+    md = _async(service, run_id)
+
+    async def first() -> None:
+        md.increment("n")
+        await md.flush()
+        md.increment("n")  # queued when the loop ends
+
+    async def second() -> None:
+        md.increment("n")
+        await md.flush()
+        assert await md.retrieve() == {"n": 3}
+        async with md:
+            md.increment("n")
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert service.metadata(run_id) == {"n": 4}
+
+
+def test_an_async_client_awaited_on_a_second_running_loop_is_a_typed_error(
+    service: ThreadedService, run_id: str
+) -> None:
+    """While the client's own loop still runs, another loop (in another thread) cannot use it:
+    WrongEventLoopError (a RuntimeError), and the client still works on its own loop."""
+    seen: list[BaseException] = []
+
+    async def main() -> None:
+        md = _async(service, run_id)
+        md.increment("n")
+
+        def elsewhere() -> None:
+            async def use() -> None:
+                await md.flush()
+
+            try:
+                asyncio.run(use())
+            except BaseException as error:  # checked below, in the test's thread
+                seen.append(error)
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        while thread.is_alive():
+            await asyncio.sleep(0.01)
+        await md.close()
+
+    asyncio.run(main())
+    [error] = seen
+    assert isinstance(error, WrongEventLoopError)
+    assert isinstance(error, RuntimeError)
+    assert "make a client for each event loop" in str(error)
+    assert service.metadata(run_id) == {"n": 1}

@@ -228,6 +228,7 @@ async def write_stream_async(
 ) -> int:
     """``await client.stream(key, values)``: the same as :func:`write_stream`, on the event loop."""
     _check_open(client, key)
+    client._on_own_loop(f"stream({key!r})")
     if not isinstance(values, AsyncIterable):
         try:
             values = iter(values)
