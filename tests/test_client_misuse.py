@@ -25,6 +25,8 @@ from metaops.client import (
     MetadataClient,
     RetryPolicy,
     WrongEventLoopError,
+    read_stream,
+    read_stream_async,
 )
 from tests._client_service import TOKEN, ThreadedService, threaded_service
 
@@ -198,3 +200,32 @@ def test_an_async_client_awaited_on_a_second_running_loop_is_a_typed_error(
     assert isinstance(error, RuntimeError)
     assert "make a client for each event loop" in str(error)
     assert service.metadata(run_id) == {"n": 1}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "words"),
+    [
+        ({"run_id": 5}, InvalidValueError, "run_id must be a non-empty str, got 5"),
+        ({"after": "x"}, InvalidValueError, "after must be a chunk index"),
+        ({"after": -5}, InvalidArgumentError, "after must be -1 (from the start) or a chunk index, got -5"),
+        ({"timeout": "x"}, InvalidValueError, "timeout must be a number of seconds"),
+        ({"timeout": float("nan")}, InvalidArgumentError, "timeout must be a finite number of seconds > 0"),
+        ({"retry": 3}, InvalidValueError, "retry must be a RetryPolicy, got 3"),
+    ],
+    ids=lambda value: repr(value)[:30],
+)
+def test_read_stream_refuses_bad_arguments_at_the_call(
+    service: ThreadedService, run_id: str, arguments: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    """read_stream(5, "log") raised a bare TypeError from urllib, ``after="x"`` a TypeError
+    from a comparison, ``timeout=nan`` httpx's ValueError, all at the first ``next()``; a
+    ``retry`` that is not a RetryPolicy went unnoticed until a retry. Now typed errors, at
+    the call, for the sync and the async reader alike."""
+    given: dict[str, Any] = {"run_id": run_id, "key": "log", **arguments}
+    credentials: dict[str, Any] = {"base_url": service.url, "access_token": TOKEN}
+    with pytest.raises(error) as raised:
+        read_stream(given.pop("run_id"), given.pop("key"), **credentials, **given)
+    assert str(raised.value).startswith(f"read_stream: {words}")
+    given = {"run_id": run_id, "key": "log", **arguments}
+    with pytest.raises(error, match=r"^read_stream_async: "):
+        read_stream_async(given.pop("run_id"), given.pop("key"), **credentials, **given)

@@ -325,6 +325,36 @@ def _chunk(key: str, event: tuple[str | None, str]) -> StreamChunk:
     return StreamChunk(key, int(index or 0), json.loads(data))
 
 
+def _reading(
+    name: str,
+    run_id: object,
+    key: object,
+    base_url: str | None,
+    access_token: str | None,
+    after: object,
+    retry: object,
+    timeout: object,
+) -> tuple[str, str, str, RetryPolicy, float, int]:
+    """The checked arguments of :func:`read_stream`: URL, token, path, policy, timeout, ``after``."""
+    from metaops.client._base import _seconds
+    from metaops.client._subscribe import _policy, credentials
+
+    if not isinstance(run_id, str) or not run_id:
+        msg = f"{name}: run_id must be a non-empty str, got {describe(run_id)}"
+        raise InvalidValueError(msg, "run_id")
+    if isinstance(after, bool) or not isinstance(after, int):
+        msg = f"{name}: after must be a chunk index (an int; -1: from the start), got {describe(after)}"
+        raise InvalidValueError(msg, "after")
+    if after < -1:
+        msg = f"{name}: after must be -1 (from the start) or a chunk index, got {after}"
+        raise InvalidArgumentError(msg)
+    path = stream_path(run_id, key)  # type: ignore[arg-type]  # checked there
+    seconds = _seconds(name, "timeout", timeout)
+    policy = _policy(name, retry)  # type: ignore[arg-type]  # checked there
+    url, token = credentials(name, base_url, access_token)
+    return url, token, path, policy, seconds, after
+
+
 def read_stream(
     run_id: str,
     key: str,
@@ -342,12 +372,21 @@ def read_stream(
     after the last chunk received; ``retry`` bounds the attempts in a row that get
     no answer (:class:`~metaops.client.ServiceUnavailableError` after them). A
     refusal (400, 401, 403, 404) raises :class:`~metaops.client.RequestRefusedError`.
-    """
-    from metaops.client._subscribe import credentials
 
-    url, token = credentials("read_stream", base_url, access_token)
-    path = stream_path(run_id, key)
-    policy = retry or RetryPolicy(attempts=10, max_delay=5.0)
+    It ends when the producer finishes the stream, or when the run completes and no
+    more chunks are there. Until then it waits for more, for as long as the run goes
+    on (``timeout`` bounds each read, and the service sends a keep-alive well within
+    it): stop early by leaving the loop. Bad arguments raise at the call.
+    """
+    url, token, path, policy, timeout, after = _reading(
+        "read_stream", run_id, key, base_url, access_token, after, retry, timeout
+    )
+    return _read_stream(url, token, path, key, after, policy, timeout)
+
+
+def _read_stream(
+    url: str, token: str, path: str, key: str, after: int, policy: RetryPolicy, timeout: float
+) -> Iterator[StreamChunk]:
     failures = 0
     with httpx.Client(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
         while True:
@@ -387,7 +426,7 @@ class _Retry(Exception):
         self.later = later
 
 
-async def read_stream_async(
+def read_stream_async(
     run_id: str,
     key: str,
     *,
@@ -398,11 +437,15 @@ async def read_stream_async(
     timeout: float = 60.0,
 ) -> AsyncIterator[StreamChunk]:
     """:func:`read_stream` for asyncio: ``async for chunk in read_stream_async(run_id, key): ...``."""
-    from metaops.client._subscribe import credentials
+    url, token, path, policy, timeout, after = _reading(
+        "read_stream_async", run_id, key, base_url, access_token, after, retry, timeout
+    )
+    return _read_stream_async(url, token, path, key, after, policy, timeout)
 
-    url, token = credentials("read_stream_async", base_url, access_token)
-    path = stream_path(run_id, key)
-    policy = retry or RetryPolicy(attempts=10, max_delay=5.0)
+
+async def _read_stream_async(
+    url: str, token: str, path: str, key: str, after: int, policy: RetryPolicy, timeout: float
+) -> AsyncIterator[StreamChunk]:
     failures = 0
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
         while True:
