@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,3 +339,30 @@ def test_metaops_serve_says_a_short_token_is_weak_once(tmp_path: Path) -> None:
         "token signed with it can test guesses of it offline, and it does everything; "
         "use 32 bytes or more\n"
     )
+
+
+# ------------------------------------------------------------------ the HTTP layer
+
+
+def test_headers_too_large_are_answered_400_and_the_client_can_read_it(
+    impatient_server: RunningServer,
+) -> None:
+    """Headers past h11's 16 KiB, arriving in pieces (a public token naming hundreds of runs,
+    say): the server answered 400 and closed at once, with the client's data unread, so the
+    kernel reset the connection and the client got a broken pipe instead of the answer. Now
+    the server reads and drops the rest for a moment before it closes: the client reads its
+    JSON 400."""
+    head = (
+        f"GET /api/v1/runs/slow/metadata HTTP/1.1\r\nHost: x\r\nX-Pad: {'a' * 40_000}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", impatient_server.port), timeout=30) as raw:
+        for start in range(0, len(head), 1000):
+            raw.sendall(head[start : start + 1000])
+            time.sleep(0.001)  # pieces, as a network delivers them
+        received = b""
+        while chunk := raw.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+    body = received.split(b"\r\n\r\n", 1)[1]
+    assert json.loads(body)["error"].startswith("Malformed HTTP request")

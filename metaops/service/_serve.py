@@ -3,7 +3,10 @@
 uvicorn's HTTP/1.1 protocol (h11) is extended in three ways (:class:`_Protocol`):
 
 * a request the HTTP parser refuses (a ``Content-Length`` of ``4_4`` or `` +44 ``,
-  a malformed request line) is answered 400 with a JSON body, not uvicorn's text;
+  a malformed request line, headers past 16 KiB) is answered 400 with a JSON body,
+  not uvicorn's text, and the connection is closed after what the client still sends
+  has been read and dropped for a moment (closed at once, the client could get a
+  reset instead of the answer);
 * a connection that does not finish sending a request's headers within
   ``request_timeout`` seconds is closed (uvicorn times out idle keep-alive
   connections only);
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -55,6 +59,8 @@ TOKEN_ENV = "METAOPS_SERVER_TOKEN"
 _SETTINGS_ENV = "METAOPS_SERVE_SETTINGS"
 MAX_CONNECTIONS = 1000
 SHUTDOWN_TIMEOUT = 10.0
+LINGER_SECONDS = 2.0
+"""How long a connection refused as malformed is read (and what comes dropped) before it is closed."""
 _log = logging.getLogger("metaops.service")
 
 
@@ -79,6 +85,7 @@ class _Protocol(H11Protocol):
     """uvicorn's h11 protocol with JSON errors, a deadline for headers, and a connection cap."""
 
     _deadline: asyncio.TimerHandle | None = None
+    _discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         config: Any = self.config
@@ -134,7 +141,26 @@ class _Protocol(H11Protocol):
             output = b""
         if output:
             self.transport.write(output)
-        self.transport.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after an answer given while the client may still be sending (headers past
+        h11's 16 KiB, say). Closing at once, with its data unread, makes the kernel answer
+        with a reset, which can destroy the answer before the client reads it: so say that
+        nothing more comes, drop what arrives for up to :data:`LINGER_SECONDS`, then close."""
+        self._discarding = True
+        self._disarm()
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        with contextlib.suppress(OSError, RuntimeError):
+            self.transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return  # what follows a refused request is read and dropped
+        super().data_received(data)
 
     def shutdown(self) -> None:
         app = self.app
