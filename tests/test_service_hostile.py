@@ -26,7 +26,14 @@ import pytest
 
 pytest.importorskip("starlette", reason="the service needs the server extra: pip install 'metaops[server]'")
 
-from metaops.service import MetadataService, RunningServer, RunNotFoundError, create_app, open_storage
+from metaops.service import (
+    MetadataService,
+    RunningServer,
+    RunNotFoundError,
+    create_app,
+    open_storage,
+    running_server,
+)
 from metaops.service._codec import loads
 from metaops.service._streams_store import MAX_STREAM_CHUNKS
 from tests._backends import BACKENDS, fresh_database
@@ -366,3 +373,44 @@ def test_headers_too_large_are_answered_400_and_the_client_can_read_it(
     assert received.startswith(b"HTTP/1.1 400 "), received[:200]
     body = received.split(b"\r\n\r\n", 1)[1]
     assert json.loads(body)["error"].startswith("Malformed HTTP request")
+
+
+def test_a_body_still_arriving_at_shutdown_is_answered_503_and_nothing_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At shutdown, a request whose body was still arriving held the server for the whole
+    graceful-shutdown time (10 s), after which uvicorn cancelled it: a text/plain 500 and a
+    CancelledError traceback. Nothing of it was done, so it is answered 503 (JSON, with
+    Retry-After) at once, and nothing is logged."""
+    service = MetadataService(open_storage(f"sqlite:///{tmp_path / 'runs.sqlite3'}"))
+    service.create_run("late")
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING), running_server(service, TOKEN) as server:
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            raw.sendall(
+                b"PUT /api/v1/runs/late/metadata HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n".encode()
+            )
+            # "100 Continue" is sent when the app starts reading the body: the request is in.
+            assert raw.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            raw.sendall(b'{"operations": [')
+            parts: list[bytes] = []
+
+            def read() -> None:  # as a client does, while the server shuts down
+                while chunk := raw.recv(65536):
+                    parts.append(chunk)
+                raw.close()
+
+            reader = threading.Thread(target=read)
+            reader.start()
+        reader.join(timeout=30)
+        received = b"".join(parts)
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), received[:300]
+    assert b"retry-after: 1" in head.lower()
+    assert json.loads(body) == {"error": "The server is shutting down; nothing was done"}
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []

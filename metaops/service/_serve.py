@@ -15,8 +15,9 @@ uvicorn's HTTP/1.1 protocol (h11) is extended in three ways (:class:`_Protocol`)
 
 Shutting down (SIGTERM, Ctrl-C, or leaving :func:`running_server`): uvicorn stops
 listening, closes idle connections and lets requests in flight finish; any request
-that starts meanwhile is answered 503; then the service's storage is closed. Every
-acknowledged update was committed before it was acknowledged.
+that starts meanwhile, or whose body is still arriving, is answered 503 (nothing of
+it was done); then the service's storage is closed. Every acknowledged update was
+committed before it was acknowledged.
 """
 
 from __future__ import annotations
@@ -64,11 +65,12 @@ LINGER_SECONDS = 2.0
 _log = logging.getLogger("metaops.service")
 
 
-def _raw_json_response(status: int, reason: bytes, message: str) -> bytes:
+def _raw_json_response(status: int, reason: bytes, message: str, *, retry: bool = False) -> bytes:
     body = json_text({"error": message}).encode()
+    retry_after = b"retry-after: 1\r\n" if retry else b""
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        b"connection: close\r\n%s\r\n%s" % (status, reason, len(body), retry_after, body)
     )
 
 
@@ -171,6 +173,24 @@ class _Protocol(H11Protocol):
             # A Realtime long-poll or an event stream: nothing to finish, and its client asks
             # again (of another worker, or after the restart) from where it was.
             self.transport.close()
+            return
+        if (
+            cycle is not None
+            and not cycle.response_started
+            and self.conn.their_state is h11.SEND_BODY
+            and not self.transport.is_closing()
+        ):
+            # Its body is still arriving: nothing was done, and waiting for it could outlast the
+            # graceful shutdown (then uvicorn cancels it: a traceback, and a text/plain 500).
+            # Answer 503 now; the request's task sees its client gone and ends quietly.
+            self.transport.write(
+                _raw_json_response(
+                    503, b"Service Unavailable", "The server is shutting down; nothing was done", retry=True
+                )
+            )
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self._close_lingering()
             return
         super().shutdown()
 
