@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,8 +29,10 @@ from metaops.client import (
     WrongEventLoopError,
     read_stream,
     read_stream_async,
+    subscribe,
 )
 from tests._client_service import TOKEN, ThreadedService, threaded_service
+from tests._realtime_support import SECRET, live_server
 
 FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
 _ids = itertools.count()
@@ -229,3 +233,36 @@ def test_read_stream_refuses_bad_arguments_at_the_call(
     given = {"run_id": run_id, "key": "log", **arguments}
     with pytest.raises(error, match=r"^read_stream_async: "):
         read_stream_async(given.pop("run_id"), given.pop("key"), **credentials, **given)
+
+
+def test_a_closed_subscription_with_streams_leaves_no_thread_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """subscribe(..., streams=True) reads in threads. Closed (or dropped), its thread following
+    the run checked for the stop only when the run changed, and a stream's reader only when a
+    chunk came: on a quiet run they polled the service for ever, a thread and a connection
+    each. Now they end at their next poll or keep-alive (shortened here)."""
+    monkeypatch.setattr("metaops.service._realtime.HOLD", 0.3)
+    monkeypatch.setattr("metaops.service._streams.PING_INTERVAL", 0.2)
+    with live_server(f"sqlite:///{tmp_path / 'runs.sqlite3'}") as server:
+        admin = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {SECRET}"})
+        assert admin.post("/admin/runs", json={"id": "quiet", "metadata": {"n": 1}}).status_code == 201
+        assert admin.post("/realtime/v1/streams/quiet/log", content=b'"a"\n').status_code == 200
+        admin.close()
+
+        def following() -> list[str]:
+            return [
+                t.name
+                for t in threading.enumerate()
+                if t.name in ("metaops-subscribe:quiet", "metaops-read:log")
+            ]
+
+        for _ in range(3):
+            subscription = subscribe("quiet", base_url=server.url, access_token=SECRET, streams=True)
+            seen = [next(subscription), next(subscription)]
+            assert {type(item).__name__ for item in seen} == {"RunSnapshot", "StreamChunk"}
+            subscription.close()
+        deadline = time.monotonic() + 20
+        while following() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert following() == []

@@ -334,8 +334,8 @@ def _reading(
     after: object,
     retry: object,
     timeout: object,
-) -> tuple[str, str, str, RetryPolicy, float, int]:
-    """The checked arguments of :func:`read_stream`: URL, token, path, policy, timeout, ``after``."""
+) -> tuple[str, str, str, str, RetryPolicy, float, int]:
+    """The checked arguments of :func:`read_stream`: URL, token, path, key, policy, timeout, ``after``."""
     from metaops.client._base import _seconds
     from metaops.client._subscribe import _policy, credentials
 
@@ -349,10 +349,11 @@ def _reading(
         msg = f"{name}: after must be -1 (from the start) or a chunk index, got {after}"
         raise InvalidArgumentError(msg)
     path = stream_path(run_id, key)  # type: ignore[arg-type]  # checked there
+    assert isinstance(key, str)
     seconds = _seconds(name, "timeout", timeout)
     policy = _policy(name, retry)  # type: ignore[arg-type]  # checked there
     url, token = credentials(name, base_url, access_token)
-    return url, token, path, policy, seconds, after
+    return url, token, path, key, policy, seconds, after
 
 
 def read_stream(
@@ -378,15 +379,22 @@ def read_stream(
     on (``timeout`` bounds each read, and the service sends a keep-alive well within
     it): stop early by leaving the loop. Bad arguments raise at the call.
     """
-    url, token, path, policy, timeout, after = _reading(
-        "read_stream", run_id, key, base_url, access_token, after, retry, timeout
-    )
-    return _read_stream(url, token, path, key, after, policy, timeout)
+    return _read_stream(*_reading("read_stream", run_id, key, base_url, access_token, after, retry, timeout))
 
 
 def _read_stream(
-    url: str, token: str, path: str, key: str, after: int, policy: RetryPolicy, timeout: float
+    url: str,
+    token: str,
+    path: str,
+    key: str,
+    policy: RetryPolicy,
+    timeout: float,
+    after: int,
+    *,
+    halt: threading.Event | None = None,
 ) -> Iterator[StreamChunk]:
+    """:func:`read_stream`'s generator; with ``halt``, it ends at the first line after it is set
+    (a keep-alive comes every 10 s), for a thread reading for a consumer who left."""
     failures = 0
     with httpx.Client(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
         while True:
@@ -402,6 +410,8 @@ def _read_stream(
                         raise _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
                     failures = 0
                     for line in response.iter_lines():
+                        if halt is not None and halt.is_set():
+                            return
                         event = parser.feed(line)
                         if event is not None:
                             chunk = _chunk(key, event)
@@ -437,14 +447,13 @@ def read_stream_async(
     timeout: float = 60.0,
 ) -> AsyncIterator[StreamChunk]:
     """:func:`read_stream` for asyncio: ``async for chunk in read_stream_async(run_id, key): ...``."""
-    url, token, path, policy, timeout, after = _reading(
-        "read_stream_async", run_id, key, base_url, access_token, after, retry, timeout
+    return _read_stream_async(
+        *_reading("read_stream_async", run_id, key, base_url, access_token, after, retry, timeout)
     )
-    return _read_stream_async(url, token, path, key, after, policy, timeout)
 
 
 async def _read_stream_async(
-    url: str, token: str, path: str, key: str, after: int, policy: RetryPolicy, timeout: float
+    url: str, token: str, path: str, key: str, policy: RetryPolicy, timeout: float, after: int
 ) -> AsyncIterator[StreamChunk]:
     failures = 0
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:

@@ -53,7 +53,7 @@ from metaops.client._base import _access_token, _base_url, sleep, sync_send, tra
 from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive
 from metaops.client._errors import MissingCredentialsError, RequestRefusedError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy, is_retryable, retry_after
-from metaops.client._streams import StreamChunk, _error_text, read_stream, read_stream_async
+from metaops.client._streams import StreamChunk, _error_text, _read_stream, _reading, read_stream_async
 
 __all__ = ["MAX_QUEUED", "RunSnapshot", "Subscription", "credentials", "subscribe", "subscribe_async"]
 
@@ -278,10 +278,19 @@ def _policy(name: str, retry: RetryPolicy | None) -> RetryPolicy:
 # --------------------------------------------------------------------------- blocking
 
 
-def _follow(url: str, token: str, run_id: str, policy: RetryPolicy, stop: bool) -> Iterator[RunSnapshot]:
+def _follow(
+    url: str,
+    token: str,
+    run_id: str,
+    policy: RetryPolicy,
+    stop: bool,
+    halt: threading.Event | None = None,
+) -> Iterator[RunSnapshot]:
+    """The run's snapshots, poll after poll; with ``halt``, ends at the first poll after it is set
+    (a thread following for someone who left must not poll for ever: a quiet run never yields)."""
     follower = ShapeFollower(run_id, token, policy)
     with httpx.Client(base_url=url, timeout=POLL_TIMEOUT) as http:
-        while True:
+        while halt is None or not halt.is_set():
             for snapshot in drive(follower.poll(), lambda request: sync_send(http, request), sleep):
                 yield snapshot
                 if stop and snapshot.completed:
@@ -303,7 +312,9 @@ class Subscription:
         return next(self._items)
 
     def close(self) -> None:
-        """Stop following the run (threads reading streams end at their next event)."""
+        """Stop following the run. The threads of ``streams=True`` end within one long-poll
+        (about 20 s) and one keep-alive of a stream (10 s); so does a subscription dropped
+        without closing, once it is garbage-collected."""
         if self._stop is not None:
             self._stop.set()
         close = getattr(self._items, "close", None)
@@ -365,7 +376,10 @@ def _merged(
 
     def read(key: str) -> None:
         try:
-            for chunk in read_stream(run_id, key, base_url=url, access_token=token, retry=policy):
+            chunks = _read_stream(
+                *_reading("subscribe", run_id, key, url, token, -1, policy, 60.0), halt=stop
+            )
+            for chunk in chunks:
                 if not put(chunk):
                     return
         except BaseException as error:  # handed to the consumer
@@ -376,7 +390,7 @@ def _merged(
     def follow() -> None:
         started: set[str] = set()
         try:
-            for snapshot in _follow(url, token, run_id, policy, stop_on_completion):
+            for snapshot in _follow(url, token, run_id, policy, stop_on_completion, stop):
                 for key in snapshot.streams:
                     if key not in started:
                         started.add(key)
