@@ -266,3 +266,31 @@ def test_a_closed_subscription_with_streams_leaves_no_thread_polling(
         while following() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert following() == []
+
+
+def test_close_from_on_reject_in_the_background_closes_the_client(service: ThreadedService) -> None:
+    """``on_reject`` runs in the flusher thread for a background flush; a callback that closes
+    the client there got RuntimeError("cannot join current thread"), and the client's
+    connections stayed open. Now close() works from there too."""
+    outcomes: list[str] = []
+
+    def give_up(rejected: object) -> None:
+        try:
+            md.close()
+        except Exception as error:  # reported below
+            outcomes.append(repr(error))
+        else:
+            outcomes.append("closed")
+
+    md = MetadataClient(
+        "no-such-run", base_url=service.url, access_token=TOKEN, flush_interval=0.02, on_reject=give_up
+    )
+    md.set("a", 1)
+    deadline = time.monotonic() + 20
+    while not outcomes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcomes == ["closed"]
+    assert md.closed
+    md._thread.join(timeout=20)
+    assert not md._thread.is_alive()
+    assert md._http.is_closed

@@ -182,7 +182,9 @@ class MetadataClient(BaseClient):
         self._report(results)
         if results and results[-1].failure is not None:
             raise results[-1].failure
-        self._thread.join()
+        if threading.current_thread() is not self._thread:
+            # Called from on_reject, in the flusher itself, it ends once this returns.
+            self._thread.join()
         self._http.close()
         unregister(self)
 
