@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers: each from 1 to 32")
     state = json.loads((ensure_workloads() / "state_256k.json").read_text(encoding="utf-8"))
     bounds = {"clients": args.clients, "max_requests": args.requests, "max_seconds": args.seconds}
-    serve = [sys.executable, "-m", "metaops", "serve"]
     runs: list[tuple[str, int, list[Result]]] = []
     try:
         cluster = PostgresCluster.start(durable=True)
@@ -78,12 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     with cluster:
         for workers in args.workers:
             url = cluster.create_database(f"bench_{workers}_workers")
-            command = [*serve, "--database", url, "--workers", str(workers)]
-            runs.append(("postgresql", workers, run_scenarios(command, state, **bounds)))
+            runs.append(("postgresql", workers, run_scenarios(url, state, workers=workers, **bounds)))
     if not args.no_sqlite:
         with tempfile.TemporaryDirectory(prefix="metaops-load-") as directory:
-            command = [*serve, "--database", f"sqlite:///{Path(directory) / 'runs.sqlite3'}"]
-            runs.append(("sqlite", 1, run_scenarios(command, state, **bounds)))
+            database = f"sqlite:///{Path(directory) / 'runs.sqlite3'}"
+            runs.append(("sqlite", 1, run_scenarios(database, state, **bounds)))
     size = json_size(state)
     print(
         f"metaops serve; metadata {size:,} bytes of JSON; loopback; {os.cpu_count()} cores ({_cpu_model()}) "

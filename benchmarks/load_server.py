@@ -30,9 +30,6 @@ import argparse
 import http.client
 import json
 import os
-import queue
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +41,7 @@ from typing import Any
 
 from benchmarks._workloads import ensure_workloads
 from metaops import json_size
+from tests._serve import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "load-test-token"
@@ -66,35 +64,6 @@ class Result:
     p99_ms: float
     max_ms: float
     writes: int
-
-
-class _Server:
-    def __init__(self, command: list[str]) -> None:
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=dict(os.environ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = self.process.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", lines.get(timeout=60))
-        if found is None:
-            self.stop()
-            msg = f"the server did not start: {' '.join(command)}"
-            raise RuntimeError(msg)
-        self.port = int(found.group(1))
-        threading.Thread(target=stdout.read, daemon=True).start()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 class _Client:
@@ -201,12 +170,19 @@ def _version(client: _Client, run_id: str) -> int:
 
 
 def run_scenarios(
-    command: list[str], state: dict[str, Any], *, clients: int, max_requests: int, max_seconds: float
+    database: str,
+    state: dict[str, Any],
+    *,
+    workers: int = 1,
+    clients: int,
+    max_requests: int,
+    max_seconds: float,
 ) -> list[Result]:
-    """Start a server with ``command`` (plus --port/--token), run every scenario against it, stop it."""
+    """Start ``metaops serve`` on ``database`` with ``workers`` processes, run every scenario against
+    it, stop it."""
     rows = len(state["rows"])
     results: list[Result] = []
-    server = _Server([*command, "--port", "0", "--token", TOKEN])
+    server = ServeProcess(database, "--workers", str(workers), token=TOKEN)
     admin = _Client(server.port)
     try:
         prefix = f"run_load_{os.getpid()}_{time.monotonic_ns()}"
@@ -342,11 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[tuple[str, list[Result]]] = []
     with tempfile.TemporaryDirectory(prefix="metaops-load-") as directory:
         database = args.database or f"sqlite:///{Path(directory) / 'runs.sqlite3'}"
-        command = [sys.executable, "-m", "metaops", "serve", "--database", database]
-        command += ["--workers", str(args.workers)]
         label = f"metaops serve, {database.partition(':')[0]}, {args.workers} worker(s)"
         results = run_scenarios(
-            command, state, clients=args.clients, max_requests=args.requests, max_seconds=args.seconds
+            database,
+            state,
+            workers=args.workers,
+            clients=args.clients,
+            max_requests=args.requests,
+            max_seconds=args.seconds,
         )
         runs.append((label, results))
         print(f"{label}; {machine}")

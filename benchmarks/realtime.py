@@ -36,16 +36,13 @@ import argparse
 import asyncio
 import json
 import os
-import queue
-import re
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests._serve import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "realtime-benchmark-token-0123456789abcdef"
@@ -67,35 +64,9 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
 
 
-class _Server:
+class _Server(ServeProcess):
     def __init__(self, database: str, max_connections: int) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "metaops",
-            "serve",
-            "--database",
-            database,
-            "--port",
-            "0",
-            "--token",
-            TOKEN,
-            "--max-connections",
-            str(max_connections),
-        ]
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = self.process.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", lines.get(timeout=60))
-        if found is None:
-            self.stop()
-            raise RuntimeError("the server did not start")
-        self.port = int(found.group(1))
-        threading.Thread(target=stdout.read, daemon=True).start()
+        super().__init__(database, "--max-connections", str(max_connections), token=TOKEN)
 
     def rss_kib(self) -> int:
         return _rss_kib(self.process.pid)
@@ -104,12 +75,6 @@ class _Server:
         """User + system CPU time the server used so far."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 class _Connection:

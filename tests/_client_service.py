@@ -3,35 +3,30 @@
 :func:`threaded_service` serves it from a thread of the test process (quick to
 start); :class:`Service` runs ``python -m metaops serve`` as a subprocess, which a
 test can kill with SIGKILL and start again on the same database. Both give the
-same access for checking what was stored, straight from the service.
+same access for checking what was stored, straight from the service (one request
+each, through httpx: unlike the service suites' keep-alive ``Client``, safe to use
+from the many threads of the delivery tests).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
-import queue
-import re
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from metaops.service import MetadataService, ServiceConfig, open_storage, running_server
+from metaops.client import RetryPolicy
+from tests._serve import ROOT, ServeProcess
+from tests._service_support import threaded_server
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "client-test-token-5f1c"
-
-
-def _command(database: str) -> list[str]:
-    return [sys.executable, "-m", "metaops", "serve", "--database", database, "--port", "0", "--token", TOKEN]
+FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
+"""Retries that keep a test quick: three attempts, waits of at most 50 ms."""
+_ids = itertools.count()
 
 
 class _Access:
@@ -71,86 +66,35 @@ class ThreadedService(_Access):
 
 @contextmanager
 def threaded_service(database_url: str) -> Iterator[ThreadedService]:
-    service = MetadataService(open_storage(database_url), ServiceConfig())
-    with running_server(service, TOKEN) as server:
+    with threaded_server(database_url, TOKEN) as server:
         yield ThreadedService(server.url)
 
 
-class Service(_Access):
-    """The service in a subprocess; the URL is read from its first line on stdout."""
+# Fixtures the client suites share (a module takes them by name: ``service = client_service.service``).
 
-    def __init__(self, database: str) -> None:
-        """``database``: a file path (SQLite) or a database URL."""
-        self.database = database if "://" in database else f"sqlite:///{database}"
-        self.process: subprocess.Popen[str] | None = None
-        self.url = ""
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
-        self.start()
 
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        process = subprocess.Popen(
-            _command(self.database),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            # A file, not a pipe: a service that logs much must never block on a full pipe.
-            stderr=self._log,
-            text=True,
-        )
-        self.process = process
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = process.stdout
-        assert stdout is not None
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedService]:
+    """One service for the module, on SQLite (the client's logic does not depend on the storage)."""
+    with threaded_service(f"sqlite:///{tmp_path_factory.mktemp('client') / 'runs.sqlite3'}") as running:
+        yield running
 
-        def read() -> None:
-            lines.put(stdout.readline())
-            stdout.read()  # keep draining, so that a full pipe never blocks the service
 
-        threading.Thread(target=read, daemon=True).start()
-        try:
-            first = lines.get(timeout=30)
-        except queue.Empty:
-            self.stop()
-            raise RuntimeError("the service did not start within 30 s") from None
-        found = re.search(r"http://127\.0\.0\.1:\d+", first)
-        if found is None:
-            self.stop()
-            raise RuntimeError(f"the service did not start: {first!r} {self.log()}")
-        self.url = found.group(0)
+def new_run_name() -> str:
+    """A run id not used before in this test process."""
+    return f"run_{next(_ids)}"
 
-    @property
-    def address(self) -> tuple[str, int]:
-        host, _, port = self.url.split("://", 1)[1].rpartition(":")
-        return host, int(port)
 
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self._close_pipes()
+@pytest.fixture
+def run_id(service: ThreadedService) -> str:
+    """A fresh run on the module's service."""
+    name = new_run_name()
+    service.create_run(name)
+    return name
 
-    def stop(self) -> None:
-        """SIGTERM, then wait; the end of this service (its log is gone too)."""
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if process is not None:
-            self._close_pipes()
-        self._log.close()
 
-    def _close_pipes(self) -> None:
-        assert self.process is not None
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+class Service(_Access, ServeProcess):
+    """The service in a subprocess (:class:`tests._serve.ServeProcess`), with this module's token."""
 
-    def log(self) -> str:
-        """What the service wrote to stderr, across its restarts."""
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
+    def __init__(self, database_url: str) -> None:
+        super().__init__(database_url, token=TOKEN, env={"PYTHONPATH": str(ROOT)})

@@ -5,29 +5,69 @@ from __future__ import annotations
 
 import json
 import queue
+import secrets
 import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from metaops.service import MetadataService, RunningServer, ServiceConfig, open_storage, running_server
+from metaops.service import RunningServer
 
+from ._backends import BACKENDS, fresh_database
+from ._service_support import threaded_server
 from .node_reference import SCRIPTS, node_env
 
 # 32 bytes or more: the HMAC key of public tokens (PyJWT warns below that).
 SECRET = "realtime-test-secret-0123456789abcdef"
 
 
-@contextmanager
-def live_server(database_url: str, secret: str = SECRET, **config: Any) -> Iterator[RunningServer]:
-    """``metaops serve``'s app on ``database_url``, in a thread, with ``secret`` as its token."""
-    service = MetadataService(open_storage(database_url), ServiceConfig(**config))
-    with running_server(service, secret) as server:
-        yield server
+def live_server(
+    database_url: str, secret: str = SECRET, **config: Any
+) -> AbstractContextManager[RunningServer]:
+    """:func:`~tests._service_support.threaded_server` with ``secret`` (long enough to sign public
+    tokens) as its token."""
+    return threaded_server(database_url, secret, **config)
+
+
+# Fixtures the Realtime, streams, token and dashboard suites share: a module takes the ones it
+# needs by name (``server = support.backend_server``, ``client = support.client``, ...).
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the module, on SQLite (for what does not depend on the storage)."""
+    with live_server(f"sqlite:///{tmp_path_factory.mktemp('server') / 'runs.sqlite3'}") as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """One server per backend for the module (starting one costs more than most tests)."""
+    url = fresh_database(request.param, tmp_path_factory.mktemp("server"), request)
+    with live_server(url) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    """A plain HTTP client of the module's ``server``, with the secret."""
+    with http(server) as opened:
+        yield opened
+
+
+@pytest.fixture
+def run_id(client: httpx.Client) -> str:
+    """A new run without metadata on the module's server."""
+    run = "run_" + secrets.token_hex(4)
+    assert client.post("/admin/runs", json={"id": run}).status_code == 201
+    return run
 
 
 def http(server: RunningServer, token: str | None = SECRET, timeout: float = 60.0) -> httpx.Client:

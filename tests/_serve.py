@@ -1,10 +1,14 @@
 """``metaops serve`` as a subprocess, and writers that count what it acknowledged.
 
-For the multi-process suites and the PostgreSQL benchmarks:
+For every suite and benchmark that runs the server as a process of its own:
 
-* :class:`Served` starts ``python -m metaops serve --port 0 ...`` in its own process
-  group, reads the port from its first line, finds its worker processes (children of
-  the server process, from ``/proc``), kills one with SIGKILL, and stops the lot.
+* :class:`ServeProcess` starts ``python -m metaops serve --port 0 ...``, reads the port
+  from its first line, can be killed with SIGKILL and started again on the same
+  database, finds its worker processes (children of the server process, from
+  ``/proc``), and stops. The service suites, the client's kill tests and the
+  benchmarks start their servers with it.
+* :class:`Served` is one in its own process group with ``--workers N``, for the
+  multi-process suites: it kills a worker, and stops the lot.
 * :class:`Writer` sends ``PUT`` requests the way the client library does: each with
   an ``Idempotency-Key``, retried with the same body and key after any failure whose
   outcome is unknown (connection errors, 5xx), until it is answered 200. It counts
@@ -23,61 +27,103 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "multi-process-test-token"
+START_TIMEOUT = 60.0
 
-__all__ = ["TOKEN", "Served", "Writer", "WriterCounts"]
+__all__ = ["ROOT", "TOKEN", "ServeProcess", "Served", "Writer", "WriterCounts"]
 
 
-class Served:
-    """A running ``metaops serve`` (stopped with :meth:`stop`, or on leaving a ``with``)."""
+class ServeProcess:
+    """``python -m metaops serve --database DATABASE --port 0 ARGS...`` in a subprocess, with ``token``.
 
-    def __init__(self, database: str, *, workers: int = 1, extra: tuple[str, ...] = ()) -> None:
-        command = [sys.executable, "-m", "metaops", "serve", "--database", database, "--port", "0"]
-        command += ["--token", TOKEN, "--workers", str(workers), *extra]
-        self.workers = workers
+    The port is read from its first line. What it writes after that (stdout, and stderr,
+    which goes to a file: a pipe nobody reads would block a server that logs much) is
+    kept across restarts (:meth:`log`). :meth:`kill` then :meth:`start` restarts it on
+    the same database, on a new port. With ``group=True`` it runs in a process group of
+    its own, and :meth:`stop` ends the whole group (the workers of ``--workers N`` too).
+    """
+
+    def __init__(
+        self,
+        database: str,
+        *args: str,
+        token: str,
+        env: Mapping[str, str] | None = None,
+        group: bool = False,
+    ) -> None:
+        self.database = database
+        self._command = [
+            sys.executable,
+            "-m",
+            "metaops",
+            "serve",
+            "--database",
+            database,
+            "--port",
+            "0",
+            *args,
+        ]
+        self._environment = {**os.environ, "METAOPS_SERVER_TOKEN": token, **(env or {})}
+        self._group = group
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        self._output: list[str] = []
+        self.start()
+
+    def start(self) -> None:
+        """Start the server, and return once it listens (:class:`RuntimeError` if it does not)."""
         self.process = subprocess.Popen(
-            command,
+            self._command,
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=self._environment,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
-            start_new_session=True,  # its own process group: stop() reaches every worker
+            start_new_session=self._group,
         )
-        self._stderr: list[str] = []
-        assert self.process.stdout is not None
-        assert self.process.stderr is not None
-        stdout, stderr = self.process.stdout, self.process.stderr
+        stdout = self.process.stdout
+        assert stdout is not None
         first: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: first.put(stdout.readline()), daemon=True).start()
-        threading.Thread(target=self._collect, args=(stderr,), daemon=True).start()
+
+        def read() -> None:
+            first.put(stdout.readline())
+            with contextlib.suppress(ValueError, OSError):  # the pipe closed by kill() or stop()
+                for line in stdout:  # drained, so that a full pipe never blocks the server
+                    self._output.append(line)
+
+        threading.Thread(target=read, daemon=True).start()
         try:
-            line = first.get(timeout=60)
+            line = first.get(timeout=START_TIMEOUT)
         except queue.Empty:
             line = ""
-        found = re.search(r"listening on http://([\d.]+):(\d+)", line)
+        found = re.fullmatch(r"listening on http://(127\.0\.0\.1):(\d+)\n", line)
         if found is None:
-            self.stop()
-            msg = f"metaops serve did not start: first line {line!r}; stderr: {self.stderr()[-2000:]}"
+            self._end()
+            msg = f"metaops serve did not start: first line {line!r}; then: {self.log()[-2000:]}"
+            self._stderr.close()
             raise RuntimeError(msg)
         self.host, self.port = found.group(1), int(found.group(2))
-        # Drain stdout too, so that a chatty server never blocks on a full pipe.
-        threading.Thread(target=self._collect, args=(stdout,), daemon=True).start()
+        self.url = f"http://{self.host}:{self.port}"
 
-    def _collect(self, stream: Any) -> None:
-        for line in stream:
-            self._stderr.append(line)
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``."""
+        return self.host, self.port
 
-    def stderr(self) -> str:
-        """What the server printed after its first line (both streams)."""
-        return "".join(self._stderr)
+    def log(self) -> str:
+        """What the server wrote after its first line, across its restarts: stdout, then stderr."""
+        if self._stderr.closed:
+            return "".join(self._output)
+        self._stderr.seek(0)
+        return "".join(self._output) + self._stderr.read().decode("utf-8", "replace")
 
     def worker_pids(self) -> list[int]:
         """The server's worker processes: its live children, but multiprocessing's resource tracker."""
@@ -96,6 +142,58 @@ class Served:
                 pids.append(int(entry.name))
         return sorted(pids)
 
+    def kill(self) -> None:
+        """SIGKILL to the server process: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._close_stdout()
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful stop), then SIGKILL if it lingers (with ``group=True``, to the whole
+        group: workers left behind too); the server's exit status. Its log is gone after this."""
+        status = self._end()
+        self._stderr.close()
+        return status
+
+    def _end(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+        if self._group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        elif self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        self._close_stdout()
+        return self.process.returncode
+
+    def _close_stdout(self) -> None:
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+class Served(ServeProcess):
+    """A running ``metaops serve --workers N`` in its own process group, with this module's
+    :data:`TOKEN` (stopped with :meth:`stop`, or on leaving a ``with``)."""
+
+    def __init__(self, database: str, *, workers: int = 1, extra: tuple[str, ...] = ()) -> None:
+        super().__init__(
+            database,
+            "--workers",
+            str(workers),
+            *extra,
+            token=TOKEN,
+            env={"PYTHONPATH": str(ROOT)},
+            group=True,
+        )
+        self.workers = workers
+
+    def stderr(self) -> str:
+        """What the server printed after its first line (both streams)."""
+        return self.log()
+
     def wait_for_workers(
         self, count: int, *, exclude: frozenset[int] = frozenset(), timeout: float = 60
     ) -> list[int]:
@@ -110,16 +208,6 @@ class Served:
     def kill_worker(self, pid: int) -> None:
         """SIGKILL one worker: no cleanup, no goodbye; its requests in flight die with it."""
         os.kill(pid, signal.SIGKILL)
-
-    def stop(self) -> None:
-        """SIGTERM (a graceful stop), then SIGKILL to the whole group if it lingers."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
 
     def client(self) -> Client:
         """A new keep-alive connection to the server."""

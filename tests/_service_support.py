@@ -3,30 +3,23 @@
 The HTTP tests talk to the service over real HTTP on loopback (port 0). Most run it
 in a thread of the test process (:func:`threaded_server`: quick to start); the
 command-line, kill and multi-process tests run ``python -m metaops serve`` as a
-subprocess (:class:`ServeProcess`), which can be killed with SIGKILL and restarted
-on the same database.
+subprocess (:class:`ServeProcess`, from ``tests/_serve.py``), which can be killed
+with SIGKILL and restarted on the same database.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
-import queue
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 from metaops.service import MetadataService, RunningServer, ServiceConfig, open_storage, running_server
+from tests import _serve
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-d41d8cd9"
 OPS_INCREMENT = [{"type": "increment", "key": "n", "value": 1}]
 IDLE_SECONDS = 3.0
@@ -34,72 +27,28 @@ _T = TypeVar("_T")
 
 
 @contextmanager
-def threaded_server(database_url: str, **config: Any) -> Iterator[RunningServer]:
-    """The service on ``database_url``, served by uvicorn in a thread on a free loopback port."""
-    timeout = config.pop("request_timeout", 30.0)
+def threaded_server(database_url: str, token: str = TOKEN, **config: Any) -> Iterator[RunningServer]:
+    """The service on ``database_url`` with ``token`` as its secret, served by uvicorn in a thread on
+    a free loopback port. ``request_timeout`` is the server's; the rest goes to :class:`ServiceConfig`.
+
+    Every suite that serves in a thread starts its server here (the client's, Realtime's, the
+    service's own), each with its own token.
+    """
+    serving = {"request_timeout": config.pop("request_timeout")} if "request_timeout" in config else {}
     service = MetadataService(open_storage(database_url), ServiceConfig(**config))
-    with running_server(service, TOKEN, request_timeout=timeout) as server:
+    with running_server(service, token, **serving) as server:
         yield server
 
 
-class ServeProcess:
-    """``python -m metaops serve`` in a subprocess; the URL is read from its first line."""
+class ServeProcess(_serve.ServeProcess):
+    """:class:`tests._serve.ServeProcess` with this module's :data:`TOKEN`; :meth:`client` connects."""
 
     def __init__(self, database_url: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.database_url = database_url
-        environment = {**os.environ, "METAOPS_SERVER_TOKEN": TOKEN, **(env or {})}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "metaops", "serve", "--database", database_url, "--port", "0", *args],
-            cwd=ROOT,
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = self.process.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            first = lines.get(timeout=60)
-        except queue.Empty:
-            self.stop()
-            raise RuntimeError("the server did not start within 60 s") from None
-        found = re.fullmatch(r"listening on http://127\.0\.0\.1:(\d+)\n", first)
-        if found is None:
-            self.stop()
-            raise RuntimeError(f"the server did not start: {first!r}")
-        self.port = int(found.group(1))
-        self.url = f"http://127.0.0.1:{self.port}"
-        # Keep reading its output, so that a full pipe never blocks it.
-        threading.Thread(target=stdout.read, daemon=True).start()
+        super().__init__(database_url, *args, token=TOKEN, env=env)
 
     def client(self, token: str | None = TOKEN) -> Client:
         """A keep-alive connection to this server."""
         return Client(self.port, token)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self._close_pipes()
-
-    def stop(self) -> int:
-        """SIGTERM, then wait; the exit status."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        self._close_pipes()
-        return self.process.returncode
-
-    def _close_pipes(self) -> None:
-        for pipe in (self.process.stdout, self.process.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 class Client:

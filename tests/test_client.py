@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 import os
 import pickle
@@ -16,7 +15,6 @@ import sys
 import textwrap
 import threading
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,26 +33,14 @@ from metaops.client import (
     metadata,
 )
 from metaops.client._base import BaseClient
-from tests._client_service import ROOT, TOKEN, ThreadedService, threaded_service
+from tests import _client_service as client_service
+from tests._client_service import FAST, TOKEN, ThreadedService, new_run_name
 from tests._faults import Exchange, fault_proxy
+from tests._serve import ROOT
 from tests.test_public_api import _isort_style_key
 
-FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
-_ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedService]:
-    with threaded_service(f"sqlite:///{tmp_path_factory.mktemp('client') / 'runs.sqlite3'}") as running:
-        yield running
-
-
-@pytest.fixture
-def run_id(service: ThreadedService) -> str:
-    """A fresh run on the module's service."""
-    name = f"run_{next(_ids)}"
-    service.create_run(name)
-    return name
+service = client_service.service
+run_id = client_service.run_id
 
 
 def make(url: str, run_id: str, **options: Any) -> MetadataClient:
@@ -188,7 +174,7 @@ def test_flush_returns_at_once_when_nothing_is_queued(service: ThreadedService, 
 
 
 def test_parent_and_root_updates_reach_their_runs(service: ThreadedService) -> None:
-    root, parent, child = (f"run_{next(_ids)}" for _ in range(3))
+    root, parent, child = (new_run_name() for _ in range(3))
     service.create_run(root)
     service.create_run(parent, parentId=root)
     service.create_run(child, parentId=parent)
@@ -228,7 +214,7 @@ def test_retrieve_of_an_unknown_run_raises_the_services_refusal(service: Threade
 def test_metadata_given_at_start_is_what_current_shows_until_the_first_answer(
     service: ThreadedService,
 ) -> None:
-    run = f"run_{next(_ids)}"
+    run = new_run_name()
     service.create_run(run, metadata={"n": 10, "other": "x"})
     with make(service.url, run, metadata={"n": 10}, flush_interval=60) as md:
         assert md.increment("n").current() == {"n": 11}
@@ -382,7 +368,7 @@ def test_with_binds_the_client_for_the_block_only(service: ThreadedService, run_
 
 
 def test_nested_clients_bind_the_inner_one_and_restore_the_outer(service: ThreadedService) -> None:
-    outer_run, inner_run = f"run_{next(_ids)}", f"run_{next(_ids)}"
+    outer_run, inner_run = new_run_name(), new_run_name()
     service.create_run(outer_run)
     service.create_run(inner_run)
     with make(service.url, outer_run) as outer:
@@ -397,7 +383,7 @@ def test_nested_clients_bind_the_inner_one_and_restore_the_outer(service: Thread
 
 
 def test_two_clients_in_two_threads_never_see_each_others_metadata(service: ThreadedService) -> None:
-    runs = [f"run_{next(_ids)}" for _ in range(2)]
+    runs = [new_run_name() for _ in range(2)]
     for run in runs:
         service.create_run(run)
     barrier = threading.Barrier(2)
@@ -444,7 +430,7 @@ def test_a_thread_sees_the_bound_client_only_when_run_in_a_copy_of_the_context(
 def test_two_async_clients_in_two_tasks_never_see_each_other_and_child_tasks_inherit(
     service: ThreadedService,
 ) -> None:
-    runs = [f"run_{next(_ids)}" for _ in range(2)]
+    runs = [new_run_name() for _ in range(2)]
     for run in runs:
         service.create_run(run)
 
@@ -668,7 +654,7 @@ def _script(body: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_client_never_closed_is_flushed_at_exit(service: ThreadedService) -> None:
-    sync_run, async_run = f"run_{next(_ids)}", f"run_{next(_ids)}"
+    sync_run, async_run = new_run_name(), new_run_name()
     service.create_run(sync_run)
     service.create_run(async_run)
     done = _script(

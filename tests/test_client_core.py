@@ -423,3 +423,17 @@ def test_retrieve_reads_the_metadata_and_raises_what_it_came_to() -> None:
         Script(lambda request: error(404, "Task Run not found")).run(core.retrieve())
     assert refused.value.status == 404
     assert "Task Run not found" in str(refused.value)
+
+
+def test_a_refusal_whose_body_nests_too_deeply_for_json_is_still_a_typed_refusal() -> None:
+    """The stream writer and the Realtime reader retry through send_retried: a refusal whose body
+    is nested too deeply to parse is reported with its status, not as a RecursionError."""
+    from metaops.client._core import Answer, Send
+    from metaops.client._streams import send_retried
+
+    steps = send_retried(Send("POST", "/s", (), b"", 1.0), RetryPolicy(attempts=1), "stream /s", (200,))
+    assert isinstance(next(steps), Send)
+    with pytest.raises(RequestRefusedError) as refused:
+        steps.send(Answer(400, {}, b"[" * 100_000))
+    assert refused.value.status == 400
+    assert "stream /s: HTTP 400: [[[" in str(refused.value)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import json
 import threading
 import time
@@ -33,20 +32,15 @@ from metaops.client import (
     metadata,
 )
 from metaops.client._core import FENCE_BODY
-from tests._client_service import TOKEN, Service, ThreadedService, threaded_service
+from tests import _client_service as client_service
+from tests._client_service import FAST, TOKEN, Service, ThreadedService, threaded_service
 from tests._faults import FAULTS, Exchange, FaultProxy, fault_proxy
 
-FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.05)
 # Under 30% faults a body fails all its attempts once in ~50,000 rounds: background
 # rounds may still fail (they are retried at the next interval), final flushes do not.
 PATIENT = RetryPolicy(attempts=8, initial_delay=0.005, max_delay=0.05)
-_ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedService]:
-    with threaded_service(f"sqlite:///{tmp_path_factory.mktemp('delivery') / 'runs.sqlite3'}") as running:
-        yield running
+service = client_service.service
+run_id = client_service.run_id
 
 
 @pytest.fixture
@@ -54,13 +48,6 @@ def backend_service(database_url: str) -> Iterator[ThreadedService]:
     """The service on a fresh database of each storage backend (for what depends on the storage)."""
     with threaded_service(database_url) as running:
         yield running
-
-
-@pytest.fixture
-def run_id(service: ThreadedService) -> str:
-    name = f"run_{next(_ids)}"
-    service.create_run(name)
-    return name
 
 
 def make(url: str, run_id: str, **options: Any) -> MetadataClient:

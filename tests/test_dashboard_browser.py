@@ -27,7 +27,8 @@ import pytest
 from metaops.service import RunningServer
 from metaops.service._auth import mint_public_token
 
-from ._realtime_support import SECRET, http, live_server
+from . import _realtime_support as support
+from ._realtime_support import SECRET
 
 pytestmark = pytest.mark.browser
 
@@ -99,16 +100,8 @@ def browser() -> Iterator[Any]:
             driver.quit()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with live_server(f"sqlite:///{tmp_path_factory.mktemp('browser') / 'runs.sqlite3'}") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def admin(server: RunningServer) -> Iterator[httpx.Client]:
-    with http(server) as client:
-        yield client
+server = support.sqlite_server
+admin = support.client
 
 
 @pytest.fixture(autouse=True)

@@ -24,20 +24,14 @@ from metaops.service import RunningServer
 from metaops.service import _realtime as realtime_module
 from metaops.service._realtime import REQUIRED_COLUMNS, RunHub
 
-from ._backends import BACKENDS, fresh_database
-from ._realtime_support import http, live_server, realtime_of, shape_url
+from . import _realtime_support as support
+from ._realtime_support import http, realtime_of, shape_url
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}")  # no zone: the SDK appends "Z"
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    """One server per backend for the module (starting one costs more than most tests)."""
-    url = fresh_database(request.param, tmp_path_factory.mktemp("realtime"), request)
-    with live_server(url) as running:
-        yield running
+server = support.backend_server
+client = support.client
 
 
 @pytest.fixture
@@ -46,12 +40,6 @@ def hub(server: RunningServer) -> Iterator[RunHub]:
     found.hold = 0.2  # a poll with nothing new answers soon
     yield found
     found.hold = realtime_module.HOLD
-
-
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with http(server) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -8,14 +8,16 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from metaops import InvalidValueError
 from metaops.client import (
     AsyncMetadataClient,
+    MetadataClient,
     MissingCredentialsError,
     RequestRefusedError,
     RunSnapshot,
@@ -26,20 +28,12 @@ from metaops.client import (
 from metaops.client._subscribe import _text_array
 from metaops.service import RunningServer
 
-from ._realtime_support import SECRET, CuttingProxy, http, live_server, realtime_of
+from . import _realtime_support as support
+from ._realtime_support import SECRET, CuttingProxy, realtime_of
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    # The client's logic does not depend on the storage (the server suites cover both).
-    with live_server(f"sqlite:///{tmp_path_factory.mktemp('subscribe') / 'runs.sqlite3'}") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with http(server) as opened:
-        yield opened
+# The client's logic does not depend on the storage (the server suites cover both).
+server = support.sqlite_server
+client = support.client
 
 
 @pytest.fixture
@@ -163,6 +157,30 @@ def test_subscribe_async_with_streams_gets_snapshots_and_every_chunk(
     assert runs[-1].streams == ("tokens",)
 
 
+def test_subscribe_with_streams_gets_snapshots_and_every_chunk(
+    server: RunningServer, client: httpx.Client, run_id: str
+) -> None:
+    """The blocking merge (a thread per reader) gives what the asyncio one does, and ends once the
+    run completed and its stream ended."""
+    items, thread = _consume(subscribe(run_id, base_url=server.url, access_token=SECRET, streams=True))
+    assert items.get(timeout=30).metadata == {"n": 0}
+    with MetadataClient(run_id, base_url=server.url, access_token=SECRET) as md:
+        assert md.stream("tokens", ["Hello", ", ", "world"]) == 3
+        md.set("done", True)
+    assert client.post(f"/admin/runs/{run_id}/complete").status_code == 200
+    seen: list[Any] = []
+    while (item := items.get(timeout=60)) is not None:
+        seen.append(item)
+    thread.join(timeout=30)
+    chunks = [(item.key, item.index, item.value) for item in seen if isinstance(item, StreamChunk)]
+    assert chunks == [("tokens", 0, "Hello"), ("tokens", 1, ", "), ("tokens", 2, "world")]
+    runs = [item for item in seen if isinstance(item, RunSnapshot)]
+    assert len(runs) + len(chunks) == len(seen)  # no error, nothing else
+    assert runs[-1].completed
+    assert runs[-1].metadata == {"n": 0, "done": True}
+    assert runs[-1].streams == ("tokens",)
+
+
 def test_refusals_and_missing_credentials(server: RunningServer, client: httpx.Client, run_id: str) -> None:
     with pytest.raises(RequestRefusedError) as unknown:
         next(subscribe("run_nope", base_url=server.url, access_token=SECRET))
@@ -176,6 +194,34 @@ def test_refusals_and_missing_credentials(server: RunningServer, client: httpx.C
         assert next(subscription).metadata == {"n": 0}
     with pytest.raises(MissingCredentialsError):
         subscribe(run_id, base_url=None, access_token=None)
+
+
+def test_bad_arguments_are_refused_at_the_call_by_both_subscribes(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked before any request, with the function's name in the message (the async one at
+    its first step, as a generator); the run id first, then the credentials, then the policy."""
+    monkeypatch.delenv("TRIGGER_API_URL", raising=False)
+    monkeypatch.delenv("TRIGGER_SECRET_KEY", raising=False)
+
+    def first_async(**arguments: Any) -> Any:
+        async def main() -> Any:
+            return await subscribe_async(**arguments).__anext__()
+
+        return asyncio.run(main())
+
+    calls: list[tuple[str, Callable[..., Any]]] = [("subscribe", subscribe), ("subscribe_async", first_async)]
+    for name, call in calls:
+        with pytest.raises(InvalidValueError, match=f"^{name}: run_id must be a non-empty str, got "):
+            call(run_id="", base_url=server.url, access_token=SECRET)
+        with pytest.raises(InvalidValueError, match=f"^{name}: run_id must be a non-empty str, got .*7"):
+            call(run_id=7, base_url=server.url, access_token=SECRET)
+        with pytest.raises(InvalidValueError, match=f"^{name}: retry must be a RetryPolicy, got .*3"):
+            call(run_id="run_x", base_url=server.url, access_token=SECRET, retry=3)
+        with pytest.raises(MissingCredentialsError, match=f"^{name}: no service URL"):
+            call(run_id="run_x", base_url=None, access_token=None, retry=3)
+        with pytest.raises(InvalidValueError, match=f"^{name}: run_id"):
+            call(run_id=None, base_url=None, access_token=None, retry=3)
 
 
 def test_postgres_array_literals() -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._service_support import OPS_INCREMENT, ROOT, TOKEN, Client, ServeProcess
+from tests._serve import ROOT
+from tests._service_support import OPS_INCREMENT, TOKEN, Client, ServeProcess
 
 
 @dataclass

@@ -230,10 +230,10 @@ def test_a_worker_killed_mid_load_loses_nothing_and_applies_nothing_twice(databa
         for load in (writers, *children):
             load.start()
         _wait_for(lambda: sum(writers.acknowledged) >= 200)
-        workers = _worker_pids(server.process.pid)
+        workers = server.worker_pids()
         assert len(workers) == 2, workers
         os.kill(workers[0], signal.SIGKILL)
-        _wait_for(lambda: len(set(_worker_pids(server.process.pid)) - {workers[0]}) == 2)
+        _wait_for(lambda: len(set(server.worker_pids()) - {workers[0]}) == 2)
         before = sum(writers.acknowledged)
         _wait_for(lambda: sum(writers.acknowledged) >= before + 200)
         for load in (writers, *children):
@@ -259,21 +259,3 @@ def test_a_worker_killed_mid_load_loses_nothing_and_applies_nothing_twice(databa
         admin.close()
     finally:
         assert server.stop() == 0
-
-
-def _worker_pids(parent: int) -> list[int]:
-    """The live child processes of ``parent`` that serve requests (uvicorn's workers)."""
-    children: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent and fields[0] != "Z":
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if b"spawn_main" in cmdline.read():
-                    children.append(int(entry))
-    return sorted(children)

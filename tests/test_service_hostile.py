@@ -37,7 +37,8 @@ from metaops.service import (
 from metaops.service._codec import loads
 from metaops.service._streams_store import MAX_STREAM_CHUNKS
 from tests._backends import BACKENDS, fresh_database
-from tests._service_support import ROOT, TOKEN, Client, threaded_server
+from tests._serve import ROOT
+from tests._service_support import TOKEN, Client, threaded_server
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

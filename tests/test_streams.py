@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from metaops.service import RunningServer
 
-from ._backends import BACKENDS, fresh_database
-from ._realtime_support import http, live_server, stream_hub_of
+from . import _realtime_support as support
+from ._realtime_support import http, stream_hub_of
 
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    url = fresh_database(request.param, tmp_path_factory.mktemp("streams"), request)
-    with live_server(url) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with http(server) as opened:
-        yield opened
-
-
-@pytest.fixture
-def run_id(client: httpx.Client) -> str:
-    run = "run_" + secrets.token_hex(4)
-    assert client.post("/admin/runs", json={"id": run}).status_code == 201
-    return run
+server = support.backend_server
+client = support.client
+run_id = support.run_id
 
 
 def _write(client: httpx.Client, run_id: str, key: str, body: bytes, **params: str) -> httpx.Response:

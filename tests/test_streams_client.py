@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -24,26 +23,13 @@ from metaops.client import (
 )
 from metaops.service import RunningServer
 
-from ._realtime_support import SECRET, CuttingProxy, http, live_server
+from . import _realtime_support as support
+from ._realtime_support import SECRET, CuttingProxy
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with live_server(f"sqlite:///{tmp_path_factory.mktemp('streams') / 'runs.sqlite3'}") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with http(server) as opened:
-        yield opened
-
-
-@pytest.fixture
-def run_id(client: httpx.Client) -> str:
-    run = "run_" + secrets.token_hex(4)
-    assert client.post("/admin/runs", json={"id": run}).status_code == 201
-    return run
+# The client's logic does not depend on the storage (the server suites cover both).
+server = support.sqlite_server
+client = support.client
+run_id = support.run_id
 
 
 def _values(server: RunningServer, run_id: str, key: str) -> list[Any]:

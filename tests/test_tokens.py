@@ -22,6 +22,7 @@ from metaops.service._auth import (
     mint_public_token,
 )
 
+from . import _realtime_support as support
 from ._realtime_support import SECRET, http, live_server
 
 RUNS = ("run_mine", "run_other")
@@ -39,10 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with http(server) as opened:
-        yield opened
+client = support.client
 
 
 def _reads(server: RunningServer, token: str) -> dict[str, tuple[int, ...]]:

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
 from typing import TypeVar
 
 import httpx
 
 from metaops._json import JSON
-from metaops.buffer import RejectedFlush
 from metaops.client._base import (
     BaseClient,
+    async_send,
+    async_sleep,
     check_open,
     final_flush,
-    register,
     timeout_argument,
     tls,
-    transport_failure,
     unregister,
 )
-from metaops.client._core import Answer, Failure, RoundResult, Send, Steps, log
+from metaops.client._core import Answer, Failure, RoundResult, Send, Steps, drive_async, log
 from metaops.client._errors import ServiceUnavailableError, WrongEventLoopError
-from metaops.client._retry import RetryPolicy
 
 __all__ = ["AsyncMetadataClient"]
 
@@ -47,32 +45,7 @@ class AsyncMetadataClient(BaseClient):
     :class:`~metaops.client.WrongEventLoopError`.
     """
 
-    def __init__(
-        self,
-        run_id: str,
-        *,
-        base_url: str | None = None,
-        access_token: str | None = None,
-        flush_interval: float = 1.0,
-        metadata: Mapping[str, object] | None = None,
-        is_root: bool = True,
-        limit: int | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float = 10.0,
-        on_reject: Callable[[RejectedFlush], object] | None = None,
-    ) -> None:
-        super().__init__(
-            run_id,
-            base_url=base_url,
-            access_token=access_token,
-            flush_interval=flush_interval,
-            metadata=metadata,
-            is_root=is_root,
-            limit=limit,
-            retry=retry,
-            timeout=timeout,
-            on_reject=on_reject,
-        )
+    def _open(self) -> None:
         self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout, verify=tls())
         self._rounds = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -84,7 +57,6 @@ class AsyncMetadataClient(BaseClient):
             pass
         else:
             self._start()
-        register(self)
 
     def _on_own_loop(self, method: str) -> None:
         """Make sure the client works on the running event loop.
@@ -125,22 +97,11 @@ class AsyncMetadataClient(BaseClient):
     # ----------------------------------------------------------------- I/O
 
     async def _send(self, request: Send) -> Answer | Failure:
-        try:
-            response = await self._http.request(
-                request.method,
-                request.path,
-                content=request.content,
-                headers=request.headers,
-                timeout=request.timeout,
-            )
-        except httpx.TransportError as error:
-            return transport_failure(error)
-        return Answer(response.status_code, response.headers, response.content)
+        return await async_send(self._http, request)
 
     async def _wait(self, seconds: float) -> bool:
         if self._closed:
-            await asyncio.sleep(seconds)
-            return False
+            return await async_sleep(seconds)
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         except asyncio.TimeoutError:
@@ -148,13 +109,7 @@ class AsyncMetadataClient(BaseClient):
         return True
 
     async def _drive(self, steps: Steps[_T]) -> _T:
-        reply: object = None
-        try:
-            while True:
-                effect = steps.send(reply)
-                reply = await (self._send(effect) if isinstance(effect, Send) else self._wait(effect.seconds))
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        return await drive_async(steps, self._send, self._wait)
 
     async def _flush_periodically(self) -> None:
         while True:

@@ -6,6 +6,7 @@ to the local :class:`~metaops.RunMetadata` and queue it); only flushing differs.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextvars
 import math
@@ -29,6 +30,8 @@ from metaops.client._retry import RetryPolicy
 __all__ = [
     "EXIT_TIMEOUT",
     "BaseClient",
+    "async_send",
+    "async_sleep",
     "bound",
     "check_open",
     "final_flush",
@@ -70,7 +73,13 @@ bound: contextvars.ContextVar[BaseClient | None] = contextvars.ContextVar(
 
 
 class BaseClient:
-    """One run's metadata: the update methods, and the settings both clients take."""
+    """One run's metadata: the update methods, and the settings both clients take.
+
+    The constructor is written once, here: it checks the settings and builds the
+    buffer and the transport core, then :meth:`_open` (the sync or async client's)
+    opens the HTTP client and starts the flusher, and the client is registered
+    for the flush at interpreter exit.
+    """
 
     def __init__(
         self,
@@ -122,6 +131,12 @@ class BaseClient:
         self._bindings: list[contextvars.Token[BaseClient | None]] = []
         self._parent = _ClientUpdater(self, self._metadata.parent)
         self._root = _ClientUpdater(self, self._metadata.root)
+        self._open()
+        register(self)
+
+    def _open(self) -> None:  # pragma: no cover - overridden
+        """Open the HTTP client and start flushing: all that the sync and async clients make differently."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------- updates (no I/O)
 
@@ -417,6 +432,21 @@ def sync_send(http: httpx.Client, request: Send) -> Answer | Failure:
     return Answer(response.status_code, response.headers, response.content)
 
 
+async def async_send(http: httpx.AsyncClient, request: Send) -> Answer | Failure:
+    """:func:`sync_send` with ``httpx.AsyncClient``."""
+    try:
+        response = await http.request(
+            request.method,
+            request.path,
+            content=request.content,
+            headers=request.headers,
+            timeout=request.timeout,
+        )
+    except httpx.TransportError as error:
+        return transport_failure(error)
+    return Answer(response.status_code, response.headers, response.content)
+
+
 def transport_failure(error: httpx.TransportError) -> Failure:
     """What a transport error says about its request: only a connection never made sent nothing."""
     text = str(error)
@@ -428,6 +458,12 @@ def transport_failure(error: httpx.TransportError) -> Failure:
 def sleep(seconds: float) -> bool:
     """A wait nothing cuts short (a final flush's)."""
     time.sleep(seconds)
+    return False
+
+
+async def async_sleep(seconds: float) -> bool:
+    """:func:`sleep` on the event loop."""
+    await asyncio.sleep(seconds)
     return False
 
 

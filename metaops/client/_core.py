@@ -50,7 +50,7 @@ import logging
 import random as _random
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal, TypeVar
@@ -72,6 +72,7 @@ __all__ = [
     "Send",
     "Steps",
     "Wait",
+    "error_message",
 ]
 
 log = logging.getLogger("metaops.client")
@@ -439,13 +440,13 @@ class Core:
                     return taken
                 last = f"{reply.status} with an unreadable body: {taken}"
             elif is_retryable(reply.status):
-                last = f"{reply.status}: {_error_message(reply)}"
+                last = f"{reply.status}: {error_message(reply)}"
                 wait_at_least = retry_after(reply.headers)
             else:
                 if flight is not None:
                     # The service refuses before applying anything.
                     flight.reached = reached_before
-                return _Refused(reply.status, _error_message(reply))
+                return _Refused(reply.status, error_message(reply))
             if attempt + 1 == self.policy.attempts:
                 break
             delay = self.policy.delay(attempt, self._random, wait_at_least)
@@ -481,7 +482,7 @@ def _taken(answer: Answer) -> _Taken | str:
     return _Taken(metadata, replayed)
 
 
-def _error_message(answer: Answer) -> str:
+def error_message(answer: Answer) -> str:
     """The service's ``error`` message, or the start of the body."""
     try:
         payload = json.loads(answer.content)
@@ -500,5 +501,20 @@ def drive(steps: Steps[_T], send: Callable[[Send], Answer | Failure], wait: Call
         while True:
             effect = steps.send(reply)
             reply = send(effect) if isinstance(effect, Send) else wait(effect.seconds)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def drive_async(
+    steps: Steps[_T],
+    send: Callable[[Send], Awaitable[Answer | Failure]],
+    wait: Callable[[float], Awaitable[bool]],
+) -> _T:
+    """Run ``steps`` to the end on the event loop: :func:`drive`, awaiting each effect."""
+    reply: object = None
+    try:
+        while True:
+            effect = steps.send(reply)
+            reply = await (send(effect) if isinstance(effect, Send) else wait(effect.seconds))
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

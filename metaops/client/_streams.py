@@ -27,7 +27,7 @@ import json
 import queue
 import random
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -38,7 +38,7 @@ from metaops._errors import InvalidArgumentError, InvalidValueError
 from metaops._json import JSON, describe, normalize
 from metaops._size import json_text
 from metaops.client._base import sleep, sync_send, transport_failure
-from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive
+from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive, error_message
 from metaops.client._errors import ClientClosedError, RequestRefusedError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy, is_retryable, retry_after
 
@@ -93,14 +93,6 @@ def _chunk_text(key: str, index: int, value: object) -> str:
     return json_text(normalize(value, f"stream {key!r}: value #{index}"))
 
 
-def _error_text(answer: Answer) -> str:
-    try:
-        message = httpx.Response(answer.status, content=answer.content).json().get("error")
-    except (ValueError, AttributeError):
-        message = None
-    return message if isinstance(message, str) else answer.content[:200].decode(errors="replace")
-
-
 class _Writer:
     """One stream's writes, sans I/O: numbered requests, retried as ``policy`` says."""
 
@@ -119,29 +111,39 @@ class _Writer:
             params.append("end=true")
         path = self.path + ("?" + "&".join(params) if params else "")
         body = ("\n".join(chunks) + "\n").encode() if chunks else b""
-        last = ""
-        later: float | None = None
-        for attempt in range(self.policy.attempts):
-            if attempt:
-                yield Wait(self.policy.delay(attempt - 1, random.random, later))
-            later = None
-            reply = yield Send("POST", path, self.headers, body, self.timeout)
-            if isinstance(reply, Failure):
-                last = reply.error
-                continue
-            assert isinstance(reply, Answer)
-            if reply.status == 200:
-                self.length = int(httpx.Response(200, content=reply.content).json()["length"])
-                self.sent += len(chunks)
-                return
-            if is_retryable(reply.status):
-                last = f"HTTP {reply.status}"
-                later = retry_after(reply.headers)
-                continue
-            msg = f"stream {self.path}: HTTP {reply.status}: {_error_text(reply)}"
-            raise RequestRefusedError(msg, reply.status)
-        msg = f"stream {self.path}: no answer after {self.policy.attempts} attempts ({last})"
-        raise ServiceUnavailableError(msg, self.policy.attempts, last)
+        request = Send("POST", path, self.headers, body, self.timeout)
+        answer = yield from send_retried(request, self.policy, f"stream {self.path}", (200,))
+        self.length = int(httpx.Response(200, content=answer.content).json()["length"])
+        self.sent += len(chunks)
+
+
+def send_retried(request: Send, policy: RetryPolicy, what: str, done: Container[int]) -> Steps[Answer]:
+    """Send ``request`` until it gets an answer whose status is in ``done``, and return that answer.
+
+    A failure or a retryable answer (408, 429, 5xx) is tried again as ``policy`` says (a
+    ``Retry-After`` honoured); any other answer raises :class:`RequestRefusedError`, and
+    spent attempts :class:`ServiceUnavailableError`, their messages starting with ``what``.
+    """
+    last = ""
+    later: float | None = None
+    for attempt in range(policy.attempts):
+        if attempt:
+            yield Wait(policy.delay(attempt - 1, random.random, later))
+        later = None
+        reply = yield request
+        if isinstance(reply, Failure):
+            last = reply.error
+            continue
+        assert isinstance(reply, Answer)
+        if reply.status in done:
+            return reply
+        if is_retryable(reply.status):
+            last, later = f"HTTP {reply.status}", retry_after(reply.headers)
+            continue
+        msg = f"{what}: HTTP {reply.status}: {error_message(reply)}"
+        raise RequestRefusedError(msg, reply.status)
+    msg = f"{what}: no answer after {policy.attempts} attempts ({last})"
+    raise ServiceUnavailableError(msg, policy.attempts, last)
 
 
 def _batches(first: object, more: Any) -> tuple[list[str], bool, bool]:
@@ -325,35 +327,86 @@ def _chunk(key: str, event: tuple[str | None, str]) -> StreamChunk:
     return StreamChunk(key, int(index or 0), json.loads(data))
 
 
-def _reading(
-    name: str,
-    run_id: object,
-    key: object,
-    base_url: str | None,
-    access_token: str | None,
-    after: object,
-    retry: object,
-    timeout: object,
-) -> tuple[str, str, str, str, RetryPolicy, float, int]:
-    """The checked arguments of :func:`read_stream`: URL, token, path, key, policy, timeout, ``after``."""
-    from metaops.client._base import _seconds
-    from metaops.client._subscribe import _policy, credentials
+class _Retry(Exception):
+    def __init__(self, message: str, later: float | None) -> None:
+        super().__init__(message)
+        self.later = later
 
-    if not isinstance(run_id, str) or not run_id:
-        msg = f"{name}: run_id must be a non-empty str, got {describe(run_id)}"
-        raise InvalidValueError(msg, "run_id")
-    if isinstance(after, bool) or not isinstance(after, int):
-        msg = f"{name}: after must be a chunk index (an int; -1: from the start), got {describe(after)}"
-        raise InvalidValueError(msg, "after")
-    if after < -1:
-        msg = f"{name}: after must be -1 (from the start) or a chunk index, got {after}"
-        raise InvalidArgumentError(msg)
-    path = stream_path(run_id, key)  # type: ignore[arg-type]  # checked there
-    assert isinstance(key, str)
-    seconds = _seconds(name, "timeout", timeout)
-    policy = _policy(name, retry)  # type: ignore[arg-type]  # checked there
-    url, token = credentials(name, base_url, access_token)
-    return url, token, path, key, policy, seconds, after
+
+class _StreamReading:
+    """What :func:`read_stream` and :func:`read_stream_async` decide, sans I/O: where to resume,
+    which answers are refusals, when to give up and how long to wait. They only make the requests.
+
+    Made when the reader is called: bad arguments raise then, typed, not at the first ``next()``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_id: str,
+        key: str,
+        base_url: str | None,
+        access_token: str | None,
+        after: int,
+        retry: RetryPolicy | None,
+        timeout: float,
+    ) -> None:
+        from metaops.client._base import _seconds
+        from metaops.client._subscribe import _settings
+
+        if isinstance(after, bool) or not isinstance(after, int):
+            msg = f"{name}: after must be a chunk index (an int; -1: from the start), got {describe(after)}"
+            raise InvalidValueError(msg, "after")
+        if after < -1:
+            msg = f"{name}: after must be -1 (from the start) or a chunk index, got {after}"
+            raise InvalidArgumentError(msg)
+        self.url, self._token, self._policy = _settings(name, run_id, base_url, access_token, retry)
+        self.path = stream_path(run_id, key)
+        self.timeout = _seconds(name, "timeout", timeout)
+        self._key = key
+        self._after = after
+        self._failures = 0
+        self._parser = SSEParser()
+
+    def headers(self) -> dict[str, str]:
+        """The next request's headers: it resumes after the last chunk received."""
+        self._parser = SSEParser()
+        return _stream_headers(self._token, self._after)
+
+    def refusal(self, answer: Answer) -> RequestRefusedError | _Retry:
+        """What to raise for an answer other than 200: a refusal, or a retry."""
+        if not is_retryable(answer.status):
+            msg = f"stream {self.path}: HTTP {answer.status}: {error_message(answer)}"
+            return RequestRefusedError(msg, answer.status)
+        return _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
+
+    def answered(self) -> None:
+        """The service answered 200: the failures in a row start again from none."""
+        self._failures = 0
+
+    def feed(self, line: str) -> StreamChunk | None:
+        """The chunk ``line`` completes, if it does."""
+        event = self._parser.feed(line)
+        if event is None:
+            return None
+        chunk = _chunk(self._key, event)
+        self._after = chunk.index
+        return chunk
+
+    def check_end(self) -> None:
+        """The response ended: :class:`_Retry` unless the stream ended with it."""
+        if "end" not in self._parser.comments:
+            raise _Retry("the response ended early", None)
+
+    def delay(self, error: httpx.TransportError | _Retry) -> float:
+        """The wait before the next attempt after ``error``; raises once the attempts in a row are spent."""
+        self._failures += 1
+        if self._failures >= self._policy.attempts:
+            last = str(error) if isinstance(error, _Retry) else transport_failure(error).error
+            msg = f"stream {self.path}: no answer after {self._failures} attempts ({last})"
+            raise ServiceUnavailableError(msg, self._failures, last) from None
+        later = error.later if isinstance(error, _Retry) else None
+        return self._policy.delay(self._failures - 1, random.random, later)
 
 
 def read_stream(
@@ -379,61 +432,34 @@ def read_stream(
     on (``timeout`` bounds each read, and the service sends a keep-alive well within
     it): stop early by leaving the loop. Bad arguments raise at the call.
     """
-    return _read_stream(*_reading("read_stream", run_id, key, base_url, access_token, after, retry, timeout))
+    return _read_stream(
+        _StreamReading("read_stream", run_id, key, base_url, access_token, after, retry, timeout)
+    )
 
 
-def _read_stream(
-    url: str,
-    token: str,
-    path: str,
-    key: str,
-    policy: RetryPolicy,
-    timeout: float,
-    after: int,
-    *,
-    halt: threading.Event | None = None,
-) -> Iterator[StreamChunk]:
+def _read_stream(reading: _StreamReading, *, halt: threading.Event | None = None) -> Iterator[StreamChunk]:
     """:func:`read_stream`'s generator; with ``halt``, it ends at the first line after it is set
     (a keep-alive comes every 10 s), for a thread reading for a consumer who left."""
-    failures = 0
-    with httpx.Client(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
+    with httpx.Client(base_url=reading.url, timeout=httpx.Timeout(reading.timeout, connect=10.0)) as http:
         while True:
-            parser = SSEParser()
             try:
-                with http.stream("GET", path, headers=_stream_headers(token, after)) as response:
+                with http.stream("GET", reading.path, headers=reading.headers()) as response:
                     if response.status_code != 200:
                         response.read()
-                        answer = Answer(response.status_code, response.headers, response.content)
-                        if not is_retryable(answer.status):
-                            msg = f"stream {path}: HTTP {answer.status}: {_error_text(answer)}"
-                            raise RequestRefusedError(msg, answer.status)
-                        raise _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
-                    failures = 0
+                        raise reading.refusal(
+                            Answer(response.status_code, response.headers, response.content)
+                        )
+                    reading.answered()
                     for line in response.iter_lines():
                         if halt is not None and halt.is_set():
                             return
-                        event = parser.feed(line)
-                        if event is not None:
-                            chunk = _chunk(key, event)
-                            after = chunk.index
+                        chunk = reading.feed(line)
+                        if chunk is not None:
                             yield chunk
-                if "end" in parser.comments:
-                    return
-                raise _Retry("the response ended early", None)
+                reading.check_end()
+                return
             except (httpx.TransportError, _Retry) as error:
-                failures += 1
-                if failures >= policy.attempts:
-                    last = str(error) if isinstance(error, _Retry) else transport_failure(error).error
-                    msg = f"stream {path}: no answer after {failures} attempts ({last})"
-                    raise ServiceUnavailableError(msg, failures, last) from None
-                later = error.later if isinstance(error, _Retry) else None
-                sleep(policy.delay(failures - 1, random.random, later))
-
-
-class _Retry(Exception):
-    def __init__(self, message: str, later: float | None) -> None:
-        super().__init__(message)
-        self.later = later
+                sleep(reading.delay(error))
 
 
 def read_stream_async(
@@ -447,42 +473,28 @@ def read_stream_async(
     timeout: float = 60.0,
 ) -> AsyncIterator[StreamChunk]:
     """:func:`read_stream` for asyncio: ``async for chunk in read_stream_async(run_id, key): ...``."""
-    return _read_stream_async(
-        *_reading("read_stream_async", run_id, key, base_url, access_token, after, retry, timeout)
-    )
+    reading = _StreamReading("read_stream_async", run_id, key, base_url, access_token, after, retry, timeout)
+    return _read_stream_async(reading)
 
 
-async def _read_stream_async(
-    url: str, token: str, path: str, key: str, policy: RetryPolicy, timeout: float, after: int
-) -> AsyncIterator[StreamChunk]:
-    failures = 0
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
+async def _read_stream_async(reading: _StreamReading) -> AsyncIterator[StreamChunk]:
+    async with httpx.AsyncClient(
+        base_url=reading.url, timeout=httpx.Timeout(reading.timeout, connect=10.0)
+    ) as http:
         while True:
-            parser = SSEParser()
             try:
-                async with http.stream("GET", path, headers=_stream_headers(token, after)) as response:
+                async with http.stream("GET", reading.path, headers=reading.headers()) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        answer = Answer(response.status_code, response.headers, response.content)
-                        if not is_retryable(answer.status):
-                            msg = f"stream {path}: HTTP {answer.status}: {_error_text(answer)}"
-                            raise RequestRefusedError(msg, answer.status)
-                        raise _Retry(f"HTTP {answer.status}", retry_after(answer.headers))
-                    failures = 0
+                        raise reading.refusal(
+                            Answer(response.status_code, response.headers, response.content)
+                        )
+                    reading.answered()
                     async for line in response.aiter_lines():
-                        event = parser.feed(line)
-                        if event is not None:
-                            chunk = _chunk(key, event)
-                            after = chunk.index
+                        chunk = reading.feed(line)
+                        if chunk is not None:
                             yield chunk
-                if "end" in parser.comments:
-                    return
-                raise _Retry("the response ended early", None)
+                reading.check_end()
+                return
             except (httpx.TransportError, _Retry) as error:
-                failures += 1
-                if failures >= policy.attempts:
-                    last = str(error) if isinstance(error, _Retry) else transport_failure(error).error
-                    msg = f"stream {path}: no answer after {failures} attempts ({last})"
-                    raise ServiceUnavailableError(msg, failures, last) from None
-                later = error.later if isinstance(error, _Retry) else None
-                await asyncio.sleep(policy.delay(failures - 1, random.random, later))
+                await asyncio.sleep(reading.delay(error))

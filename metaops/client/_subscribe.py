@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-import random
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -49,11 +48,17 @@ import httpx
 
 from metaops._errors import InvalidValueError
 from metaops._json import JSON, describe
-from metaops.client._base import _access_token, _base_url, sleep, sync_send, transport_failure
-from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive
-from metaops.client._errors import MissingCredentialsError, RequestRefusedError, ServiceUnavailableError
-from metaops.client._retry import RetryPolicy, is_retryable, retry_after
-from metaops.client._streams import StreamChunk, _error_text, _read_stream, _reading, read_stream_async
+from metaops.client._base import _access_token, _base_url, async_send, async_sleep, sleep, sync_send
+from metaops.client._core import Answer, Send, Steps, drive, drive_async
+from metaops.client._errors import MissingCredentialsError
+from metaops.client._retry import RetryPolicy
+from metaops.client._streams import (
+    StreamChunk,
+    _read_stream,
+    _StreamReading,
+    read_stream_async,
+    send_retried,
+)
 
 __all__ = ["MAX_QUEUED", "RunSnapshot", "Subscription", "credentials", "subscribe", "subscribe_async"]
 
@@ -216,30 +221,12 @@ class ShapeFollower:
 
     def poll(self) -> Steps[list[RunSnapshot]]:
         """One answer's worth of snapshots (often none: nothing changed during the hold)."""
-        last = ""
-        later: float | None = None
-        for attempt in range(self.policy.attempts):
-            if attempt:
-                yield Wait(self.policy.delay(attempt - 1, random.random, later))
-            later = None
-            reply = yield self._request()
-            if isinstance(reply, Failure):
-                last = reply.error
-                continue
-            assert isinstance(reply, Answer)
-            if reply.status == 200:
-                return self._take(reply)
-            if reply.status == 409:  # must refetch: start over from a snapshot
-                self.handle = reply.headers.get("electric-handle")
-                self.offset, self.live, self.row, self.changed = "-1", False, {}, False
-                return []
-            if is_retryable(reply.status):
-                last, later = f"HTTP {reply.status}", retry_after(reply.headers)
-                continue
-            msg = f"subscribe {self.path}: HTTP {reply.status}: {_error_text(reply)}"
-            raise RequestRefusedError(msg, reply.status)
-        msg = f"subscribe {self.path}: no answer after {self.policy.attempts} attempts ({last})"
-        raise ServiceUnavailableError(msg, self.policy.attempts, last)
+        answer = yield from send_retried(self._request(), self.policy, f"subscribe {self.path}", (200, 409))
+        if answer.status == 409:  # must refetch: start over from a snapshot
+            self.handle = answer.headers.get("electric-handle")
+            self.offset, self.live, self.row, self.changed = "-1", False, {}, False
+            return []
+        return self._take(answer)
 
     def _take(self, answer: Answer) -> list[RunSnapshot]:
         headers = answer.headers
@@ -266,13 +253,20 @@ class ShapeFollower:
         return snapshots
 
 
-def _policy(name: str, retry: RetryPolicy | None) -> RetryPolicy:
+def _settings(
+    name: str, run_id: object, base_url: str | None, access_token: str | None, retry: RetryPolicy | None
+) -> tuple[str, str, RetryPolicy]:
+    """What ``subscribe`` and ``subscribe_async`` check alike: the URL, the token and the policy."""
+    if not isinstance(run_id, str) or not run_id:
+        msg = f"{name}: run_id must be a non-empty str, got {describe(run_id)}"
+        raise InvalidValueError(msg, "run_id")
+    url, token = credentials(name, base_url, access_token)
     if retry is None:
-        return RetryPolicy(attempts=10, max_delay=5.0)
+        return url, token, RetryPolicy(attempts=10, max_delay=5.0)
     if not isinstance(retry, RetryPolicy):
         msg = f"{name}: retry must be a RetryPolicy, got {describe(retry)}"
         raise InvalidValueError(msg, "retry")
-    return retry
+    return url, token, retry
 
 
 # --------------------------------------------------------------------------- blocking
@@ -341,11 +335,7 @@ def subscribe(
 
     With ``streams=True``, :class:`~metaops.client.StreamChunk` values too.
     """
-    if not isinstance(run_id, str) or not run_id:
-        msg = f"subscribe: run_id must be a non-empty str, got {describe(run_id)}"
-        raise InvalidValueError(msg, "run_id")
-    url, token = credentials("subscribe", base_url, access_token)
-    policy = _policy("subscribe", retry)
+    url, token, policy = _settings("subscribe", run_id, base_url, access_token, retry)
     if not streams:
         return Subscription(_follow(url, token, run_id, policy, stop_on_completion))
     stop = threading.Event()
@@ -358,6 +348,26 @@ class _Ended:
 
     key: str | None
     error: BaseException | None = None
+
+
+class _Readers:
+    """The readers a merged subscription still waits for, told by what they queue: the run's
+    (``None``), and each stream's (its key) from its ``("started", key)`` to its :class:`_Ended`."""
+
+    def __init__(self) -> None:
+        self.running: set[str | None] = {None}
+
+    def passes(self, item: object) -> bool:
+        """Whether ``item`` goes to the consumer (a snapshot or a chunk); a reader's error is raised."""
+        if isinstance(item, tuple):
+            self.running.add(item[1])
+            return False
+        if isinstance(item, _Ended):
+            if item.error is not None:
+                raise item.error
+            self.running.discard(item.key)
+            return False
+        return True
 
 
 def _merged(
@@ -376,10 +386,8 @@ def _merged(
 
     def read(key: str) -> None:
         try:
-            chunks = _read_stream(
-                *_reading("subscribe", run_id, key, url, token, -1, policy, 60.0), halt=stop
-            )
-            for chunk in chunks:
+            reading = _StreamReading("subscribe", run_id, key, url, token, -1, policy, 60.0)
+            for chunk in _read_stream(reading, halt=stop):
                 if not put(chunk):
                     return
         except BaseException as error:  # handed to the consumer
@@ -406,17 +414,11 @@ def _merged(
         put(_Ended(None))
 
     threading.Thread(target=follow, name=f"metaops-subscribe:{run_id}", daemon=True).start()
-    running: set[str | None] = {None}
+    readers = _Readers()
     try:
-        while running:
+        while readers.running:
             item = items.get()
-            if isinstance(item, tuple):
-                running.add(item[1])
-            elif isinstance(item, _Ended):
-                if item.error is not None:
-                    raise item.error
-                running.discard(item.key)
-            else:
+            if readers.passes(item):
                 yield item
     finally:
         stop.set()
@@ -430,30 +432,10 @@ async def _follow_async(
 ) -> AsyncIterator[RunSnapshot]:
     follower = ShapeFollower(run_id, token, policy)
     async with httpx.AsyncClient(base_url=url, timeout=POLL_TIMEOUT) as http:
-
-        async def send(request: Send) -> Answer | Failure:
-            try:
-                response = await http.request(
-                    request.method, request.path, headers=request.headers, timeout=request.timeout
-                )
-            except httpx.TransportError as error:
-                return transport_failure(error)
-            return Answer(response.status_code, response.headers, response.content)
-
         while True:
-            steps = follower.poll()
-            reply: object = None
-            try:
-                while True:
-                    effect = steps.send(reply)
-                    if isinstance(effect, Send):
-                        reply = await send(effect)
-                    else:
-                        await asyncio.sleep(effect.seconds)
-                        reply = False
-            except StopIteration as done:
-                snapshots: list[RunSnapshot] = done.value
-            for snapshot in snapshots:
+            for snapshot in await drive_async(
+                follower.poll(), lambda request: async_send(http, request), async_sleep
+            ):
                 yield snapshot
                 if stop and snapshot.completed:
                     return
@@ -469,11 +451,7 @@ async def subscribe_async(
     retry: RetryPolicy | None = None,
 ) -> AsyncIterator[RunSnapshot | StreamChunk]:
     """:func:`subscribe` for asyncio: ``async for run in subscribe_async(run_id): ...``."""
-    if not isinstance(run_id, str) or not run_id:
-        msg = f"subscribe_async: run_id must be a non-empty str, got {describe(run_id)}"
-        raise InvalidValueError(msg, "run_id")
-    url, token = credentials("subscribe_async", base_url, access_token)
-    policy = _policy("subscribe_async", retry)
+    url, token, policy = _settings("subscribe_async", run_id, base_url, access_token, retry)
     if not streams:
         async for snapshot in _follow_async(url, token, run_id, policy, stop_on_completion):
             yield snapshot
@@ -507,17 +485,11 @@ async def subscribe_async(
         await items.put(_Ended(None))
 
     tasks.append(asyncio.ensure_future(follow()))
-    running: set[str | None] = {None}
+    readers = _Readers()
     try:
-        while running:
+        while readers.running:
             item = await items.get()
-            if isinstance(item, tuple):
-                running.add(item[1])
-            elif isinstance(item, _Ended):
-                if item.error is not None:
-                    raise item.error
-                running.discard(item.key)
-            else:
+            if readers.passes(item):
                 yield item
     finally:
         for task in tasks:

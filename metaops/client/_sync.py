@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from types import TracebackType
 
 import httpx
 
 from metaops._json import JSON
-from metaops.buffer import RejectedFlush
 from metaops.client._base import (
     BaseClient,
     check_open,
     final_flush,
-    register,
     sleep,
     sync_send,
     timeout_argument,
     tls,
     unregister,
 )
-from metaops.client._core import Answer, Failure, Send, drive, log
+from metaops.client._core import Answer, Failure, RoundResult, Send, drive, log
 from metaops.client._errors import ServiceUnavailableError
-from metaops.client._retry import RetryPolicy
 
 __all__ = ["MetadataClient"]
 
@@ -56,42 +53,16 @@ class MetadataClient(BaseClient):
     :data:`~metaops.client.EXIT_TIMEOUT` seconds for all of them together.
     """
 
-    def __init__(
-        self,
-        run_id: str,
-        *,
-        base_url: str | None = None,
-        access_token: str | None = None,
-        flush_interval: float = 1.0,
-        metadata: Mapping[str, object] | None = None,
-        is_root: bool = True,
-        limit: int | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float = 10.0,
-        on_reject: Callable[[RejectedFlush], object] | None = None,
-    ) -> None:
-        super().__init__(
-            run_id,
-            base_url=base_url,
-            access_token=access_token,
-            flush_interval=flush_interval,
-            metadata=metadata,
-            is_root=is_root,
-            limit=limit,
-            retry=retry,
-            timeout=timeout,
-            on_reject=on_reject,
-        )
+    def _open(self) -> None:
         self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout, verify=tls())
         # One round at a time (the flusher's, flush()'s or close()'s): rounds drain the
         # buffer, and a flush must be resolved before the next is drained.
         self._rounds = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(
-            target=self._flush_periodically, name=f"metaops-flusher:{run_id}", daemon=True
+            target=self._flush_periodically, name=f"metaops-flusher:{self._run_id}", daemon=True
         )
         self._thread.start()
-        register(self)
 
     # ----------------------------------------------------------------- I/O
 
@@ -167,19 +138,11 @@ class MetadataClient(BaseClient):
         fails; the operations stay queued and ``close()`` can be called again.
         """
         timeout = timeout_argument(self, "close", timeout)
-        self._closed = True
-        self._stopping.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._rounds.acquire(
-            timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())
-        ):
+        results = self._last_rounds(deadline)
+        if results is None:
             msg = f"run {self._run_id}: close: the flush in progress did not end within {timeout} s"
             raise ServiceUnavailableError(msg)
-        try:
-            results = final_flush(self, self._http, deadline)
-        finally:
-            self._rounds.release()
-        self._report(results)
         if results and results[-1].failure is not None:
             raise results[-1].failure
         if threading.current_thread() is not self._thread:
@@ -191,18 +154,27 @@ class MetadataClient(BaseClient):
     def _close_at_exit(self, deadline: float) -> None:
         if self._http.is_closed:
             return
+        results = self._last_rounds(deadline)
+        if results is None:
+            log.error("run %s: at exit, the flush in progress did not end in time", self._run_id)
+        elif results and results[-1].failure is not None:
+            log.error("%s; at exit, this is lost", results[-1].failure)
+
+    def _last_rounds(self, deadline: float | None) -> list[RoundResult] | None:
+        """What close() and the exit-time flush share: refuse updates, stop the flusher, and flush
+        what is left by ``deadline``; ``None`` when the round in progress did not end by then."""
         self._closed = True
         self._stopping.set()
-        if not self._rounds.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            log.error("run %s: at exit, the flush in progress did not end in time", self._run_id)
-            return
+        if not self._rounds.acquire(
+            timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())
+        ):
+            return None
         try:
             results = final_flush(self, self._http, deadline)
         finally:
             self._rounds.release()
         self._report(results)
-        if results and results[-1].failure is not None:
-            log.error("%s; at exit, this is lost", results[-1].failure)
+        return results
 
     # ----------------------------------------------------------------- context
 

@@ -81,7 +81,8 @@ changed is written by patching those, after one C-level pass that finds them."""
 
 
 def _encode(value: JSON, previous: JSON, texts: Texts) -> tuple[bytes, int]:
-    """The text of ``value``; adds the containers it wrote to ``texts``; returns their texts' bytes.
+    """The text of ``value``; adds the containers it wrote to ``texts`` and drops the ones they
+    replaced; returns how many bytes of text the cache gained (negative: lost).
 
     ``previous`` is the value last written: walked beside ``value``, it says which old list a
     changed list was copied from, whose items' texts the copy can reuse by position.
@@ -153,17 +154,27 @@ def _text_of(node: Any, old: Any, texts: Texts, written: list[int]) -> bytes:
                 parts = None
     texts[id(node)] = (node, text, parts)
     written[0] += len(text)
+    # The container this one replaced at its place (copy-on-write made a new one): its text
+    # is stale now, and dropping it here keeps the cache near the live texts without a walk.
+    # Were the old container still shared at another place, that place only misses the cache.
+    if old is not None and old is not node and (type(old) is dict or type(old) is list):
+        stale = texts.get(id(old))
+        if stale is not None and stale[0] is old:
+            del texts[id(old)]
+            written[0] -= len(stale[1])
     return text
 
 
 class TextCache:
     """The JSON texts of one run's containers, shared by the versions of its metadata.
 
-    :meth:`encode` adds the containers it writes; texts of containers no longer in
-    the metadata are dropped now and then, by a walk that keeps what is still
-    reachable: when the cache holds twice the containers, or twice the bytes of text
-    (and a mebibyte), that the metadata had at the last count. Bytes count as well as
-    containers: each update of a large run writes its top-level text anew.
+    :meth:`encode` adds the containers it writes and drops the texts of those they
+    replaced at the same places (each update of a large run writes its top-level text
+    anew: without that, the cache would gain the whole text per update). Texts of
+    containers that left the metadata otherwise (a key deleted) are dropped now and then
+    by a walk that keeps what is still reachable: when the cache holds twice the
+    containers, or twice the bytes of text (and some slack), that the metadata had at
+    the last count.
     Safe to use from several threads: an entry is only ever used for the very object
     it holds.
     """
@@ -196,7 +207,7 @@ class TextCache:
         text, written = _encode(value, self._previous, texts)
         self._previous = value
         self._held += written
-        if written and (
+        if written > 0 and (
             len(texts) > 2 * self._live + 256 or self._held > 2 * self._live_bytes + _SLACK_BYTES
         ):
             self._texts, self._live, self._live_bytes = _reachable(value, texts)

@@ -35,16 +35,18 @@ as UTF-8 (the service checks them before they get here).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from metaops._errors import InvalidArgumentError
 
 __all__ = [
     "ChangeListener",
     "History",
+    "Listeners",
     "LogEntry",
     "OutboxEntry",
     "RejectedEntry",
@@ -178,6 +180,36 @@ class RunTransaction(Protocol):
 
 ChangeListener = Callable[[str, int], None]
 """Called with ``(run_id, version)`` when a run reached ``version``; must not block."""
+
+_L = TypeVar("_L", bound=Callable[..., None])
+
+
+class Listeners(Generic[_L]):
+    """The listeners of a change feed (the runs', or the streams'), added and removed from any thread.
+
+    Each backend calls :meth:`current` and decides itself what a listener that raises does.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[_L] = []
+
+    def add(self, listener: _L) -> Callable[[], None]:
+        """Add ``listener``; return the function that removes it (once; later calls do nothing)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def current(self) -> tuple[_L, ...]:
+        """The listeners now, to be called outside any lock."""
+        with self._lock:
+            return tuple(self._listeners)
 
 
 class Storage(Protocol):

@@ -44,6 +44,7 @@ from metaops.service._errors import RunExistsError, RunNotFoundError, StorageErr
 from metaops.service._storage import (
     ChangeListener,
     History,
+    Listeners,
     LogEntry,
     OutboxEntry,
     RejectedEntry,
@@ -196,7 +197,7 @@ class PostgresStorage:
         # Notifications carry it, so that the listener skips what this process already dispatched.
         self._origin = secrets.token_hex(6)
         self._lock = threading.Lock()
-        self._listeners: list[ChangeListener] = []
+        self._listeners: Listeners[ChangeListener] = Listeners()
         # Connects on first use.
         self._listener = _Listener(url, f"metaops:wake:{self._origin}", self._notify_now)
         self._feed_registered = False
@@ -395,17 +396,12 @@ class PostgresStorage:
             if self._closed:
                 msg = f"{self._shown_url}: storage is closed"
                 raise StorageError(msg)
-            self._listeners.append(listener)
             first, self._feed_registered = not self._feed_registered, True
+        unsubscribe = self._listeners.add(listener)
         if first:
             self._listener.add(self._channel, self._on_notification)
         else:
             self._listener.add(self._channel, None)  # returns once the channel is listened to
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
 
         return unsubscribe
 
@@ -428,9 +424,7 @@ class PostgresStorage:
             self._dispatch(run_id, version)
 
     def _dispatch(self, run_id: str, version: int) -> None:
-        with self._lock:
-            listeners = tuple(self._listeners)
-        for listener in listeners:
+        for listener in self._listeners.current():
             try:
                 listener(run_id, version)
             except Exception:  # one failing listener must not starve the others

@@ -17,9 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from metaops.service._errors import RunExistsError, RunNotFoundError, StorageError
+from metaops.service._sqlite import SQLitePool
 from metaops.service._storage import (
     ChangeListener,
     History,
+    Listeners,
     LogEntry,
     OutboxEntry,
     RejectedEntry,
@@ -112,10 +114,10 @@ class SQLiteStorage:
         self._path = str(path)
         self._synchronous = mode
         self._busy_timeout = busy_timeout
-        self._idle: list[sqlite3.Connection] = []
+        self._pool = SQLitePool(self._path, self._connect, idle=_IDLE_CONNECTIONS, what="storage")
+        self._connection = self._pool.connection
         self._lock = threading.Lock()
-        self._closed = False
-        self._listeners: list[ChangeListener] = []
+        self._listeners: Listeners[ChangeListener] = Listeners()
         self._writer_id = secrets.token_hex(8)
         self._feed: threading.Thread | None = None
         self._feed_start: tuple[sqlite3.Connection, int]
@@ -159,38 +161,6 @@ class SQLiteStorage:
         db.execute("PRAGMA wal_autocheckpoint=0")
         return db
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._closed:
-                msg = f"{self._path}: storage is closed"
-                raise StorageError(msg)
-            db = self._idle.pop() if self._idle else None
-        try:
-            if db is None:
-                db = self._connect()
-        except sqlite3.Error as error:
-            msg = f"{self._path}: cannot open the database: {error}"
-            raise StorageError(msg) from None
-        try:
-            yield db
-        except sqlite3.Error as error:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            msg = f"{self._path}: {error}"
-            raise StorageError(msg) from None
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            with self._lock:
-                keep = not self._closed and len(self._idle) < _IDLE_CONNECTIONS
-                if keep:
-                    self._idle.append(db)
-            if not keep:
-                db.close()
-
     def _checkpoint_forever(self) -> None:
         """Copy the WAL into the database every second, without blocking writers (PASSIVE)."""
         while not self._stopping.wait(CHECKPOINT_INTERVAL):
@@ -208,11 +178,7 @@ class SQLiteStorage:
         for thread in (self._checkpointer, self._feed):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=30)
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for db in idle:
-            db.close()
+        self._pool.close()
 
     # ------------------------------------------------------------------ runs
 
@@ -347,9 +313,9 @@ class SQLiteStorage:
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """As the Protocol says; other processes' commits arrive within ``FEED_INTERVAL`` or so."""
+        unsubscribe = self._listeners.add(listener)
         with self._lock:
-            self._listeners.append(listener)
-            start = self._feed is None and not self._closed
+            start = self._feed is None and not self._pool.closed
             if start:
                 self._feed = threading.Thread(target=self._follow_others, name="metaops-feed", daemon=True)
         if start:
@@ -359,11 +325,6 @@ class SQLiteStorage:
             self._feed_start = (db, int(last))
             assert self._feed is not None
             self._feed.start()
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
 
         return unsubscribe
 
@@ -395,9 +356,7 @@ class SQLiteStorage:
             db.close()
 
     def _notify(self, run_id: str, version: int) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
+        for listener in self._listeners.current():
             listener(run_id, version)
 
 

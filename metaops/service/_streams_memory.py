@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from metaops.service._errors import RunNotFoundError
+from metaops.service._storage import Listeners
 from metaops.service._streams_store import (
     MAX_STREAMS_PER_RUN,
     PAGE_BYTES,
@@ -48,7 +49,7 @@ class MemoryStreamStore:
         self._storage = storage
         self._lock = threading.Lock()
         self._streams: dict[str, dict[str, _Stream]] = {}
-        self._listeners: list[StreamListener] = []
+        self._listeners: Listeners[StreamListener] = Listeners()
 
     def append(
         self, run_id: str, key: str, chunks: Sequence[str], *, first: int | None, end: bool, at: float
@@ -69,11 +70,11 @@ class MemoryStreamStore:
             stream.chunks.extend(plan.chunks)
             stream.ends.extend(plan.ends)
             stream.finished = plan.finished
-            listeners = tuple(self._listeners)
+            listeners = self._listeners.current()
         if created or plan.changes:
             for listener in listeners:
                 listener(run_id, key, plan.length)
-        return AppendResult(plan.length, len(plan.chunks), created, plan.finished)
+        return plan.result(created)
 
     def keys(self, run_id: str) -> tuple[str, ...]:
         with self._lock:
@@ -103,15 +104,7 @@ class MemoryStreamStore:
             return StreamPage(chunks, len(stream.chunks), stream.finished)
 
     def subscribe(self, listener: StreamListener) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.add(listener)
 
     def close(self) -> None:
         pass

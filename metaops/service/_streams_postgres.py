@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from metaops.service._errors import RunNotFoundError
+from metaops.service._storage import Listeners
 from metaops.service._storage_postgres import PostgresStorage
 from metaops.service._streams_store import (
     MAX_STREAMS_PER_RUN,
@@ -91,7 +92,7 @@ class PostgresStreamStore:
         self._channel = _channel(storage.channel)
         self._origin = secrets.token_hex(6)
         self._lock = threading.Lock()
-        self._listeners: list[StreamListener] = []
+        self._listeners: Listeners[StreamListener] = Listeners()
         self._stop_listening: Callable[[], None] | None = None
         self._listening = False
         with self._connection() as db, db.transaction():
@@ -142,10 +143,7 @@ class PostgresStreamStore:
                     cursor.executemany(
                         "INSERT INTO metaops_stream_chunks (run_id, key, idx, end_bytes, data) "
                         "VALUES (%s, %s, %s, %s, %s)",
-                        [
-                            (run_id, key, plan.start + offset, plan.ends[offset], text)
-                            for offset, text in enumerate(plan.chunks)
-                        ],
+                        plan.rows(run_id, key),
                     )
             if plan.changes:
                 db.execute(
@@ -160,7 +158,7 @@ class PostgresStreamStore:
                 )
         if created or plan.changes:
             self._dispatch(f"{run_id}/{key}", plan.length)
-        return AppendResult(plan.length, len(plan.chunks), created, plan.finished)
+        return plan.result(created)
 
     def keys(self, run_id: str) -> tuple[str, ...]:
         with self._connection() as db:
@@ -187,19 +185,14 @@ class PostgresStreamStore:
         return StreamPage(tuple((int(i), str(d)) for i, d in rows), info.length, info.finished)
 
     def subscribe(self, listener: StreamListener) -> Callable[[], None]:
+        unsubscribe = self._listeners.add(listener)
         with self._lock:
-            self._listeners.append(listener)
             start, self._listening = not self._listening, True
         if start:
             # On the storage's one listening connection; returns once LISTEN is in effect.
             stop = self._storage.listen(self._channel, self._on_notification)
             with self._lock:
                 self._stop_listening = stop
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
 
         return unsubscribe
 
@@ -211,9 +204,7 @@ class PostgresStreamStore:
 
     def _dispatch(self, stream: str, length: int) -> None:
         run_id, _, key = stream.partition("/")
-        with self._lock:
-            listeners = tuple(self._listeners)
-        for listener in listeners:
+        for listener in self._listeners.current():
             try:
                 listener(run_id, key, length)
             except Exception:  # one failing listener must not starve the others

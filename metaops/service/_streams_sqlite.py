@@ -9,13 +9,13 @@ bytes with an index range alone.
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from metaops.service._errors import RunNotFoundError, StorageError
+from metaops.service._errors import RunNotFoundError
+from metaops.service._sqlite import SQLitePool
+from metaops.service._storage import Listeners
 from metaops.service._streams_store import (
     MAX_STREAMS_PER_RUN,
     PAGE_BYTES,
@@ -69,10 +69,9 @@ class SQLiteStreamStore:
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         self._path = str(path)
         self._busy_timeout = busy_timeout
-        self._lock = threading.Lock()
-        self._idle: list[sqlite3.Connection] = []
-        self._listeners: list[StreamListener] = []
-        self._closed = False
+        self._pool = SQLitePool(self._path, self._connect, idle=_IDLE_CONNECTIONS, what="stream store")
+        self._connection = self._pool.connection
+        self._listeners: Listeners[StreamListener] = Listeners()
         with self._connection() as db:
             db.executescript(_SCHEMA)
 
@@ -84,44 +83,8 @@ class SQLiteStreamStore:
         db.execute("PRAGMA foreign_keys=ON")
         return db
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._closed:
-                msg = f"{self._path}: stream store is closed"
-                raise StorageError(msg)
-            db = self._idle.pop() if self._idle else None
-        try:
-            if db is None:
-                db = self._connect()
-        except sqlite3.Error as error:
-            msg = f"{self._path}: cannot open the database: {error}"
-            raise StorageError(msg) from None
-        try:
-            yield db
-        except sqlite3.Error as error:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            msg = f"{self._path}: {error}"
-            raise StorageError(msg) from None
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            with self._lock:
-                keep = not self._closed and len(self._idle) < _IDLE_CONNECTIONS
-                if keep:
-                    self._idle.append(db)
-            if not keep:
-                db.close()
-
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for db in idle:
-            db.close()
+        self._pool.close()
 
     def append(
         self, run_id: str, key: str, chunks: Sequence[str], *, first: int | None, end: bool, at: float
@@ -145,10 +108,7 @@ class SQLiteStreamStore:
             if plan.chunks:
                 db.executemany(
                     "INSERT INTO stream_chunks (run_id, key, idx, end_bytes, data) VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (run_id, key, plan.start + offset, plan.ends[offset], text)
-                        for offset, text in enumerate(plan.chunks)
-                    ],
+                    plan.rows(run_id, key),
                 )
             if plan.changes:
                 db.execute(
@@ -158,7 +118,7 @@ class SQLiteStreamStore:
             db.execute("COMMIT")
         if created or plan.changes:
             self._notify(run_id, key, plan.length)
-        return AppendResult(plan.length, len(plan.chunks), created, plan.finished)
+        return plan.result(created)
 
     def keys(self, run_id: str) -> tuple[str, ...]:
         with self._connection() as db:
@@ -195,18 +155,8 @@ class SQLiteStreamStore:
         return StreamPage(tuple((int(i), str(d)) for i, d in rows), info.length, info.finished)
 
     def subscribe(self, listener: StreamListener) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.add(listener)
 
     def _notify(self, run_id: str, key: str, length: int) -> None:
-        with self._lock:
-            listeners = tuple(self._listeners)
-        for listener in listeners:
+        for listener in self._listeners.current():
             listener(run_id, key, length)

@@ -160,6 +160,17 @@ class AppendPlan:
         """Whether the write stores anything (new chunks, or the stream's end)."""
         return bool(self.chunks) or self.finishes
 
+    def rows(self, run_id: str, key: str) -> list[tuple[str, str, int, int, str]]:
+        """The chunk rows to insert: ``(run_id, key, index, end_bytes, text)``, in index order."""
+        return [
+            (run_id, key, self.start + offset, self.ends[offset], text)
+            for offset, text in enumerate(self.chunks)
+        ]
+
+    def result(self, created: bool) -> AppendResult:
+        """What the write did, once stored (``created``: it created the stream)."""
+        return AppendResult(self.length, len(self.chunks), created, self.finished)
+
 
 def plan_append(
     key: str,
