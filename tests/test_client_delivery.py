@@ -162,42 +162,6 @@ def test_restore_and_merge_uses_a_new_key_only_after_the_fence_spent_the_old_one
     assert service.metadata(run_id) == {"n": 11}
 
 
-def test_a_fence_whose_own_answer_is_lost_does_not_take_the_held_body_for_applied(
-    backend_service: ThreadedService,
-) -> None:
-    """The held body never reached the service; the fence's first answer is lost after the
-    service spent the key, and its retry is answered as a replay. That replay is of the fence
-    itself: the service says so (``Idempotency-Key-Fenced: true``), and the held body is merged
-    and sent under a new key. Before, the client took the replay for the held body's and
-    dropped its operations (the kill-and-fault suite lost a flush now and then this way)."""
-    service, run_id = backend_service, "run_fence_lost"
-    service.create_run(run_id)
-    fences: list[Exchange] = []
-
-    def decide(exchange: Exchange) -> str | None:
-        if exchange.method != "PUT":
-            return None
-        if exchange.body == FENCE_BODY:
-            fences.append(exchange)
-            return "lose" if len(fences) == 1 else None  # applied (the key spent), answer lost
-        return "drop" if len(puts(proxy)) <= FAST.attempts else None  # never reaches the service
-
-    with fault_proxy(service.url, decide=decide) as proxy, make(proxy.url, run_id) as md:
-        md.increment("n")
-        with pytest.raises(ServiceUnavailableError):
-            md.flush()
-        md.increment("n", 10)
-        md.flush()
-        assert md.rejected == ()
-    sent = puts(proxy)
-    held_key = sent[0].key
-    assert [(f.key, f.replayed) for f in fences] == [(held_key, False), (held_key, True)]
-    (merged,) = sent[FAST.attempts + len(fences) :]
-    assert merged.key != held_key
-    assert increments(merged) == [11]
-    assert service.metadata(run_id) == {"n": 11}
-
-
 def test_a_flush_that_never_reached_the_service_merges_without_a_fence(
     service: ThreadedService, run_id: str
 ) -> None:

@@ -56,26 +56,6 @@ def test_an_empty_put_fences_a_key_whose_outcome_is_unknown(client: Client) -> N
     assert client.run("r")["version"] == 0
 
 
-def test_a_replay_says_whether_the_key_was_spent_by_a_fence(client: Client) -> None:
-    """A fence's own answer can be lost, and its retry is then replayed like a replay of the
-    body it fenced. ``Idempotent-Fenced: true`` tells them apart: the key was first spent by a
-    request that applied nothing, so no body sent with it was applied."""
-    client.create_run("r", metadata={"n": 0})
-    assert client.put_metadata("r", {"operations": []}, key="fenced") == (200, {"metadata": {"n": 0}})
-    bodies: list[object] = [{"operations": []}, INCREMENT]
-    for body in bodies:
-        assert client.put_metadata("r", body, key="fenced") == (200, {"metadata": {"n": 0}})
-        assert (client.last_headers["idempotent-replayed"], client.last_headers["idempotent-fenced"]) == (
-            "true",
-            "true",
-        )
-    assert client.put_metadata("r", INCREMENT, key="applied") == (200, {"metadata": {"n": 1}})
-    assert client.put_metadata("r", {"operations": []}, key="applied") == (200, {"metadata": {"n": 1}})
-    assert client.last_headers["idempotent-replayed"] == "true"
-    assert "idempotent-fenced" not in client.last_headers
-    assert client.run("r")["version"] == 1
-
-
 def test_a_key_is_recorded_when_the_body_changed_nothing(client: Client) -> None:
     client.create_run("r", metadata={"tags": []})
     unchanged = {"operations": [{"type": "remove", "key": "tags", "value": "absent"}]}

@@ -28,11 +28,7 @@ out of the buffer (it is *held*, not restored) until its outcome is known:
   metadata). Not replayed: the key is now spent with nothing applied (the old
   request, if it still arrives, is a no-op), so the flush goes back to the buffer
   (:meth:`~metaops.RunMetadata.restore`), collapses with the newer calls, and
-  leaves under a new key. The fence is retried like any request, and a retry of a
-  fence whose first answer was lost is replayed too, the fence having spent the key:
-  ``metaops serve`` tells the two replays apart (``Idempotent-Fenced: true`` when a
-  request that applied nothing spent the key), and only a replay without it means
-  the body was applied.
+  leaves under a new key.
 
 A flush whose attempts all failed before anything could reach the service (the
 connection was refused, no connection came free) is restored at once.
@@ -139,7 +135,6 @@ Steps = Generator["Send | Wait", Any, _T]
 class _Taken:
     metadata: dict[str, JSON]
     replayed: bool
-    fenced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +369,7 @@ class Core:
             reason = f"outcome unknown: the fence of its key was refused: {outcome.reason}"
             self._reject(flight, reason, outcome.status, result)
             return None
-        if outcome.replayed and not outcome.fenced:
+        if outcome.replayed:
             log.info("run %s: fenced key %s: the held body had been applied", self.run_id, flight.key)
             self._delivered_one(flight, outcome)
             if flight.delivered == len(flight.bodies):
@@ -484,8 +479,7 @@ def _taken(answer: Answer) -> _Taken | str:
     if not isinstance(metadata, dict):
         return f"expected {{'metadata': {{...}}}}, got {describe(payload)}"
     replayed = answer.headers.get("idempotent-replayed", "").strip().lower() == "true"
-    fenced = answer.headers.get("idempotent-fenced", "").strip().lower() == "true"
-    return _Taken(metadata, replayed, fenced)
+    return _Taken(metadata, replayed)
 
 
 def error_message(answer: Answer) -> str:

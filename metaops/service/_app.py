@@ -9,9 +9,7 @@ Platform routes (what the official SDK calls), bearer token required:
   applied after the write commits). An ``Idempotency-Key`` header (1 to 255 visible
   ASCII characters) makes it apply at most once per run and key: a repeat, whatever
   its body, applies nothing and answers 200 with the current metadata and
-  ``Idempotent-Replayed: true``; and ``Idempotent-Fenced: true`` when the key was first
-  spent by a request that applied nothing (a client's fence: a body sent with that key
-  was never applied).
+  ``Idempotent-Replayed: true``.
 
 Admin routes (same token), for tests, demos and operators:
 
@@ -321,8 +319,6 @@ def create_app(
             body = _parse_json(await _read_body(request, request_timeout))
             outcome = await run(lambda: service.update(run_id, body, key=key))
             headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-            if outcome.fenced:
-                headers = {"Idempotent-Replayed": "true", "Idempotent-Fenced": "true"}
             return Response(b'{"metadata":' + outcome.state.text + b"}", 200, headers, "application/json")
 
         return await answer(request, work)

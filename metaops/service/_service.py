@@ -29,10 +29,7 @@ window), then answers 400. Parent and root operations of a run without a parent 
 that is its own root) apply to the run itself, as the platform does.
 
 Idempotency keys are kept for ``key_retention`` seconds (24 hours by default) after
-they were used: a repeat within that time applies nothing, whatever its body. A key
-first spent by a request that applied nothing (a client's *fence*) is recorded as
-such, and its replays say so (:attr:`UpdateOutcome.fenced`): a client whose fence's
-own answer was lost learns from the retry that its held body was never applied.
+they were used: a repeat within that time applies nothing, whatever its body.
 """
 
 from __future__ import annotations
@@ -144,15 +141,10 @@ class RunState:
 
 @dataclass(frozen=True, slots=True)
 class UpdateOutcome:
-    """What an update answered: the run's state after it, and whether its key was a repeat.
-
-    ``fenced``: the key was first spent by a request that applied nothing (a client's
-    *fence*), so whatever else was sent with it was never applied.
-    """
+    """What an update answered: the run's state after it, and whether its key was a repeat."""
 
     state: RunState
     replayed: bool = False
-    fenced: bool = False
 
 
 def _operations_text(operations: Sequence[Operation]) -> str:
@@ -324,11 +316,8 @@ class MetadataService:
             assert tx is not None
             record = tx.record
             state = self._current(run_id, record, tx.history)
-            if key is not None:
-                if tx.key_used(key):
-                    return UpdateOutcome(state, replayed=True)
-                if tx.key_used(_fenced(key)):
-                    return UpdateOutcome(state, replayed=True, fenced=True)
+            if key is not None and tx.key_used(key):
+                return UpdateOutcome(state, replayed=True)
             window = self._config.updatable_window
             if record.completed_at is not None and record.completed_at <= now - window:
                 msg = "Cannot update metadata for a completed run"
@@ -344,8 +333,7 @@ class MetadataService:
             for target, operations in targets:
                 tx.enqueue(target, _operations_text(operations), now)
             if key is not None:
-                nothing = not own and not request.parent_operations and not request.root_operations
-                tx.use_key(_fenced(key) if nothing else key, now)
+                tx.use_key(key, now)
         self._install(run_id, new)
         if targets and self._config.inline_flush:
             for target in dict.fromkeys(target for target, _ in targets):
@@ -553,12 +541,6 @@ class MetadataService:
                 for r in self._storage.rejections(run_id)
             ],
         }
-
-
-def _fenced(key: str) -> str:
-    """How a key spent by a request that applied nothing is recorded: apart from one spent by a
-    request that did, so that a replay can say which (a space is in no key a client sends)."""
-    return key + " fence"
 
 
 def _nameable(run_id: str) -> None:
