@@ -29,6 +29,7 @@ from metaops.client import (
     RequestRefusedError,
     RetryPolicy,
     ServiceUnavailableError,
+    WrongEventLoopError,
     metadata,
 )
 from metaops.client._base import BaseClient
@@ -70,6 +71,7 @@ CLIENT_API = [
     "ServiceUnavailableError",
     "StreamChunk",
     "Subscription",
+    "WrongEventLoopError",
     "metadata",
     "read_stream",
     "read_stream_async",
@@ -100,6 +102,7 @@ def test_the_client_api_is_pinned_sorted_and_exactly_the_public_names() -> None:
         ClientClosedError("closed"),
         RequestRefusedError("refused", 413),
         ServiceUnavailableError("down", 5, "503: busy"),
+        WrongEventLoopError("another loop"),
     ],
     ids=lambda error: type(error).__name__,
 )

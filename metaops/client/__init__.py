@@ -100,6 +100,7 @@ from metaops.client._errors import (
     MissingCredentialsError,
     RequestRefusedError,
     ServiceUnavailableError,
+    WrongEventLoopError,
 )
 from metaops.client._retry import RetryPolicy
 from metaops.client._streams import StreamChunk, read_stream, read_stream_async
@@ -120,6 +121,7 @@ __all__ = [
     "ServiceUnavailableError",
     "StreamChunk",
     "Subscription",
+    "WrongEventLoopError",
     "metadata",
     "read_stream",
     "read_stream_async",

@@ -11,9 +11,18 @@ from typing import TypeVar
 import httpx
 
 from metaops._json import JSON
-from metaops.client._base import BaseClient, async_send, async_sleep, final_flush, tls, unregister
+from metaops.client._base import (
+    BaseClient,
+    async_send,
+    async_sleep,
+    check_open,
+    final_flush,
+    timeout_argument,
+    tls,
+    unregister,
+)
 from metaops.client._core import Answer, Failure, RoundResult, Send, Steps, drive_async, log
-from metaops.client._errors import ServiceUnavailableError
+from metaops.client._errors import ServiceUnavailableError, WrongEventLoopError
 
 __all__ = ["AsyncMetadataClient"]
 
@@ -29,6 +38,11 @@ class AsyncMetadataClient(BaseClient):
     :data:`metaops.client.metadata`; tasks started inside inherit it). ``await
     md.flush()``, ``await md.retrieve()`` and ``await md.close()`` do what the
     sync client's methods do.
+
+    A client works on one event loop at a time: once its loop has ended (an
+    ``asyncio.run`` returned), the next loop that awaits it takes over, with what
+    was left queued; while its loop runs, another loop (in another thread) gets
+    :class:`~metaops.client.WrongEventLoopError`.
     """
 
     def _open(self) -> None:
@@ -43,6 +57,36 @@ class AsyncMetadataClient(BaseClient):
             pass
         else:
             self._start()
+
+    def _on_own_loop(self, method: str) -> None:
+        """Make sure the client works on the running event loop.
+
+        Its connections and its flushing task live on the loop it started on. When that
+        loop has ended (an earlier ``asyncio.run`` returned), this one takes over: new
+        connections, a new flushing task; what the old loop left queued or held is sent
+        from here, as the core keeps it. While that loop still runs (in another thread),
+        :class:`WrongEventLoopError`.
+        """
+        loop = self._loop
+        running = asyncio.get_running_loop()
+        if loop is None or loop is running:
+            return
+        if not loop.is_closed():
+            msg = (
+                f"{method}: AsyncMetadataClient for run {self._run_id!r} works on the event loop it "
+                "started on, which still runs elsewhere: make a client for each event loop"
+            )
+            raise WrongEventLoopError(msg)
+        # The old loop's connections cannot be closed from here (their transports belonged to
+        # it); they are dropped with the old httpx client.
+        self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout, verify=tls())
+        self._rounds = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        if self._closed:
+            self._stopping.set()
+        self._loop = None
+        self._task = None
+        self._start()
 
     def _start(self) -> None:
         if self._task is None and not self._closed:
@@ -101,6 +145,8 @@ class AsyncMetadataClient(BaseClient):
 
         Raises as :meth:`MetadataClient.flush <metaops.client.MetadataClient.flush>` does.
         """
+        timeout = timeout_argument(self, "flush", timeout)
+        self._on_own_loop("flush")
         self._start()
         deadline = None if timeout is None else time.monotonic() + timeout
         await self._locked("flush", deadline)
@@ -112,7 +158,12 @@ class AsyncMetadataClient(BaseClient):
         result.raise_for_outcome()
 
     async def retrieve(self) -> dict[str, JSON]:
-        """Read the run's metadata from the service (a GET, retried like a flush)."""
+        """Read the run's metadata from the service (a GET, retried like a flush).
+
+        :class:`~metaops.client.ClientClosedError` once the client is closed.
+        """
+        check_open(self, "retrieve")
+        self._on_own_loop("retrieve")
         return await self._drive(self._core.retrieve())
 
     async def stream(self, key: str, values: AsyncIterable[object] | Iterable[object]) -> int:
@@ -127,6 +178,10 @@ class AsyncMetadataClient(BaseClient):
         Raises :class:`~metaops.client.ServiceUnavailableError` if the final flush
         fails; the operations stay queued and ``close()`` can be awaited again.
         """
+        timeout = timeout_argument(self, "close", timeout)
+        if self._http.is_closed:
+            return  # closed already: nothing is left to send
+        self._on_own_loop("close")
         self._closed = True
         self._stopping.set()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -173,6 +228,7 @@ class AsyncMetadataClient(BaseClient):
     # ----------------------------------------------------------------- context
 
     async def __aenter__(self) -> AsyncMetadataClient:
+        self._on_own_loop("async with")
         self._start()
         self._bind()
         return self

@@ -33,10 +33,12 @@ __all__ = [
     "async_send",
     "async_sleep",
     "bound",
+    "check_open",
     "final_flush",
     "register",
     "sleep",
     "sync_send",
+    "timeout_argument",
     "tls",
     "transport_failure",
     "unregister",
@@ -390,6 +392,26 @@ def _seconds(name: str, what: str, value: object) -> float:
         msg = f"{name}: {what} must be a finite number of seconds > 0, got {value!r}"
         raise InvalidArgumentError(msg)
     return float(value)
+
+
+def timeout_argument(client: BaseClient, method: str, value: object) -> float | None:
+    """``timeout=`` of ``flush``/``close``: ``None`` (no limit) or finite seconds >= 0."""
+    if value is None:
+        return None
+    what = f"{type(client).__name__}.{method}: timeout"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{what} must be a number of seconds or None, got {describe(value)}"
+        raise InvalidValueError(msg, "timeout")
+    if not 0 <= value < math.inf:
+        msg = f"{what} must be a finite number of seconds >= 0 (None: no limit), got {value!r}"
+        raise InvalidArgumentError(msg)
+    return float(value)
+
+
+def check_open(client: BaseClient, method: str) -> None:
+    """:class:`ClientClosedError` once ``client`` is closed (its connections are, or soon will be)."""
+    if client._closed:
+        _closed(client, method)
 
 
 # --------------------------------------------------------------------------- blocking I/O

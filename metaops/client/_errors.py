@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from metaops._errors import MetaopsError
 
-__all__ = ["ClientClosedError", "MissingCredentialsError", "RequestRefusedError", "ServiceUnavailableError"]
+__all__ = [
+    "ClientClosedError",
+    "MissingCredentialsError",
+    "RequestRefusedError",
+    "ServiceUnavailableError",
+    "WrongEventLoopError",
+]
 
 
 class MissingCredentialsError(MetaopsError, ValueError):
@@ -27,6 +33,12 @@ class MissingCredentialsError(MetaopsError, ValueError):
 
 class ClientClosedError(MetaopsError, RuntimeError):
     """An update was made on a client that is closed: it would never be sent, so it is refused."""
+
+
+class WrongEventLoopError(MetaopsError, RuntimeError):
+    """An :class:`~metaops.client.AsyncMetadataClient` was awaited on an event loop other than
+    its own (the one it started flushing on): its connections and its flushing task live
+    there. Make a client for each event loop (each ``asyncio.run``)."""
 
 
 class RequestRefusedError(MetaopsError, ValueError):
@@ -64,5 +76,11 @@ class ServiceUnavailableError(MetaopsError, ConnectionError):
         return (type(self), (str(self), self.attempts, self.last))
 
 
-for _error in (MissingCredentialsError, ClientClosedError, RequestRefusedError, ServiceUnavailableError):
+for _error in (
+    MissingCredentialsError,
+    ClientClosedError,
+    RequestRefusedError,
+    ServiceUnavailableError,
+    WrongEventLoopError,
+):
     _error.__module__ = "metaops.client"

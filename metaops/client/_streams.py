@@ -34,8 +34,8 @@ from urllib.parse import quote
 
 import httpx
 
-from metaops._errors import InvalidArgumentError
-from metaops._json import JSON, normalize
+from metaops._errors import InvalidArgumentError, InvalidValueError
+from metaops._json import JSON, describe, normalize
 from metaops._size import json_text
 from metaops.client._base import sleep, sync_send, transport_failure
 from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive, error_message
@@ -172,9 +172,18 @@ def _check_open(client: BaseClient, key: str) -> None:
         raise ClientClosedError(msg)
 
 
+def _not_iterable(key: str, values: object) -> InvalidValueError:
+    msg = f"stream({key!r}): values must be an iterable of JSON values, got {describe(values)}"
+    return InvalidValueError(msg, "values")
+
+
 def write_stream(client: MetadataClient, key: str, values: Iterable[object]) -> int:
     """``client.stream(key, values)``: send ``values`` as they come; the number sent (see the module)."""
     _check_open(client, key)
+    try:
+        values = iter(values)
+    except TypeError:  # refused before the stream is created
+        raise _not_iterable(key, values) from None
     core = client._core
     writer = _Writer(stream_path(client.run_id, key), core._headers, core.policy, core.timeout)
 
@@ -221,6 +230,12 @@ async def write_stream_async(
 ) -> int:
     """``await client.stream(key, values)``: the same as :func:`write_stream`, on the event loop."""
     _check_open(client, key)
+    client._on_own_loop(f"stream({key!r})")
+    if not isinstance(values, AsyncIterable):
+        try:
+            values = iter(values)
+        except TypeError:  # refused before the stream is created
+            raise _not_iterable(key, values) from None
     core = client._core
     writer = _Writer(stream_path(client.run_id, key), core._headers, core.policy, core.timeout)
     await client._drive(writer.post([], end=False))
@@ -320,7 +335,10 @@ class _Retry(Exception):
 
 class _StreamReading:
     """What :func:`read_stream` and :func:`read_stream_async` decide, sans I/O: where to resume,
-    which answers are refusals, when to give up and how long to wait. They only make the requests."""
+    which answers are refusals, when to give up and how long to wait. They only make the requests.
+
+    Made when the reader is called: bad arguments raise then, typed, not at the first ``next()``.
+    """
 
     def __init__(
         self,
@@ -331,14 +349,22 @@ class _StreamReading:
         access_token: str | None,
         after: int,
         retry: RetryPolicy | None,
+        timeout: float,
     ) -> None:
-        from metaops.client._subscribe import credentials
+        from metaops.client._base import _seconds
+        from metaops.client._subscribe import _settings
 
-        self.url, self._token = credentials(name, base_url, access_token)
+        if isinstance(after, bool) or not isinstance(after, int):
+            msg = f"{name}: after must be a chunk index (an int; -1: from the start), got {describe(after)}"
+            raise InvalidValueError(msg, "after")
+        if after < -1:
+            msg = f"{name}: after must be -1 (from the start) or a chunk index, got {after}"
+            raise InvalidArgumentError(msg)
+        self.url, self._token, self._policy = _settings(name, run_id, base_url, access_token, retry)
         self.path = stream_path(run_id, key)
+        self.timeout = _seconds(name, "timeout", timeout)
         self._key = key
         self._after = after
-        self._policy = retry or RetryPolicy(attempts=10, max_delay=5.0)
         self._failures = 0
         self._parser = SSEParser()
 
@@ -400,9 +426,21 @@ def read_stream(
     after the last chunk received; ``retry`` bounds the attempts in a row that get
     no answer (:class:`~metaops.client.ServiceUnavailableError` after them). A
     refusal (400, 401, 403, 404) raises :class:`~metaops.client.RequestRefusedError`.
+
+    It ends when the producer finishes the stream, or when the run completes and no
+    more chunks are there. Until then it waits for more, for as long as the run goes
+    on (``timeout`` bounds each read, and the service sends a keep-alive well within
+    it): stop early by leaving the loop. Bad arguments raise at the call.
     """
-    reading = _StreamReading("read_stream", run_id, key, base_url, access_token, after, retry)
-    with httpx.Client(base_url=reading.url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
+    return _read_stream(
+        _StreamReading("read_stream", run_id, key, base_url, access_token, after, retry, timeout)
+    )
+
+
+def _read_stream(reading: _StreamReading, *, halt: threading.Event | None = None) -> Iterator[StreamChunk]:
+    """:func:`read_stream`'s generator; with ``halt``, it ends at the first line after it is set
+    (a keep-alive comes every 10 s), for a thread reading for a consumer who left."""
+    with httpx.Client(base_url=reading.url, timeout=httpx.Timeout(reading.timeout, connect=10.0)) as http:
         while True:
             try:
                 with http.stream("GET", reading.path, headers=reading.headers()) as response:
@@ -413,6 +451,8 @@ def read_stream(
                         )
                     reading.answered()
                     for line in response.iter_lines():
+                        if halt is not None and halt.is_set():
+                            return
                         chunk = reading.feed(line)
                         if chunk is not None:
                             yield chunk
@@ -422,7 +462,7 @@ def read_stream(
                 sleep(reading.delay(error))
 
 
-async def read_stream_async(
+def read_stream_async(
     run_id: str,
     key: str,
     *,
@@ -433,8 +473,14 @@ async def read_stream_async(
     timeout: float = 60.0,
 ) -> AsyncIterator[StreamChunk]:
     """:func:`read_stream` for asyncio: ``async for chunk in read_stream_async(run_id, key): ...``."""
-    reading = _StreamReading("read_stream_async", run_id, key, base_url, access_token, after, retry)
-    async with httpx.AsyncClient(base_url=reading.url, timeout=httpx.Timeout(timeout, connect=10.0)) as http:
+    reading = _StreamReading("read_stream_async", run_id, key, base_url, access_token, after, retry, timeout)
+    return _read_stream_async(reading)
+
+
+async def _read_stream_async(reading: _StreamReading) -> AsyncIterator[StreamChunk]:
+    async with httpx.AsyncClient(
+        base_url=reading.url, timeout=httpx.Timeout(reading.timeout, connect=10.0)
+    ) as http:
         while True:
             try:
                 async with http.stream("GET", reading.path, headers=reading.headers()) as response:

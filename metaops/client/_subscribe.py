@@ -52,7 +52,13 @@ from metaops.client._base import _access_token, _base_url, async_send, async_sle
 from metaops.client._core import Answer, Send, Steps, drive, drive_async
 from metaops.client._errors import MissingCredentialsError
 from metaops.client._retry import RetryPolicy
-from metaops.client._streams import StreamChunk, read_stream, read_stream_async, send_retried
+from metaops.client._streams import (
+    StreamChunk,
+    _read_stream,
+    _StreamReading,
+    read_stream_async,
+    send_retried,
+)
 
 __all__ = ["MAX_QUEUED", "RunSnapshot", "Subscription", "credentials", "subscribe", "subscribe_async"]
 
@@ -266,10 +272,19 @@ def _settings(
 # --------------------------------------------------------------------------- blocking
 
 
-def _follow(url: str, token: str, run_id: str, policy: RetryPolicy, stop: bool) -> Iterator[RunSnapshot]:
+def _follow(
+    url: str,
+    token: str,
+    run_id: str,
+    policy: RetryPolicy,
+    stop: bool,
+    halt: threading.Event | None = None,
+) -> Iterator[RunSnapshot]:
+    """The run's snapshots, poll after poll; with ``halt``, ends at the first poll after it is set
+    (a thread following for someone who left must not poll for ever: a quiet run never yields)."""
     follower = ShapeFollower(run_id, token, policy)
     with httpx.Client(base_url=url, timeout=POLL_TIMEOUT) as http:
-        while True:
+        while halt is None or not halt.is_set():
             for snapshot in drive(follower.poll(), lambda request: sync_send(http, request), sleep):
                 yield snapshot
                 if stop and snapshot.completed:
@@ -291,7 +306,9 @@ class Subscription:
         return next(self._items)
 
     def close(self) -> None:
-        """Stop following the run (threads reading streams end at their next event)."""
+        """Stop following the run. The threads of ``streams=True`` end within one long-poll
+        (about 20 s) and one keep-alive of a stream (10 s); so does a subscription dropped
+        without closing, once it is garbage-collected."""
         if self._stop is not None:
             self._stop.set()
         close = getattr(self._items, "close", None)
@@ -369,7 +386,8 @@ def _merged(
 
     def read(key: str) -> None:
         try:
-            for chunk in read_stream(run_id, key, base_url=url, access_token=token, retry=policy):
+            reading = _StreamReading("subscribe", run_id, key, url, token, -1, policy, 60.0)
+            for chunk in _read_stream(reading, halt=stop):
                 if not put(chunk):
                     return
         except BaseException as error:  # handed to the consumer
@@ -380,7 +398,7 @@ def _merged(
     def follow() -> None:
         started: set[str] = set()
         try:
-            for snapshot in _follow(url, token, run_id, policy, stop_on_completion):
+            for snapshot in _follow(url, token, run_id, policy, stop_on_completion, stop):
                 for key in snapshot.streams:
                     if key not in started:
                         started.add(key)

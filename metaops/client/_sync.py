@@ -10,7 +10,16 @@ from types import TracebackType
 import httpx
 
 from metaops._json import JSON
-from metaops.client._base import BaseClient, final_flush, sleep, sync_send, tls, unregister
+from metaops.client._base import (
+    BaseClient,
+    check_open,
+    final_flush,
+    sleep,
+    sync_send,
+    timeout_argument,
+    tls,
+    unregister,
+)
 from metaops.client._core import Answer, Failure, RoundResult, Send, drive, log
 from metaops.client._errors import ServiceUnavailableError
 
@@ -90,6 +99,7 @@ class MetadataClient(BaseClient):
         again at the next interval. Raises :class:`~metaops.client.RequestRefusedError`
         when the service refused what was sent; it is set aside in :attr:`rejected`.
         """
+        timeout = timeout_argument(self, "flush", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._rounds.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             msg = f"run {self._run_id}: flush: the flush in progress did not end within {timeout:g} s"
@@ -105,7 +115,9 @@ class MetadataClient(BaseClient):
         """Read the run's metadata from the service (a GET, retried like a flush).
 
         The local copy is not changed: it already shows the calls not yet sent.
+        :class:`~metaops.client.ClientClosedError` once the client is closed.
         """
+        check_open(self, "retrieve")
         return drive(self._core.retrieve(), self._send, self._wait)
 
     def stream(self, key: str, values: Iterable[object]) -> int:
@@ -125,6 +137,7 @@ class MetadataClient(BaseClient):
         Raises :class:`~metaops.client.ServiceUnavailableError` if the final flush
         fails; the operations stay queued and ``close()`` can be called again.
         """
+        timeout = timeout_argument(self, "close", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         results = self._last_rounds(deadline)
         if results is None:
@@ -132,7 +145,9 @@ class MetadataClient(BaseClient):
             raise ServiceUnavailableError(msg)
         if results and results[-1].failure is not None:
             raise results[-1].failure
-        self._thread.join()
+        if threading.current_thread() is not self._thread:
+            # Called from on_reject, in the flusher itself, it ends once this returns.
+            self._thread.join()
         self._http.close()
         unregister(self)
 

@@ -51,7 +51,7 @@ import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -156,6 +156,13 @@ class MetadataApp:
             message = "The server is shutting down; nothing was done"
             await _send_error(send, 503, message, {"Connection": "close", "Retry-After": RETRY_AFTER})
             return
+        if "\x00" in scope["path"]:
+            # No run, stream or route has a NUL in its name, and PostgreSQL cannot even look one
+            # up (it would answer an error, taken for a database failure: 503, "retry").
+            await _send_error(
+                send, 404, "Not found: the path holds a NUL character", _unread_body_headers(scope)
+            )
+            return
         if self._dashboard is not None and self._dashboard.owns(scope):
             # The page authenticates itself: its token comes in the link, its refusals are pages.
             await self._dashboard(scope, receive, send)
@@ -208,6 +215,10 @@ async def _read_body(request: Request, timeout: float) -> bytes:
             f"went quiet for {timeout:g} s"
         )
         raise _Refusal(408, message, close=True) from None
+    except ClientDisconnect:
+        # Nobody is left to answer (the server drops what is sent now), and nothing was done:
+        # a client's own hang-up is no error of the server's.
+        raise _Refusal(400, "Request body: the client went away before it arrived", close=True) from None
     return b"".join(parts)
 
 

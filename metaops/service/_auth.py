@@ -23,8 +23,11 @@ A public token:
 * **expires**: ``exp`` is required, checked on every request (401 once past).
 
 A bad token (malformed, wrong signature, wrong issuer or audience, expired) is 401.
-The secret's length is the key's length: PyJWT warns about HMAC keys under 32 bytes,
-and so should you (``metaops serve`` makes a random one of 43 characters).
+The secret's length is the key's length, and a public token is handed to browsers:
+anyone holding one can test guesses of a short secret offline, and the secret does
+everything. Use 32 bytes or more (``metaops serve`` makes a random one of 43
+characters); the command line says so in one line (:func:`weak_secret`) where PyJWT
+would print its own warning, with a file name, at every other call.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ import hmac
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import jwt
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Scope
@@ -56,7 +61,9 @@ __all__ = [
     "auth_routes",
     "expiration_time",
     "mint_public_token",
+    "quiet_key_length_warnings",
     "read_scopes",
+    "weak_secret",
 ]
 
 PUBLIC_TOKEN_ISSUER = "https://id.trigger.dev"
@@ -83,6 +90,8 @@ _DURATION = re.compile(
 )
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _MAX_TOKEN_REQUEST = 64 * 1024
+MIN_SECRET_BYTES = 32
+"""An HS256 key shorter than this can be guessed offline from any token signed with it (RFC 7518)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,31 @@ def expiration_time(value: object, now: float) -> int:
         msg = f"expirationTime: the token would expire at {exp}, not after now ({int(now)})"
         raise InvalidArgumentError(msg)
     return exp
+
+
+def weak_secret(secret: str) -> str | None:
+    """Why ``secret`` is too short to sign public tokens with, or ``None``.
+
+    >>> weak_secret("s" * 32) is None
+    True
+    >>> weak_secret("secret")[:60]
+    'it is 6 bytes long: anyone holding a public access token sig'
+    """
+    length = len(secret.encode("utf-8", "surrogatepass"))
+    if length >= MIN_SECRET_BYTES:
+        return None
+    return (
+        f"it is {length} bytes long: anyone holding a public access token signed with it can test "
+        f"guesses of it offline, and it does everything; use {MIN_SECRET_BYTES} bytes or more"
+    )
+
+
+def quiet_key_length_warnings() -> None:
+    """Silence PyJWT's own warning about short HMAC keys (for the command line, which says it
+    once in its own words: :func:`weak_secret`)."""
+    category = getattr(jwt, "InsecureKeyLengthWarning", None)  # PyJWT 2.10 and later
+    if isinstance(category, type) and issubclass(category, Warning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 def read_scopes(scopes: object) -> list[str]:
@@ -320,17 +354,26 @@ def access_of(request: Request) -> Access:
 
 
 def _json(status: int, payload: object) -> Response:
+    # An unread body (408, 413) leaves the connection unfit for another request.
+    headers = {"Connection": "close"} if status in (408, 413) else None
     return Response(
-        json.dumps(payload, separators=(",", ":")).encode(), status, media_type="application/json"
+        json.dumps(payload, separators=(",", ":")).encode(), status, headers, media_type="application/json"
     )
 
 
-async def _small_json_object(request: Request) -> dict[str, Any]:
+async def _small_json_object(request: Request, timeout: float) -> dict[str, Any]:
     body = b""
-    async for part in request.stream():
-        body += part
-        if len(body) > _MAX_TOKEN_REQUEST:
-            raise _Denied(413, f"Request body is over the limit of {_MAX_TOKEN_REQUEST:,} bytes")
+    try:
+        with anyio.fail_after(timeout):
+            async for part in request.stream():
+                body += part
+                if len(body) > _MAX_TOKEN_REQUEST:
+                    raise _Denied(413, f"Request body is over the limit of {_MAX_TOKEN_REQUEST:,} bytes")
+    except TimeoutError:
+        raise _Denied(408, f"Request body did not arrive within {timeout:g} s") from None
+    except ClientDisconnect:
+        # Nobody is left to answer, and nothing was minted.
+        raise _Denied(400, "Request body: the client went away before it arrived") from None
     if not body.strip():
         return {}
     try:
@@ -347,11 +390,12 @@ def _not_json(name: str) -> None:
     raise ValueError(msg)
 
 
-def auth_routes(authority: Authority) -> list[Route]:
+def auth_routes(authority: Authority, *, request_timeout: float = 30.0) -> list[Route]:
     """``POST /api/v1/auth/jwt/claims`` (what the official SDK asks before it signs a public
     token itself) and ``POST /api/v1/auth/public-tokens`` (``{"scopes": [...],
     "expirationTime"?: ...}`` → ``{"token": ...}``, as the platform answers it). Both
-    need the secret: a public token cannot mint another."""
+    need the secret: a public token cannot mint another. A body that takes longer than
+    ``request_timeout`` seconds to arrive is answered 408."""
 
     def secret_only(request: Request) -> None:
         if not access_of(request).secret:
@@ -367,7 +411,7 @@ def auth_routes(authority: Authority) -> list[Route]:
     async def public_tokens(request: Request) -> Response:
         try:
             secret_only(request)
-            body = await _small_json_object(request)
+            body = await _small_json_object(request, request_timeout)
             scopes = read_scopes(body.get("scopes"))
             token = authority.mint(scopes=scopes, expiration=body.get("expirationTime"))
         except _Denied as denied:

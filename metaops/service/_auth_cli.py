@@ -9,7 +9,12 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from metaops._errors import InvalidArgumentError
-from metaops.service._auth import DEFAULT_EXPIRATION, mint_public_token
+from metaops.service._auth import (
+    DEFAULT_EXPIRATION,
+    mint_public_token,
+    quiet_key_length_warnings,
+    weak_secret,
+)
 
 __all__ = ["main"]
 
@@ -91,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.url is not None and len(args.runs) != 1:
         sys.stderr.write("metaops token: --url shows one run's page: give exactly one RUN_ID\n")
         return 2
+    weakness = weak_secret(secret)
+    if weakness is not None:
+        sys.stderr.write(f"metaops token: warning: the secret: {weakness}\n")
+    quiet_key_length_warnings()  # said once, above
     try:
         if args.all_runs:
             token = mint_public_token(secret, scopes=["read:runs"], expiration=args.expires)

@@ -56,7 +56,7 @@ class Realtime:
                 write_stream_route(self.streams, run, request_timeout=request_timeout),
                 methods=["POST"],
             ),
-            *auth_routes(authority),
+            *auth_routes(authority, request_timeout=request_timeout),
         ]
         self._unsubscribe: list[Callable[[], None]] = []
 

@@ -3,7 +3,10 @@
 uvicorn's HTTP/1.1 protocol (h11) is extended in three ways (:class:`_Protocol`):
 
 * a request the HTTP parser refuses (a ``Content-Length`` of ``4_4`` or `` +44 ``,
-  a malformed request line) is answered 400 with a JSON body, not uvicorn's text;
+  a malformed request line, headers past 16 KiB) is answered 400 with a JSON body,
+  not uvicorn's text, and the connection is closed after what the client still sends
+  has been read and dropped for a moment (closed at once, the client could get a
+  reset instead of the answer);
 * a connection that does not finish sending a request's headers within
   ``request_timeout`` seconds is closed (uvicorn times out idle keep-alive
   connections only);
@@ -12,14 +15,16 @@ uvicorn's HTTP/1.1 protocol (h11) is extended in three ways (:class:`_Protocol`)
 
 Shutting down (SIGTERM, Ctrl-C, or leaving :func:`running_server`): uvicorn stops
 listening, closes idle connections and lets requests in flight finish; any request
-that starts meanwhile is answered 503; then the service's storage is closed. Every
-acknowledged update was committed before it was acknowledged.
+that starts meanwhile, or whose body is still arriving, is answered 503 (nothing of
+it was done); then the service's storage is closed. Every acknowledged update was
+committed before it was acknowledged.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +49,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from metaops._errors import InvalidArgumentError, InvalidLimitError, MetaopsError
 from metaops._size import json_text, metadata_limit
 from metaops.service._app import REQUEST_TIMEOUT, MetadataApp, create_app
+from metaops.service._auth import quiet_key_length_warnings, weak_secret
 from metaops.service._realtime import INTERRUPTIBLE
 from metaops.service._service import MetadataService, ServiceConfig
 from metaops.service._storage import open_storage
@@ -54,14 +60,17 @@ TOKEN_ENV = "METAOPS_SERVER_TOKEN"
 _SETTINGS_ENV = "METAOPS_SERVE_SETTINGS"
 MAX_CONNECTIONS = 1000
 SHUTDOWN_TIMEOUT = 10.0
+LINGER_SECONDS = 2.0
+"""How long a connection refused as malformed is read (and what comes dropped) before it is closed."""
 _log = logging.getLogger("metaops.service")
 
 
-def _raw_json_response(status: int, reason: bytes, message: str) -> bytes:
+def _raw_json_response(status: int, reason: bytes, message: str, *, retry: bool = False) -> bytes:
     body = json_text({"error": message}).encode()
+    retry_after = b"retry-after: 1\r\n" if retry else b""
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        b"connection: close\r\n%s\r\n%s" % (status, reason, len(body), retry_after, body)
     )
 
 
@@ -78,6 +87,7 @@ class _Protocol(H11Protocol):
     """uvicorn's h11 protocol with JSON errors, a deadline for headers, and a connection cap."""
 
     _deadline: asyncio.TimerHandle | None = None
+    _discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         config: Any = self.config
@@ -133,7 +143,26 @@ class _Protocol(H11Protocol):
             output = b""
         if output:
             self.transport.write(output)
-        self.transport.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after an answer given while the client may still be sending (headers past
+        h11's 16 KiB, say). Closing at once, with its data unread, makes the kernel answer
+        with a reset, which can destroy the answer before the client reads it: so say that
+        nothing more comes, drop what arrives for up to :data:`LINGER_SECONDS`, then close."""
+        self._discarding = True
+        self._disarm()
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        with contextlib.suppress(OSError, RuntimeError):
+            self.transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return  # what follows a refused request is read and dropped
+        super().data_received(data)
 
     def shutdown(self) -> None:
         app = self.app
@@ -144,6 +173,24 @@ class _Protocol(H11Protocol):
             # A Realtime long-poll or an event stream: nothing to finish, and its client asks
             # again (of another worker, or after the restart) from where it was.
             self.transport.close()
+            return
+        if (
+            cycle is not None
+            and not cycle.response_started
+            and self.conn.their_state is h11.SEND_BODY
+            and not self.transport.is_closing()
+        ):
+            # Its body is still arriving: nothing was done, and waiting for it could outlast the
+            # graceful shutdown (then uvicorn cancels it: a traceback, and a text/plain 500).
+            # Answer 503 now; the request's task sees its client gone and ends quietly.
+            self.transport.write(
+                _raw_json_response(
+                    503, b"Service Unavailable", "The server is shutting down; nothing was done", retry=True
+                )
+            )
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self._close_lingering()
             return
         super().shutdown()
 
@@ -377,6 +424,7 @@ class _Settings:
 
 def worker_app() -> MetadataApp:
     """The app of one ``--workers`` process, from the settings its parent put in the environment."""
+    quiet_key_length_warnings()  # the parent said it once
     return _Settings(**json.loads(os.environ[_SETTINGS_ENV])).app()
 
 
@@ -446,6 +494,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     if generated:
         print(f"token: {token}", flush=True)
     print(f"database: {service.storage.url}; workers: {args.workers}", flush=True)
+    weakness = None if generated else weak_secret(token)
+    if weakness is not None:
+        print(f"metaops serve: warning: the token: {weakness}", file=sys.stderr, flush=True)
+    quiet_key_length_warnings()  # said once, above; PyJWT would say it at every token
     log_level = "info" if args.verbose else "warning"
     # uvicorn shuts down gracefully on SIGTERM, then raises it again with the handler it
     # found in place: this one ends the process with status 0, as Ctrl-C does.

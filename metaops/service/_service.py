@@ -80,6 +80,8 @@ KEY_RETENTION = 24 * 3600.0
 """Idempotency keys are kept at least this long (seconds) after their use."""
 _MAX_RUN_ID = 255
 _LOCK_STRIPES = 64
+LATEST_TIME = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: the last second a timestamp can name (Realtime writes completedAt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +292,7 @@ class MetadataService:
     def get(self, run_id: str) -> RunState:
         """The run's metadata now; :class:`RunNotFoundError` if unknown."""
         self._check_open()
+        _nameable(run_id)
         record = self._storage.get_run(run_id)
         if record is None:
             raise RunNotFoundError(run_id)
@@ -313,6 +316,7 @@ class MetadataService:
         is written for any of them), or :class:`~metaops.service.StorageError`.
         """
         self._check_open()
+        _nameable(run_id)
         request = parse_update_request(body)
         own = request.own_operations
         now = self._clock()
@@ -482,8 +486,8 @@ class MetadataService:
         """Create a run. A child's root defaults to its parent's root (or the parent itself).
 
         ``metadata`` is checked as a ``PUT`` replacing it would be; ids must be
-        non-empty strings of at most 255 characters without ``/``, encodable as UTF-8
-        (:class:`~metaops.InvalidRequestError` naming the field otherwise).
+        non-empty strings of at most 255 characters without ``/`` or NUL, encodable as
+        UTF-8 (:class:`~metaops.InvalidRequestError` naming the field otherwise).
         """
         self._check_open()
         run_id = "run_" + secrets.token_hex(12) if run_id is None else _run_id(run_id, "id")
@@ -508,8 +512,17 @@ class MetadataService:
         return record
 
     def complete_run(self, run_id: str, completed_at: float | None = None) -> RunRecord:
-        """Mark a run completed (now, or at ``completed_at``, Unix seconds)."""
+        """Mark a run completed (now, or at ``completed_at``, Unix seconds from 0 to
+        :data:`LATEST_TIME`: :class:`~metaops.InvalidArgumentError` otherwise)."""
         self._check_open()
+        if completed_at is not None and (
+            isinstance(completed_at, bool)
+            or not isinstance(completed_at, (int, float))
+            or not 0 <= completed_at <= LATEST_TIME
+        ):
+            msg = f"completedAt: expected Unix seconds from 0 to {LATEST_TIME:.0f}, got {completed_at!r}"
+            raise InvalidArgumentError(msg)
+        _nameable(run_id)
         return self._storage.complete_run(run_id, self._clock() if completed_at is None else completed_at)
 
     def describe(self, run_id: str) -> dict[str, Any]:
@@ -540,6 +553,12 @@ class MetadataService:
         }
 
 
+def _nameable(run_id: str) -> None:
+    """:class:`RunNotFoundError` for an id no run can have (PostgreSQL cannot even look it up)."""
+    if "\x00" in run_id:
+        raise RunNotFoundError(run_id)
+
+
 def _run_id(value: object, field: str) -> str:
     """A run id as the service takes it, or :class:`InvalidRequestError` naming ``field``."""
     if not isinstance(value, str) or not value:
@@ -547,6 +566,10 @@ def _run_id(value: object, field: str) -> str:
         raise InvalidRequestError(msg, section=field, field=field)
     if "/" in value or len(value) > _MAX_RUN_ID:
         msg = f"{field}: expected at most {_MAX_RUN_ID} characters without '/', got {len(value)} characters"
+        raise InvalidRequestError(msg, section=field, field=field)
+    if "\x00" in value:
+        # PostgreSQL text cannot hold NUL; SQLite could, but a run must be the same on both.
+        msg = f"{field}: expected text without NUL characters, got one at index {value.index(chr(0))}"
         raise InvalidRequestError(msg, section=field, field=field)
     try:
         value.encode("utf-8")

@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from metaops._errors import InvalidArgumentError, MetaopsError
@@ -54,6 +54,8 @@ from metaops.service._errors import RunNotFoundError, ServiceClosingError, Stora
 from metaops.service._realtime import INTERRUPTIBLE
 from metaops.service._service import MetadataService
 from metaops.service._streams_store import (
+    MAX_STREAM_CHUNKS,
+    AppendResult,
     ChunkGapError,
     StreamFinishedError,
     StreamFullError,
@@ -130,8 +132,11 @@ class StreamHub:
             del self._signals[(run_id, key)]
 
 
-def _json_error(status: int, message: str, **extra: object) -> Response:
-    return Response(json_text({"error": message, **extra}).encode(), status, media_type="application/json")
+def _json_error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> Response:
+    body = json_text({"error": message, **extra}).encode()
+    return Response(body, status, headers, media_type="application/json")
 
 
 def _start_after(request: Request) -> int | None:
@@ -255,11 +260,16 @@ async def _events(
         hub.release(run_id, key, signal)
 
 
-def _parse_chunks(body: bytes) -> list[str]:
+def _parse_chunks(body: bytes, key: str) -> list[str]:
+    """The chunks of an NDJSON body, each written anew; past :data:`MAX_STREAM_CHUNKS` values,
+    :class:`StreamFullError` without parsing the rest (no stream holds that many)."""
     chunks: list[str] = []
     for number, line in enumerate(body.split(b"\n"), start=1):
         if not line.strip():
             continue
+        if len(chunks) == MAX_STREAM_CHUNKS:
+            msg = f"stream {key!r}: over {MAX_STREAM_CHUNKS:,} chunks in one write would pass the limit"
+            raise StreamFullError(msg)
         try:
             value = loads(line.decode("utf-8"))
         except UnicodeDecodeError as error:
@@ -280,6 +290,10 @@ def _parse_chunks(body: bytes) -> list[str]:
     return chunks
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
 async def _body(request: Request, timeout: float) -> bytes:
     parts: list[bytes] = []
     size = 0
@@ -287,7 +301,7 @@ async def _body(request: Request, timeout: float) -> bytes:
         async for part in request.stream():
             size += len(part)
             if size > MAX_WRITE_BYTES:
-                raise StreamFullError(f"Request body is over the limit of {MAX_WRITE_BYTES:,} bytes")
+                raise _BodyTooLarge
             parts.append(part)
     return b"".join(parts)
 
@@ -312,12 +326,24 @@ def write_stream_route(
             try:
                 body = await _body(request, request_timeout)
             except TimeoutError:
-                return _json_error(408, f"Request body did not arrive within {request_timeout:g} s")
-            chunks = _parse_chunks(body)
+                message = f"Request body did not arrive within {request_timeout:g} s"
+                return _json_error(408, message, headers={"Connection": "close"})
+            except _BodyTooLarge:
+                # The rest of the body is not read: the connection cannot carry another request.
+                message = f"Request body is over the limit of {MAX_WRITE_BYTES:,} bytes"
+                return _json_error(413, message, headers={"Connection": "close"})
+            except ClientDisconnect:
+                # Nobody is left to answer, and nothing was stored.
+                return _json_error(400, "Request body: the client went away before it arrived")
             first = None if index is None else int(index)
-            result = await run(
-                lambda: store.append(run_id, key, chunks, first=first, end=end == "true", at=clock())
-            )
+
+            def append() -> AppendResult:
+                # Parsed on a worker thread, not the event loop: 2 MiB of NDJSON can hold
+                # 100,000 values, a second of work every other request would wait for.
+                chunks = _parse_chunks(body, key)
+                return store.append(run_id, key, chunks, first=first, end=end == "true", at=clock())
+
+            result = await run(append)
         except RunNotFoundError:
             return _json_error(404, "Task Run not found")
         except ChunkGapError as error:
