@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from metaops._errors import InvalidOperationError, InvalidValueError
-from metaops._json import JSON, MAX_DEPTH, describe, normalize
+from metaops._json import JSON, MAX_METADATA_DEPTH, describe, normalize
 from metaops._paths import is_safe_key
 from metaops._views import DictView, ListView
 
@@ -48,10 +48,10 @@ def _is_plain_scalar(value: object) -> bool:
     return kind is float and value - value == 0.0  # type: ignore[operator]
 
 
-def _normalized(value: object, where: str, method: str) -> JSON:
+def _normalized(value: object, where: str, method: str, *, metadata: bool = False) -> JSON:
     """:func:`normalize`, its error naming the call."""
     try:
-        return normalize(value, where)
+        return normalize(value, where, metadata=metadata)
     except InvalidValueError as error:
         msg = f"{method}: {error}"
         raise InvalidValueError(msg, error.where) from None
@@ -124,8 +124,9 @@ def checked_metadata(value: object, method: str) -> dict[str, JSON]:
     the C JSON codec, about twice as fast as normalize's walk. Whatever JSON would
     change (a non-str key, a tuple) makes the copy differ, and whatever it refuses
     (NaN, a datetime, a cycle) raises: normalize then converts or explains. So do
-    values nested deeper than :data:`~metaops.MAX_DEPTH` and ints a double does not
-    hold exactly, which the codec would take.
+    metadata nested deeper than metadata may nest (``MAX_METADATA_DEPTH``, the depth
+    ``apply`` keeps, so that whatever it produced can be given back) and ints a double
+    does not hold exactly, which the codec would take.
     """
     if isinstance(value, DictView):
         return value._data
@@ -135,12 +136,12 @@ def checked_metadata(value: object, method: str) -> dict[str, JSON]:
     try:
         text = _COPY_ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
-        return _normalized(value, "metadata", method)  # type: ignore[return-value]
+        return _normalized(value, "metadata", method, metadata=True)  # type: ignore[return-value]
     if not _copies_exactly(text):
-        return _normalized(value, "metadata", method)  # type: ignore[return-value]
+        return _normalized(value, "metadata", method, metadata=True)  # type: ignore[return-value]
     copy = json.loads(text)
     if copy != value:
-        return _normalized(value, "metadata", method)  # type: ignore[return-value]
+        return _normalized(value, "metadata", method, metadata=True)  # type: ignore[return-value]
     return copy  # type: ignore[no-any-return]
 
 
@@ -160,7 +161,7 @@ _NOT_SHAPE = bytes(set(range(256)) - set(b'[]{}"'))
 
 
 def _copies_exactly(text: str) -> bool:
-    """Whether the C codec's ``text`` of a value holds no long int and nests at most MAX_DEPTH deep.
+    """Whether the C codec's ``text`` of metadata holds no long int and nests at most MAX_METADATA_DEPTH deep.
 
     Linear in the text, and all in C but for a loop over (rare) int tokens of 16 digits.
     """
@@ -186,7 +187,7 @@ def _copies_exactly(text: str) -> bool:
     if b'"' in shape:
         shape = b"".join(shape.split(b'"')[::2])
     # Each pass removes the innermost pairs: one level of nesting.
-    for _ in range(MAX_DEPTH):
+    for _ in range(MAX_METADATA_DEPTH):
         if not shape:
             return True
         shape = shape.replace(b"[]", b"")

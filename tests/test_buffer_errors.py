@@ -13,6 +13,7 @@ from hypothesis import given
 
 from metaops import (
     MAX_DEPTH,
+    Append,
     Increment,
     InvalidArgumentError,
     InvalidLimitError,
@@ -20,10 +21,11 @@ from metaops import (
     InvalidValueError,
     MetaopsError,
     Set,
+    apply,
     json_size,
 )
 from metaops._arguments import _copies_exactly
-from metaops._json import normalize
+from metaops._json import MAX_METADATA_DEPTH, nests_within, normalize
 from metaops.buffer import DictView, Flush, ListView, RunMetadata
 from metaops.strategies import metadata
 from tests.buffer_support import Metadata, budget, snapshot
@@ -145,46 +147,72 @@ def _nested(depth: int) -> Any:
     return value
 
 
-@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 1_200, 5_000])
+# The list in {"a": [...]} may nest one level less than the metadata object.
+_WHOLE = (MAX_METADATA_DEPTH - 1, MAX_METADATA_DEPTH)
+_WRAPPED = (MAX_DEPTH - 1, MAX_DEPTH)
+
+
+@pytest.mark.parametrize("beyond", [1, 1_000, 5_000])
 @pytest.mark.parametrize(
-    ("call", "where"),
+    ("call", "where", "bound", "limit"),
     [
-        (lambda md, deep: md.set("a", deep), "set: value"),
-        (lambda md, deep: md.append("a", deep), "append: value"),
-        (lambda md, deep: md.remove("a", deep), "remove: value"),
-        (lambda md, deep: md.replace({"a": deep}), "replace: metadata['a']"),
-        (lambda md, deep: md.parent.set("a", deep), "parent.set: value"),
-        (lambda md, deep: md.root.append("a", {"k": deep}), "root.append: value['k']"),
-        (lambda md, deep: md.parent.remove("a", deep), "parent.remove: value"),
-        (lambda md, deep: md.root.replace({"a": deep}), "root.replace: metadata['a']"),
-        (lambda md, deep: md.accept(Flush(), {"a": deep}), "accept: metadata['a']"),
-        (lambda md, deep: RunMetadata({"a": deep}), "RunMetadata: metadata['a']"),
+        (lambda md, deep: md.set("a", deep), "set: value", MAX_DEPTH, MAX_DEPTH),
+        (lambda md, deep: md.append("a", deep), "append: value", MAX_DEPTH, MAX_DEPTH),
+        (lambda md, deep: md.remove("a", deep), "remove: value", MAX_DEPTH, MAX_DEPTH),
+        (lambda md, deep: md.parent.set("a", deep), "parent.set: value", MAX_DEPTH, MAX_DEPTH),
+        # {"k": ...} around the list is one more level of the value.
+        (lambda md, deep: md.root.append("a", {"k": deep}), "root.append: value['k']", *_WRAPPED),
+        (lambda md, deep: md.parent.remove("a", deep), "parent.remove: value", MAX_DEPTH, MAX_DEPTH),
+        # A whole metadata object counts its top level, and may nest as deeply as metadata does.
+        (lambda md, deep: md.replace({"a": deep}), "replace: metadata['a']", *_WHOLE),
+        (lambda md, deep: md.root.replace({"a": deep}), "root.replace: metadata['a']", *_WHOLE),
+        (lambda md, deep: md.accept(Flush(), {"a": deep}), "accept: metadata['a']", *_WHOLE),
+        (lambda md, deep: RunMetadata({"a": deep}), "RunMetadata: metadata['a']", *_WHOLE),
     ],
 )
-def test_values_nested_too_deeply_are_refused_with_a_typed_error(call: Any, where: str, depth: int) -> None:
-    """A value past MAX_DEPTH is an InvalidValueError naming the call and the place, never a RecursionError.
+def test_values_nested_too_deeply_are_refused_with_a_typed_error(
+    call: Any, where: str, bound: int, limit: int, beyond: int
+) -> None:
+    """A value past its bound is an InvalidValueError naming the call and the place, never a RecursionError.
 
-    (A list nested 1,200 deep used to raise RecursionError from set, append, remove, replace
-    and the constructor, and one 500 deep was taken by the constructor.)
+    ``bound`` is how deep the list given may nest, ``limit`` the bound the error names:
+    MAX_DEPTH for a value, MAX_METADATA_DEPTH for a whole metadata object (whose top
+    level counts). (A list nested 1,200 deep used to raise RecursionError from set,
+    append, remove, replace and the constructor, and one 500 deep was taken by the
+    constructor.)
     """
     md = RunMetadata({"a": [1]}, is_root=False)
     before = snapshot(md)
-    with pytest.raises(InvalidValueError, match=f"nested {MAX_DEPTH + 1} levels deep") as caught:
-        call(md, _nested(depth))
-    assert str(caught.value).startswith(where.replace("[", "[").rstrip())
+    with pytest.raises(InvalidValueError, match=f"nested {limit + 1} levels deep") as caught:
+        call(md, _nested(bound + beyond))
+    assert str(caught.value).startswith(where)
     assert same_json(snapshot(md), before)
+    call(md, _nested(bound))  # one level less is taken
 
 
-def test_metadata_as_deep_as_allowed_is_taken() -> None:
-    """Metadata nested exactly MAX_DEPTH levels (the top dict counts) is taken, by every way in."""
-    deep = {"a": _nested(MAX_DEPTH - 1)}
-    md = RunMetadata(deep, is_root=False)
-    assert md.current() == deep
-    md.replace(deep).accept(Flush(), deep)
-    md.parent.replace(deep)
-    assert md.current() == deep
-    with pytest.raises(InvalidValueError, match="nested"):
-        RunMetadata({"a": _nested(MAX_DEPTH)})
+def test_metadata_as_deep_as_apply_makes_is_taken() -> None:
+    """Metadata nested MAX_METADATA_DEPTH levels (the top dict counts), as apply can leave it,
+    is taken by every way in: the constructor, ``replace`` and ``accept``.
+
+    (They refused it past MAX_DEPTH, so accepting such a server answer failed.)
+    """
+    value: Any = {}
+    for _ in range(MAX_DEPTH - 1):
+        value = {"k": value}
+    made = apply({}, [Set("a", value), Append("a", 1)]).metadata  # the append wraps the dict in a list
+    assert nests_within(made, MAX_METADATA_DEPTH)
+    assert not nests_within(made, MAX_METADATA_DEPTH - 1)
+    md = RunMetadata(made, is_root=False)
+    assert md.current() == made
+    flush = md.set("b", 1).drain()
+    md.accept(flush, made)
+    assert md.current() == made
+    md.replace({"b": 2}).replace(made)
+    md.parent.replace(made)
+    assert md.current() == made
+    assert _copies_exactly(json.dumps(made, separators=(",", ":")))
+    with pytest.raises(InvalidValueError, match=f"nested {MAX_METADATA_DEPTH + 1} levels deep"):
+        RunMetadata({"a": made})
 
 
 @pytest.mark.parametrize("decoy", ["][", "}{", '"][', '\\"][', "\\", "]]]]]]", "[[[[[["])
