@@ -297,7 +297,7 @@ def _load_metadata(name: str, source: str) -> dict[str, JSON]:
         msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {_json_kind(value)}"
         raise _BadInput(msg)
     try:
-        return normalize(value, name, wire=True)  # type: ignore[return-value]
+        return normalize(value, name, wire=True, metadata=True)  # type: ignore[return-value]
     except InvalidValueError as error:
         raise _BadInput(f"{_where(name, source)}: {error}") from None
     except RecursionError:

@@ -154,7 +154,7 @@ def _parse_metadata(value: object) -> Metadata:
         msg = f"metadata: expected an object (the whole metadata), got {describe_json(value)}"
         raise InvalidRequestError(msg, section="metadata", field="metadata")
     try:
-        return normalize(value, "metadata", wire=True)  # type: ignore[return-value]
+        return normalize(value, "metadata", wire=True, metadata=True)  # type: ignore[return-value]
     except InvalidValueError as error:
         raise InvalidRequestError(str(error), section="metadata", field="metadata") from None
 

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from metaops import MAX_DEPTH, Operation, json_equal, parse_operations
 from metaops._cli import main
 from metaops._collapse import reference_rule
+from metaops._json import MAX_METADATA_DEPTH
 from metaops.strategies import batches, metadata
 
 from .conftest import read_vectors
@@ -841,6 +842,19 @@ def test_validate_checks_values_up_to_the_nesting_bound() -> None:
     ran = run("validate", "-", stdin=deep_ops(MAX_DEPTH + 1))
     too_deep = f"nested more than {MAX_DEPTH} levels deep"
     assert_bad_input(ran, "validate", "operation 0: field 'value'", too_deep)
+
+
+def test_apply_takes_metadata_as_deep_as_apply_leaves_it(tmp_path: Path) -> None:
+    """STATE may nest MAX_METADATA_DEPTH levels (the top object counts), as apply's own output
+    may, so `apply` can take back what it wrote; one level more is bad input naming STATE.
+    (It was refused past MAX_DEPTH.)"""
+    state = '{"a": ' + nested(MAX_METADATA_DEPTH - 1) + "}"
+    ops = write(tmp_path, "ops.json", [{"type": "set", "key": "n", "value": 1}])
+    ran = run("apply", "-", ops, stdin=state)
+    assert (ran.code, ran.err) == (0, "")
+    assert json.loads(ran.out)["metadata"] == {**json.loads(state), "n": 1}
+    too_deep = run("apply", "-", ops, stdin='{"a": ' + nested(MAX_METADATA_DEPTH) + "}")
+    assert_bad_input(too_deep, "apply", "STATE (standard input)", f"nested {MAX_METADATA_DEPTH + 1} levels")
 
 
 def test_validate_reports_nothing_before_bad_input() -> None:

@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("starlette", reason="the service needs the server extra: pip install 'metaops[server]'")
 
 import metaops
+from metaops._json import MAX_METADATA_DEPTH
 from metaops.service import RunningServer
 from tests._backends import BACKENDS, fresh_database
 from tests._service_support import OPS_INCREMENT, TOKEN, Client, threaded_server
@@ -361,14 +362,21 @@ def _nested(depth: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "body", "words"),
+    ("method", "path", "body", "words", "bound"),
     [
-        ("PUT", "/api/v1/runs/bad-child/metadata", {"metadata": {"a": _nested(300)}}, "metadata['a']['a']"),
+        (
+            "PUT",
+            "/api/v1/runs/bad-child/metadata",
+            {"metadata": {"a": _nested(300)}},
+            "metadata['a']['a']",
+            MAX_METADATA_DEPTH,
+        ),
         (
             "PUT",
             "/api/v1/runs/bad-child/metadata",
             {"operations": [{"type": "set", "key": "v", "value": _nested(300)}]},
             "operations: operation 0: field 'value'",
+            metaops.MAX_DEPTH,
         ),
         (
             "PUT",
@@ -378,22 +386,30 @@ def _nested(depth: int) -> dict[str, Any]:
                 "parentOperations": [{"type": "append", "key": "v", "value": _nested(300)}],
             },
             "parentOperations: operation 0: field 'value'",
+            metaops.MAX_DEPTH,
         ),
-        ("POST", "/admin/runs", {"id": "deep-new", "metadata": {"a": _nested(300)}}, "metadata['a']['a']"),
+        (
+            "POST",
+            "/admin/runs",
+            {"id": "deep-new", "metadata": {"a": _nested(300)}},
+            "metadata['a']['a']",
+            MAX_METADATA_DEPTH,
+        ),
     ],
     ids=["metadata", "operations", "parentOperations", "admin"],
 )
 def test_values_nested_past_the_library_limit_are_400_naming_the_field(
-    bad_input_runs: Client, method: str, path: str, body: dict[str, Any], words: str
+    bad_input_runs: Client, method: str, path: str, body: dict[str, Any], words: str, bound: int
 ) -> None:
     """Values nested deeper than metaops takes are 400 with metaops's message, which names the
-    field and the depth; nothing changes."""
+    field and the depth (a whole metadata object's bound counts its top level, as deep as apply
+    leaves metadata); nothing changes."""
     client = bad_input_runs
     before = _snapshot(client, "bad-child", "bad-parent")
     status, payload = client.request(method, path, body)
     assert status == 400, payload
     assert words in payload["error"]
-    assert f"nested at most {metaops.MAX_DEPTH} levels" in payload["error"]
+    assert f"nested at most {bound} levels" in payload["error"]
     client.flush()
     assert _snapshot(client, "bad-child", "bad-parent") == before
     assert client.request("GET", "/admin/runs/deep-new")[0] == 404
