@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 from metaops._errors import InvalidOperationError, InvalidValueError
-from metaops._json import JSON, MAX_METADATA_DEPTH, describe, normalize
+from metaops._json import JSON, MAX_METADATA_DEPTH, describe, normalize, shown_key
 from metaops._paths import is_safe_key
 from metaops._views import DictView, ListView
 
@@ -68,7 +68,7 @@ def checked_key(key: object, method: str) -> str:
     key = str.__str__(key)
     if not is_safe_key(key):
         msg = (
-            f"{method}: the key {key!r} is unsafe: a key may not reference __proto__, "
+            f"{method}: the key {shown_key(key)} is unsafe: a key may not reference __proto__, "
             "constructor or prototype, and a '$.' path must name something below '$'"
         )
         raise InvalidOperationError(msg, field="key")

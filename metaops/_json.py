@@ -40,6 +40,7 @@ __all__ = [
     "json_identical",
     "nests_within",
     "normalize",
+    "shown_key",
     "to_double",
 ]
 
@@ -333,6 +334,17 @@ def _describe_other(value: object) -> str:
 _Place: TypeAlias = Union[str, tuple["_Place", Union[str, int]]]  # noqa: UP007
 
 _SHOWN_KEY = 40
+
+
+def shown_key(key: str) -> str:
+    """``key`` as an error message shows it: quoted, and cut short past 60 characters.
+
+    A key can be as long as a request body; a message quoting it whole would be too.
+
+    >>> shown_key("progress"), shown_key("$." + "a." * 100 + "b")
+    ("'progress'", "'$.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.'...'.a.a.a.a.a.b'")
+    """
+    return repr(key) if len(key) <= 60 else f"{key[:40]!r}...{key[-12:]!r}"
 
 
 def _place_text(place: _Place) -> str:

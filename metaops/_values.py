@@ -28,6 +28,7 @@ from metaops._json import (
     json_equal,
     json_hash,
     normalize,
+    shown_key,
     to_double,
 )
 from metaops._paths import is_safe_key
@@ -405,7 +406,7 @@ def _parse(obj: object, safe_keys: bool, index: int | None) -> Operation:
         raise _invalid(index, "key", "a string", key)
     if safe_keys and not is_safe_key(key):
         msg = (
-            f"{_where(index)}: field 'key': expected a safe key, got {_shown_key(key)}: a key may not "
+            f"{_where(index)}: field 'key': expected a safe key, got {shown_key(key)}: a key may not "
             "reference __proto__, constructor or prototype, and a '$.' path must name "
             "something below '$'"
         )
@@ -420,11 +421,6 @@ def _parse(obj: object, safe_keys: bool, index: int | None) -> Operation:
     if value is _ABSENT:
         raise _invalid(index, "value", "a JSON value (null is allowed)", value)
     return cls._trusted(key, _wire_value(value, index))  # type: ignore[attr-defined,no-any-return]
-
-
-def _shown_key(key: str) -> str:
-    """``key`` as an error message shows it: quoted, and cut short past 60 characters."""
-    return repr(key) if len(key) <= 60 else f"{key[:40]!r}...{key[-12:]!r}"
 
 
 def _wire_value(value: object, index: int | None, *, metadata: bool = False) -> JSON:

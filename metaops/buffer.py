@@ -70,7 +70,7 @@ from metaops._errors import (
     InvalidValueError,
     MetadataTooLargeError,
 )
-from metaops._json import JSON, MISSING, describe
+from metaops._json import JSON, MISSING, describe, shown_key
 from metaops._paths import NOTHING, first, match, parse_key
 from metaops._size import json_size, metadata_limit, value_size
 from metaops._updates import CallNames, UpdateMethods
@@ -590,7 +590,7 @@ def _call_text(op: Operation) -> str:
     """How the user's call reads in an error message (without its value, which may be large)."""
     if type(op) is Update:
         return "replace(...)"
-    return f"{op.wire_type}({op.key!r})"  # type: ignore[union-attr]
+    return f"{op.wire_type}({shown_key(op.key)})"  # type: ignore[union-attr]
 
 
 # Shown, pickled and documented where users import them from.

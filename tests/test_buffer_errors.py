@@ -19,6 +19,7 @@ from metaops import (
     InvalidLimitError,
     InvalidOperationError,
     InvalidValueError,
+    MetadataTooLargeError,
     MetaopsError,
     Set,
     apply,
@@ -83,6 +84,34 @@ def test_bad_input_raises_before_anything_changes(call: Any, error: type[Excepti
     assert flush.operations == (Set("b", 2),)
     assert flush.parent_operations == (Increment("x", 1),)
     assert flush.root_operations == ()
+
+
+# A key of 48 KB, as long as a 48 KB request body makes it (unsafe: it reaches "constructor").
+_LONG_KEY = "$." + "a." * 24_000 + "constructor"
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda md: md.set(_LONG_KEY, 1), InvalidOperationError),
+        (lambda md: md.parent.increment(_LONG_KEY), InvalidOperationError),
+        (lambda md: md.get(_LONG_KEY), InvalidOperationError),
+        # (safe and long: too large for the limit, or for any request body)
+        (lambda md: md.set("k" * 48_000, 1), MetadataTooLargeError),
+        (lambda md: md.parent.delete("k" * 48_000), MetadataTooLargeError),
+    ],
+)
+def test_errors_show_a_long_key_cut_short(call: Any, error: type[Exception]) -> None:
+    """An error about a 48 KB key quotes its start and end, not all of it: the message stays short.
+
+    (The unsafe-key error and the size errors quoted the whole key: a 48 KB message.)
+    """
+    md = RunMetadata(is_root=False, limit=40_000, max_request_bytes=40_000)
+    with pytest.raises(error) as caught:
+        call(md)
+    message = str(caught.value)
+    assert len(message) < 300, message[:300]
+    assert "..." in message
 
 
 def test_bad_input_errors_are_the_builtin_types() -> None:
