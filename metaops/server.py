@@ -676,10 +676,8 @@ def plan_flush(
         state, state_size = step.metadata, (step_size if size is not None else None)
         applied.append(entry)
         unapplied.extend(step.unapplied)
-    try:
-        changed = state is not current and not json_identical(state, current)
-    except RecursionError:  # too deep to compare: writing it again is harmless
-        changed = True
+    # Both nest at most MAX_METADATA_DEPTH levels (apply's depth invariant): comparable.
+    changed = state is not current and not json_identical(state, current)
     return FlushPlan(
         batch.run_id,
         state if changed else current,

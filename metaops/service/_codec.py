@@ -183,7 +183,7 @@ class TextCache:
     def encode(self, value: JSON) -> bytes:
         """``json_text(value)`` as UTF-8, reusing the texts of containers seen before.
 
-        Raises :class:`RecursionError` for a value nested too deeply to write.
+        One frame per level of nesting: metadata nests at most MAX_METADATA_DEPTH levels.
 
         >>> cache = TextCache()
         >>> rows = [{"id": 1}, {"id": 2}]
