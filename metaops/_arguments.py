@@ -15,7 +15,15 @@ from __future__ import annotations
 import json
 
 from metaops._errors import InvalidOperationError, InvalidValueError
-from metaops._json import JSON, MAX_METADATA_DEPTH, describe, normalize, shown_key
+from metaops._json import (
+    JSON,
+    MAX_EXACT_INT,
+    MAX_METADATA_DEPTH,
+    MIN_EXACT_INT,
+    describe,
+    normalize,
+    shown_key,
+)
 from metaops._paths import is_safe_key
 from metaops._views import DictView, ListView
 
@@ -26,10 +34,6 @@ __all__ = [
     "checked_metadata",
     "checked_value",
 ]
-
-# Ints a double holds exactly (JavaScript's numbers are doubles). The fast paths take
-# these as they are; a larger int is left to normalize, whatever it makes of it.
-_MAX_EXACT_INT = 2**53
 
 # Keys already found safe: a task uses a handful of keys again and again. Callers test
 # ``key in SAFE_KEYS`` inline, and call checked_key only for a key not found there.
@@ -43,7 +47,7 @@ def _is_plain_scalar(value: object) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
-        return -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT  # type: ignore[operator]
+        return MIN_EXACT_INT <= value <= MAX_EXACT_INT  # type: ignore[operator]
     # inf - inf and nan - nan are nan, never 0.0
     return kind is float and value - value == 0.0  # type: ignore[operator]
 
@@ -107,7 +111,7 @@ def checked_amount(value: object, method: str) -> int | float:
     """``value``, the argument ``n``, as an increment amount: a JSON number, not a bool."""
     kind = type(value)
     if kind is int:
-        if -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT:  # type: ignore[operator]
+        if MIN_EXACT_INT <= value <= MAX_EXACT_INT:  # type: ignore[operator]
             return value  # type: ignore[return-value]
     elif kind is float and value - value == 0.0:  # type: ignore[operator]
         return value  # type: ignore[return-value]

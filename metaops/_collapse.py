@@ -35,7 +35,7 @@ from typing import Any
 
 from metaops._apply import _HANDLERS, _Tree
 from metaops._errors import InvalidLimitError, MetadataTooLargeError
-from metaops._json import MAX_EXACT_INT, add_numbers, describe, fits_double, json_equal
+from metaops._json import MAX_EXACT_INT, MIN_EXACT_INT, add_numbers, describe, fits_double, json_equal
 from metaops._paths import CACHED_KEY_LENGTH, MAX_PADDING, Key, Slice, parse_key
 from metaops._size import json_size
 from metaops._values import (
@@ -62,8 +62,6 @@ MAX_REQUEST_BYTES = 1_048_576
 _BODY_OVERHEAD = len('{"operations":[]}')
 
 _ROOT: tuple[str, ...] = ()
-
-_LOWEST_EXACT_INT = -MAX_EXACT_INT
 
 # How far back _KeyState.contiguous looks before answering "no".
 _CONTIGUITY_SCAN = 32
@@ -221,7 +219,7 @@ class _Sum:
             # Increment amounts are JSON numbers: an int is within 2**53, as is this sum
             # while it is an int. While the sum stays within too, it is exact: no rounding.
             total += amount
-            if _LOWEST_EXACT_INT <= total <= MAX_EXACT_INT:
+            if MIN_EXACT_INT <= total <= MAX_EXACT_INT:
                 self.value = total
                 return True
             total = self.value
