@@ -9,11 +9,10 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from metaops._errors import InvalidArgumentError
-from metaops.service._auth import DEFAULT_EXPIRATION, mint_public_token
+from metaops.service._auth import DEFAULT_EXPIRATION, TOKEN_ENV, mint_public_token
 
 __all__ = ["main"]
 
-TOKEN_ENV = "METAOPS_SERVER_TOKEN"
 URL_ENV = "TRIGGER_API_URL"
 DEFAULT_BASE = "http://127.0.0.1:8030"
 
