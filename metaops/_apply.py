@@ -28,7 +28,7 @@ from metaops._json import (
     json_identical,
     nests_within,
 )
-from metaops._paths import DEAD, FAR, Match, Step, first, match, parse_key
+from metaops._paths import DEAD, FAR, Match, Step, first, key_facts, match
 from metaops._size import json_size, value_size
 from metaops._values import (
     Append,
@@ -221,7 +221,7 @@ def _apply_set(tree: _Tree, op: Set) -> bool:
             return False
         tree.put_top(key, op.value)
         return True
-    parsed = parse_key(key)
+    parsed = key_facts(key)
     if not parsed.safe:
         return False
     assert parsed.components is not None
@@ -231,7 +231,7 @@ def _apply_set(tree: _Tree, op: Set) -> bool:
 def _apply_delete(tree: _Tree, op: Delete) -> bool:
     key = op.key
     # The guard reads "$." keys as paths even though delete then uses its key literally.
-    if not parse_key(key).safe:
+    if not key_facts(key).safe:
         return False
     root = tree.root
     if key in root:
@@ -278,7 +278,7 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
         tree.own_root()[key] = grown
         tree.writes += 1
         return True
-    parsed = parse_key(key)
+    parsed = key_facts(key)
     if not parsed.safe:
         return False
     assert parsed.components is not None
@@ -335,7 +335,7 @@ def _apply_remove(tree: _Tree, op: Remove) -> bool:
                 tree.own_root()[key] = kept
                 tree.writes += 1
         return True
-    parsed = parse_key(key)
+    parsed = key_facts(key)
     if not parsed.safe:
         return False
     assert parsed.components is not None
@@ -353,7 +353,7 @@ def _apply_increment(tree: _Tree, op: Increment) -> bool:
             return False
         tree.put_top(key, _incremented(tree.root.get(key, MISSING), op.value))
         return True
-    parsed = parse_key(key)
+    parsed = key_facts(key)
     if not parsed.safe:
         return False
     assert parsed.components is not None

@@ -28,17 +28,11 @@ from metaops._paths import is_safe_key
 from metaops._views import DictView, ListView
 
 __all__ = [
-    "SAFE_KEYS",
     "checked_amount",
     "checked_key",
     "checked_metadata",
     "checked_value",
 ]
-
-# Keys already found safe: a task uses a handful of keys again and again. Callers test
-# ``key in SAFE_KEYS`` inline, and call checked_key only for a key not found there.
-SAFE_KEYS: set[str] = set()
-_SAFE_KEYS_MAX = 4096
 
 
 def _is_plain_scalar(value: object) -> bool:
@@ -64,7 +58,8 @@ def _normalized(value: object, where: str, method: str, *, metadata: bool = Fals
 def checked_key(key: object, method: str) -> str:
     """``key`` if it is a safe str key; the error naming ``method`` otherwise.
 
-    Callers first test ``type(key) is str and key in SAFE_KEYS`` themselves.
+    Callers first test ``type(key) is str and key in SAFE_KEYS`` themselves (a safe key
+    met before, see :data:`metaops._paths.SAFE_KEYS`); checking a key keeps it there.
     """
     if not isinstance(key, str):
         msg = f"{method}: key must be a str, got {describe(key)}"
@@ -76,8 +71,6 @@ def checked_key(key: object, method: str) -> str:
             "constructor or prototype, and a '$.' path must name something below '$'"
         )
         raise InvalidOperationError(msg, field="key")
-    if len(SAFE_KEYS) < _SAFE_KEYS_MAX:
-        SAFE_KEYS.add(key)
     return key
 
 

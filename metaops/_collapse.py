@@ -36,7 +36,7 @@ from typing import Any
 from metaops._apply import _HANDLERS, _Tree
 from metaops._errors import InvalidLimitError, MetadataTooLargeError
 from metaops._json import MAX_EXACT_INT, MIN_EXACT_INT, add_numbers, describe, fits_double, json_equal
-from metaops._paths import CACHED_KEY_LENGTH, MAX_PADDING, Key, Slice, parse_key
+from metaops._paths import SAFE_KEYS, Route, key_facts, routes
 from metaops._size import json_size
 from metaops._values import (
     OPERATION_TYPES,
@@ -61,80 +61,23 @@ MAX_REQUEST_BYTES = 1_048_576
 # '{"operations":[' and ']}' around the comma-separated operations.
 _BODY_OVERHEAD = len('{"operations":[]}')
 
-_ROOT: tuple[str, ...] = ()
-
 # How far back _KeyState.contiguous looks before answering "no".
 _CONTIGUITY_SCAN = 32
 
 
-class _Route:
-    """Where an operation acts, worked out once per key string (cached)."""
-
-    __slots__ = ("complex", "kind", "leaf_plain", "mergeable_increments", "path", "top")
-
-    def __init__(self, op: Operation) -> None:
-        # kind: "inert" (unsafe: never applied), "noop" (a top-level slice matches
-        # nothing), "barrier" (a top-level wildcard reads every key), "literal", "path".
-        self.top = ""
-        self.path: tuple[str, ...] = _ROOT
-        self.complex = False
-        self.leaf_plain = True
-        self.mergeable_increments = True
-        if isinstance(op, Update):
-            self.kind = "update"
-            return
-        parsed = parse_key(op.key)
-        if not parsed.safe:
-            self.kind = "inert"
-            return
-        if isinstance(op, Delete) or parsed.components is None:
-            self.kind = "literal"
-            self.top = op.key
-            return
-        components = parsed.components
-        head = components[0]
-        names = [c.name for c in components if isinstance(c, Key)]
-        # Only a list can be padded, and the top level is a dict: its keys are never far.
-        far = any(c.index is not None and c.index > MAX_PADDING for c in components[1:] if isinstance(c, Key))
-        self.leaf_plain = isinstance(components[-1], Key)
-        crossed = len(names) != len(components)
-        # Increments merge unless a first match can be a non-index key on a list
-        # (which reads as missing while other matches are written).
-        last = components[-1]
-        self.mergeable_increments = not (crossed and isinstance(last, Key) and last.index is None)
-        if not isinstance(head, Key):
-            self.kind = "noop" if isinstance(head, Slice) else "barrier"
-            self.complex = True
-            return
-        self.kind = "path"
-        self.top = head.name
-        self.path = tuple(names[1:])
-        # Wildcards, slices and indices past the padding limit are not tracked path
-        # by path: they conflict with everything else on their key.
-        self.complex = crossed or far
+_UPDATE_ROUTE = Route("update")
 
 
-# Routes by key string: one table for delete (always literal), one for the rest.
-_ROUTES: dict[str, _Route] = {}
-_DELETE_ROUTES: dict[str, _Route] = {}
-_UPDATE_ROUTE: _Route | None = None
-
-
-def _route(op: Operation) -> _Route:
-    global _UPDATE_ROUTE
+def _route(op: Operation) -> Route:
+    """Where ``op`` acts (its key's facts keep it: worked out once per key)."""
     if type(op) is Update:
-        if _UPDATE_ROUTE is None:
-            _UPDATE_ROUTE = _Route(op)
         return _UPDATE_ROUTE
-    table = _DELETE_ROUTES if type(op) is Delete else _ROUTES
-    key: str = op.key  # type: ignore[union-attr]
-    route = table.get(key)
+    facts = key_facts(op.key)  # type: ignore[union-attr]
+    route = facts.literal_route if type(op) is Delete else facts.route
     if route is None:
-        route = _Route(op)
-        if len(key) <= CACHED_KEY_LENGTH:
-            if len(table) > 65_536:
-                table.clear()
-            table[key] = route
+        routes(facts)
+        route = facts.literal_route if type(op) is Delete else facts.route
+        assert route is not None
     return route
 
 
@@ -149,7 +92,7 @@ def _extend(
     container: list[Any],
     chain: list[int],
     op: Operation,
-    route: _Route,
+    route: Route,
     contiguous: Callable[[], bool] | None = None,
 ) -> None:
     """Add ``op`` to ``container`` after the ``chain`` of operations on the same place.
@@ -324,7 +267,7 @@ class _KeyState:
         return all(program[i] is None or i in members for i in range(chain[0], len(program)))
 
 
-def _creates(op: Operation, route: _Route) -> bool:
+def _creates(op: Operation, route: Route) -> bool:
     """Whether ``op`` creates its top-level key when the key is absent."""
     if isinstance(op, (Remove, Delete, Update)):
         return False
@@ -348,7 +291,7 @@ class _Reducer:
         self.seq = 0
 
     def feed(self, ops: Iterable[Operation], function: str = "collapse") -> None:
-        routes = _ROUTES
+        known_keys = SAFE_KEYS
         keys = self.keys
         before = self.seq
         for op in iterate_operations(ops, function):
@@ -357,7 +300,9 @@ class _Reducer:
                 raise not_an_operation(function, self.seq - before, op)
             self.seq += 1
             self.version += 1
-            route = routes.get(op.key) if cls is not Update and cls is not Delete else None
+            # The hot path: a key met before, as a set, append, remove or increment reads it.
+            facts = known_keys.get(op.key) if cls is not Update and cls is not Delete else None
+            route = None if facts is None else facts.route
             if route is None:
                 route = _route(op)
             kind = route.kind
@@ -438,7 +383,7 @@ class _Reducer:
                     return
         self.inert.append(op)
 
-    def _barrier(self, op: Operation, route: _Route) -> None:
+    def _barrier(self, op: Operation, route: Route) -> None:
         if self.keys:
             self._close_segment()
         chain = self.barrier_chain
@@ -454,7 +399,7 @@ class _Reducer:
         self.known = _Tree({})
         self.barrier_chain = None
 
-    def _on_key(self, op: Operation, route: _Route) -> None:
+    def _on_key(self, op: Operation, route: Route) -> None:
         top = route.top
         state = self.keys.get(top)
         if state is None:
@@ -502,7 +447,7 @@ class _Reducer:
             # Re-created after a delete: this is where it now sits.
             state.anchor = self.seq
 
-    def _add_literal(self, state: _KeyState, op: Operation, route: _Route) -> None:
+    def _add_literal(self, state: _KeyState, op: Operation, route: Route) -> None:
         # A literal operation touches the whole value: every path chain ends here.
         chain = state.literal_entry
         if state.paths is not None or state.complex_entry is not None:
@@ -514,7 +459,7 @@ class _Reducer:
         state.program.append(op)
         state.literal_entry = [len(state.program) - 1]
 
-    def _add_to_program(self, state: _KeyState, op: Operation, route: _Route) -> None:
+    def _add_to_program(self, state: _KeyState, op: Operation, route: Route) -> None:
         program = state.program
         if route.complex:
             # Wildcards and slices may reach anything under the key: only a run of

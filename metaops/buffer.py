@@ -55,7 +55,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from metaops._apply import apply_sized
-from metaops._arguments import SAFE_KEYS, checked_key, checked_metadata
+from metaops._arguments import checked_key, checked_metadata
 from metaops._bodies import (
     KEY_CHAR_MAX_BYTES,
     NUMBER_TEXT_MAX_BYTES,
@@ -71,7 +71,7 @@ from metaops._errors import (
     MetadataTooLargeError,
 )
 from metaops._json import JSON, MISSING, describe, shown_key
-from metaops._paths import NOTHING, first, match, parse_key
+from metaops._paths import NOTHING, SAFE_KEYS, first, key_facts, match
 from metaops._size import json_size, metadata_limit, value_size
 from metaops._updates import CallNames, UpdateMethods
 from metaops._values import Append, Delete, Operation, Remove, Set, Update
@@ -241,7 +241,7 @@ class RunMetadata(UpdateMethods):
         metadata = self._state[0]
         if not key.startswith("$."):
             return view(metadata.get(key))
-        found = first(match(metadata, parse_key(key).components))  # type: ignore[arg-type]
+        found = first(match(metadata, key_facts(key).components))  # type: ignore[arg-type]
         return None if found is MISSING or found is NOTHING else view(found)  # type: ignore[arg-type]
 
     @property
