@@ -40,6 +40,7 @@ from metaops._values import (
     Update,
     iterate_operations,
     not_an_operation,
+    per_operation,
 )
 
 __all__ = ["ApplyResult", "apply", "apply_sized"]
@@ -379,14 +380,15 @@ def _apply_update(tree: _Tree, op: Update) -> bool:
     return True
 
 
-_HANDLERS: dict[type, Callable[[_Tree, object], bool]] = {
-    Set: _apply_set,  # type: ignore[dict-item]
-    Delete: _apply_delete,  # type: ignore[dict-item]
-    Append: _apply_append,  # type: ignore[dict-item]
-    Remove: _apply_remove,  # type: ignore[dict-item]
-    Increment: _apply_increment,  # type: ignore[dict-item]
-    Update: _apply_update,  # type: ignore[dict-item]
-}
+# How each operation is applied: ``_HANDLERS[type(op)]`` (None for anything else).
+_HANDLERS: dict[type, Callable[[_Tree, Any], bool]] = per_operation(
+    set=_apply_set,
+    delete=_apply_delete,
+    append=_apply_append,
+    remove=_apply_remove,
+    increment=_apply_increment,
+    update=_apply_update,
+)
 
 
 def apply(metadata: dict[str, Any], ops: Iterable[Operation] | Operation) -> ApplyResult:

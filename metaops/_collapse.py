@@ -39,8 +39,7 @@ from metaops._json import MAX_EXACT_INT, MIN_EXACT_INT, add_numbers, describe, f
 from metaops._paths import SAFE_KEYS, Route, key_facts, routes
 from metaops._size import json_size
 from metaops._values import (
-    OPERATION_TYPES,
-    Append,
+    OPERATION_CLASSES,
     Delete,
     Increment,
     Operation,
@@ -52,8 +51,6 @@ from metaops._values import (
 )
 
 __all__ = ["MAX_REQUEST_BYTES", "chunk", "collapse", "compose", "reference_rule"]
-
-_OPERATION_CLASSES = frozenset(OPERATION_TYPES)
 
 MAX_REQUEST_BYTES = 1_048_576
 """1 MiB: under the platform's request body limit on the metadata route (1 MB, now 2 MB)."""
@@ -70,22 +67,24 @@ _UPDATE_ROUTE = Route("update")
 
 def _route(op: Operation) -> Route:
     """Where ``op`` acts (its key's facts keep it: worked out once per key)."""
-    if type(op) is Update:
+    if not op._keyed:
         return _UPDATE_ROUTE
     facts = key_facts(op.key)  # type: ignore[union-attr]
-    route = facts.literal_route if type(op) is Delete else facts.route
+    route = facts.route if op._paths else facts.literal_route
     if route is None:
         routes(facts)
-        route = facts.literal_route if type(op) is Delete else facts.route
+        route = facts.route if op._paths else facts.literal_route
         assert route is not None
     return route
 
 
-def _writes_value(op: Operation) -> bool:
-    """Whether ``op`` leaves a non-null value at every place it matches."""
-    if isinstance(op, Set):
-        return op.value is not None
-    return isinstance(op, (Increment, Append))
+def _leaves_value(op: Operation) -> bool:
+    """Whether ``op`` leaves a non-null value at every place it matches.
+
+    An operation that writes does, unless it is a set of null (an append writes a
+    list, an increment a number).
+    """
+    return op._writes and not (type(op) is Set and op.value is None)
 
 
 def _extend(
@@ -114,13 +113,13 @@ def _extend(
         # have written (it starts with a remove), a list written between could have
         # padded the place with a null, which the set would then not reach.
         start = container[chain[0]]
-        if _writes_value(start) or not route.leaf_plain or contiguous is None or contiguous():
+        if _leaves_value(start) or not route.leaf_plain or contiguous is None or contiguous():
             _replace_from(container, chain, 0, op)
             return
         # From the last operation that certainly wrote a value on, the place holds
         # one, whatever stands between: the set can take over from there.
         for position in range(len(chain) - 1, 0, -1):
-            if _writes_value(container[chain[position]]):
+            if _leaves_value(container[chain[position]]):
                 _replace_from(container, chain, position, op)
                 return
     elif type(op) is Increment and type(last) is Increment:
@@ -269,7 +268,7 @@ class _KeyState:
 
 def _creates(op: Operation, route: Route) -> bool:
     """Whether ``op`` creates its top-level key when the key is absent."""
-    if isinstance(op, (Remove, Delete, Update)):
+    if not op._writes:
         return False
     return route.kind == "literal" or (route.kind == "path" and not route.path and not route.complex)
 
@@ -296,12 +295,12 @@ class _Reducer:
         before = self.seq
         for op in iterate_operations(ops, function):
             cls = type(op)
-            if cls not in _OPERATION_CLASSES:
+            if cls not in OPERATION_CLASSES:
                 raise not_an_operation(function, self.seq - before, op)
             self.seq += 1
             self.version += 1
-            # The hot path: a key met before, as a set, append, remove or increment reads it.
-            facts = known_keys.get(op.key) if cls is not Update and cls is not Delete else None
+            # The hot path: a key met before, read as a path where it is one.
+            facts = known_keys.get(op.key) if cls._paths else None
             route = None if facts is None else facts.route
             if route is None:
                 route = _route(op)
@@ -371,16 +370,11 @@ class _Reducer:
     def _add_inert(self, op: Operation) -> None:
         # Never applied, never lost: kept, merged only as the reference would.
         if self.inert:
-            last = self.inert[-1]
-            if type(last) is type(op) and not isinstance(op, Update) and last.key == op.key:  # type: ignore[union-attr]
-                if isinstance(op, Increment) and isinstance(last, Increment):
-                    total = add_numbers(last.value, op.value)
-                    if fits_double(total):
-                        self.inert[-1] = Increment._trusted(op.key, total)
-                        return
-                if isinstance(op, (Set, Delete)):
-                    self.inert[-1] = op if isinstance(op, Set) else last
-                    return
+            merged = _merged_by_reference_rule(self.inert[-1], op)
+            # (An overflowing sum could not be sent: the wire has no infinity.)
+            if merged is not None and (type(merged) is not Increment or fits_double(merged.value)):
+                self.inert[-1] = merged
+                return
         self.inert.append(op)
 
     def _barrier(self, op: Operation, route: Route) -> None:
@@ -599,18 +593,36 @@ def reference_rule(ops: Iterable[Operation], *, sound: bool = False) -> list[Ope
     """
     out: list[Operation] = []
     for op in ops:
-        last = out[-1] if out else None
-        if isinstance(op, Increment) and isinstance(last, Increment) and last.key == op.key:
-            route = _route(op)
-            if sound and route.kind != "inert" and not route.mergeable_increments:
-                out.append(op)
-            else:
-                out[-1] = Increment._trusted(op.key, add_numbers(last.value, op.value))
-        elif isinstance(op, Set) and isinstance(last, Set) and last.key == op.key:
-            out[-1] = op
-        elif not (isinstance(op, Delete) and isinstance(last, Delete) and last.key == op.key):
+        merged = _merged_by_reference_rule(out[-1], op) if out else None
+        if merged is None:
             out.append(op)
+            continue
+        if sound and type(op) is Increment:
+            route = _route(op)
+            if route.kind != "inert" and not route.mergeable_increments:
+                out.append(op)
+                continue
+        out[-1] = merged
     return out
+
+
+def _merged_by_reference_rule(last: Operation, op: Operation) -> Operation | None:
+    """The one operation the reference's rule makes of ``last`` and then ``op``, or None.
+
+    Only consecutive operations of one type on one key merge: two increments add
+    up, of two sets the second stays, of two deletes the first.
+    """
+    kind = type(op)
+    if type(last) is not kind or not op._keyed or last.key != op.key:  # type: ignore[union-attr]
+        return None
+    if isinstance(op, Increment) and isinstance(last, Increment):
+        total: Increment = Increment._trusted(op.key, add_numbers(last.value, op.value))
+        return total
+    if kind is Set:
+        return op
+    if kind is Delete:
+        return last
+    return None
 
 
 def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[tuple[Operation, ...]]:
@@ -631,7 +643,7 @@ def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[
     if not batch:
         return []
     for index, op in enumerate(batch):
-        if type(op) not in _OPERATION_CLASSES:
+        if type(op) not in OPERATION_CLASSES:
             raise not_an_operation("chunk", index, op)
     wires = [op.to_wire() for op in batch]
     if json_size({"operations": wires}) <= max_bytes:
