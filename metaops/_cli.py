@@ -25,9 +25,9 @@ from typing import Any, NoReturn
 from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
-from metaops._json import JSON, MAX_DEPTH, nests_within, normalize
+from metaops._json import JSON, MAX_DEPTH, MAX_METADATA_DEPTH, nests_within, normalize
 from metaops._size import DEFAULT_LIMIT, LIMIT_ENV, json_size, json_text, metadata_limit
-from metaops._values import Operation, _parse, parse_operations
+from metaops._values import WIRE_TYPES, Operation, _parse, parse_operations
 
 __all__ = ["main"]
 
@@ -431,10 +431,11 @@ def _validate(args: argparse.Namespace) -> int:
     for index, obj in enumerate(raw):
         # How deep metaops can look is its own limit, not the platform's schema: a value past
         # it is input this oracle cannot judge (exit 2), not an operation the schema refuses.
-        if isinstance(obj, dict) and not nests_within(obj.get("value"), MAX_DEPTH):
+        levels = _depth_bound(obj)
+        if isinstance(obj, dict) and not nests_within(obj.get("value"), levels):
             msg = (
                 f"{_where('OPS', args.ops)}: operation {index}: field 'value': nested more than "
-                f"{MAX_DEPTH} levels deep; metaops checks values nested at most {MAX_DEPTH} levels"
+                f"{levels} levels deep; metaops checks values nested at most {levels} levels"
             )
             raise _BadInput(msg)
         try:
@@ -450,6 +451,14 @@ def _validate(args: argparse.Namespace) -> int:
     # A line even when there is nothing to report, so that success is seen, not inferred.
     _out(f"{checked}, {'valid' if len(raw) == 1 else 'all valid'}\n")
     return EXIT_OK
+
+
+def _depth_bound(obj: object) -> int:
+    """How deep the value of the wire operation ``obj`` may nest: a whole metadata object's (an
+    update's, which has no key) as deep as metadata does, any other as deep as a value."""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    cls = WIRE_TYPES.get(kind) if isinstance(kind, str) else None
+    return MAX_METADATA_DEPTH if cls is not None and not cls._keyed else MAX_DEPTH
 
 
 def _count(number: int, noun: str) -> str:

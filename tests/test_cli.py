@@ -856,6 +856,18 @@ def test_apply_takes_metadata_as_deep_as_apply_leaves_it(tmp_path: Path) -> None
     assert_bad_input(too_deep, "apply", "STATE (standard input)", f"nested {MAX_METADATA_DEPTH + 1} levels")
 
 
+def test_validate_checks_an_update_up_to_the_metadata_bound() -> None:
+    """An update's value is a whole metadata object, which may nest MAX_METADATA_DEPTH levels (the
+    parser takes it so): validate judges it; one level more is bad input. (Values of every type
+    were cut at MAX_DEPTH, so a valid update was called input too deep to judge.)"""
+    deepest = "{" + '"a": {' * (MAX_METADATA_DEPTH - 1) + "}" * MAX_METADATA_DEPTH
+    ops = '[{"type": "update", "value": ' + deepest + "}]"
+    ran = run("validate", "-", stdin=ops)
+    assert (ran.code, ran.out, ran.err) == (0, "1 operation, valid\n", "")
+    too_deep = run("validate", "-", stdin='[{"type": "update", "value": {"b": ' + deepest + "}}]")
+    assert_bad_input(too_deep, "validate", "operation 0", f"nested more than {MAX_METADATA_DEPTH} levels")
+
+
 def test_validate_reports_nothing_before_bad_input() -> None:
     """A deep operation after an invalid one: exit 2 with nothing on standard output, not a partial report."""
     ops = '[{"type": "nope"}, ' + deep_ops(600)[1:]
