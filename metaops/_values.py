@@ -12,26 +12,16 @@ them by default, as the reference's schema does.
 Every fact about an operation that does not depend on its key or value lives on its
 class, and :data:`WIRE_TYPES` (wire name to class) is the one list of them; what
 other modules do per operation (``apply``'s handlers) is a table built from it by
-:func:`per_operation`, which refuses to leave one out:
+:func:`per_operation`, which refuses to leave one out. The facts, besides
+``wire_type``:
 
-===========  =========  ==========  ======  ===========  ========  =======
-class        wire_type  _method     _keyed  _value_role  _writes   _paths
-===========  =========  ==========  ======  ===========  ========  =======
-Set          set        set         yes     stored       yes       yes
-Delete       delete     delete      yes     (none)       no        no
-Append       append     append      yes     stored       yes       yes
-Remove       remove     remove      yes     matched      no        yes
-Increment    increment  increment   yes     amount       yes       yes
-Update       update     replace     no      stored       no        no
-===========  =========  ==========  ======  ===========  ========  =======
-
-``_method``: the update method that makes it (how an error names the call).
-``_keyed``: it carries a key (else it acts on the whole metadata, its value).
-``_value_role``: what its value is: ``stored`` (written into the metadata as
-given), ``matched`` (compared with a list's items, never stored), ``amount`` (a
-number added), ``None`` (it has none). ``_writes``: it writes at every place it
-matches, creating a missing one. ``_paths``: it reads a ``$.`` key as a path
-(``delete`` reads every key literally).
+``_method``: the update method that makes it (how an error names the call:
+``replace`` for an ``Update``). ``_keyed``: it carries a key (else it acts on the
+whole metadata, which its value is). ``_value_role``: what its value is:
+``"stored"`` (written into the metadata as given), ``"matched"`` (compared with a
+list's items, never stored), ``"amount"`` (a number added), ``None`` (it has
+none). ``_writes``: it writes at every place it matches, creating a missing one.
+``_paths``: it reads a ``$.`` key as a path (``delete`` reads every key literally).
 """
 
 from __future__ import annotations
@@ -109,7 +99,7 @@ def _check_object(value: object, op: str) -> dict[str, JSON]:
 
 
 ValueRole = Literal["stored", "matched", "amount"]
-"""What an operation's value is (see the table above)."""
+"""What an operation's value is (see the module's docstring)."""
 
 
 class _KeyValueOperation:
