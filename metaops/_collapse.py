@@ -40,6 +40,7 @@ from metaops._paths import SAFE_KEYS, Route, key_facts, routes
 from metaops._size import json_size
 from metaops._values import (
     OPERATION_CLASSES,
+    WIRE_TYPES,
     Delete,
     Increment,
     Operation,
@@ -63,6 +64,9 @@ _CONTIGUITY_SCAN = 32
 
 
 _UPDATE_ROUTE = Route("update")
+
+# Each operation class's ``_paths``, looked up by class (None: not an operation).
+_READS_PATHS: dict[type, bool] = {cls: cls._paths for cls in WIRE_TYPES.values()}
 
 
 def _route(op: Operation) -> Route:
@@ -295,12 +299,14 @@ class _Reducer:
         before = self.seq
         for op in iterate_operations(ops, function):
             cls = type(op)
-            if cls not in OPERATION_CLASSES:
+            # One lookup both checks that op is an operation and reads the fact the hot path needs.
+            paths = _READS_PATHS.get(cls)
+            if paths is None:
                 raise not_an_operation(function, self.seq - before, op)
             self.seq += 1
             self.version += 1
             # The hot path: a key met before, read as a path where it is one.
-            facts = known_keys.get(op.key) if cls._paths else None
+            facts = known_keys.get(op.key) if paths else None
             route = None if facts is None else facts.route
             if route is None:
                 route = _route(op)
