@@ -28,7 +28,7 @@ from metaops._json import (
     json_identical,
     nests_within,
 )
-from metaops._paths import DEAD, FAR, Match, Step, first, match, parse_key
+from metaops._paths import DEAD, FAR, Match, Step, first, key_facts, match
 from metaops._size import json_size, value_size
 from metaops._values import (
     Append,
@@ -40,6 +40,7 @@ from metaops._values import (
     Update,
     iterate_operations,
     not_an_operation,
+    per_operation,
 )
 
 __all__ = ["ApplyResult", "apply", "apply_sized"]
@@ -221,7 +222,7 @@ def _apply_set(tree: _Tree, op: Set) -> bool:
             return False
         tree.put_top(key, op.value)
         return True
-    parsed = parse_key(key)
+    parsed = key_facts(key)
     if not parsed.safe:
         return False
     assert parsed.components is not None
@@ -231,7 +232,7 @@ def _apply_set(tree: _Tree, op: Set) -> bool:
 def _apply_delete(tree: _Tree, op: Delete) -> bool:
     key = op.key
     # The guard reads "$." keys as paths even though delete then uses its key literally.
-    if not parse_key(key).safe:
+    if not key_facts(key).safe:
         return False
     root = tree.root
     if key in root:
@@ -278,7 +279,7 @@ def _apply_append(tree: _Tree, op: Append) -> bool:
         tree.own_root()[key] = grown
         tree.writes += 1
         return True
-    parsed = parse_key(key)
+    parsed = key_facts(key)
     if not parsed.safe:
         return False
     assert parsed.components is not None
@@ -335,7 +336,7 @@ def _apply_remove(tree: _Tree, op: Remove) -> bool:
                 tree.own_root()[key] = kept
                 tree.writes += 1
         return True
-    parsed = parse_key(key)
+    parsed = key_facts(key)
     if not parsed.safe:
         return False
     assert parsed.components is not None
@@ -353,7 +354,7 @@ def _apply_increment(tree: _Tree, op: Increment) -> bool:
             return False
         tree.put_top(key, _incremented(tree.root.get(key, MISSING), op.value))
         return True
-    parsed = parse_key(key)
+    parsed = key_facts(key)
     if not parsed.safe:
         return False
     assert parsed.components is not None
@@ -379,14 +380,15 @@ def _apply_update(tree: _Tree, op: Update) -> bool:
     return True
 
 
-_HANDLERS: dict[type, Callable[[_Tree, object], bool]] = {
-    Set: _apply_set,  # type: ignore[dict-item]
-    Delete: _apply_delete,  # type: ignore[dict-item]
-    Append: _apply_append,  # type: ignore[dict-item]
-    Remove: _apply_remove,  # type: ignore[dict-item]
-    Increment: _apply_increment,  # type: ignore[dict-item]
-    Update: _apply_update,  # type: ignore[dict-item]
-}
+# How each operation is applied: ``_HANDLERS[type(op)]`` (None for anything else).
+_HANDLERS: dict[type, Callable[[_Tree, Any], bool]] = per_operation(
+    set=_apply_set,
+    delete=_apply_delete,
+    append=_apply_append,
+    remove=_apply_remove,
+    increment=_apply_increment,
+    update=_apply_update,
+)
 
 
 def apply(metadata: dict[str, Any], ops: Iterable[Operation] | Operation) -> ApplyResult:

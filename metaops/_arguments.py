@@ -15,26 +15,24 @@ from __future__ import annotations
 import json
 
 from metaops._errors import InvalidOperationError, InvalidValueError
-from metaops._json import JSON, MAX_DEPTH, describe, normalize
+from metaops._json import (
+    JSON,
+    MAX_EXACT_INT,
+    MAX_METADATA_DEPTH,
+    MIN_EXACT_INT,
+    describe,
+    normalize,
+    shown_key,
+)
 from metaops._paths import is_safe_key
 from metaops._views import DictView, ListView
 
 __all__ = [
-    "SAFE_KEYS",
     "checked_amount",
     "checked_key",
     "checked_metadata",
     "checked_value",
 ]
-
-# Ints a double holds exactly (JavaScript's numbers are doubles). The fast paths take
-# these as they are; a larger int is left to normalize, whatever it makes of it.
-_MAX_EXACT_INT = 2**53
-
-# Keys already found safe: a task uses a handful of keys again and again. Callers test
-# ``key in SAFE_KEYS`` inline, and call checked_key only for a key not found there.
-SAFE_KEYS: set[str] = set()
-_SAFE_KEYS_MAX = 4096
 
 
 def _is_plain_scalar(value: object) -> bool:
@@ -43,15 +41,15 @@ def _is_plain_scalar(value: object) -> bool:
     if kind is str or kind is bool or value is None:
         return True
     if kind is int:
-        return -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT  # type: ignore[operator]
+        return MIN_EXACT_INT <= value <= MAX_EXACT_INT  # type: ignore[operator]
     # inf - inf and nan - nan are nan, never 0.0
     return kind is float and value - value == 0.0  # type: ignore[operator]
 
 
-def _normalized(value: object, where: str, method: str) -> JSON:
+def _normalized(value: object, where: str, method: str, *, metadata: bool = False) -> JSON:
     """:func:`normalize`, its error naming the call."""
     try:
-        return normalize(value, where)
+        return normalize(value, where, metadata=metadata)
     except InvalidValueError as error:
         msg = f"{method}: {error}"
         raise InvalidValueError(msg, error.where) from None
@@ -60,7 +58,8 @@ def _normalized(value: object, where: str, method: str) -> JSON:
 def checked_key(key: object, method: str) -> str:
     """``key`` if it is a safe str key; the error naming ``method`` otherwise.
 
-    Callers first test ``type(key) is str and key in SAFE_KEYS`` themselves.
+    Callers first test ``type(key) is str and key in SAFE_KEYS`` themselves (a safe key
+    met before, see :data:`metaops._paths.SAFE_KEYS`); checking a key keeps it there.
     """
     if not isinstance(key, str):
         msg = f"{method}: key must be a str, got {describe(key)}"
@@ -68,12 +67,10 @@ def checked_key(key: object, method: str) -> str:
     key = str.__str__(key)
     if not is_safe_key(key):
         msg = (
-            f"{method}: the key {key!r} is unsafe: a key may not reference __proto__, "
+            f"{method}: the key {shown_key(key)} is unsafe: a key may not reference __proto__, "
             "constructor or prototype, and a '$.' path must name something below '$'"
         )
         raise InvalidOperationError(msg, field="key")
-    if len(SAFE_KEYS) < _SAFE_KEYS_MAX:
-        SAFE_KEYS.add(key)
     return key
 
 
@@ -107,7 +104,7 @@ def checked_amount(value: object, method: str) -> int | float:
     """``value``, the argument ``n``, as an increment amount: a JSON number, not a bool."""
     kind = type(value)
     if kind is int:
-        if -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT:  # type: ignore[operator]
+        if MIN_EXACT_INT <= value <= MAX_EXACT_INT:  # type: ignore[operator]
             return value  # type: ignore[return-value]
     elif kind is float and value - value == 0.0:  # type: ignore[operator]
         return value  # type: ignore[return-value]
@@ -124,8 +121,9 @@ def checked_metadata(value: object, method: str) -> dict[str, JSON]:
     the C JSON codec, about twice as fast as normalize's walk. Whatever JSON would
     change (a non-str key, a tuple) makes the copy differ, and whatever it refuses
     (NaN, a datetime, a cycle) raises: normalize then converts or explains. So do
-    values nested deeper than :data:`~metaops.MAX_DEPTH` and ints a double does not
-    hold exactly, which the codec would take.
+    metadata nested deeper than metadata may nest (``MAX_METADATA_DEPTH``, the depth
+    ``apply`` keeps, so that whatever it produced can be given back) and ints a double
+    does not hold exactly, which the codec would take.
     """
     if isinstance(value, DictView):
         return value._data
@@ -135,12 +133,12 @@ def checked_metadata(value: object, method: str) -> dict[str, JSON]:
     try:
         text = _COPY_ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
-        return _normalized(value, "metadata", method)  # type: ignore[return-value]
+        return _normalized(value, "metadata", method, metadata=True)  # type: ignore[return-value]
     if not _copies_exactly(text):
-        return _normalized(value, "metadata", method)  # type: ignore[return-value]
+        return _normalized(value, "metadata", method, metadata=True)  # type: ignore[return-value]
     copy = json.loads(text)
     if copy != value:
-        return _normalized(value, "metadata", method)  # type: ignore[return-value]
+        return _normalized(value, "metadata", method, metadata=True)  # type: ignore[return-value]
     return copy  # type: ignore[no-any-return]
 
 
@@ -160,7 +158,7 @@ _NOT_SHAPE = bytes(set(range(256)) - set(b'[]{}"'))
 
 
 def _copies_exactly(text: str) -> bool:
-    """Whether the C codec's ``text`` of a value holds no long int and nests at most MAX_DEPTH deep.
+    """Whether the C codec's ``text`` of metadata holds no long int and nests at most MAX_METADATA_DEPTH deep.
 
     Linear in the text, and all in C but for a loop over (rare) int tokens of 16 digits.
     """
@@ -186,7 +184,7 @@ def _copies_exactly(text: str) -> bool:
     if b'"' in shape:
         shape = b"".join(shape.split(b'"')[::2])
     # Each pass removes the innermost pairs: one level of nesting.
-    for _ in range(MAX_DEPTH):
+    for _ in range(MAX_METADATA_DEPTH):
         if not shape:
             return True
         shape = shape.replace(b"[]", b"")

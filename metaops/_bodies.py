@@ -16,7 +16,7 @@ from metaops._collapse import MAX_REQUEST_BYTES, chunk
 from metaops._errors import InvalidLimitError, InvalidValueError
 from metaops._json import JSON, describe
 from metaops._size import json_size, json_text
-from metaops._values import OPERATION_TYPES, Operation
+from metaops._values import OPERATION_CLASSES, Operation
 
 __all__ = [
     "KEY_CHAR_MAX_BYTES",
@@ -166,7 +166,7 @@ def _operations_tuple(ops: object, name: str) -> tuple[Operation, ...]:
         msg = f"Flush: {name} must be a tuple of operations, got {describe(ops)}"
         raise InvalidValueError(msg, name)
     for index, op in enumerate(ops):
-        if not isinstance(op, OPERATION_TYPES):
+        if type(op) not in OPERATION_CLASSES:
             msg = f"Flush: {name}[{index}] is {describe(op)}, not an operation"
             raise InvalidValueError(msg, f"{name}[{index}]")
     return tuple(ops)

@@ -25,9 +25,9 @@ from typing import Any, NoReturn
 from metaops._apply import apply
 from metaops._collapse import collapse, compose
 from metaops._errors import InvalidOperationError, InvalidValueError, MetaopsError
-from metaops._json import JSON, MAX_DEPTH, nests_within, normalize
+from metaops._json import JSON, MAX_DEPTH, MAX_METADATA_DEPTH, nests_within, normalize
 from metaops._size import DEFAULT_LIMIT, LIMIT_ENV, json_size, json_text, metadata_limit
-from metaops._values import Operation, _parse, parse_operations
+from metaops._values import WIRE_TYPES, Operation, _parse, parse_operations
 
 __all__ = ["main"]
 
@@ -263,8 +263,6 @@ def _load_operations(name: str, source: str) -> tuple[Operation, ...]:
         return parse_operations(_as_list(value, name, source), safe_keys=False)
     except (InvalidOperationError, InvalidValueError) as error:
         raise _BadInput(f"{_where(name, source)}: {error}") from None
-    except RecursionError:
-        raise _BadInput(f"{_where(name, source)}: {_DEEP}") from None
 
 
 def _as_list(value: object, name: str, source: str) -> list[Any]:
@@ -297,11 +295,9 @@ def _load_metadata(name: str, source: str) -> dict[str, JSON]:
         msg = f"{_where(name, source)}: expected a JSON object (the metadata), got {_json_kind(value)}"
         raise _BadInput(msg)
     try:
-        return normalize(value, name, wire=True)  # type: ignore[return-value]
+        return normalize(value, name, wire=True, metadata=True)  # type: ignore[return-value]
     except InvalidValueError as error:
         raise _BadInput(f"{_where(name, source)}: {error}") from None
-    except RecursionError:
-        raise _BadInput(f"{_where(name, source)}: {_DEEP}") from None
 
 
 def _dump(value: object) -> str:
@@ -424,13 +420,8 @@ def _compose(args: argparse.Namespace) -> int:
 
 
 def _size(args: argparse.Namespace) -> int:
-    value = _load("JSON", args.json)
-    try:
-        size = json_size(value)
-    except (RecursionError, ValueError):
-        # Read, but nested past what the encoder's stack holds.
-        raise _BadInput(f"{_where('JSON', args.json)}: {_DEEP}") from None
-    _out(f"{size}\n")
+    # json_size measures whatever json read (its encoder nests as deeply as the decoder).
+    _out(f"{json_size(_load('JSON', args.json))}\n")
     return EXIT_OK
 
 
@@ -440,19 +431,17 @@ def _validate(args: argparse.Namespace) -> int:
     for index, obj in enumerate(raw):
         # How deep metaops can look is its own limit, not the platform's schema: a value past
         # it is input this oracle cannot judge (exit 2), not an operation the schema refuses.
-        if isinstance(obj, dict) and not nests_within(obj.get("value"), MAX_DEPTH):
+        levels = _depth_bound(obj)
+        if isinstance(obj, dict) and not nests_within(obj.get("value"), levels):
             msg = (
                 f"{_where('OPS', args.ops)}: operation {index}: field 'value': nested more than "
-                f"{MAX_DEPTH} levels deep; metaops checks values nested at most {MAX_DEPTH} levels"
+                f"{levels} levels deep; metaops checks values nested at most {levels} levels"
             )
             raise _BadInput(msg)
         try:
             _parse(obj, True, index)
         except InvalidOperationError as error:
             lines.append(_dump({"index": index, "field": error.field, "message": str(error)}))
-        except (InvalidValueError, RecursionError) as error:
-            detail = str(error) if isinstance(error, InvalidValueError) else _DEEP
-            raise _BadInput(f"{_where('OPS', args.ops)}: operation {index}: {detail}") from None
     # Written at the end, so that bad input found part way leaves nothing on standard output.
     checked = _count(len(raw), "operation")
     if lines:
@@ -462,6 +451,14 @@ def _validate(args: argparse.Namespace) -> int:
     # A line even when there is nothing to report, so that success is seen, not inferred.
     _out(f"{checked}, {'valid' if len(raw) == 1 else 'all valid'}\n")
     return EXIT_OK
+
+
+def _depth_bound(obj: object) -> int:
+    """How deep the value of the wire operation ``obj`` may nest: a whole metadata object's (an
+    update's, which has no key) as deep as metadata does, any other as deep as a value."""
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    cls = WIRE_TYPES.get(kind) if isinstance(kind, str) else None
+    return MAX_METADATA_DEPTH if cls is not None and not cls._keyed else MAX_DEPTH
 
 
 def _count(number: int, noun: str) -> str:

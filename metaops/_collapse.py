@@ -35,12 +35,12 @@ from typing import Any
 
 from metaops._apply import _HANDLERS, _Tree
 from metaops._errors import InvalidLimitError, MetadataTooLargeError
-from metaops._json import MAX_EXACT_INT, add_numbers, describe, fits_double, json_equal
-from metaops._paths import CACHED_KEY_LENGTH, MAX_PADDING, Key, Slice, parse_key
+from metaops._json import MAX_EXACT_INT, MIN_EXACT_INT, add_numbers, describe, fits_double, json_equal
+from metaops._paths import SAFE_KEYS, Route, key_facts, routes
 from metaops._size import json_size
 from metaops._values import (
-    OPERATION_TYPES,
-    Append,
+    OPERATION_CLASSES,
+    WIRE_TYPES,
     Delete,
     Increment,
     Operation,
@@ -53,105 +53,49 @@ from metaops._values import (
 
 __all__ = ["MAX_REQUEST_BYTES", "chunk", "collapse", "compose", "reference_rule"]
 
-_OPERATION_CLASSES = frozenset(OPERATION_TYPES)
-
 MAX_REQUEST_BYTES = 1_048_576
 """1 MiB: under the platform's request body limit on the metadata route (1 MB, now 2 MB)."""
 
 # '{"operations":[' and ']}' around the comma-separated operations.
 _BODY_OVERHEAD = len('{"operations":[]}')
 
-_ROOT: tuple[str, ...] = ()
-
-_LOWEST_EXACT_INT = -MAX_EXACT_INT
-
 # How far back _KeyState.contiguous looks before answering "no".
 _CONTIGUITY_SCAN = 32
 
 
-class _Route:
-    """Where an operation acts, worked out once per key string (cached)."""
+_UPDATE_ROUTE = Route("update")
 
-    __slots__ = ("complex", "kind", "leaf_plain", "mergeable_increments", "path", "top")
-
-    def __init__(self, op: Operation) -> None:
-        # kind: "inert" (unsafe: never applied), "noop" (a top-level slice matches
-        # nothing), "barrier" (a top-level wildcard reads every key), "literal", "path".
-        self.top = ""
-        self.path: tuple[str, ...] = _ROOT
-        self.complex = False
-        self.leaf_plain = True
-        self.mergeable_increments = True
-        if isinstance(op, Update):
-            self.kind = "update"
-            return
-        parsed = parse_key(op.key)
-        if not parsed.safe:
-            self.kind = "inert"
-            return
-        if isinstance(op, Delete) or parsed.components is None:
-            self.kind = "literal"
-            self.top = op.key
-            return
-        components = parsed.components
-        head = components[0]
-        names = [c.name for c in components if isinstance(c, Key)]
-        # Only a list can be padded, and the top level is a dict: its keys are never far.
-        far = any(c.index is not None and c.index > MAX_PADDING for c in components[1:] if isinstance(c, Key))
-        self.leaf_plain = isinstance(components[-1], Key)
-        crossed = len(names) != len(components)
-        # Increments merge unless a first match can be a non-index key on a list
-        # (which reads as missing while other matches are written).
-        last = components[-1]
-        self.mergeable_increments = not (crossed and isinstance(last, Key) and last.index is None)
-        if not isinstance(head, Key):
-            self.kind = "noop" if isinstance(head, Slice) else "barrier"
-            self.complex = True
-            return
-        self.kind = "path"
-        self.top = head.name
-        self.path = tuple(names[1:])
-        # Wildcards, slices and indices past the padding limit are not tracked path
-        # by path: they conflict with everything else on their key.
-        self.complex = crossed or far
+# Each operation class's ``_paths``, looked up by class (None: not an operation).
+_READS_PATHS: dict[type, bool] = {cls: cls._paths for cls in WIRE_TYPES.values()}
 
 
-# Routes by key string: one table for delete (always literal), one for the rest.
-_ROUTES: dict[str, _Route] = {}
-_DELETE_ROUTES: dict[str, _Route] = {}
-_UPDATE_ROUTE: _Route | None = None
-
-
-def _route(op: Operation) -> _Route:
-    global _UPDATE_ROUTE
-    if type(op) is Update:
-        if _UPDATE_ROUTE is None:
-            _UPDATE_ROUTE = _Route(op)
+def _route(op: Operation) -> Route:
+    """Where ``op`` acts (its key's facts keep it: worked out once per key)."""
+    if not op._keyed:
         return _UPDATE_ROUTE
-    table = _DELETE_ROUTES if type(op) is Delete else _ROUTES
-    key: str = op.key  # type: ignore[union-attr]
-    route = table.get(key)
+    facts = key_facts(op.key)  # type: ignore[union-attr]
+    route = facts.route if op._paths else facts.literal_route
     if route is None:
-        route = _Route(op)
-        if len(key) <= CACHED_KEY_LENGTH:
-            if len(table) > 65_536:
-                table.clear()
-            table[key] = route
+        routes(facts)
+        route = facts.route if op._paths else facts.literal_route
+        assert route is not None
     return route
 
 
-def _writes_value(op: Operation) -> bool:
-    """Whether ``op`` leaves a non-null value at every place it matches."""
-    if isinstance(op, Set):
-        return op.value is not None
-    return isinstance(op, (Increment, Append))
+def _leaves_value(op: Operation) -> bool:
+    """Whether ``op`` leaves a non-null value at every place it matches.
+
+    An operation that writes does, unless it is a set of null (an append writes a
+    list, an increment a number).
+    """
+    return op._writes and not (type(op) is Set and op.value is None)
 
 
 def _extend(
     container: list[Any],
     chain: list[int],
     op: Operation,
-    route: _Route,
+    route: Route,
     contiguous: Callable[[], bool] | None = None,
 ) -> None:
     """Add ``op`` to ``container`` after the ``chain`` of operations on the same place.
@@ -173,13 +117,13 @@ def _extend(
         # have written (it starts with a remove), a list written between could have
         # padded the place with a null, which the set would then not reach.
         start = container[chain[0]]
-        if _writes_value(start) or not route.leaf_plain or contiguous is None or contiguous():
+        if _leaves_value(start) or not route.leaf_plain or contiguous is None or contiguous():
             _replace_from(container, chain, 0, op)
             return
         # From the last operation that certainly wrote a value on, the place holds
         # one, whatever stands between: the set can take over from there.
         for position in range(len(chain) - 1, 0, -1):
-            if _writes_value(container[chain[position]]):
+            if _leaves_value(container[chain[position]]):
                 _replace_from(container, chain, position, op)
                 return
     elif type(op) is Increment and type(last) is Increment:
@@ -221,7 +165,7 @@ class _Sum:
             # Increment amounts are JSON numbers: an int is within 2**53, as is this sum
             # while it is an int. While the sum stays within too, it is exact: no rounding.
             total += amount
-            if _LOWEST_EXACT_INT <= total <= MAX_EXACT_INT:
+            if MIN_EXACT_INT <= total <= MAX_EXACT_INT:
                 self.value = total
                 return True
             total = self.value
@@ -326,9 +270,9 @@ class _KeyState:
         return all(program[i] is None or i in members for i in range(chain[0], len(program)))
 
 
-def _creates(op: Operation, route: _Route) -> bool:
+def _creates(op: Operation, route: Route) -> bool:
     """Whether ``op`` creates its top-level key when the key is absent."""
-    if isinstance(op, (Remove, Delete, Update)):
+    if not op._writes:
         return False
     return route.kind == "literal" or (route.kind == "path" and not route.path and not route.complex)
 
@@ -350,16 +294,20 @@ class _Reducer:
         self.seq = 0
 
     def feed(self, ops: Iterable[Operation], function: str = "collapse") -> None:
-        routes = _ROUTES
+        known_keys = SAFE_KEYS
         keys = self.keys
         before = self.seq
         for op in iterate_operations(ops, function):
             cls = type(op)
-            if cls not in _OPERATION_CLASSES:
+            # One lookup both checks that op is an operation and reads the fact the hot path needs.
+            paths = _READS_PATHS.get(cls)
+            if paths is None:
                 raise not_an_operation(function, self.seq - before, op)
             self.seq += 1
             self.version += 1
-            route = routes.get(op.key) if cls is not Update and cls is not Delete else None
+            # The hot path: a key met before, read as a path where it is one.
+            facts = known_keys.get(op.key) if paths else None
+            route = None if facts is None else facts.route
             if route is None:
                 route = _route(op)
             kind = route.kind
@@ -428,19 +376,14 @@ class _Reducer:
     def _add_inert(self, op: Operation) -> None:
         # Never applied, never lost: kept, merged only as the reference would.
         if self.inert:
-            last = self.inert[-1]
-            if type(last) is type(op) and not isinstance(op, Update) and last.key == op.key:  # type: ignore[union-attr]
-                if isinstance(op, Increment) and isinstance(last, Increment):
-                    total = add_numbers(last.value, op.value)
-                    if fits_double(total):
-                        self.inert[-1] = Increment._trusted(op.key, total)
-                        return
-                if isinstance(op, (Set, Delete)):
-                    self.inert[-1] = op if isinstance(op, Set) else last
-                    return
+            merged = _merged_by_reference_rule(self.inert[-1], op)
+            # (An overflowing sum could not be sent: the wire has no infinity.)
+            if merged is not None and (type(merged) is not Increment or fits_double(merged.value)):
+                self.inert[-1] = merged
+                return
         self.inert.append(op)
 
-    def _barrier(self, op: Operation, route: _Route) -> None:
+    def _barrier(self, op: Operation, route: Route) -> None:
         if self.keys:
             self._close_segment()
         chain = self.barrier_chain
@@ -456,7 +399,7 @@ class _Reducer:
         self.known = _Tree({})
         self.barrier_chain = None
 
-    def _on_key(self, op: Operation, route: _Route) -> None:
+    def _on_key(self, op: Operation, route: Route) -> None:
         top = route.top
         state = self.keys.get(top)
         if state is None:
@@ -504,7 +447,7 @@ class _Reducer:
             # Re-created after a delete: this is where it now sits.
             state.anchor = self.seq
 
-    def _add_literal(self, state: _KeyState, op: Operation, route: _Route) -> None:
+    def _add_literal(self, state: _KeyState, op: Operation, route: Route) -> None:
         # A literal operation touches the whole value: every path chain ends here.
         chain = state.literal_entry
         if state.paths is not None or state.complex_entry is not None:
@@ -516,7 +459,7 @@ class _Reducer:
         state.program.append(op)
         state.literal_entry = [len(state.program) - 1]
 
-    def _add_to_program(self, state: _KeyState, op: Operation, route: _Route) -> None:
+    def _add_to_program(self, state: _KeyState, op: Operation, route: Route) -> None:
         program = state.program
         if route.complex:
             # Wildcards and slices may reach anything under the key: only a run of
@@ -656,18 +599,36 @@ def reference_rule(ops: Iterable[Operation], *, sound: bool = False) -> list[Ope
     """
     out: list[Operation] = []
     for op in ops:
-        last = out[-1] if out else None
-        if isinstance(op, Increment) and isinstance(last, Increment) and last.key == op.key:
-            route = _route(op)
-            if sound and route.kind != "inert" and not route.mergeable_increments:
-                out.append(op)
-            else:
-                out[-1] = Increment._trusted(op.key, add_numbers(last.value, op.value))
-        elif isinstance(op, Set) and isinstance(last, Set) and last.key == op.key:
-            out[-1] = op
-        elif not (isinstance(op, Delete) and isinstance(last, Delete) and last.key == op.key):
+        merged = _merged_by_reference_rule(out[-1], op) if out else None
+        if merged is None:
             out.append(op)
+            continue
+        if sound and type(op) is Increment:
+            route = _route(op)
+            if route.kind != "inert" and not route.mergeable_increments:
+                out.append(op)
+                continue
+        out[-1] = merged
     return out
+
+
+def _merged_by_reference_rule(last: Operation, op: Operation) -> Operation | None:
+    """The one operation the reference's rule makes of ``last`` and then ``op``, or None.
+
+    Only consecutive operations of one type on one key merge: two increments add
+    up, of two sets the second stays, of two deletes the first.
+    """
+    kind = type(op)
+    if type(last) is not kind or not op._keyed or last.key != op.key:  # type: ignore[union-attr]
+        return None
+    if isinstance(op, Increment) and isinstance(last, Increment):
+        total: Increment = Increment._trusted(op.key, add_numbers(last.value, op.value))
+        return total
+    if kind is Set:
+        return op
+    if kind is Delete:
+        return last
+    return None
 
 
 def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[tuple[Operation, ...]]:
@@ -688,7 +649,7 @@ def chunk(ops: Iterable[Operation], max_bytes: int = MAX_REQUEST_BYTES) -> list[
     if not batch:
         return []
     for index, op in enumerate(batch):
-        if type(op) not in _OPERATION_CLASSES:
+        if type(op) not in OPERATION_CLASSES:
             raise not_an_operation("chunk", index, op)
     wires = [op.to_wire() for op in batch]
     if json_size({"operations": wires}) <= max_bytes:

@@ -49,9 +49,9 @@ import httpx
 from metaops import (
     JSON,
     Append,
+    Flush,
     Increment,
     Operation,
-    RunMetadata,
     Set,
     apply,
     json_equal,
@@ -229,20 +229,9 @@ class _Calls:
 
     def one_by_one_bytes(self) -> int:
         """Bytes of the request bodies when each call is flushed alone (the client's own body format)."""
-        sent = 0
-        for target, operations in (("own", self.parent), ("parent", self._children_calls())):
-            for op in operations:
-                buffer = RunMetadata(is_root=False)
-                updater = buffer if target == "own" else buffer.parent
-                if isinstance(op, Set):
-                    updater.set(op.key, op.value)
-                elif isinstance(op, Increment):
-                    updater.increment(op.key, op.value)
-                else:
-                    assert isinstance(op, Append)
-                    updater.append(op.key, op.value)
-                sent += sum(len(text.encode()) for text in buffer.drain().texts())
-        return sent
+        own = (Flush((op,)) for op in self.parent)
+        for_parent = (Flush(parent_operations=(op,)) for op in self._children_calls())
+        return sum(len(text.encode()) for flush in (*own, *for_parent) for text in flush.texts())
 
     def _children_calls(self) -> list[Operation]:
         return [op for ops in self.children.values() for op in ops]

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_EXACT_INT",
     "MAX_METADATA_DEPTH",
+    "MIN_EXACT_INT",
     "MISSING",
     "JSONInput",
     "add_numbers",
@@ -40,6 +41,7 @@ __all__ = [
     "json_identical",
     "nests_within",
     "normalize",
+    "shown_key",
     "to_double",
 ]
 
@@ -89,8 +91,9 @@ reads back as the value JavaScript reads and is as long as the size check measur
 """
 
 
-# Negated once here, not on every comparison of a hot path.
-_LOWEST_EXACT_INT = -MAX_EXACT_INT
+MIN_EXACT_INT = -MAX_EXACT_INT
+"""The most negative int a double holds exactly (negated once here, not on every
+comparison of a hot path)."""
 
 
 def to_double(value: int | float) -> float:
@@ -108,7 +111,7 @@ def as_js_number(value: int | float) -> int | float:
     >>> as_js_number(2**53), as_js_number(2**53 + 1), as_js_number(3 * 2**1023)
     (9007199254740992, 9007199254740992.0, inf)
     """
-    if type(value) is int and not _LOWEST_EXACT_INT <= value <= MAX_EXACT_INT:
+    if type(value) is int and not MIN_EXACT_INT <= value <= MAX_EXACT_INT:
         return to_double(value)
     return value
 
@@ -131,11 +134,11 @@ def add_numbers(a: int | float, b: int | float) -> int | float:
     if (
         type(a) is int
         and type(b) is int
-        and _LOWEST_EXACT_INT <= a <= MAX_EXACT_INT
-        and _LOWEST_EXACT_INT <= b <= MAX_EXACT_INT
+        and MIN_EXACT_INT <= a <= MAX_EXACT_INT
+        and MIN_EXACT_INT <= b <= MAX_EXACT_INT
     ):
         total = a + b
-        if _LOWEST_EXACT_INT <= total <= MAX_EXACT_INT:
+        if MIN_EXACT_INT <= total <= MAX_EXACT_INT:
             return total
         return float(total)  # at most 2**54: exact operands, so one rounding, as JavaScript's
     return to_double(a) + to_double(b)
@@ -335,6 +338,17 @@ _Place: TypeAlias = Union[str, tuple["_Place", Union[str, int]]]  # noqa: UP007
 _SHOWN_KEY = 40
 
 
+def shown_key(key: str) -> str:
+    """``key`` as an error message shows it: quoted, and cut short past 60 characters.
+
+    A key can be as long as a request body; a message quoting it whole would be too.
+
+    >>> shown_key("progress"), shown_key("$." + "a." * 100 + "b")
+    ("'progress'", "'$.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.'...'.a.a.a.a.a.b'")
+    """
+    return repr(key) if len(key) <= 60 else f"{key[:40]!r}...{key[-12:]!r}"
+
+
 def _place_text(place: _Place) -> str:
     steps: list[str] = []
     while not isinstance(place, str):
@@ -476,8 +490,6 @@ def _normalize(value: object, place: _Place, wire: bool, active: set[int], depth
             active.discard(marker)
     if isinstance(value, str):
         return str.__str__(value)
-    if isinstance(value, bool):  # pragma: no cover - bool cannot be subclassed
-        return bool(value)
     if isinstance(value, int):
         return _checked_int(int(value), place)
     if isinstance(value, float):
@@ -506,7 +518,7 @@ def _normalize(value: object, place: _Place, wire: bool, active: set[int], depth
 
 
 def _checked_int(value: int, place: _Place) -> int | float:
-    if _LOWEST_EXACT_INT <= value <= MAX_EXACT_INT:
+    if MIN_EXACT_INT <= value <= MAX_EXACT_INT:
         return value
     double = to_double(value)
     if math.isfinite(double):

@@ -1,44 +1,49 @@
 """Keys and paths: classification, the unsafe-key guard, parsing and matching.
 
 A key that starts with ``$.`` is a path (for every operation but ``delete``);
-any other key names a top-level entry literally. Parsed paths are cached by key
-string, so a batch that touches the same path a thousand times parses it once.
+any other key names a top-level entry literally. What metaops knows about a key
+string (:class:`KeyFacts`: literal or path, safe or not, its components, and where
+an operation with it acts, for ``collapse``) is worked out once and kept in one
+bounded cache, :data:`SAFE_KEYS`: a batch that touches the same path a thousand
+times parses it once, and a task's handful of keys are checked once.
 
-Matching follows the reference's JSONHeroPath where that is well defined and the
-path grammar below where the reference crashes or writes to the wrong place:
-every match carries the concrete steps from the root to its container, so a
-write lands where the path says, whatever the keys contain.
+Matching follows the reference's JSONHeroPath where that is well defined. Where
+the reference crashes or writes to the wrong place, metaops follows the path as
+written: every match carries the concrete steps from the root to its container,
+so a write lands where the path says, whatever the keys contain.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TypeAlias, Union
 
 from metaops._errors import InvalidValueError
 from metaops._json import INDEX_DIGITS, JSON, MAX_ARRAY_INDEX, MISSING, _Missing, describe, js_key_order
 
 __all__ = [
+    "CACHED_KEY_LENGTH",
     "DEAD",
     "FAR",
+    "SAFE_KEYS",
     "Key",
+    "KeyFacts",
     "Match",
-    "ParsedKey",
+    "Route",
     "Slice",
     "Wildcard",
     "first",
     "is_safe_key",
+    "key_facts",
     "match",
-    "parse_key",
 ]
 
 # The reference's component pattern: runs of non-dots where a backslash escapes the
 # next character. JavaScript's "." skips line terminators, so the escape does too.
 _COMPONENTS = re.compile(r"(?:[^.\\]|\\[^\n\r\u2028\u2029])+")
 # The reference's unsafe-segment split (schemas/common.js in @trigger.dev/core 4.8.3):
-# backslashes separate segments too (the written specification's prose leaves that out).
+# backslashes separate segments too, not only dots, brackets and quotes.
 _SEGMENT_SPLIT = re.compile(r"[.\[\]'\"\\]+")
 _DANGEROUS_SEGMENTS = frozenset({"__proto__", "constructor", "prototype"})
 _SLICE = re.compile(r"\[([0-9]*):(-?[0-9]*)?\]")
@@ -77,16 +82,83 @@ class Slice:
 Component = Key | Wildcard | Slice
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
-    """What an operation key means.
+class KeyFacts:
+    """What metaops knows about one key string, worked out once (see :func:`key_facts`).
 
     ``components`` is ``None`` for a literal key; for a path it holds the components
-    after ``$``. ``safe`` is the reference's prototype-pollution guard.
+    after ``$``. ``safe`` is the reference's prototype-pollution guard. ``route``
+    and ``literal_route`` say where an operation with this key acts, as ``collapse``
+    reasons about it: read as a path where it is one, and read literally (as
+    ``delete`` reads every key). They are worked out on first use (:func:`routes`).
     """
 
-    components: tuple[Component, ...] | None
-    safe: bool
+    __slots__ = ("components", "key", "literal_route", "route", "safe")
+
+    def __init__(self, key: str, components: tuple[Component, ...] | None, safe: bool) -> None:
+        self.key = key
+        self.components = components
+        self.safe = safe
+        self.route: Route | None = None
+        self.literal_route: Route | None = None
+
+    def __repr__(self) -> str:
+        return f"KeyFacts(components={self.components!r}, safe={self.safe})"
+
+
+class Route:
+    """Where an operation acts, as ``collapse`` reasons about it.
+
+    ``kind``: ``"inert"`` (an unsafe key: never applied), ``"noop"`` (a top-level
+    slice matches nothing), ``"barrier"`` (a top-level wildcard reads every key),
+    ``"literal"`` (the top-level key ``top``), ``"path"`` (below the top-level key
+    ``top``, along ``path``), ``"update"`` (the whole metadata). ``complex``: the path
+    crosses a wildcard, a slice or an index past the padding limit, so it is not
+    tracked place by place. ``leaf_plain``: its last component is a plain key.
+    ``mergeable_increments``: two increments on it add up (unless a first match
+    can be a non-index key on a list, which reads as missing while other matches
+    are written).
+    """
+
+    __slots__ = ("complex", "kind", "leaf_plain", "mergeable_increments", "path", "top")
+
+    def __init__(self, kind: str, top: str = "") -> None:
+        self.kind = kind
+        self.top = top
+        self.path: tuple[str, ...] = ()
+        self.complex = False
+        self.leaf_plain = True
+        self.mergeable_increments = True
+
+
+def routes(facts: KeyFacts) -> KeyFacts:
+    """``facts`` with its two routes worked out (once: they are kept on it)."""
+    if not facts.safe:
+        facts.route = facts.literal_route = Route("inert")
+        return facts
+    facts.literal_route = literal = Route("literal", facts.key)
+    components = facts.components
+    if components is None:
+        facts.route = literal
+        return facts
+    head = components[0]
+    names = [c.name for c in components if isinstance(c, Key)]
+    crossed = len(names) != len(components)
+    last = components[-1]
+    if not isinstance(head, Key):
+        route = Route("noop" if isinstance(head, Slice) else "barrier")
+        route.complex = True
+    else:
+        route = Route("path", head.name)
+        route.path = tuple(names[1:])
+        # Only a list can be padded, and the top level is a dict: its keys are never far.
+        far = any(c.index is not None and c.index > MAX_PADDING for c in components[1:] if isinstance(c, Key))
+        # Wildcards, slices and indices past the padding limit are not tracked path
+        # by path: they conflict with everything else on their key.
+        route.complex = crossed or far
+    route.leaf_plain = isinstance(last, Key)
+    route.mergeable_increments = not (crossed and isinstance(last, Key) and last.index is None)
+    facts.route = route
+    return facts
 
 
 class _Step:
@@ -124,25 +196,58 @@ def is_safe_key(key: str) -> bool:
     if not isinstance(key, str):
         msg = f"is_safe_key: key must be a str, got {describe(key)}"
         raise InvalidValueError(msg, "key")
-    return parse_key(key).safe
+    return key_facts(key).safe
 
 
-def parse_key(key: str) -> ParsedKey:
-    """Classify and parse ``key`` (cached, unless it is long)."""
-    if len(key) <= CACHED_KEY_LENGTH:
-        return _parse_cached(key)
-    return _parse_key(key)
+SAFE_KEYS: dict[str, KeyFacts] = {}
+"""The one cache of what metaops knows about keys: each safe key it met, with its facts.
 
+``key in SAFE_KEYS`` is the buffer's inline test for a key already checked. Bounded:
+no key longer than :data:`CACHED_KEY_LENGTH`, at most ``_CACHED_KEYS`` entries and
+``_CACHED_CHARACTERS`` characters of keys (then it starts over). Unsafe keys are not
+kept (nothing applies them, the SDK refuses them): they are worked out again each
+time, in time linear in their length."""
 
 CACHED_KEY_LENGTH = 1024
-"""Keys up to this many characters have their parse (and route) cached; longer ones,
-which a real task does not write over and over, are parsed each time, in time linear
-in their length, so that a cache of recent keys stays small whatever arrives."""
+"""Keys up to this many characters have their facts cached; longer ones, which a real
+task does not write over and over, are parsed each time, in time linear in their
+length, so that the cache stays small whatever arrives."""
+
+_CACHED_KEYS = 8192
+# A parsed path takes about 16 bytes per character of its key: this bounds the cache
+# near 16 MB, where entries alone would let keys of 1,024 characters fill 135 MB.
+_CACHED_CHARACTERS = 2**20
+_cached_characters = 0
 
 
-def _parse_key(key: str) -> ParsedKey:
+def key_facts(key: str) -> KeyFacts:
+    """What metaops knows about the str ``key``: from :data:`SAFE_KEYS`, or worked out (and kept there).
+
+    >>> key_facts("$.a.0").components, key_facts("$.constructor").safe
+    ((Key(name='a', index=None), Key(name='0', index=0)), False)
+    """
+    facts = SAFE_KEYS.get(key)
+    if facts is None:
+        facts = _parse_key(key)
+        if facts.safe and len(key) <= CACHED_KEY_LENGTH:
+            _keep(key, facts)
+    return facts
+
+
+def _keep(key: str, facts: KeyFacts) -> None:
+    global _cached_characters
+    if len(SAFE_KEYS) >= _CACHED_KEYS or _cached_characters + len(key) > _CACHED_CHARACTERS:
+        # Starting over is rare (a task uses a handful of keys) and costs each key one
+        # parse again; it bounds the cache without bookkeeping per lookup.
+        SAFE_KEYS.clear()
+        _cached_characters = 0
+    SAFE_KEYS[key] = facts
+    _cached_characters += len(key)
+
+
+def _parse_key(key: str) -> KeyFacts:
     if not key.startswith("$."):
-        return ParsedKey(None, key != "__proto__")
+        return KeyFacts(key, None, key != "__proto__")
     texts = _COMPONENTS.findall(key)
     safe = len(texts) > 1 and _DANGEROUS_SEGMENTS.isdisjoint(_SEGMENT_SPLIT.split(key))
     # The first component of a "$." key is always "$" itself. Components repeat (and
@@ -154,10 +259,7 @@ def _parse_key(key: str) -> ParsedKey:
         if component is None:
             component = seen[text] = _parse_component(text)
         components.append(component)
-    return ParsedKey(tuple(components), safe)
-
-
-_parse_cached = lru_cache(maxsize=8192)(_parse_key)
+    return KeyFacts(key, tuple(components), safe)
 
 
 def _parse_component(text: str) -> Component:

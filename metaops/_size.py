@@ -23,7 +23,7 @@ import re
 from datetime import datetime
 
 from metaops._errors import InvalidLimitError, InvalidValueError, MetadataTooLargeError
-from metaops._json import MAX_EXACT_INT, as_js_number, describe, js_iso_string, to_double
+from metaops._json import MAX_EXACT_INT, MIN_EXACT_INT, as_js_number, describe, js_iso_string, to_double
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -407,7 +407,7 @@ def value_size(value: object) -> int:
             return len(_encode_string(value))  # type: ignore[arg-type]
         return json_size(value)
     if kind is int:
-        return len(str(value)) if -(2**53) <= value <= 2**53 else json_size(value)  # type: ignore[operator]
+        return len(str(value)) if MIN_EXACT_INT <= value <= MAX_EXACT_INT else json_size(value)  # type: ignore[operator]
     if kind is bool:
         return 4 if value else 5
     if value is None:

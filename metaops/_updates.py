@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from metaops._arguments import SAFE_KEYS, checked_amount, checked_key, checked_metadata, checked_value
+from metaops._arguments import checked_amount, checked_key, checked_metadata, checked_value
+from metaops._paths import SAFE_KEYS
 from metaops._values import Append, Delete, Increment, Operation, Remove, Set, Update
 
 __all__ = ["CallNames", "UpdateMethods"]

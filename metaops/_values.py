@@ -8,6 +8,20 @@ JSON equality, so ``Set("a", 1) == Set("a", 1.0)`` but ``Set("a", True) != Set("
 Unsafe keys (see :func:`metaops.is_safe_key`) are allowed in values: ``apply``
 reports such operations unapplied, as the reference does. The wire parser refuses
 them by default, as the reference's schema does.
+
+Every fact about an operation that does not depend on its key or value lives on its
+class, and :data:`WIRE_TYPES` (wire name to class) is the one list of them; what
+other modules do per operation (``apply``'s handlers) is a table built from it by
+:func:`per_operation`, which refuses to leave one out. The facts, besides
+``wire_type``:
+
+``_method``: the update method that makes it (how an error names the call:
+``replace`` for an ``Update``). ``_keyed``: it carries a key (else it acts on the
+whole metadata, which its value is). ``_value_role``: what its value is:
+``"stored"`` (written into the metadata as given), ``"matched"`` (compared with a
+list's items, never stored), ``"amount"`` (a number added), ``None`` (it has
+none). ``_writes``: it writes at every place it matches, creating a missing one.
+``_paths``: it reads a ``$.`` key as a path (``delete`` reads every key literally).
 """
 
 from __future__ import annotations
@@ -16,7 +30,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from metaops._errors import InvalidOperationError, InvalidValueError
 from metaops._json import (
@@ -28,11 +42,13 @@ from metaops._json import (
     json_equal,
     json_hash,
     normalize,
+    shown_key,
     to_double,
 )
 from metaops._paths import is_safe_key
 
 __all__ = [
+    "OPERATION_CLASSES",
     "WIRE_TYPES",
     "Append",
     "Delete",
@@ -41,9 +57,14 @@ __all__ = [
     "Remove",
     "Set",
     "Update",
+    "ValueRole",
+    "call_text",
     "decrement",
+    "iterate_operations",
+    "not_an_operation",
     "parse_operation",
     "parse_operations",
+    "per_operation",
 ]
 
 _setattr = object.__setattr__
@@ -77,11 +98,20 @@ def _check_object(value: object, op: str) -> dict[str, JSON]:
     return _check_value(value, op, metadata=True)  # type: ignore[return-value]
 
 
+ValueRole = Literal["stored", "matched", "amount"]
+"""What an operation's value is (see the module's docstring)."""
+
+
 class _KeyValueOperation:
     """Shared behaviour of the operations that carry a key and a value."""
 
     __slots__ = ()
     wire_type: ClassVar[str]
+    _method: ClassVar[str]
+    _keyed: ClassVar[bool] = True
+    _value_role: ClassVar[ValueRole | None]
+    _writes: ClassVar[bool]
+    _paths: ClassVar[bool] = True
     key: str
     value: JSON
 
@@ -137,6 +167,9 @@ class Set(_KeyValueOperation):
     # message on setting an unknown attribute (CPython gh-105936).
     __slots__ = ("key", "value")
     wire_type: ClassVar[str] = "set"
+    _method: ClassVar[str] = "set"
+    _value_role: ClassVar[ValueRole | None] = "stored"
+    _writes: ClassVar[bool] = True
     key: str
     value: JSON
 
@@ -155,6 +188,9 @@ class Append(_KeyValueOperation):
 
     __slots__ = ("key", "value")
     wire_type: ClassVar[str] = "append"
+    _method: ClassVar[str] = "append"
+    _value_role: ClassVar[ValueRole | None] = "stored"
+    _writes: ClassVar[bool] = True
     key: str
     value: JSON
 
@@ -175,6 +211,9 @@ class Remove(_KeyValueOperation):
 
     __slots__ = ("key", "value")
     wire_type: ClassVar[str] = "remove"
+    _method: ClassVar[str] = "remove"
+    _value_role: ClassVar[ValueRole | None] = "matched"
+    _writes: ClassVar[bool] = False
     key: str
     value: JSON
 
@@ -193,6 +232,9 @@ class Increment(_KeyValueOperation):
 
     __slots__ = ("key", "value")
     wire_type: ClassVar[str] = "increment"
+    _method: ClassVar[str] = "increment"
+    _value_role: ClassVar[ValueRole | None] = "amount"
+    _writes: ClassVar[bool] = True
     key: str
     value: int | float
 
@@ -212,6 +254,11 @@ class Delete:
 
     __slots__ = ("key",)
     wire_type: ClassVar[str] = "delete"
+    _method: ClassVar[str] = "delete"
+    _keyed: ClassVar[bool] = True
+    _value_role: ClassVar[ValueRole | None] = None
+    _writes: ClassVar[bool] = False
+    _paths: ClassVar[bool] = False
     key: str
 
     def __init__(self, key: str) -> None:
@@ -230,7 +277,7 @@ class Delete:
         >>> Delete("x").to_wire()
         {'type': 'delete', 'key': 'x'}
         """
-        return {"type": "delete", "key": self.key}
+        return {"type": Delete.wire_type, "key": self.key}
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not Delete:
@@ -239,7 +286,7 @@ class Delete:
         return self.key == other.key
 
     def __hash__(self) -> int:
-        return hash(("delete", self.key))
+        return hash((Delete.wire_type, self.key))
 
     def __repr__(self) -> str:
         return f"Delete(key={self.key!r})"
@@ -259,6 +306,11 @@ class Update:
 
     __slots__ = ("value",)
     wire_type: ClassVar[str] = "update"
+    _method: ClassVar[str] = "replace"
+    _keyed: ClassVar[bool] = False
+    _value_role: ClassVar[ValueRole | None] = "stored"
+    _writes: ClassVar[bool] = False
+    _paths: ClassVar[bool] = False
     value: dict[str, JSON]
 
     def __init__(self, value: dict[str, Any]) -> None:
@@ -277,7 +329,7 @@ class Update:
         >>> Update({"a": [1]}).to_wire()
         {'type': 'update', 'value': {'a': [1]}}
         """
-        return {"type": "update", "value": self.value}
+        return {"type": Update.wire_type, "value": self.value}
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not Update:
@@ -286,7 +338,7 @@ class Update:
         return json_equal(self.value, other.value)
 
     def __hash__(self) -> int:
-        return hash(("update", json_hash(self.value)))
+        return hash((Update.wire_type, json_hash(self.value)))
 
     def __repr__(self) -> str:
         return f"Update(value={self.value!r})"
@@ -298,7 +350,42 @@ class Update:
 Operation = Set | Delete | Append | Remove | Increment | Update
 """Any one run-metadata operation."""
 
-OPERATION_TYPES: tuple[type, ...] = (Set, Delete, Append, Remove, Increment, Update)
+WIRE_TYPES: Mapping[str, type[Operation]] = MappingProxyType(
+    {cls.wire_type: cls for cls in (Set, Delete, Append, Remove, Increment, Update)}
+)
+"""The read-only table from wire type name to operation class: the one list of operations."""
+
+OPERATION_CLASSES: frozenset[type] = frozenset(WIRE_TYPES.values())
+"""The operation classes. Only their own instances are operations, not a subclass's:
+``type(op) in OPERATION_CLASSES``."""
+
+_CLASS_NAMES = ", ".join(cls.__name__ for cls in WIRE_TYPES.values())
+
+_Fact = TypeVar("_Fact")
+
+
+def per_operation(**by_wire_type: _Fact) -> dict[type, _Fact]:
+    """A table from each operation class to ``by_wire_type[its wire type]``, for ``table[type(op)]``.
+
+    Every operation must have its entry: a new operation class cannot be left out of
+    a table built this way without the module failing to import.
+    """
+    if by_wire_type.keys() != WIRE_TYPES.keys():
+        missing = sorted(WIRE_TYPES.keys() - by_wire_type.keys())
+        extra = sorted(by_wire_type.keys() - WIRE_TYPES.keys())
+        msg = f"per_operation: missing {missing}, unknown {extra}"
+        raise TypeError(msg)
+    return {cls: by_wire_type[name] for name, cls in WIRE_TYPES.items()}
+
+
+def call_text(op: Operation) -> str:
+    """How the user's call reads in an error message: ``set('key')``, ``replace(...)``.
+
+    Without the value, which may be large; a long key is cut short.
+    """
+    if not op._keyed:
+        return f"{op._method}(...)"
+    return f"{op._method}({shown_key(op.key)})"  # type: ignore[union-attr]
 
 
 def decrement(key: str, n: int | float = 1) -> Increment:
@@ -340,20 +427,19 @@ def not_an_operation(function: str, index: int, item: object) -> InvalidValueErr
     """The error for ``item``, at ``index`` of a batch given to ``function``, which is no operation."""
     msg = (
         f"{function}: operation {index} is {describe(item)}, not an operation "
-        "(Set, Delete, Append, Remove, Increment, Update); parse wire dicts with parse_operations"
+        f"({_CLASS_NAMES}); parse wire dicts with parse_operations"
     )
     return InvalidValueError(msg, f"ops[{index}]")
 
 
-WIRE_TYPES: Mapping[str, type] = MappingProxyType(
-    {cls.wire_type: cls for cls in OPERATION_TYPES}  # type: ignore[attr-defined]
-)
-"""The read-only table from wire type name to operation class."""
-
 _WIRE_HINTS = {
     "decrement": " (a decrement travels as an increment by the negative amount)",
-    "replace": " (replace travels as type 'update')",
     "del": " (the wire name is 'delete')",
+    **{
+        cls._method: f" ({cls._method} travels as type {cls.wire_type!r})"
+        for cls in WIRE_TYPES.values()
+        if cls._method != cls.wire_type
+    },
 }
 
 
@@ -396,7 +482,8 @@ def _parse(obj: object, safe_keys: bool, index: int | None) -> Operation:
             expected += _WIRE_HINTS.get(kind, "")
         raise _invalid(index, "type", expected, kind)
     value = obj.get("value", _ABSENT)
-    if cls is Update:
+    if not cls._keyed:
+        # Its value is the whole metadata.
         if not isinstance(value, dict):
             raise _invalid(index, "value", "an object (the whole metadata)", value)
         return Update._trusted(_wire_value(value, index, metadata=True))  # type: ignore[arg-type]
@@ -405,26 +492,21 @@ def _parse(obj: object, safe_keys: bool, index: int | None) -> Operation:
         raise _invalid(index, "key", "a string", key)
     if safe_keys and not is_safe_key(key):
         msg = (
-            f"{_where(index)}: field 'key': expected a safe key, got {_shown_key(key)}: a key may not "
+            f"{_where(index)}: field 'key': expected a safe key, got {shown_key(key)}: a key may not "
             "reference __proto__, constructor or prototype, and a '$.' path must name "
             "something below '$'"
         )
         raise InvalidOperationError(msg, index=index, field="key")
     key = str.__str__(key)
-    if cls is Delete:
-        return Delete._trusted(key)
-    if cls is Increment:
+    role = cls._value_role
+    if role is None:
+        return cls._trusted(key)  # type: ignore[arg-type,call-arg]
+    if role == "amount":
         if not is_number(value) or not math.isfinite(to_double(value)):
             raise _invalid(index, "value", "a finite number (not a boolean)", value)
-        return Increment._trusted(key, _wire_value(value, index))  # type: ignore[no-any-return]
-    if value is _ABSENT:
+    elif value is _ABSENT:
         raise _invalid(index, "value", "a JSON value (null is allowed)", value)
-    return cls._trusted(key, _wire_value(value, index))  # type: ignore[attr-defined,no-any-return]
-
-
-def _shown_key(key: str) -> str:
-    """``key`` as an error message shows it: quoted, and cut short past 60 characters."""
-    return repr(key) if len(key) <= 60 else f"{key[:40]!r}...{key[-12:]!r}"
+    return cls._trusted(key, _wire_value(value, index))  # type: ignore[arg-type,call-arg]
 
 
 def _wire_value(value: object, index: int | None, *, metadata: bool = False) -> JSON:

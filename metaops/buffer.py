@@ -55,7 +55,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from metaops._apply import apply_sized
-from metaops._arguments import SAFE_KEYS, checked_key, checked_metadata
+from metaops._arguments import checked_key, checked_metadata
 from metaops._bodies import (
     KEY_CHAR_MAX_BYTES,
     NUMBER_TEXT_MAX_BYTES,
@@ -71,10 +71,10 @@ from metaops._errors import (
     MetadataTooLargeError,
 )
 from metaops._json import JSON, MISSING, describe
-from metaops._paths import NOTHING, first, match, parse_key
+from metaops._paths import NOTHING, SAFE_KEYS, first, key_facts, match
 from metaops._size import json_size, metadata_limit, value_size
 from metaops._updates import CallNames, UpdateMethods
-from metaops._values import Append, Delete, Operation, Remove, Set, Update
+from metaops._values import Operation, call_text
 from metaops._views import DictView, ListView, view
 
 __all__ = [
@@ -241,7 +241,7 @@ class RunMetadata(UpdateMethods):
         metadata = self._state[0]
         if not key.startswith("$."):
             return view(metadata.get(key))
-        found = first(match(metadata, parse_key(key).components))  # type: ignore[arg-type]
+        found = first(match(metadata, key_facts(key).components))  # type: ignore[arg-type]
         return None if found is MISSING or found is NOTHING else view(found)  # type: ignore[arg-type]
 
     @property
@@ -304,9 +304,10 @@ class RunMetadata(UpdateMethods):
         state = self._state
         # Applied outside the lock; redone inside only if another call got in between.
         result, size = apply_sized(state[0], op, state[1])
-        # A remove's value need not be in the metadata (a wildcard can apply it where no
-        # item equals it), so the metadata's size does not bound it: it is measured.
-        value_bytes = value_size(op.value) if type(op) is Remove else 0
+        # A value that is only matched (a remove's) need not be in the metadata (a wildcard
+        # can apply it where no item equals it), so the metadata's size does not bound it.
+        role = op._value_role
+        value_bytes = value_size(op.value) if role == "matched" else 0  # type: ignore[union-attr]
         with self._lock:
             if self._state is not state:
                 state = self._state
@@ -320,21 +321,15 @@ class RunMetadata(UpdateMethods):
             # Past the limit means ending over it and larger than before: metadata already
             # over it (an adopted server answer) can still shrink, or change in place.
             if size > self._limit and size > state[1]:
-                raise MetadataTooLargeError(size, self._limit, what=f"metadata after {_call_text(op)}")
+                raise MetadataTooLargeError(size, self._limit, what=f"metadata after {call_text(op)}")
             # Every queued operation must fit a request body alone, or no drain could send
-            # it. Its JSON is at most its key and its value: a set's, an append's or a
-            # replacement's value is now in the metadata (so within ``size``), an amount
-            # is a number (within the body room), a remove's was measured above. Only
-            # when that bound could overflow a body is the operation itself measured.
-            kind = type(op)
-            if kind is Update:
-                bound = size
-            else:
-                bound = len(op.key) * KEY_CHAR_MAX_BYTES  # type: ignore[union-attr]
-                if kind is Set or kind is Append:
-                    bound += size
-                elif kind is Remove:
-                    bound += value_bytes
+            # it. Its JSON is at most its key and its value: a stored value (a set's, an
+            # append's, a replacement's) is now in the metadata, so within ``size``; an
+            # amount is a number, within the body room; a matched one was measured above.
+            # Only when that bound could overflow a body is the operation itself measured.
+            bound = size if role == "stored" else value_bytes
+            if op._keyed:
+                bound += len(op.key) * KEY_CHAR_MAX_BYTES  # type: ignore[union-attr]
             if bound > self._body_room:
                 self._check_body(op)
             self._state = (metadata, size)
@@ -346,16 +341,14 @@ class RunMetadata(UpdateMethods):
             self._enqueue(op)
             return
         # The other run's metadata is not here: refuse only what could never succeed.
-        kind = type(op)
-        value_bytes = 0
-        if kind is not Delete:
-            value = op.value  # type: ignore[union-attr]
-            value_bytes = json_size(value) if kind is Update else value_size(value)
-            if value_bytes > self._limit and (kind is Set or kind is Append or kind is Update):
-                raise MetadataTooLargeError(
-                    value_bytes, self._limit, what=f"the value of {target}.{_call_text(op)}"
-                )
-        key_bytes = 0 if kind is Update else len(op.key) * KEY_CHAR_MAX_BYTES  # type: ignore[union-attr]
+        role = op._value_role
+        value_bytes = 0 if role is None else value_size(op.value)  # type: ignore[union-attr]
+        if value_bytes > self._limit and role == "stored":
+            # A stored value ends up in the metadata whole: alone it is over the limit.
+            raise MetadataTooLargeError(
+                value_bytes, self._limit, what=f"the value of {target}.{call_text(op)}"
+            )
+        key_bytes = len(op.key) * KEY_CHAR_MAX_BYTES if op._keyed else 0  # type: ignore[union-attr]
         if WRAPPER_BYTES + OPERATION_FRAME_BYTES + key_bytes + value_bytes > self._max_request_bytes:
             self._check_body(op)
         with self._lock:
@@ -369,7 +362,7 @@ class RunMetadata(UpdateMethods):
         size = WRAPPER_BYTES + json_size(op.to_wire())
         if size > self._max_request_bytes:
             raise MetadataTooLargeError(
-                size, self._max_request_bytes, what=f"a request body holding only {_call_text(op)}"
+                size, self._max_request_bytes, what=f"a request body holding only {call_text(op)}"
             )
 
     # ----------------------------------------------------------------- flushing
@@ -584,13 +577,6 @@ class MetadataUpdater(UpdateMethods):
 
     def __repr__(self) -> str:
         return f"MetadataUpdater(target={self._target!r})"
-
-
-def _call_text(op: Operation) -> str:
-    """How the user's call reads in an error message (without its value, which may be large)."""
-    if type(op) is Update:
-        return "replace(...)"
-    return f"{op.wire_type}({op.key!r})"  # type: ignore[union-attr]
 
 
 # Shown, pickled and documented where users import them from.

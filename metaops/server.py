@@ -154,7 +154,7 @@ def _parse_metadata(value: object) -> Metadata:
         msg = f"metadata: expected an object (the whole metadata), got {describe_json(value)}"
         raise InvalidRequestError(msg, section="metadata", field="metadata")
     try:
-        return normalize(value, "metadata", wire=True)  # type: ignore[return-value]
+        return normalize(value, "metadata", wire=True, metadata=True)  # type: ignore[return-value]
     except InvalidValueError as error:
         raise InvalidRequestError(str(error), section="metadata", field="metadata") from None
 
@@ -676,10 +676,8 @@ def plan_flush(
         state, state_size = step.metadata, (step_size if size is not None else None)
         applied.append(entry)
         unapplied.extend(step.unapplied)
-    try:
-        changed = state is not current and not json_identical(state, current)
-    except RecursionError:  # too deep to compare: writing it again is harmless
-        changed = True
+    # Both nest at most MAX_METADATA_DEPTH levels (apply's depth invariant): comparable.
+    changed = state is not current and not json_identical(state, current)
     return FlushPlan(
         batch.run_id,
         state if changed else current,

@@ -14,7 +14,7 @@ from typing import Any
 
 from metaops import Append, Delete, Increment, Operation, Remove, Set, Update, is_safe_key, json_equal
 from metaops._json import MISSING, add_numbers, is_number, json_identical
-from metaops._paths import DEAD, FAR, NOTHING, first, match, parse_key
+from metaops._paths import DEAD, FAR, NOTHING, first, key_facts, match
 
 
 def _fresh(value: Any) -> Any:
@@ -44,7 +44,7 @@ def oracle_apply(state: dict[str, Any], ops: list[Operation]) -> tuple[dict[str,
         if isinstance(op, Delete):
             m.pop(op.key, None)
             continue
-        components = parse_key(op.key).components
+        components = key_facts(op.key).components
         if components is None:
             if not _literal(m, op):
                 unapplied.append(i)

@@ -13,17 +13,20 @@ from hypothesis import given
 
 from metaops import (
     MAX_DEPTH,
+    Append,
     Increment,
     InvalidArgumentError,
     InvalidLimitError,
     InvalidOperationError,
     InvalidValueError,
+    MetadataTooLargeError,
     MetaopsError,
     Set,
+    apply,
     json_size,
 )
 from metaops._arguments import _copies_exactly
-from metaops._json import normalize
+from metaops._json import MAX_METADATA_DEPTH, nests_within, normalize
 from metaops.buffer import DictView, Flush, ListView, RunMetadata
 from metaops.strategies import metadata
 from tests.buffer_support import Metadata, budget, snapshot
@@ -81,6 +84,34 @@ def test_bad_input_raises_before_anything_changes(call: Any, error: type[Excepti
     assert flush.operations == (Set("b", 2),)
     assert flush.parent_operations == (Increment("x", 1),)
     assert flush.root_operations == ()
+
+
+# A key of 48 KB, as long as a 48 KB request body makes it (unsafe: it reaches "constructor").
+_LONG_KEY = "$." + "a." * 24_000 + "constructor"
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda md: md.set(_LONG_KEY, 1), InvalidOperationError),
+        (lambda md: md.parent.increment(_LONG_KEY), InvalidOperationError),
+        (lambda md: md.get(_LONG_KEY), InvalidOperationError),
+        # (safe and long: too large for the limit, or for any request body)
+        (lambda md: md.set("k" * 48_000, 1), MetadataTooLargeError),
+        (lambda md: md.parent.delete("k" * 48_000), MetadataTooLargeError),
+    ],
+)
+def test_errors_show_a_long_key_cut_short(call: Any, error: type[Exception]) -> None:
+    """An error about a 48 KB key quotes its start and end, not all of it: the message stays short.
+
+    (The unsafe-key error and the size errors quoted the whole key: a 48 KB message.)
+    """
+    md = RunMetadata(is_root=False, limit=40_000, max_request_bytes=40_000)
+    with pytest.raises(error) as caught:
+        call(md)
+    message = str(caught.value)
+    assert len(message) < 300, message[:300]
+    assert "..." in message
 
 
 def test_bad_input_errors_are_the_builtin_types() -> None:
@@ -145,46 +176,72 @@ def _nested(depth: int) -> Any:
     return value
 
 
-@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 1_200, 5_000])
+# The list in {"a": [...]} may nest one level less than the metadata object.
+_WHOLE = (MAX_METADATA_DEPTH - 1, MAX_METADATA_DEPTH)
+_WRAPPED = (MAX_DEPTH - 1, MAX_DEPTH)
+
+
+@pytest.mark.parametrize("beyond", [1, 1_000, 5_000])
 @pytest.mark.parametrize(
-    ("call", "where"),
+    ("call", "where", "bound", "limit"),
     [
-        (lambda md, deep: md.set("a", deep), "set: value"),
-        (lambda md, deep: md.append("a", deep), "append: value"),
-        (lambda md, deep: md.remove("a", deep), "remove: value"),
-        (lambda md, deep: md.replace({"a": deep}), "replace: metadata['a']"),
-        (lambda md, deep: md.parent.set("a", deep), "parent.set: value"),
-        (lambda md, deep: md.root.append("a", {"k": deep}), "root.append: value['k']"),
-        (lambda md, deep: md.parent.remove("a", deep), "parent.remove: value"),
-        (lambda md, deep: md.root.replace({"a": deep}), "root.replace: metadata['a']"),
-        (lambda md, deep: md.accept(Flush(), {"a": deep}), "accept: metadata['a']"),
-        (lambda md, deep: RunMetadata({"a": deep}), "RunMetadata: metadata['a']"),
+        (lambda md, deep: md.set("a", deep), "set: value", MAX_DEPTH, MAX_DEPTH),
+        (lambda md, deep: md.append("a", deep), "append: value", MAX_DEPTH, MAX_DEPTH),
+        (lambda md, deep: md.remove("a", deep), "remove: value", MAX_DEPTH, MAX_DEPTH),
+        (lambda md, deep: md.parent.set("a", deep), "parent.set: value", MAX_DEPTH, MAX_DEPTH),
+        # {"k": ...} around the list is one more level of the value.
+        (lambda md, deep: md.root.append("a", {"k": deep}), "root.append: value['k']", *_WRAPPED),
+        (lambda md, deep: md.parent.remove("a", deep), "parent.remove: value", MAX_DEPTH, MAX_DEPTH),
+        # A whole metadata object counts its top level, and may nest as deeply as metadata does.
+        (lambda md, deep: md.replace({"a": deep}), "replace: metadata['a']", *_WHOLE),
+        (lambda md, deep: md.root.replace({"a": deep}), "root.replace: metadata['a']", *_WHOLE),
+        (lambda md, deep: md.accept(Flush(), {"a": deep}), "accept: metadata['a']", *_WHOLE),
+        (lambda md, deep: RunMetadata({"a": deep}), "RunMetadata: metadata['a']", *_WHOLE),
     ],
 )
-def test_values_nested_too_deeply_are_refused_with_a_typed_error(call: Any, where: str, depth: int) -> None:
-    """A value past MAX_DEPTH is an InvalidValueError naming the call and the place, never a RecursionError.
+def test_values_nested_too_deeply_are_refused_with_a_typed_error(
+    call: Any, where: str, bound: int, limit: int, beyond: int
+) -> None:
+    """A value past its bound is an InvalidValueError naming the call and the place, never a RecursionError.
 
-    (A list nested 1,200 deep used to raise RecursionError from set, append, remove, replace
-    and the constructor, and one 500 deep was taken by the constructor.)
+    ``bound`` is how deep the list given may nest, ``limit`` the bound the error names:
+    MAX_DEPTH for a value, MAX_METADATA_DEPTH for a whole metadata object (whose top
+    level counts). (A list nested 1,200 deep used to raise RecursionError from set,
+    append, remove, replace and the constructor, and one 500 deep was taken by the
+    constructor.)
     """
     md = RunMetadata({"a": [1]}, is_root=False)
     before = snapshot(md)
-    with pytest.raises(InvalidValueError, match=f"nested {MAX_DEPTH + 1} levels deep") as caught:
-        call(md, _nested(depth))
-    assert str(caught.value).startswith(where.replace("[", "[").rstrip())
+    with pytest.raises(InvalidValueError, match=f"nested {limit + 1} levels deep") as caught:
+        call(md, _nested(bound + beyond))
+    assert str(caught.value).startswith(where)
     assert same_json(snapshot(md), before)
+    call(md, _nested(bound))  # one level less is taken
 
 
-def test_metadata_as_deep_as_allowed_is_taken() -> None:
-    """Metadata nested exactly MAX_DEPTH levels (the top dict counts) is taken, by every way in."""
-    deep = {"a": _nested(MAX_DEPTH - 1)}
-    md = RunMetadata(deep, is_root=False)
-    assert md.current() == deep
-    md.replace(deep).accept(Flush(), deep)
-    md.parent.replace(deep)
-    assert md.current() == deep
-    with pytest.raises(InvalidValueError, match="nested"):
-        RunMetadata({"a": _nested(MAX_DEPTH)})
+def test_metadata_as_deep_as_apply_makes_is_taken() -> None:
+    """Metadata nested MAX_METADATA_DEPTH levels (the top dict counts), as apply can leave it,
+    is taken by every way in: the constructor, ``replace`` and ``accept``.
+
+    (They refused it past MAX_DEPTH, so accepting such a server answer failed.)
+    """
+    value: Any = {}
+    for _ in range(MAX_DEPTH - 1):
+        value = {"k": value}
+    made = apply({}, [Set("a", value), Append("a", 1)]).metadata  # the append wraps the dict in a list
+    assert nests_within(made, MAX_METADATA_DEPTH)
+    assert not nests_within(made, MAX_METADATA_DEPTH - 1)
+    md = RunMetadata(made, is_root=False)
+    assert md.current() == made
+    flush = md.set("b", 1).drain()
+    md.accept(flush, made)
+    assert md.current() == made
+    md.replace({"b": 2}).replace(made)
+    md.parent.replace(made)
+    assert md.current() == made
+    assert _copies_exactly(json.dumps(made, separators=(",", ":")))
+    with pytest.raises(InvalidValueError, match=f"nested {MAX_METADATA_DEPTH + 1} levels deep"):
+        RunMetadata({"a": made})
 
 
 @pytest.mark.parametrize("decoy", ["][", "}{", '"][', '\\"][', "\\", "]]]]]]", "[[[[[["])

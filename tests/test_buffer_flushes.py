@@ -18,6 +18,7 @@ from metaops import (
     Set,
     apply,
     buffer,
+    collapse,
     json_size,
 )
 from metaops.buffer import Flush, FlushInFlightError, MetadataUpdater, RunMetadata
@@ -454,3 +455,21 @@ def test_repr_names_the_state() -> None:
     assert repr(md.parent) == "MetadataUpdater(target='parent')"
     assert isinstance(md.root, MetadataUpdater)
     assert md.is_root is False
+
+
+class _SetLookalike(Set):
+    """A subclass of an operation class: no operation, as apply, collapse and chunk say."""
+
+    __slots__ = ()
+
+
+def test_a_flush_takes_only_operations_as_apply_and_collapse_do() -> None:
+    """An instance of a subclass of Set is refused by Flush, naming Flush and the place, as apply,
+    collapse and chunk refuse it. (Flush took it whenever its bodies fit without splitting.)"""
+    lookalike = _SetLookalike("a", 1)
+    with pytest.raises(InvalidValueError, match=r"^Flush: parent_operations\[1\] is .*not an operation"):
+        Flush(parent_operations=(Set("a", 1), lookalike))
+    with pytest.raises(InvalidValueError, match="not an operation"):
+        apply({}, [lookalike])
+    with pytest.raises(InvalidValueError, match="not an operation"):
+        collapse([lookalike])

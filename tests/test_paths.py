@@ -12,8 +12,19 @@ from typing import Any
 
 import pytest
 
-from metaops import Append, Delete, Increment, Operation, Remove, Set, apply, is_safe_key
-from metaops._paths import MAX_PADDING, Key, Slice, Wildcard, parse_key
+from metaops import Append, Delete, Increment, Operation, Remove, Set, apply, collapse, is_safe_key
+from metaops._paths import (
+    _CACHED_CHARACTERS,
+    _CACHED_KEYS,
+    CACHED_KEY_LENGTH,
+    MAX_PADDING,
+    SAFE_KEYS,
+    Key,
+    Slice,
+    Wildcard,
+    key_facts,
+)
+from metaops.buffer import RunMetadata
 
 
 def _text(value: Any) -> str:
@@ -39,7 +50,7 @@ def _check(
 @pytest.mark.parametrize("key", ["$", "$x", "a.b", "", "日本", "$a.b", " $.a", "a[0]", "*"])
 def test_keys_not_starting_with_dollar_dot_are_literal(key: str) -> None:
     """Only a '$.' prefix makes a path; anything else names one top-level key."""
-    assert parse_key(key).components is None
+    assert key_facts(key).components is None
     _check({"a": {"b": 0}}, [Set(key, 1)], {"a": {"b": 0}, key: 1}, [])
 
 
@@ -83,8 +94,8 @@ def test_nested_paths(state: dict[str, Any], ops: list[Operation], expected: dic
 
 def test_parse_key_components() -> None:
     """A path parses into its components after '$'."""
-    assert parse_key("$.a.0.*.[1:-2]").components == (Key("a", None), Key("0", 0), Wildcard(), Slice(1, -2))
-    assert parse_key("$.a..b").components == (Key("a", None), Key("b", None))
+    assert key_facts("$.a.0.*.[1:-2]").components == (Key("a", None), Key("0", 0), Wildcard(), Slice(1, -2))
+    assert key_facts("$.a..b").components == (Key("a", None), Key("b", None))
 
 
 # ---------------------------------------------------------------- indices and padding
@@ -259,10 +270,10 @@ def test_first_through_a_slice_is_flattened() -> None:
 
 def test_slice_components_parse() -> None:
     """Slice bounds: a missing start is 0, a missing end is the end, '-' is 0."""
-    assert parse_key("$.[:]").components == (Slice(0, None),)
-    assert parse_key("$.[2:]").components == (Slice(2, None),)
-    assert parse_key("$.[2:-]").components == (Slice(2, 0),)
-    assert parse_key("$.[1:-1]").components == (Slice(1, -1),)
+    assert key_facts("$.[:]").components == (Slice(0, None),)
+    assert key_facts("$.[2:]").components == (Slice(2, None),)
+    assert key_facts("$.[2:-]").components == (Slice(2, 0),)
+    assert key_facts("$.[1:-1]").components == (Slice(1, -1),)
 
 
 # ---------------------------------------------------------------- escapes
@@ -282,12 +293,12 @@ def test_slice_components_parse() -> None:
 )
 def test_escapes_in_a_component(key: str, name: str) -> None:
     """'\\.' is a dot, '\\\\' a backslash, and the first '~1' a slash."""
-    assert parse_key(key).components == (Key(name, None),)
+    assert key_facts(key).components == (Key(name, None),)
 
 
 def test_an_escaped_backslash_before_a_dot_ends_the_component() -> None:
     """'\\\\.' is an escaped backslash, then a separator."""
-    assert parse_key("$.a\\\\.b").components == (Key("a\\", None), Key("b", None))
+    assert key_facts("$.a\\\\.b").components == (Key("a\\", None), Key("b", None))
 
 
 @pytest.mark.parametrize(
@@ -333,7 +344,7 @@ SAFE = ["constructor", "prototype", "a.__proto__", "$.__proto__x", "$.a.construc
 def test_unsafe_keys_are_recognised(key: str) -> None:
     """The reference's guard: literal __proto__; a path segment __proto__, constructor or prototype; '$.'."""
     assert not is_safe_key(key)
-    assert not parse_key(key).safe
+    assert not key_facts(key).safe
 
 
 @pytest.mark.parametrize("key", SAFE)
@@ -416,3 +427,68 @@ def test_a_boolean_is_not_removed_by_a_number() -> None:
     """Reference (dequal): remove 1 keeps true; remove true keeps 1."""
     _check({"a": [1, True, 1.0]}, [Remove("$.a", 1)], {"a": [True]}, [])
     _check({"a": [1, True, 0]}, [Remove("a", True)], {"a": [1, 0]}, [])
+
+
+# ---------------------------------------------------------------- the cache of key facts
+
+
+def test_one_cache_serves_the_buffer_apply_and_collapse() -> None:
+    """The facts the buffer's key check, apply and collapse use are one object per key, kept in
+    SAFE_KEYS; collapse keeps its routes on them."""
+    key = "$.cache.shared.one"
+    md = RunMetadata()
+    md.set(key, 1)
+    facts = SAFE_KEYS[key]
+    assert key_facts(key) is facts
+    assert apply({"cache": {"shared": {}}}, [Set(key, 2)]).metadata == {"cache": {"shared": {"one": 2}}}
+    assert SAFE_KEYS[key] is facts
+    collapse([Increment(key), Delete(key)])
+    assert facts.route is not None
+    assert facts.route.kind == "path"
+    assert facts.literal_route is not None
+    assert facts.literal_route.kind == "literal"
+    assert SAFE_KEYS[key] is facts
+
+
+@pytest.mark.parametrize("key", ["k" * (CACHED_KEY_LENGTH + 1), "$." + "a." * 30_000 + "b"])
+def test_long_keys_are_not_cached(key: str) -> None:
+    """A key longer than CACHED_KEY_LENGTH is checked and parsed each time, never kept: a 60 KB
+    key must not stay in memory. (The buffer's set of checked keys kept keys of any length.)"""
+    md = RunMetadata()
+    md.set(key, 1).increment(key)
+    collapse([Set(key, 1), Increment(key)])
+    assert key_facts(key).safe
+    assert key not in SAFE_KEYS
+
+
+def test_unsafe_keys_are_not_cached() -> None:
+    """Only safe keys are kept: ``key in SAFE_KEYS`` is how the buffer knows a key is safe."""
+    for key in ("__proto__", "$.a.constructor", "$."):
+        assert not key_facts(key).safe
+        assert apply({}, [Set(key, 1)]).unapplied == (Set(key, 1),)
+        assert key not in SAFE_KEYS
+
+
+def test_the_cache_is_bounded() -> None:
+    """However many distinct keys arrive, the cache holds at most its bound of entries, and goes on
+    working."""
+    md = RunMetadata(limit=10**8)
+    for i in range(_CACHED_KEYS + 100):
+        key = f"$.k{i}" if i % 2 else f"k{i}"
+        md.set(key, i)
+        assert len(SAFE_KEYS) <= _CACHED_KEYS
+    assert md.get("$.k8291") == 8291
+    assert is_safe_key("$.k8291")
+    assert "$.k8291" in SAFE_KEYS
+
+
+def test_the_cache_is_bounded_in_characters() -> None:
+    """Keys just short enough to be cached, arriving by the thousand, fill at most its bound of
+    characters: parsed paths of such keys would otherwise hold over 100 MB."""
+    for i in range(3_000):
+        key = f"$.{i}." + ".".join(["abc"] * 250)
+        assert len(key) <= CACHED_KEY_LENGTH
+        collapse([Set(key, 1), Increment(key)])
+        if i % 100 == 0:
+            assert sum(map(len, SAFE_KEYS)) <= _CACHED_CHARACTERS
+    assert sum(map(len, SAFE_KEYS)) <= _CACHED_CHARACTERS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.resources
 import os
@@ -143,6 +144,39 @@ def test_import_metaops_imports_only_the_standard_library() -> None:
         if name.split(".")[0] != "metaops" and name.split(".")[0] not in sys.stdlib_module_names
     ]
     assert foreign == []
+
+
+def _self_calling_closures(source: str) -> list[str]:
+    """The nested functions in ``source`` that name themselves (a call, or a reference to pass on)."""
+    found: list[str] = []
+    _find_self_calling(ast.parse(source), False, found)
+    return found
+
+
+def _find_self_calling(node: ast.AST, nested: bool, found: list[str]) -> None:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if nested and any(
+                isinstance(name, ast.Name) and name.id == child.name for name in ast.walk(child)
+            ):
+                found.append(f"{child.name} (line {child.lineno})")
+            _find_self_calling(child, True, found)
+        else:
+            # A method is no closure: a class body starts over.
+            _find_self_calling(child, nested and not isinstance(child, ast.ClassDef), found)
+
+
+def test_no_closure_calls_itself() -> None:
+    """No nested function in the package refers to itself: such a closure is a reference cycle,
+    which keeps everything it reaches alive until a full garbage-collector pass (one in the
+    service's text cache held about 100 MB). Recursion goes in module-level functions."""
+    assert _self_calling_closures("def f():\n    def g(n):\n        return g(n - 1)\n") == ["g (line 2)"]
+    offenders = {
+        str(path.relative_to(ROOT)): found
+        for path in sorted((ROOT / "metaops").rglob("*.py"))
+        if (found := _self_calling_closures(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}
 
 
 def test_py_typed_is_in_the_package() -> None:

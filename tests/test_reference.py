@@ -59,7 +59,7 @@ from metaops import (
     parse_operations,
 )
 from metaops._json import MISSING, js_key_order, normalize
-from metaops._paths import DEAD, Key, Slice, Wildcard, first, match, parse_key
+from metaops._paths import DEAD, Key, Slice, Wildcard, first, key_facts, match
 from metaops.strategies import (
     batches,
     extreme_numbers,
@@ -416,7 +416,7 @@ def _parse_reading(key: str, armed: bool | None) -> tuple[tuple[bool, ...] | Non
 
 def _as_read(key: str, reads: Sequence[bool]) -> Components:
     """The components of path ``key`` with each slice text the reference reads as a key made one."""
-    parsed = parse_key(key).components
+    parsed = key_facts(key).components
     assert parsed is not None
     texts = _REF_COMPONENTS.findall(key)[1:]
     slices = iter(reads)
@@ -482,7 +482,7 @@ def _finds(state: dict[str, Any], components: Components) -> bool:
 
 def _path_key(op: Operation) -> str | None:
     """``op``'s key where the reference parses it as a path, else None."""
-    if isinstance(op, (Update, Delete)) or not op.key.startswith("$.") or not parse_key(op.key).safe:
+    if isinstance(op, (Update, Delete)) or not op.key.startswith("$.") or not key_facts(op.key).safe:
         return None
     return op.key
 
@@ -522,7 +522,7 @@ def _slice_misread(state: dict[str, Any], ops: Sequence[Operation], armed: bool 
         read, write, armed = _readings(current, op, armed)
         key = _path_key(op)
         if key is not None:
-            exact = parse_key(key).components
+            exact = key_facts(key).components
             if read != exact or write != exact:  # None, where the model cannot tell, counts
                 return True
         current = apply(current, [op]).metadata
@@ -558,7 +558,7 @@ def _divergence(state: dict[str, Any], op: Operation, components: Components | N
     general terms start with "UNDOCUMENTED"."""
     if isinstance(op, (Update, Delete)):
         return None
-    parsed = parse_key(op.key)
+    parsed = key_facts(op.key)
     if not parsed.safe:
         return None
     if parsed.components is None:
@@ -677,7 +677,7 @@ def _replay(runner: ReferenceRunner, state: dict[str, Any], op: Operation, label
         reason = "the slice regex state cannot be told (reached keys look like path syntax)"
     else:
         reason = _divergence(state, op, read) or _divergence(state, op, write)
-        exact = parse_key(key).components
+        exact = key_facts(key).components
         if reason is None and (read != exact or write != exact):
             expected, applied = _apply_as_read(state, op, read, write)
             STATS[f"{label}: op compared as the reference reads a slice text (as a key)"] += 1

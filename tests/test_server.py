@@ -32,6 +32,7 @@ from metaops import (
     apply,
     json_size,
 )
+from metaops._json import MAX_METADATA_DEPTH
 from metaops.server import (
     BufferedEntry,
     FlushPlan,
@@ -109,6 +110,18 @@ def test_metadata_alone_replaces() -> None:
     assert request.operations is None
     assert request.own_operations == (Update({"a": [1, {"b": None}]}),)
     assert apply({"old": 1}, request.own_operations).metadata == {"a": [1, {"b": None}]}
+
+
+def test_metadata_as_deep_as_apply_leaves_it_is_accepted() -> None:
+    """A body's whole metadata may nest MAX_METADATA_DEPTH levels (the top object counts), as
+    deep as apply leaves metadata, so a client can send back what it was answered; one more is a
+    400 naming the field. (It was refused past MAX_DEPTH.)"""
+    deepest = _nested(MAX_METADATA_DEPTH)
+    request = parse_update_request({"metadata": deepest})
+    assert request.own_operations == (Update(deepest),)
+    with pytest.raises(InvalidRequestError, match=f"nested {MAX_METADATA_DEPTH + 1} levels") as caught:
+        parse_update_request({"metadata": {"a": deepest}})
+    assert (caught.value.section, caught.value.field) == ("metadata", "metadata")
 
 
 def test_all_sections_parse_to_operations() -> None:

@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("starlette", reason="the service needs the server extra: pip install 'metaops[server]'")
 
 import metaops
+from metaops._json import MAX_METADATA_DEPTH
 from metaops.service import RunningServer
 from tests._backends import BACKENDS, fresh_database
 from tests._service_support import OPS_INCREMENT, TOKEN, Client, threaded_server
@@ -361,14 +362,21 @@ def _nested(depth: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "body", "words"),
+    ("method", "path", "body", "words", "bound"),
     [
-        ("PUT", "/api/v1/runs/bad-child/metadata", {"metadata": {"a": _nested(300)}}, "metadata['a']['a']"),
+        (
+            "PUT",
+            "/api/v1/runs/bad-child/metadata",
+            {"metadata": {"a": _nested(300)}},
+            "metadata['a']['a']",
+            MAX_METADATA_DEPTH,
+        ),
         (
             "PUT",
             "/api/v1/runs/bad-child/metadata",
             {"operations": [{"type": "set", "key": "v", "value": _nested(300)}]},
             "operations: operation 0: field 'value'",
+            metaops.MAX_DEPTH,
         ),
         (
             "PUT",
@@ -378,22 +386,30 @@ def _nested(depth: int) -> dict[str, Any]:
                 "parentOperations": [{"type": "append", "key": "v", "value": _nested(300)}],
             },
             "parentOperations: operation 0: field 'value'",
+            metaops.MAX_DEPTH,
         ),
-        ("POST", "/admin/runs", {"id": "deep-new", "metadata": {"a": _nested(300)}}, "metadata['a']['a']"),
+        (
+            "POST",
+            "/admin/runs",
+            {"id": "deep-new", "metadata": {"a": _nested(300)}},
+            "metadata['a']['a']",
+            MAX_METADATA_DEPTH,
+        ),
     ],
     ids=["metadata", "operations", "parentOperations", "admin"],
 )
 def test_values_nested_past_the_library_limit_are_400_naming_the_field(
-    bad_input_runs: Client, method: str, path: str, body: dict[str, Any], words: str
+    bad_input_runs: Client, method: str, path: str, body: dict[str, Any], words: str, bound: int
 ) -> None:
     """Values nested deeper than metaops takes are 400 with metaops's message, which names the
-    field and the depth; nothing changes."""
+    field and the depth (a whole metadata object's bound counts its top level, as deep as apply
+    leaves metadata); nothing changes."""
     client = bad_input_runs
     before = _snapshot(client, "bad-child", "bad-parent")
     status, payload = client.request(method, path, body)
     assert status == 400, payload
     assert words in payload["error"]
-    assert f"nested at most {metaops.MAX_DEPTH} levels" in payload["error"]
+    assert f"nested at most {bound} levels" in payload["error"]
     client.flush()
     assert _snapshot(client, "bad-child", "bad-parent") == before
     assert client.request("GET", "/admin/runs/deep-new")[0] == 404
@@ -403,8 +419,9 @@ def _set_at_depth(depth: int, value: object) -> dict[str, Any]:
     return {"type": "set", "key": "$." + ".".join(["a"] * depth), "value": value}
 
 
-def _grow_to_750_levels(client: Client, run_id: str) -> None:
-    """Nest the run's metadata 750 levels deep, each request's values 250 levels at most."""
+def _grow_deep(client: Client, run_id: str) -> None:
+    """Try to nest the run's metadata 750 levels deep, each request's values 250 levels at most;
+    apply stops it at MAX_METADATA_DEPTH (the deeper writes are unapplied)."""
     for depth in (0, 250, 500):
         write = (
             {"type": "set", "key": "a", "value": _nested(250)}
@@ -415,26 +432,40 @@ def _grow_to_750_levels(client: Client, run_id: str) -> None:
         assert status == 200, payload
 
 
-def test_writes_nesting_metadata_too_deep_to_write_change_nothing(client: Client) -> None:
-    """Values within bounds, written so deep into deep metadata that the result could not be
-    written as JSON: refused (400) or reported unapplied (200), and the run is as it was and still
-    readable."""
+def test_writes_that_would_nest_metadata_too_deep_change_nothing(client: Client) -> None:
+    """Values within bounds, written so deep into deep metadata that the result would nest past
+    MAX_METADATA_DEPTH: reported unapplied (200, never an error), and the run is as it was."""
     client.create_run("deep-own")
-    _grow_to_750_levels(client, "deep-own")
+    _grow_deep(client, "deep-own")
     before = client.run("deep-own")
-    status, payload = client.put_metadata("deep-own", {"operations": [_set_at_depth(750, _nested(250))]})
-    assert status in (200, 400), payload
+    assert before["metadata"] == {"a": _nested(250)}
+    status, payload = client.put_metadata("deep-own", {"operations": [_set_at_depth(250, _nested(250))]})
+    assert (status, payload) == (200, {"metadata": before["metadata"]})
     assert client.run("deep-own") == before
 
 
+def test_metadata_as_deep_as_apply_leaves_it_is_written_and_read_back(client: Client) -> None:
+    """A run's own metadata, and a parent's replaced by a child's parent operation, nested exactly
+    MAX_METADATA_DEPTH levels: stored, compared and written as JSON like any other."""
+    deepest = _nested(MAX_METADATA_DEPTH)
+    client.create_run("deepest-parent")
+    client.create_run("deepest-child", parentId="deepest-parent")
+    assert client.put_metadata("deepest-child", {"metadata": deepest}) == (200, {"metadata": deepest})
+    replace = {"operations": [], "parentOperations": [{"type": "update", "value": deepest}]}
+    assert client.put_metadata("deepest-child", replace)[0] == 200
+    client.flush()
+    assert client.run("deepest-parent")["metadata"] == deepest
+    assert client.run("deepest-child")["metadata"] == deepest
+
+
 def test_parent_operations_nesting_too_deep_are_rejected_and_the_others_land(client: Client) -> None:
-    """A child's parent operation that would nest the parent too deeply to write is not applied,
-    and never blocks the queue: the other child's operation lands."""
+    """A child's parent operation that would nest the parent too deeply is not applied, and never
+    blocks the queue: the other child's operation lands."""
     client.create_run("deep-parent")
-    _grow_to_750_levels(client, "deep-parent")
+    _grow_deep(client, "deep-parent")
     client.create_run("deep-greedy", parentId="deep-parent")
     client.create_run("deep-modest", parentId="deep-parent")
-    deep = {"operations": OPS_INCREMENT, "parentOperations": [_set_at_depth(750, _nested(250))]}
+    deep = {"operations": OPS_INCREMENT, "parentOperations": [_set_at_depth(250, _nested(250))]}
     assert client.put_metadata("deep-greedy", deep)[0] == 200
     modest = {
         "operations": OPS_INCREMENT,
@@ -443,7 +474,7 @@ def test_parent_operations_nesting_too_deep_are_rejected_and_the_others_land(cli
     assert client.put_metadata("deep-modest", modest)[0] == 200
     client.flush()
     record = client.run("deep-parent")
-    assert record["metadata"]["seen"] == 1
+    assert record["metadata"] == {"a": _nested(250), "seen": 1}
     assert record["queued"] == 0
 
 

@@ -28,6 +28,7 @@ from metaops import (
     parse_operation,
     parse_operations,
 )
+from metaops._values import per_operation
 
 KEY_VALUE_CLASSES = [Set, Append, Remove]
 
@@ -892,3 +893,14 @@ def test_error_places_stay_short_and_cheap_whatever_the_keys() -> None:
     with pytest.raises(InvalidOperationError) as refused:
         parse_operation({"type": "set", "key": long_unsafe, "value": 1})
     assert len(str(refused.value)) < 400
+
+
+def test_a_table_per_operation_must_cover_every_operation() -> None:
+    """per_operation builds a table keyed by class from wire names, and refuses one that leaves an
+    operation out (or names one that does not exist): a new operation cannot be forgotten."""
+    table = per_operation(set=1, delete=2, append=3, remove=4, increment=5, update=6)
+    assert [table[type(op)] for op in (Update({}), Increment("n"), Set("a", 1))] == [6, 5, 1]
+    with pytest.raises(TypeError, match=r"missing \['update'\], unknown \[\]"):
+        per_operation(set=1, delete=2, append=3, remove=4, increment=5)
+    with pytest.raises(TypeError, match=r"missing \[\], unknown \['replace'\]"):
+        per_operation(set=1, delete=2, append=3, remove=4, increment=5, update=6, replace=7)

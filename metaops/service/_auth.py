@@ -55,6 +55,7 @@ __all__ = [
     "PUBLIC_READ_ROUTES",
     "PUBLIC_TOKEN_AUDIENCE",
     "PUBLIC_TOKEN_ISSUER",
+    "TOKEN_ENV",
     "Access",
     "Authority",
     "access_of",
@@ -70,6 +71,8 @@ PUBLIC_TOKEN_ISSUER = "https://id.trigger.dev"
 PUBLIC_TOKEN_AUDIENCE = "https://api.trigger.dev"
 DEFAULT_EXPIRATION = "15m"
 """How long a public token lives when nobody says (the official SDK's default)."""
+TOKEN_ENV = "METAOPS_SERVER_TOKEN"
+"""The environment variable holding the server's secret, for `metaops serve` and `metaops token`."""
 CLAIMS = {"sub": "metaops", "pub": True}
 """What ``POST /api/v1/auth/jwt/claims`` answers; the SDK signs these into its tokens."""
 

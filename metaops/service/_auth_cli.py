@@ -11,6 +11,7 @@ from urllib.parse import quote
 from metaops._errors import InvalidArgumentError
 from metaops.service._auth import (
     DEFAULT_EXPIRATION,
+    TOKEN_ENV,
     mint_public_token,
     quiet_key_length_warnings,
     weak_secret,
@@ -18,7 +19,6 @@ from metaops.service._auth import (
 
 __all__ = ["main"]
 
-TOKEN_ENV = "METAOPS_SERVER_TOKEN"
 URL_ENV = "TRIGGER_API_URL"
 DEFAULT_BASE = "http://127.0.0.1:8030"
 

@@ -24,7 +24,7 @@ from itertools import compress
 from operator import is_not
 from typing import Any
 
-from metaops._json import JSON
+from metaops._json import JSON, MAX_EXACT_INT, MIN_EXACT_INT
 from metaops._size import json_text
 
 __all__ = ["TextCache", "Texts", "loads"]
@@ -34,7 +34,6 @@ Texts = dict[int, tuple[object, bytes, "list[bytes] | None"]]
 
 Holding the container keeps its id unique while the entry lives."""
 
-_SAFE_INT = 2**53
 _encode_ascii = json.encoder.encode_basestring  # the C version where available
 
 _orjson_dumps: Callable[[Any], bytes] | None
@@ -58,7 +57,7 @@ def _scalar(value: object) -> bytes:
         return b"null"
     if kind is bool:
         return b"true" if value else b"false"
-    if kind is int and -_SAFE_INT <= value <= _SAFE_INT:  # type: ignore[operator]
+    if kind is int and MIN_EXACT_INT <= value <= MAX_EXACT_INT:  # type: ignore[operator]
         return str(value).encode()
     return json_text(value).encode()
 
@@ -67,7 +66,7 @@ def _leaf(container: dict[str, Any] | list[Any], kinds: set[type]) -> bytes:
     """The text of a container holding no container, in one call."""
     if _orjson_dumps is not None and float not in kinds:
         values = container.values() if type(container) is dict else container
-        if int not in kinds or all(-_SAFE_INT <= v <= _SAFE_INT for v in values if type(v) is int):
+        if int not in kinds or all(MIN_EXACT_INT <= v <= MAX_EXACT_INT for v in values if type(v) is int):
             try:
                 return _orjson_dumps(container)
             except _OrjsonError:  # a lone surrogate, say: json_text writes it as JavaScript does
@@ -194,7 +193,7 @@ class TextCache:
     def encode(self, value: JSON) -> bytes:
         """``json_text(value)`` as UTF-8, reusing the texts of containers seen before.
 
-        Raises :class:`RecursionError` for a value nested too deeply to write.
+        One frame per level of nesting: metadata nests at most MAX_METADATA_DEPTH levels.
 
         >>> cache = TextCache()
         >>> rows = [{"id": 1}, {"id": 2}]

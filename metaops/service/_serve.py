@@ -49,14 +49,13 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from metaops._errors import InvalidArgumentError, InvalidLimitError, MetaopsError
 from metaops._size import json_text, metadata_limit
 from metaops.service._app import REQUEST_TIMEOUT, MetadataApp, create_app
-from metaops.service._auth import quiet_key_length_warnings, weak_secret
+from metaops.service._auth import TOKEN_ENV, quiet_key_length_warnings, weak_secret
 from metaops.service._realtime import INTERRUPTIBLE
 from metaops.service._service import MetadataService, ServiceConfig
 from metaops.service._storage import open_storage
 
 __all__ = ["RunningServer", "main", "running_server"]
 
-TOKEN_ENV = "METAOPS_SERVER_TOKEN"
 _SETTINGS_ENV = "METAOPS_SERVE_SETTINGS"
 MAX_CONNECTIONS = 1000
 SHUTDOWN_TIMEOUT = 10.0

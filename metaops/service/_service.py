@@ -160,14 +160,9 @@ def _operations_text(operations: Sequence[Operation]) -> str:
 
 
 def _successor(state: RunState, version: int, metadata: Metadata, size: int) -> RunState:
-    try:
-        text = state.texts.encode(metadata)
-    except (RecursionError, ValueError):
-        # apply keeps values within MAX_DEPTH; only a write at the end of a long path into
-        # deep metadata gets here, before anything is written.
-        msg = "the update would nest the metadata too deeply to be written as JSON"
-        raise InvalidValueError(msg, "metadata") from None
-    return RunState(version, metadata, size, text, state.texts)
+    # apply leaves metadata at most MAX_METADATA_DEPTH levels deep (a deeper write is
+    # unapplied), and encode takes one frame per level: the text is always written.
+    return RunState(version, metadata, size, state.texts.encode(metadata), state.texts)
 
 
 def _loaded(version: int, text: str) -> RunState:
