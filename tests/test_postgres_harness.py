@@ -33,10 +33,11 @@ def test_each_test_gets_its_own_empty_schema(postgres_cluster: PostgresCluster, 
 def test_the_server_runs_as_an_unprivileged_user(postgres_cluster: PostgresCluster) -> None:
     with psycopg.connect(postgres_cluster.url(), autocommit=True) as db:
         row = db.execute("SELECT current_setting('data_directory'), pg_backend_pid()").fetchone()
-    assert row is not None
-    data_directory, backend_pid = row
+        assert row is not None
+        data_directory, backend_pid = row
+        # Read while connected: the backend process exits when the connection closes.
+        owner = os.stat(f"/proc/{backend_pid}").st_uid
     assert Path(data_directory).is_relative_to(postgres_cluster.directory)
-    owner = os.stat(f"/proc/{backend_pid}").st_uid
     assert owner != 0
 
 
