@@ -31,6 +31,9 @@ rebuilds what it needs with :meth:`Storage.history`.
 
 Run ids are non-empty strings of at most 255 characters, without ``/``, encodable
 as UTF-8 (the service checks them before they get here).
+
+The statements the two SQL backends run alike are written once here
+(:class:`_SQLStorage`, :class:`_SQLTransaction`), so that a fix reaches both.
 """
 
 from __future__ import annotations
