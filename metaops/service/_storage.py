@@ -31,17 +31,22 @@ rebuilds what it needs with :meth:`Storage.history`.
 
 Run ids are non-empty strings of at most 255 characters, without ``/``, encodable
 as UTF-8 (the service checks them before they get here).
+
+The statements the two SQL backends run alike are written once here
+(:class:`_SQLStorage`, :class:`_SQLTransaction`), so that a fix reaches both.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from metaops._errors import InvalidArgumentError
+from metaops.service._errors import RunExistsError, RunNotFoundError
 
 __all__ = [
     "ChangeListener",
@@ -290,6 +295,195 @@ class Storage(Protocol):
     def close(self) -> None:
         """Release connections; later calls raise."""
         ...
+
+
+class _Cursor(Protocol):
+    """What the SQL backends use of a DB-API cursor (``sqlite3``'s and psycopg's alike)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def executemany(self, query: str, rows: Iterable[Sequence[Any]], /) -> object: ...
+
+    def close(self) -> None: ...
+
+
+class _Connection(Protocol):
+    """What the SQL backends use of a DB-API connection (``sqlite3``'s and psycopg's alike)."""
+
+    def execute(self, query: str, params: Sequence[Any] = ..., /) -> _Cursor: ...
+
+    def cursor(self) -> _Cursor: ...
+
+
+class _Dialect:
+    """How one database spells a statement written once for both SQL backends.
+
+    In the statement, ``{name}`` is a table (PostgreSQL's carry a prefix, so that they can
+    share a schema with others) and ``?`` a parameter (psycopg's is ``%s``).
+    """
+
+    def __init__(self, *, prefix: str, parameter: str) -> None:
+        self._prefix = prefix
+        self._parameter = parameter
+
+    def __call__(self, query: str) -> str:
+        return re.sub(r"\{(\w+)\}", rf"{self._prefix}\1", query).replace("?", self._parameter)
+
+
+_RECORD_COLUMNS = "id, parent_id, root_id, version, snapshot_version, created_at, completed_at"
+_SELECT_RECORD = "SELECT " + _RECORD_COLUMNS + " FROM {runs}"
+_RUN_EXISTS = "SELECT 1 FROM {runs} WHERE id = ?"
+
+
+class _SQLStorage:
+    """The :class:`Storage` methods the SQLite and PostgreSQL backends share: the same statements,
+    told apart by ``_sql``, the backend's :class:`_Dialect`."""
+
+    _sql: ClassVar[_Dialect]
+    _RUN_CREATED_MEANWHILE: ClassVar[tuple[type[Exception], ...]]
+    """What inserting a run raises when another session created it after the check."""
+
+    def _connection(self) -> AbstractContextManager[_Connection]:
+        """A connection for reads, or for a write of one statement."""
+        raise NotImplementedError
+
+    def _writing(self) -> AbstractContextManager[_Connection]:
+        """A connection in a transaction that writes; it commits when the block ends normally."""
+        raise NotImplementedError
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        metadata: str,
+        parent_id: str | None,
+        root_id: str | None,
+        created_at: float,
+    ) -> RunRecord:
+        sql = self._sql
+        with self._writing() as db:
+            if db.execute(sql(_RUN_EXISTS), (run_id,)).fetchone() is not None:
+                raise RunExistsError(run_id)
+            for related in (parent_id, root_id):
+                if related is not None and db.execute(sql(_RUN_EXISTS), (related,)).fetchone() is None:
+                    raise RunNotFoundError(related)
+            try:
+                db.execute(
+                    sql("INSERT INTO {runs} (id, parent_id, root_id, created_at) VALUES (?, ?, ?, ?)"),
+                    (run_id, parent_id, root_id, created_at),
+                )
+            except self._RUN_CREATED_MEANWHILE:
+                raise RunExistsError(run_id) from None
+            db.execute(
+                sql("INSERT INTO {snapshots} (run_id, version, metadata) VALUES (?, 0, ?)"),
+                (run_id, metadata),
+            )
+        return RunRecord(run_id, parent_id, root_id, 0, 0, created_at, None)
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._connection() as db:
+            row = db.execute(self._sql(f"{_SELECT_RECORD} WHERE id = ?"), (run_id,)).fetchone()
+        return None if row is None else RunRecord(*row)
+
+    def outbox_runs(self, limit: int) -> list[str]:
+        with self._connection() as db:
+            rows = db.execute(
+                self._sql("SELECT run_id FROM {outbox} GROUP BY run_id ORDER BY min(seq) LIMIT ?"), (limit,)
+            ).fetchall()
+        return [run_id for (run_id,) in rows]
+
+    def outbox_size(self, run_id: str | None = None) -> int:
+        with self._connection() as db:
+            if run_id is None:
+                row = db.execute(self._sql("SELECT count(*) FROM {outbox}")).fetchone()
+            else:
+                row = db.execute(
+                    self._sql("SELECT count(*) FROM {outbox} WHERE run_id = ?"), (run_id,)
+                ).fetchone()
+        return int(row[0])
+
+    def rejections(self, run_id: str) -> list[RejectedEntry]:
+        with self._connection() as db:
+            rows = db.execute(
+                self._sql(
+                    "SELECT seq, run_id, operations, reason, rejected_at FROM {rejected} "
+                    "WHERE run_id = ? ORDER BY seq"
+                ),
+                (run_id,),
+            ).fetchall()
+        return [RejectedEntry(*row) for row in rows]
+
+    def expire_keys(self, before: float) -> int:
+        with self._writing() as db:
+            cursor = db.execute(self._sql("DELETE FROM {idempotency_keys} WHERE used_at < ?"), (before,))
+        return cursor.rowcount
+
+
+class _SQLTransaction:
+    """The :class:`RunTransaction` methods the SQLite and PostgreSQL backends share.
+
+    A backend says how a statement goes out: ``_ask`` when its answer is needed now,
+    ``_send`` when not (PostgreSQL pipelines those, without waiting).
+    """
+
+    _sql: ClassVar[_Dialect]
+    _record: RunRecord
+
+    def _ask(self, query: str, params: Sequence[object]) -> _Cursor:
+        raise NotImplementedError
+
+    def _send(self, query: str, params: Sequence[object]) -> None:
+        raise NotImplementedError
+
+    def settle(self, seqs: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    @property
+    def record(self) -> RunRecord:
+        return self._record
+
+    def key_use(self, key: str) -> KeyUse | None:
+        row = self._ask(
+            self._sql("SELECT carried_operations FROM {idempotency_keys} WHERE run_id = ? AND key = ?"),
+            (self._record.id, key),
+        ).fetchone()
+        if row is None:
+            return None
+        carried = row[0]  # SQLite keeps 1 or 0, PostgreSQL a boolean
+        if carried is None:
+            return "unrecorded"
+        return "operations" if carried else "empty"
+
+    def use_key(self, key: str, at: float, *, operations: bool) -> None:
+        # A bool is what both take: SQLite stores it as 1 or 0.
+        self._send(
+            self._sql(
+                "INSERT INTO {idempotency_keys} (run_id, key, used_at, carried_operations) "
+                "VALUES (?, ?, ?, ?)"
+            ),
+            (self._record.id, key, at, operations),
+        )
+
+    def pending(self, limit: int) -> tuple[OutboxEntry, ...]:
+        rows = self._ask(
+            self._sql("SELECT seq, run_id, operations FROM {outbox} WHERE run_id = ? ORDER BY seq LIMIT ?"),
+            (self._record.id, limit),
+        ).fetchall()
+        return tuple(OutboxEntry(*row) for row in rows)
+
+    def reject(self, entry: OutboxEntry, reason: str, at: float) -> None:
+        self.settle([entry.seq])
+        self._send(
+            self._sql(
+                "INSERT INTO {rejected} (seq, run_id, operations, reason, rejected_at) VALUES (?, ?, ?, ?, ?)"
+            ),
+            (entry.seq, self._record.id, entry.operations, reason, at),
+        )
 
 
 def open_storage(url: str) -> Storage:

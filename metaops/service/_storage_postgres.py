@@ -41,16 +41,19 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from metaops.service._errors import RunExistsError, RunNotFoundError, StorageError
+from metaops.service._errors import RunNotFoundError, StorageError
 from metaops.service._storage import (
+    _RECORD_COLUMNS,
+    _RUN_EXISTS,
+    _SELECT_RECORD,
     ChangeListener,
     History,
-    KeyUse,
     Listeners,
     LogEntry,
-    OutboxEntry,
-    RejectedEntry,
     RunRecord,
+    _Dialect,
+    _SQLStorage,
+    _SQLTransaction,
 )
 
 __all__ = ["PostgresStorage"]
@@ -118,8 +121,8 @@ _MIGRATIONS = {
     1: "ALTER TABLE metaops_idempotency_keys ADD COLUMN carried_operations boolean",
 }
 
-_RECORD_COLUMNS = "id, parent_id, root_id, version, snapshot_version, created_at, completed_at"
-_RECORD = f"SELECT {_RECORD_COLUMNS} FROM metaops_runs"
+_SQL = _Dialect(prefix="metaops_", parameter="%s")
+_RECORD = _SQL(_SELECT_RECORD)
 
 # One statement, so one snapshot: the record, the snapshot and the log agree. The log
 # continues from ``since`` when the log still has everything after it, else from the
@@ -147,7 +150,7 @@ CROSS JOIN LATERAL (
 ) log
 """
 
-_EXISTS = "SELECT 1 FROM metaops_runs WHERE id = %s"
+_EXISTS = _SQL(_RUN_EXISTS)
 
 _APPEND = """
 WITH logged AS (
@@ -177,7 +180,7 @@ SELECT pg_notify(%(channel)s, %(payload)s)
 """
 
 
-class PostgresStorage:
+class PostgresStorage(_SQLStorage):
     """:class:`~metaops.service.Storage` on PostgreSQL: ``postgresql://user:pass@host:port/dbname``.
 
     ``pool_size`` bounds the connections this process holds for requests (one more
@@ -193,6 +196,10 @@ class PostgresStorage:
     holds a run and decides what to write), rolling it back. A process that dies
     outright releases its runs at once: PostgreSQL sees its connections close.
     """
+
+    _sql = _SQL
+    # Another session may insert the same run between the check and the insert.
+    _RUN_CREATED_MEANWHILE = (psycopg.errors.UniqueViolation,)
 
     def __init__(
         self,
@@ -272,6 +279,11 @@ class PostgresStorage:
             msg = f"{self._shown_url}: {_describe(error)}"
             raise StorageError(msg) from None
 
+    @contextmanager
+    def _writing(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._connection() as db, db.transaction():
+            yield db
+
     def close(self) -> None:
         """Stop listening and close every connection; later calls raise :class:`StorageError`."""
         with self._lock:
@@ -284,39 +296,6 @@ class PostgresStorage:
             db.execute("SELECT pg_notify(%s, '')", (channel,))
 
     # ------------------------------------------------------------------ runs
-
-    def create_run(
-        self,
-        run_id: str,
-        *,
-        metadata: str,
-        parent_id: str | None,
-        root_id: str | None,
-        created_at: float,
-    ) -> RunRecord:
-        with self._connection() as db, db.transaction():
-            if db.execute("SELECT 1 FROM metaops_runs WHERE id = %s", (run_id,)).fetchone() is not None:
-                raise RunExistsError(run_id)
-            for related in (parent_id, root_id):
-                if related is not None and not _exists(db, related):
-                    raise RunNotFoundError(related)
-            try:
-                db.execute(
-                    "INSERT INTO metaops_runs (id, parent_id, root_id, created_at) VALUES (%s, %s, %s, %s)",
-                    (run_id, parent_id, root_id, created_at),
-                )
-            except psycopg.errors.UniqueViolation:
-                raise RunExistsError(run_id) from None  # created meanwhile by another session
-            db.execute(
-                "INSERT INTO metaops_snapshots (run_id, version, metadata) VALUES (%s, 0, %s)",
-                (run_id, metadata),
-            )
-        return RunRecord(run_id, parent_id, root_id, 0, 0, created_at, None)
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        with self._connection() as db:
-            row = db.execute(f"{_RECORD} WHERE id = %s", (run_id,)).fetchone()
-        return None if row is None else RunRecord(*row)
 
     def history(self, run_id: str, since: int | None) -> History | None:
         with self._connection() as db:
@@ -358,40 +337,6 @@ class PostgresStorage:
         record = RunRecord(*row[:7])
         self._dispatch(run_id, record.version)
         return record
-
-    # ------------------------------------------------------------------ outbox and keys
-
-    def outbox_runs(self, limit: int) -> list[str]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT run_id FROM metaops_outbox GROUP BY run_id ORDER BY min(seq) LIMIT %s", (limit,)
-            ).fetchall()
-        return [run_id for (run_id,) in rows]
-
-    def outbox_size(self, run_id: str | None = None) -> int:
-        with self._connection() as db:
-            if run_id is None:
-                row = db.execute("SELECT count(*) FROM metaops_outbox").fetchone()
-            else:
-                row = db.execute(
-                    "SELECT count(*) FROM metaops_outbox WHERE run_id = %s", (run_id,)
-                ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    def rejections(self, run_id: str) -> list[RejectedEntry]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT seq, run_id, operations, reason, rejected_at FROM metaops_rejected "
-                "WHERE run_id = %s ORDER BY seq",
-                (run_id,),
-            ).fetchall()
-        return [RejectedEntry(*row) for row in rows]
-
-    def expire_keys(self, before: float) -> int:
-        with self._connection() as db:
-            cursor = db.execute("DELETE FROM metaops_idempotency_keys WHERE used_at < %s", (before,))
-        return cursor.rowcount
 
     # ------------------------------------------------------------------ changes
 
@@ -442,8 +387,10 @@ class PostgresStorage:
                 _log.exception("change listener %r failed for run %s", listener, run_id)
 
 
-class _Transaction:
+class _Transaction(_SQLTransaction):
     """:class:`~metaops.service.RunTransaction`: one connection, in a transaction holding the run's row."""
+
+    _sql = _SQL
 
     def __init__(
         self, db: psycopg.Connection[Any], pipeline: psycopg.Pipeline, channel: str, origin: str
@@ -466,9 +413,10 @@ class _Transaction:
         self._pipeline.sync()
         return cursor
 
-    @property
-    def record(self) -> RunRecord:
-        return self._record
+    _ask = ask
+
+    def _send(self, query: str, params: Sequence[object]) -> None:
+        self._db.execute(query, params)
 
     def history(self, since: int | None) -> History:
         row = self.ask(_HISTORY, {"run_id": self._record.id, "since": since}).fetchone()
@@ -491,25 +439,6 @@ class _Transaction:
         self.appended = version
         return version
 
-    def key_use(self, key: str) -> KeyUse | None:
-        row = self.ask(
-            "SELECT carried_operations FROM metaops_idempotency_keys WHERE run_id = %s AND key = %s",
-            (self._record.id, key),
-        ).fetchone()
-        if row is None:
-            return None
-        carried: bool | None = row[0]
-        if carried is None:
-            return "unrecorded"
-        return "operations" if carried else "empty"
-
-    def use_key(self, key: str, at: float, *, operations: bool) -> None:
-        self._db.execute(
-            "INSERT INTO metaops_idempotency_keys (run_id, key, used_at, carried_operations) "
-            "VALUES (%s, %s, %s, %s)",
-            (self._record.id, key, at, operations),
-        )
-
     def enqueue(self, run_id: str, operations: str, at: float) -> int:
         # Checked in the statement, not by the foreign key's error: an error would abort the transaction.
         row = self.ask(
@@ -523,24 +452,9 @@ class _Transaction:
         seq: int = row[0]
         return seq
 
-    def pending(self, limit: int) -> tuple[OutboxEntry, ...]:
-        rows = self.ask(
-            "SELECT seq, run_id, operations FROM metaops_outbox WHERE run_id = %s ORDER BY seq LIMIT %s",
-            (self._record.id, limit),
-        ).fetchall()
-        return tuple(OutboxEntry(*row) for row in rows)
-
     def settle(self, seqs: Sequence[int]) -> None:
         self._db.execute(
             "DELETE FROM metaops_outbox WHERE seq = ANY(%s) AND run_id = %s", (list(seqs), self._record.id)
-        )
-
-    def reject(self, entry: OutboxEntry, reason: str, at: float) -> None:
-        self.settle([entry.seq])
-        self._db.execute(
-            "INSERT INTO metaops_rejected (seq, run_id, operations, reason, rejected_at) "
-            "VALUES (%s, %s, %s, %s, %s)",
-            (entry.seq, self._record.id, entry.operations, reason, at),
         )
 
 
@@ -594,10 +508,6 @@ def _history_from(row: tuple[Any, ...]) -> History:
     _from_log, snapshot, start, versions, operations = row[7:]
     entries = tuple(LogEntry(v, o) for v, o in zip(versions or (), operations or (), strict=True))
     return History(record, snapshot, start, entries)
-
-
-def _exists(db: psycopg.Connection[Any], run_id: str) -> bool:
-    return db.execute(_EXISTS, (run_id,)).fetchone() is not None
 
 
 def _payload(version: int, origin: str, run_id: str) -> str:

@@ -13,20 +13,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from metaops.service._errors import RunExistsError, RunNotFoundError, StorageError
+from metaops.service._errors import RunNotFoundError, StorageError
 from metaops.service._sqlite import SQLitePool
 from metaops.service._storage import (
+    _SELECT_RECORD,
     ChangeListener,
     History,
-    KeyUse,
     Listeners,
     LogEntry,
-    OutboxEntry,
-    RejectedEntry,
     RunRecord,
+    _Dialect,
+    _SQLStorage,
+    _SQLTransaction,
 )
 
 __all__ = ["SQLiteStorage"]
@@ -88,7 +89,8 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 """
 
-_RECORD = "SELECT id, parent_id, root_id, version, snapshot_version, created_at, completed_at FROM runs"
+_SQL = _Dialect(prefix="", parameter="?")
+_RECORD = _SQL(_SELECT_RECORD)
 _IDLE_CONNECTIONS = 16
 CHECKPOINT_INTERVAL = 1.0
 FEED_INTERVAL = 0.05
@@ -101,7 +103,7 @@ def _record(row: tuple[object, ...]) -> RunRecord:
     return RunRecord(*row)  # type: ignore[arg-type]
 
 
-class SQLiteStorage:
+class SQLiteStorage(_SQLStorage):
     """:class:`~metaops.service.Storage` on one SQLite file (created if missing).
 
     ``synchronous`` is ``"FULL"`` (the default: a commit is on disk before it
@@ -109,6 +111,10 @@ class SQLiteStorage:
     ``"EXTRA"``. ``busy_timeout`` is how long a write waits for another process's
     write lock before :class:`StorageError`.
     """
+
+    _sql = _SQL
+    # BEGIN IMMEDIATE holds the database's write lock: no other session creates a run meanwhile.
+    _RUN_CREATED_MEANWHILE = ()
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
         mode = synchronous.upper()
@@ -119,7 +125,6 @@ class SQLiteStorage:
         self._synchronous = mode
         self._busy_timeout = busy_timeout
         self._pool = SQLitePool(self._path, self._connect, idle=_IDLE_CONNECTIONS, what="storage")
-        self._connection = self._pool.connection
         self._lock = threading.Lock()
         self._listeners: Listeners[ChangeListener] = Listeners()
         self._writer_id = secrets.token_hex(8)
@@ -155,6 +160,16 @@ class SQLiteStorage:
 
     # ------------------------------------------------------------------ connections
 
+    def _connection(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._pool.connection()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with self._writer, self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
             self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
@@ -187,42 +202,6 @@ class SQLiteStorage:
 
     # ------------------------------------------------------------------ runs
 
-    def create_run(
-        self,
-        run_id: str,
-        *,
-        metadata: str,
-        parent_id: str | None,
-        root_id: str | None,
-        created_at: float,
-    ) -> RunRecord:
-        with self._writer, self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None:
-                db.execute("ROLLBACK")
-                raise RunExistsError(run_id)
-            for related in (parent_id, root_id):
-                if (
-                    related is not None
-                    and db.execute("SELECT 1 FROM runs WHERE id = ?", (related,)).fetchone() is None
-                ):
-                    db.execute("ROLLBACK")
-                    raise RunNotFoundError(related)
-            db.execute(
-                "INSERT INTO runs (id, parent_id, root_id, created_at) VALUES (?, ?, ?, ?)",
-                (run_id, parent_id, root_id, created_at),
-            )
-            db.execute(
-                "INSERT INTO snapshots (run_id, version, metadata) VALUES (?, 0, ?)", (run_id, metadata)
-            )
-            db.execute("COMMIT")
-        return RunRecord(run_id, parent_id, root_id, 0, 0, created_at, None)
-
-    def get_run(self, run_id: str) -> RunRecord | None:
-        with self._connection() as db:
-            row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
-        return None if row is None else _record(row)
-
     def history(self, run_id: str, since: int | None) -> History | None:
         with self._connection() as db:
             db.execute("BEGIN")  # one read transaction: the record, snapshot and log agree
@@ -244,15 +223,12 @@ class SQLiteStorage:
             yield None
             return
         try:
-            with self._writer, self._connection() as db:
-                db.execute("BEGIN IMMEDIATE")
+            with self._writing() as db:
                 row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
                 if row is None:
-                    db.execute("ROLLBACK")
                     raise RunNotFoundError(run_id)
                 tx = _Transaction(db, _record(row), self._changed)
                 yield tx
-                db.execute("COMMIT")
         finally:
             with self._lock:
                 if self._held[run_id] == 1:
@@ -263,15 +239,12 @@ class SQLiteStorage:
             self._notify(run_id, tx.appended)
 
     def complete_run(self, run_id: str, completed_at: float) -> RunRecord:
-        with self._writer, self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._writing() as db:
             cursor = db.execute("UPDATE runs SET completed_at = ? WHERE id = ?", (completed_at, run_id))
             if cursor.rowcount != 1:
-                db.execute("ROLLBACK")
                 raise RunNotFoundError(run_id)
             row = db.execute(f"{_RECORD} WHERE id = ?", (run_id,)).fetchone()
             self._changed(db, run_id, row[3])
-            db.execute("COMMIT")
         record = _record(row)
         self._notify(run_id, record.version)  # listeners re-read the record: it completed
         return record
@@ -282,37 +255,6 @@ class SQLiteStorage:
             "INSERT INTO changes (run_id, version, writer, at) VALUES (?, ?, ?, ?)",
             (run_id, version, self._writer_id, time.time()),
         )
-
-    # ------------------------------------------------------------------ outbox and keys
-
-    def outbox_runs(self, limit: int) -> list[str]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT run_id FROM outbox GROUP BY run_id ORDER BY min(seq) LIMIT ?", (limit,)
-            ).fetchall()
-        return [run_id for (run_id,) in rows]
-
-    def outbox_size(self, run_id: str | None = None) -> int:
-        with self._connection() as db:
-            if run_id is None:
-                row = db.execute("SELECT count(*) FROM outbox").fetchone()
-            else:
-                row = db.execute("SELECT count(*) FROM outbox WHERE run_id = ?", (run_id,)).fetchone()
-        return int(row[0])
-
-    def rejections(self, run_id: str) -> list[RejectedEntry]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT seq, run_id, operations, reason, rejected_at FROM rejected "
-                "WHERE run_id = ? ORDER BY seq",
-                (run_id,),
-            ).fetchall()
-        return [RejectedEntry(*row) for row in rows]
-
-    def expire_keys(self, before: float) -> int:
-        with self._writer, self._connection() as db:
-            cursor = db.execute("DELETE FROM idempotency_keys WHERE used_at < ?", (before,))
-        return cursor.rowcount
 
     # ------------------------------------------------------------------ changes
 
@@ -380,12 +322,6 @@ def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
     return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
 
 
-def _key_use(carried_operations: object) -> KeyUse:
-    if carried_operations is None:
-        return "unrecorded"
-    return "operations" if carried_operations else "empty"
-
-
 def _history(db: sqlite3.Connection, record: RunRecord, since: int | None) -> History:
     if since is not None and record.snapshot_version <= since <= record.version:
         rows = db.execute(
@@ -403,8 +339,10 @@ def _history(db: sqlite3.Connection, record: RunRecord, since: int | None) -> Hi
     return History(record, text, version, tuple(LogEntry(*row) for row in rows))
 
 
-class _Transaction:
+class _Transaction(_SQLTransaction):
     """:class:`~metaops.service.RunTransaction` on one SQLite connection inside ``BEGIN IMMEDIATE``."""
+
+    _sql = _SQL
 
     def __init__(
         self,
@@ -418,9 +356,11 @@ class _Transaction:
         self._version = record.version
         self.appended: int | None = None
 
-    @property
-    def record(self) -> RunRecord:
-        return self._record
+    def _ask(self, query: str, params: Sequence[object]) -> sqlite3.Cursor:
+        return self._db.execute(query, params)
+
+    def _send(self, query: str, params: Sequence[object]) -> None:
+        self._db.execute(query, params)
 
     def history(self, since: int | None) -> History:
         return _history(self._db, self._record, since)
@@ -448,20 +388,8 @@ class _Transaction:
         self.appended = version
         return version
 
-    def key_use(self, key: str) -> KeyUse | None:
-        row = self._db.execute(
-            "SELECT carried_operations FROM idempotency_keys WHERE run_id = ? AND key = ?",
-            (self._record.id, key),
-        ).fetchone()
-        return None if row is None else _key_use(row[0])
-
-    def use_key(self, key: str, at: float, *, operations: bool) -> None:
-        self._db.execute(
-            "INSERT INTO idempotency_keys (run_id, key, used_at, carried_operations) VALUES (?, ?, ?, ?)",
-            (self._record.id, key, at, int(operations)),
-        )
-
     def enqueue(self, run_id: str, operations: str, at: float) -> int:
+        # The foreign key's error tells an unknown run; it leaves SQLite's transaction usable.
         try:
             cursor = self._db.execute(
                 "INSERT INTO outbox (run_id, operations, queued_at) VALUES (?, ?, ?)",
@@ -474,21 +402,8 @@ class _Transaction:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def pending(self, limit: int) -> tuple[OutboxEntry, ...]:
-        rows = self._db.execute(
-            "SELECT seq, run_id, operations FROM outbox WHERE run_id = ? ORDER BY seq LIMIT ?",
-            (self._record.id, limit),
-        ).fetchall()
-        return tuple(OutboxEntry(*row) for row in rows)
-
     def settle(self, seqs: Sequence[int]) -> None:
+        # SQLite has no arrays (PostgreSQL's settles with one ``= ANY``).
         self._db.executemany(
             "DELETE FROM outbox WHERE seq = ? AND run_id = ?", [(seq, self._record.id) for seq in seqs]
-        )
-
-    def reject(self, entry: OutboxEntry, reason: str, at: float) -> None:
-        self.settle([entry.seq])
-        self._db.execute(
-            "INSERT INTO rejected (seq, run_id, operations, reason, rejected_at) VALUES (?, ?, ?, ?, ?)",
-            (entry.seq, self._record.id, entry.operations, reason, at),
         )

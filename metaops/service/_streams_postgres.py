@@ -14,21 +14,21 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
+import psycopg
+
 from metaops.service._errors import RunNotFoundError
-from metaops.service._storage import Listeners
+from metaops.service._storage import Listeners, _Dialect
 from metaops.service._storage_postgres import PostgresStorage
 from metaops.service._streams_store import (
-    MAX_STREAMS_PER_RUN,
     PAGE_BYTES,
     PAGE_CHUNKS,
     AppendResult,
-    StreamInfo,
     StreamListener,
     StreamPage,
-    plan_append,
-    too_many_streams,
+    _SQLStreamStore,
 )
 
 __all__ = ["PostgresStreamStore"]
@@ -56,11 +56,6 @@ CREATE TABLE IF NOT EXISTS metaops_stream_chunks (
 );
 """
 
-_INFO = (
-    "SELECT run_id, key, length, bytes, finished, created_at FROM metaops_streams "
-    "WHERE run_id = %s AND key = %s"
-)
-
 _READ = """
 WITH base AS (
     SELECT COALESCE((SELECT end_bytes FROM metaops_stream_chunks
@@ -73,10 +68,6 @@ ORDER BY idx LIMIT %(limit)s
 """
 
 
-def _info(row: tuple[Any, ...] | None) -> StreamInfo | None:
-    return None if row is None else StreamInfo(row[0], row[1], row[2], row[3], row[4], row[5])
-
-
 def _channel(runs_channel: str) -> str:
     name = f"{runs_channel}:streams"
     if len(name.encode()) > 63:  # an identifier: at most 63 bytes
@@ -84,8 +75,10 @@ def _channel(runs_channel: str) -> str:
     return name
 
 
-class PostgresStreamStore:
+class PostgresStreamStore(_SQLStreamStore):
     """:class:`~metaops.service._streams_store.StreamStore` beside a :class:`PostgresStorage`."""
+
+    _sql = _Dialect(prefix="metaops_", parameter="%s")
 
     def __init__(self, storage: PostgresStorage) -> None:
         self._storage = storage
@@ -100,7 +93,7 @@ class PostgresStreamStore:
             db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"metaops.streams:{self._channel}",))
             db.execute(_SCHEMA.encode())
 
-    def _connection(self) -> Any:
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         # The runs' pool: a pooled autocommit connection, psycopg errors as StorageError.
         return self._storage.connection()
 
@@ -114,8 +107,7 @@ class PostgresStreamStore:
         self, run_id: str, key: str, chunks: Sequence[str], *, first: int | None, end: bool, at: float
     ) -> AppendResult:
         with self._connection() as db, db.transaction():
-            info = _info(db.execute(_INFO + " FOR UPDATE", (run_id, key)).fetchone())
-            created = False
+            info = self._info(db, run_id, key, " FOR UPDATE")
             if info is None:
                 # Creating a stream holds the run, so that two creators cannot both pass the count.
                 run = db.execute(
@@ -123,34 +115,8 @@ class PostgresStreamStore:
                 ).fetchone()
                 if run is None:
                     raise RunNotFoundError(run_id)
-                info = _info(db.execute(_INFO + " FOR UPDATE", (run_id, key)).fetchone())
-            if info is None:
-                count = db.execute(
-                    "SELECT count(*) FROM metaops_streams WHERE run_id = %s", (run_id,)
-                ).fetchone()
-                assert count is not None
-                if count[0] >= MAX_STREAMS_PER_RUN:
-                    raise too_many_streams(run_id)
-                db.execute(
-                    "INSERT INTO metaops_streams (run_id, key, position, created_at) VALUES (%s, %s, %s, %s)",
-                    (run_id, key, count[0], at),
-                )
-                info = StreamInfo(run_id, key, 0, 0, False, at)
-                created = True
-            plan = plan_append(key, info.length, info.bytes, info.finished, chunks, first, end)
-            if plan.chunks:
-                with db.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO metaops_stream_chunks (run_id, key, idx, end_bytes, data) "
-                        "VALUES (%s, %s, %s, %s, %s)",
-                        plan.rows(run_id, key),
-                    )
-            if plan.changes:
-                db.execute(
-                    "UPDATE metaops_streams SET length = %s, bytes = %s, finished = %s "
-                    "WHERE run_id = %s AND key = %s",
-                    (plan.length, plan.bytes, plan.finished, run_id, key),
-                )
+                info = self._info(db, run_id, key, " FOR UPDATE")
+            plan, created = self._store(db, info, run_id, key, chunks, first=first, end=end, at=at)
             if created or plan.changes:
                 db.execute(
                     "SELECT pg_notify(%s, %s)",
@@ -160,22 +126,11 @@ class PostgresStreamStore:
             self._dispatch(f"{run_id}/{key}", plan.length)
         return plan.result(created)
 
-    def keys(self, run_id: str) -> tuple[str, ...]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT key FROM metaops_streams WHERE run_id = %s ORDER BY position", (run_id,)
-            ).fetchall()
-        return tuple(key for (key,) in rows)
-
-    def info(self, run_id: str, key: str) -> StreamInfo | None:
-        with self._connection() as db:
-            return _info(db.execute(_INFO, (run_id, key)).fetchone())
-
     def read(self, run_id: str, key: str, after: int) -> StreamPage | None:
         # One snapshot: the chunks read and the state reported agree.
         with self._connection() as db, db.transaction():
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            info = _info(db.execute(_INFO, (run_id, key)).fetchone())
+            info = self._info(db, run_id, key)
             if info is None:
                 return None
             rows = db.execute(

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 from metaops.service._errors import RunNotFoundError
 from metaops.service._sqlite import SQLitePool
-from metaops.service._storage import Listeners
+from metaops.service._storage import Listeners, _Dialect
 from metaops.service._streams_store import (
-    MAX_STREAMS_PER_RUN,
     PAGE_BYTES,
     PAGE_CHUNKS,
     AppendResult,
-    StreamInfo,
     StreamListener,
     StreamPage,
-    plan_append,
-    too_many_streams,
+    _SQLStreamStore,
 )
 
 __all__ = ["SQLiteStreamStore"]
@@ -51,29 +48,25 @@ CREATE TABLE IF NOT EXISTS stream_chunks (
 );
 """
 
-_INFO = "SELECT run_id, key, length, bytes, finished, created_at FROM streams WHERE run_id = ? AND key = ?"
 _IDLE_CONNECTIONS = 8
 
 
-def _info(row: tuple[Any, ...] | None) -> StreamInfo | None:
-    if row is None:
-        return None
-    run_id, key, length, size, finished, created_at = row
-    return StreamInfo(run_id, key, length, size, bool(finished), created_at)
-
-
-class SQLiteStreamStore:
+class SQLiteStreamStore(_SQLStreamStore):
     """:class:`~metaops.service._streams_store.StreamStore` in the SQLite file at ``path``
     (the runs' file: streams refer to its ``runs`` table)."""
+
+    _sql = _Dialect(prefix="", parameter="?")
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         self._path = str(path)
         self._busy_timeout = busy_timeout
         self._pool = SQLitePool(self._path, self._connect, idle=_IDLE_CONNECTIONS, what="stream store")
-        self._connection = self._pool.connection
         self._listeners: Listeners[StreamListener] = Listeners()
         with self._connection() as db:
             db.executescript(_SCHEMA)
+
+    def _connection(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._pool.connection()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -90,52 +83,22 @@ class SQLiteStreamStore:
         self, run_id: str, key: str, chunks: Sequence[str], *, first: int | None, end: bool, at: float
     ) -> AppendResult:
         with self._connection() as db:
+            # The database's write lock: no other writer changes the stream, or adds one to the run.
             db.execute("BEGIN IMMEDIATE")
-            info = _info(db.execute(_INFO, (run_id, key)).fetchone())
-            created = info is None
-            if info is None:
-                if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
-                    raise RunNotFoundError(run_id)
-                (count,) = db.execute("SELECT count(*) FROM streams WHERE run_id = ?", (run_id,)).fetchone()
-                if count >= MAX_STREAMS_PER_RUN:
-                    raise too_many_streams(run_id)
-                db.execute(
-                    "INSERT INTO streams (run_id, key, position, created_at) VALUES (?, ?, ?, ?)",
-                    (run_id, key, count, at),
-                )
-                info = StreamInfo(run_id, key, 0, 0, False, at)
-            plan = plan_append(key, info.length, info.bytes, info.finished, chunks, first, end)
-            if plan.chunks:
-                db.executemany(
-                    "INSERT INTO stream_chunks (run_id, key, idx, end_bytes, data) VALUES (?, ?, ?, ?, ?)",
-                    plan.rows(run_id, key),
-                )
-            if plan.changes:
-                db.execute(
-                    "UPDATE streams SET length = ?, bytes = ?, finished = ? WHERE run_id = ? AND key = ?",
-                    (plan.length, plan.bytes, int(plan.finished), run_id, key),
-                )
+            info = self._info(db, run_id, key)
+            if info is None and db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFoundError(run_id)
+            plan, created = self._store(db, info, run_id, key, chunks, first=first, end=end, at=at)
             db.execute("COMMIT")
         if created or plan.changes:
             self._notify(run_id, key, plan.length)
         return plan.result(created)
 
-    def keys(self, run_id: str) -> tuple[str, ...]:
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT key FROM streams WHERE run_id = ? ORDER BY position", (run_id,)
-            ).fetchall()
-        return tuple(key for (key,) in rows)
-
-    def info(self, run_id: str, key: str) -> StreamInfo | None:
-        with self._connection() as db:
-            return _info(db.execute(_INFO, (run_id, key)).fetchone())
-
     def read(self, run_id: str, key: str, after: int) -> StreamPage | None:
         with self._connection() as db:
             db.execute("BEGIN")  # one read transaction: the chunks and the state agree
             try:
-                info = _info(db.execute(_INFO, (run_id, key)).fetchone())
+                info = self._info(db, run_id, key)
                 if info is None:
                     return None
                 base = 0

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from metaops._errors import InvalidArgumentError, MetaopsError
+from metaops.service._storage import _Connection, _Dialect
 
 if TYPE_CHECKING:
     from metaops.service._storage import Storage
@@ -267,6 +269,86 @@ class StreamStore(Protocol):
     def close(self) -> None:
         """Release what the store holds (not the runs' storage)."""
         ...
+
+
+_INFO = "SELECT run_id, key, length, bytes, finished, created_at FROM {streams} WHERE run_id = ? AND key = ?"
+
+
+class _SQLStreamStore:
+    """The :class:`StreamStore` code the SQLite and PostgreSQL stores share: the same statements, told
+    apart by ``_sql``, the backend's :class:`~metaops.service._storage._Dialect`.
+
+    Each backend's ``append`` takes its own locks and announces the change its own way
+    around :meth:`_store`; ``read`` differs too (how each database gives one snapshot).
+    """
+
+    _sql: ClassVar[_Dialect]
+
+    def _connection(self) -> AbstractContextManager[_Connection]:
+        raise NotImplementedError
+
+    def _info(self, db: _Connection, run_id: str, key: str, lock: str = "") -> StreamInfo | None:
+        row = db.execute(self._sql(_INFO) + lock, (run_id, key)).fetchone()
+        if row is None:
+            return None
+        run_id, key, length, size, finished, created_at = row
+        return StreamInfo(run_id, key, length, size, bool(finished), created_at)  # SQLite's is 1 or 0
+
+    def _store(
+        self,
+        db: _Connection,
+        info: StreamInfo | None,
+        run_id: str,
+        key: str,
+        chunks: Sequence[str],
+        *,
+        first: int | None,
+        end: bool,
+        at: float,
+    ) -> tuple[AppendPlan, bool]:
+        """Store a write to the stream in ``info`` (``None``: create it), in the caller's transaction,
+        which holds the stream, and the run when it creates one; return the plan and whether it created."""
+        sql = self._sql
+        created = info is None
+        if info is None:
+            (count,) = db.execute(
+                sql("SELECT count(*) FROM {streams} WHERE run_id = ?"), (run_id,)
+            ).fetchone()
+            if count >= MAX_STREAMS_PER_RUN:
+                raise too_many_streams(run_id)
+            db.execute(
+                sql("INSERT INTO {streams} (run_id, key, position, created_at) VALUES (?, ?, ?, ?)"),
+                (run_id, key, count, at),
+            )
+            info = StreamInfo(run_id, key, 0, 0, False, at)
+        plan = plan_append(key, info.length, info.bytes, info.finished, chunks, first, end)
+        if plan.chunks:
+            with closing(db.cursor()) as cursor:
+                cursor.executemany(
+                    sql(
+                        "INSERT INTO {stream_chunks} (run_id, key, idx, end_bytes, data) "
+                        "VALUES (?, ?, ?, ?, ?)"
+                    ),
+                    plan.rows(run_id, key),
+                )
+        if plan.changes:
+            # A bool is what both take: SQLite stores it as 1 or 0.
+            db.execute(
+                sql("UPDATE {streams} SET length = ?, bytes = ?, finished = ? WHERE run_id = ? AND key = ?"),
+                (plan.length, plan.bytes, plan.finished, run_id, key),
+            )
+        return plan, created
+
+    def keys(self, run_id: str) -> tuple[str, ...]:
+        with self._connection() as db:
+            rows = db.execute(
+                self._sql("SELECT key FROM {streams} WHERE run_id = ? ORDER BY position"), (run_id,)
+            ).fetchall()
+        return tuple(key for (key,) in rows)
+
+    def info(self, run_id: str, key: str) -> StreamInfo | None:
+        with self._connection() as db:
+            return self._info(db, run_id, key)
 
 
 def open_stream_store(storage: Storage) -> StreamStore:
