@@ -114,7 +114,8 @@ def test_after_a_dropped_connection_the_subscriber_gets_the_latest_state(
         seen = [items.get(timeout=30).metadata["n"]]
         while seen[-1] != 3:
             seen.append(items.get(timeout=30).metadata["n"])
-        assert seen == sorted(set(seen)) and 1 <= seen[0] <= 3
+        assert seen == sorted(set(seen))
+        assert 1 <= seen[0] <= 3
         assert client.post(f"/admin/runs/{run_id}/complete").status_code == 200
         assert items.get(timeout=30).completed
         assert items.get(timeout=30) is None

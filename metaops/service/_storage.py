@@ -330,9 +330,16 @@ class _Dialect:
     def __init__(self, *, prefix: str, parameter: str) -> None:
         self._prefix = prefix
         self._parameter = parameter
+        # Statements are a fixed set of literals, and several run on every PUT: each is
+        # spelled once.
+        self._spelled: dict[str, str] = {}
 
     def __call__(self, query: str) -> str:
-        return re.sub(r"\{(\w+)\}", rf"{self._prefix}\1", query).replace("?", self._parameter)
+        spelled = self._spelled.get(query)
+        if spelled is None:
+            spelled = re.sub(r"\{(\w+)\}", rf"{self._prefix}\1", query).replace("?", self._parameter)
+            self._spelled[query] = spelled
+        return spelled
 
 
 _RECORD_COLUMNS = "id, parent_id, root_id, version, snapshot_version, created_at, completed_at"
