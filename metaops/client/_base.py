@@ -140,53 +140,45 @@ class BaseClient:
 
     # ----------------------------------------------------------------- updates (no I/O)
 
+    def _buffer_for(self, method: str) -> RunMetadata:
+        """The buffer, once ``method`` is known not to be refused: a closed client would never send it."""
+        if self._closed:
+            _closed(self, method)
+        return self._metadata
+
     def set(self: _C, key: str, value: object) -> _C:
         """Set ``key`` (or every match of a ``$.`` path) to ``value``; sent at the next flush."""
-        if self._closed:
-            _closed(self, "set")
-        self._metadata.set(key, value)
+        self._buffer_for("set").set(key, value)
         return self
 
     def delete(self: _C, key: str) -> _C:
         """Delete the top-level ``key``."""
-        if self._closed:
-            _closed(self, "delete")
-        self._metadata.delete(key)
+        self._buffer_for("delete").delete(key)
         return self
 
     def append(self: _C, key: str, value: object) -> _C:
         """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``)."""
-        if self._closed:
-            _closed(self, "append")
-        self._metadata.append(key, value)
+        self._buffer_for("append").append(key, value)
         return self
 
     def remove(self: _C, key: str, value: object) -> _C:
         """Remove every item equal to ``value`` from the list at ``key``."""
-        if self._closed:
-            _closed(self, "remove")
-        self._metadata.remove(key, value)
+        self._buffer_for("remove").remove(key, value)
         return self
 
     def increment(self: _C, key: str, n: int | float = 1) -> _C:
         """Add ``n`` to the number at ``key``."""
-        if self._closed:
-            _closed(self, "increment")
-        self._metadata.increment(key, n)
+        self._buffer_for("increment").increment(key, n)
         return self
 
     def decrement(self: _C, key: str, n: int | float = 1) -> _C:
         """Subtract ``n`` from the number at ``key``."""
-        if self._closed:
-            _closed(self, "decrement")
-        self._metadata.decrement(key, n)
+        self._buffer_for("decrement").decrement(key, n)
         return self
 
     def replace(self: _C, metadata: Mapping[str, object]) -> _C:
         """Replace the whole metadata with ``metadata``."""
-        if self._closed:
-            _closed(self, "replace")
-        self._metadata.replace(metadata)
+        self._buffer_for("replace").replace(metadata)
         return self
 
     @property
