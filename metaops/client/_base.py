@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import math
 import os
@@ -15,7 +16,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -24,7 +25,7 @@ from metaops._errors import InvalidArgumentError, InvalidValueError
 from metaops._json import describe
 from metaops.buffer import DictView, MetadataUpdater, RejectedFlush, RunMetadata
 from metaops.client._core import Answer, Core, Failure, RoundResult, Send, drive, log
-from metaops.client._errors import ClientClosedError, MissingCredentialsError
+from metaops.client._errors import ClientClosedError, MissingCredentialsError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
 
 __all__ = [
@@ -245,6 +246,22 @@ class BaseClient:
     def _unbind(self) -> None:
         if self._bindings:
             bound.reset(self._bindings.pop())
+
+    @contextlib.contextmanager
+    def _leaving(self, error: BaseException | None) -> Iterator[None]:
+        """Around the ``close()`` that ends a ``with`` block (``async with`` alike), after unbinding.
+
+        When the block raised, a close that fails is logged: raising it would hide the
+        block's own error, which says more.
+        """
+        self._unbind()
+        if error is None:
+            yield
+            return
+        try:
+            yield
+        except ServiceUnavailableError:
+            log.exception("run %s: closing after %r failed", self._run_id, error)
 
     # ----------------------------------------------------------------- after a round
 
