@@ -31,6 +31,7 @@ from metaops.client._retry import RetryPolicy
 __all__ = [
     "EXIT_TIMEOUT",
     "BaseClient",
+    "answer_of",
     "async_send",
     "async_sleep",
     "bound",
@@ -426,33 +427,40 @@ def check_open(client: BaseClient, method: str) -> None:
 # --------------------------------------------------------------------------- blocking I/O
 
 
+# Only the send itself is blocking or awaited; the request is built, and the response read,
+# by the same code for both (httpx's own split: build_request, then send).
+
+
 def sync_send(http: httpx.Client, request: Send) -> Answer | Failure:
     """Make ``request`` with ``http``; a transport error becomes a :class:`Failure`."""
     try:
-        response = http.request(
-            request.method,
-            request.path,
-            content=request.content,
-            headers=request.headers,
-            timeout=request.timeout,
-        )
+        response = http.send(_built(http, request))
     except httpx.TransportError as error:
         return transport_failure(error)
-    return Answer(response.status_code, response.headers, response.content)
+    return answer_of(response)
 
 
 async def async_send(http: httpx.AsyncClient, request: Send) -> Answer | Failure:
     """:func:`sync_send` with ``httpx.AsyncClient``."""
     try:
-        response = await http.request(
-            request.method,
-            request.path,
-            content=request.content,
-            headers=request.headers,
-            timeout=request.timeout,
-        )
+        response = await http.send(_built(http, request))
     except httpx.TransportError as error:
         return transport_failure(error)
+    return answer_of(response)
+
+
+def _built(http: httpx.Client | httpx.AsyncClient, request: Send) -> httpx.Request:
+    return http.build_request(
+        request.method,
+        request.path,
+        content=request.content,
+        headers=request.headers,
+        timeout=request.timeout,
+    )
+
+
+def answer_of(response: httpx.Response) -> Answer:
+    """What the core reads of a response (its body read)."""
     return Answer(response.status_code, response.headers, response.content)
 
 

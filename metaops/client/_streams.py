@@ -37,7 +37,7 @@ import httpx
 from metaops._errors import InvalidArgumentError, InvalidValueError
 from metaops._json import JSON, describe, normalize
 from metaops._size import json_text
-from metaops.client._base import sleep, sync_send, transport_failure
+from metaops.client._base import answer_of, sleep, sync_send, transport_failure
 from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive, error_message
 from metaops.client._errors import ClientClosedError, RequestRefusedError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy, is_retryable, retry_after
@@ -376,7 +376,7 @@ class _StreamReading:
 
     def refusal(self, response: httpx.Response) -> RequestRefusedError | _Retry:
         """What to raise for an answer other than 200 (its body read): a refusal, or a retry."""
-        answer = Answer(response.status_code, response.headers, response.content)
+        answer = answer_of(response)
         if not is_retryable(answer.status):
             msg = f"stream {self.path}: HTTP {answer.status}: {error_message(answer)}"
             return RequestRefusedError(msg, answer.status)
