@@ -358,12 +358,18 @@ def _closed(client: BaseClient, method: str) -> None:
 # --------------------------------------------------------------------------- settings
 
 
+def _argument_or_environment(name: str, what: str, value: str | None, variable: str) -> str:
+    """``value``, or when it is ``None`` the environment's ``variable`` (the SDK's own defaults)."""
+    if value is None:
+        return os.environ.get(variable) or ""
+    if not isinstance(value, str):
+        msg = f"{name}: {what} must be a str, got {describe(value)}"
+        raise InvalidValueError(msg, what)
+    return value
+
+
 def _base_url(name: str, base_url: str | None) -> str:
-    if base_url is None:
-        base_url = os.environ.get("TRIGGER_API_URL") or ""
-    elif not isinstance(base_url, str):
-        msg = f"{name}: base_url must be a str, got {describe(base_url)}"
-        raise InvalidValueError(msg, "base_url")
+    base_url = _argument_or_environment(name, "base_url", base_url, "TRIGGER_API_URL")
     if not base_url:
         return ""
     try:
@@ -378,11 +384,7 @@ def _base_url(name: str, base_url: str | None) -> str:
 
 
 def _access_token(name: str, token: str | None, *, have_url: bool) -> str:
-    if token is None:
-        token = os.environ.get("TRIGGER_SECRET_KEY") or ""
-    elif not isinstance(token, str):
-        msg = f"{name}: access_token must be a str, got {describe(token)}"
-        raise InvalidValueError(msg, "access_token")
+    token = _argument_or_environment(name, "access_token", token, "TRIGGER_SECRET_KEY")
     if not token:
         if have_url:
             msg = f"{name}: no access token: pass access_token= or set TRIGGER_SECRET_KEY"
