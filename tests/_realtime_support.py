@@ -18,8 +18,7 @@ import pytest
 
 from metaops.service import RunningServer
 
-from ._backends import BACKENDS, fresh_database
-from ._service_support import threaded_server
+from ._service_support import per_backend_server, threaded_server
 from .node_reference import SCRIPTS, node_env
 
 # 32 bytes or more: the HMAC key of public tokens (PyJWT warns below that).
@@ -45,14 +44,7 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         yield running
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def backend_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    """One server per backend for the module (starting one costs more than most tests)."""
-    url = fresh_database(request.param, tmp_path_factory.mktemp("server"), request)
-    with live_server(url) as running:
-        yield running
+backend_server = per_backend_server(SECRET)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import pytest
+
 from metaops.service import MetadataService, RunningServer, ServiceConfig, open_storage, running_server
 from tests import _serve
+from tests._backends import BACKENDS, fresh_database
 
 TOKEN = "test-token-d41d8cd9"
 OPS_INCREMENT = [{"type": "increment", "key": "n", "value": 1}]
@@ -38,6 +41,32 @@ def threaded_server(database_url: str, token: str = TOKEN, **config: Any) -> Ite
     service = MetadataService(open_storage(database_url), ServiceConfig(**config))
     with running_server(service, token, **serving) as server:
         yield server
+
+
+def per_backend_server(token: str = TOKEN, **config: Any) -> Any:
+    """A module-scoped fixture: :func:`threaded_server` on a fresh database of each backend in turn.
+
+    One server per backend serves the whole module (starting one costs more than most
+    tests); a module takes it by name: ``server = per_backend_server(limit=LIMIT)``.
+    """
+
+    @pytest.fixture(scope="module", params=BACKENDS)
+    def server(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[RunningServer]:
+        url = fresh_database(request.param, tmp_path_factory.mktemp("server"), request)
+        with threaded_server(url, token, **config) as running:
+            yield running
+
+    return server
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[Client]:
+    """A keep-alive connection to the module's ``server``, with :data:`TOKEN`."""
+    connection = Client(server.port)
+    yield connection
+    connection.close()
 
 
 class ServeProcess(_serve.ServeProcess):

@@ -136,6 +136,19 @@ def make_core(buffer: RunMetadata, *, attempts: int = 3, **options: Any) -> Core
     )
 
 
+def held_with_newer_calls(applied_by: Service | None = None) -> tuple[RunMetadata, Core]:
+    """The start of every fence test: ``n += 1`` flushed under ``key-0`` and held, every answer
+    lost (after ``applied_by`` applied it, if given: else it never arrived), and ``n += 10``
+    queued behind it."""
+    buffer = RunMetadata()
+    buffer.increment("n")
+    core = make_core(buffer)
+    Script(applied_but_lost(applied_by) if applied_by is not None else lambda request: LOST).run(core.flush())
+    assert buffer.in_flight is not None
+    buffer.increment("n", 10)
+    return buffer, core
+
+
 # --------------------------------------------------------------------------- requests and retries
 
 
@@ -301,12 +314,8 @@ def test_a_lost_answer_is_resent_under_the_same_key_and_applied_once(says_origin
 
 def test_newer_calls_fence_the_held_key_first_and_a_replay_means_it_was_applied() -> None:
     """Held (applied, answers lost) + newer calls: a fence with the old key, then the newer alone, new key."""
-    buffer = RunMetadata()
-    buffer.increment("n")
     service = Service()
-    core = make_core(buffer)
-    Script(lambda request: (service.apply(request), LOST)[1]).run(core.flush())
-    buffer.increment("n", 10)
+    buffer, core = held_with_newer_calls(applied_by=service)
     script = Script(service.apply)
     assert script.run(core.flush()).failure is None
     fence, newer = script.sends
@@ -319,13 +328,8 @@ def test_newer_calls_fence_the_held_key_first_and_a_replay_means_it_was_applied(
 
 def test_newer_calls_fence_the_held_key_and_without_a_replay_the_flush_merges_under_a_new_key() -> None:
     """Held (never applied) + newer calls: the fence spends the key, the merge goes under a new one."""
-    buffer = RunMetadata()
-    buffer.increment("n")
     service = Service()
-    core = make_core(buffer)
-    Script(lambda request: LOST).run(core.flush())
-    assert buffer.in_flight is not None
-    buffer.increment("n", 10)
+    _, core = held_with_newer_calls()
     script = Script(service.apply)
     assert script.run(core.flush()).failure is None
     fence, merged = script.sends
@@ -347,12 +351,8 @@ def test_newer_calls_fence_the_held_key_and_without_a_replay_the_flush_merges_un
 def test_a_fence_retried_after_its_own_answer_was_lost_is_not_taken_for_the_held_body() -> None:
     """Held (never applied) + newer calls: the fence spends the key but its answer is lost; the
     retried fence is replayed, and says the key's request was empty: the flush merges."""
-    buffer = RunMetadata()
-    buffer.increment("n")
     service = Service()
-    core = make_core(buffer)
-    Script(lambda request: LOST).run(core.flush())
-    buffer.increment("n", 10)
+    buffer, core = held_with_newer_calls()
     script = Script(in_turn(applied_but_lost(service), service.apply))
     assert script.run(core.flush()).failure is None
     lost_fence, replayed_fence, merged = script.sends
@@ -366,12 +366,8 @@ def test_a_fence_retried_after_its_own_answer_was_lost_is_not_taken_for_the_held
 def test_a_fence_whose_attempts_were_all_lost_is_settled_by_the_next_rounds_fence() -> None:
     """The first fence round spends the key and every answer is lost; the next round's fence is
     replayed as the fence's own record: the body was not applied, and merges."""
-    buffer = RunMetadata()
-    buffer.increment("n")
     service = Service()
-    core = make_core(buffer)
-    Script(lambda request: LOST).run(core.flush())
-    buffer.increment("n", 10)
+    buffer, core = held_with_newer_calls()
     first = Script(applied_but_lost(service))
     assert isinstance(first.run(core.flush()).failure, ServiceUnavailableError)
     assert core.held is not None
@@ -385,12 +381,8 @@ def test_a_fence_whose_attempts_were_all_lost_is_settled_by_the_next_rounds_fenc
 def test_a_fence_replayed_as_the_bodys_record_accepts_the_body_even_after_a_lost_fence() -> None:
     """The body was applied (its answers lost); a fence's answer is lost too; the retried fence
     is replayed with the key's request carrying operations: accepted, never sent again."""
-    buffer = RunMetadata()
-    buffer.increment("n")
     service = Service()
-    core = make_core(buffer)
-    Script(lambda request: (service.apply(request), LOST)[1]).run(core.flush())
-    buffer.increment("n", 10)
+    buffer, core = held_with_newer_calls(applied_by=service)
     script = Script(in_turn(applied_but_lost(service), service.apply))
     assert script.run(core.flush()).failure is None
     newer = script.sends[-1]
@@ -414,12 +406,8 @@ def test_a_body_replayed_as_an_empty_requests_record_was_not_applied_and_goes_ba
 def test_a_fenced_key_replayed_by_a_service_that_does_not_say_what_used_it_is_set_aside() -> None:
     """Without ``Idempotent-Original``, a replay after a fence may have reached the service proves
     nothing: the flush is set aside with the reason (never dropped silently, never sent twice)."""
-    buffer = RunMetadata()
-    buffer.increment("n")
     service = Service(says_original=False)
-    core = make_core(buffer)
-    Script(lambda request: LOST).run(core.flush())
-    buffer.increment("n", 10)
+    _, core = held_with_newer_calls()
     result = Script(in_turn(applied_but_lost(service), service.apply)).run(core.flush())
     (rejected,) = result.rejected
     assert "outcome unknown" in rejected.reason
@@ -428,11 +416,7 @@ def test_a_fenced_key_replayed_by_a_service_that_does_not_say_what_used_it_is_se
 
 
 def test_a_fence_that_fails_keeps_the_flush_held_and_sends_nothing_newer() -> None:
-    buffer = RunMetadata()
-    buffer.increment("n")
-    core = make_core(buffer)
-    Script(lambda request: LOST).run(core.flush())
-    buffer.increment("n", 10)
+    buffer, core = held_with_newer_calls()
     script = Script(lambda request: error(503))
     result = script.run(core.flush())
     assert isinstance(result.failure, ServiceUnavailableError)

@@ -69,6 +69,26 @@ def applied(exchanges: list[Exchange]) -> list[Exchange]:
     return [e for e in exchanges if e.status == 200 and not e.replayed and e.body != FENCE_BODY]
 
 
+def held_then_newer(service: ThreadedService, run_id: str, put_faults: list[str]) -> list[Exchange]:
+    """The fence tests' run: ``n += 1`` flushed while the first PUTs meet ``put_faults`` in turn,
+    until the flush gives up with it held; then ``n += 10`` flushed. The PUTs the proxy saw."""
+    service.create_run(run_id)
+    faults = iter(put_faults)
+
+    def decide(exchange: Exchange) -> str | None:
+        return next(faults, None) if exchange.method == "PUT" else None
+
+    with fault_proxy(service.url, decide=decide) as proxy, make(proxy.url, run_id) as md:
+        md.increment("n")
+        with pytest.raises(ServiceUnavailableError):
+            md.flush()
+        assert md.held  # any attempt may have delivered it: it is not merged yet
+        md.increment("n", 10)
+        md.flush()
+        assert md.current() == {"n": 11}
+    return puts(proxy)
+
+
 # --------------------------------------------------------------------------- one path each
 
 
@@ -104,19 +124,7 @@ def test_a_held_flush_that_was_applied_is_fenced_before_newer_calls_and_counted_
 ) -> None:
     """On every storage backend: the fence is answered as a replay, the key having been applied."""
     service, run_id = backend_service, "run_fenced"
-    service.create_run(run_id)
-
-    def decide(exchange: Exchange) -> str | None:
-        return "lose" if exchange.method == "PUT" and len(puts(proxy)) < FAST.attempts else None
-
-    with fault_proxy(service.url, decide=decide) as proxy, make(proxy.url, run_id) as md:
-        md.increment("n")
-        with pytest.raises(ServiceUnavailableError):
-            md.flush()
-        md.increment("n", 10)
-        md.flush()
-        assert md.current() == {"n": 11}
-    sent = puts(proxy)
+    sent = held_then_newer(service, run_id, ["lose"] * FAST.attempts)
     held_key = sent[0].key
     fence = sent[FAST.attempts]
     (newer,) = sent[FAST.attempts + 1 :]
@@ -131,19 +139,7 @@ def test_restore_and_merge_uses_a_new_key_only_after_the_fence_spent_the_old_one
 ) -> None:
     """The held body never reached the service; the fence spends its key (on every storage backend)."""
     service, run_id = backend_service, "run_merged"
-    service.create_run(run_id)
-
-    def decide(exchange: Exchange) -> str | None:
-        return "drop" if exchange.method == "PUT" and len(puts(proxy)) < FAST.attempts else None
-
-    with fault_proxy(service.url, decide=decide) as proxy, make(proxy.url, run_id) as md:
-        md.increment("n")
-        with pytest.raises(ServiceUnavailableError):
-            md.flush()
-        assert md.held  # a dropped connection may have delivered it: it is not merged yet
-        md.increment("n", 10)
-        md.flush()
-    sent = puts(proxy)
+    sent = held_then_newer(service, run_id, ["drop"] * FAST.attempts)
     held_key, held_body = sent[0].key, sent[0].body
     fence = sent[FAST.attempts]
     (merged,) = sent[FAST.attempts + 1 :]
@@ -168,20 +164,7 @@ def test_a_fence_whose_answer_was_lost_is_not_taken_for_the_held_body_when_retri
     """The held body never arrived; the fence spends its key but its answer is lost, and the
     retried fence is replayed. That replay is the fence's own: the body is merged, not dropped."""
     service, run_id = backend_service, "run_fence_lost"
-    service.create_run(run_id)
-    faults = iter(["drop"] * FAST.attempts + ["lose"])
-
-    def decide(exchange: Exchange) -> str | None:
-        return next(faults, None) if exchange.method == "PUT" else None
-
-    with fault_proxy(service.url, decide=decide) as proxy, make(proxy.url, run_id) as md:
-        md.increment("n")
-        with pytest.raises(ServiceUnavailableError):
-            md.flush()
-        md.increment("n", 10)
-        md.flush()
-        assert md.current() == {"n": 11}
-    sent = puts(proxy)
+    sent = held_then_newer(service, run_id, ["drop"] * FAST.attempts + ["lose"])
     held_key = sent[0].key
     lost_fence, replayed_fence, merged = sent[FAST.attempts :]
     assert (lost_fence.key, lost_fence.body, lost_fence.fault, lost_fence.replayed) == (

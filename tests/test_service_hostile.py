@@ -36,25 +36,12 @@ from metaops.service import (
 )
 from metaops.service._codec import loads
 from metaops.service._streams_store import MAX_STREAM_CHUNKS
-from tests._backends import BACKENDS, fresh_database
+from tests import _service_support as support
 from tests._serve import ROOT
 from tests._service_support import TOKEN, Client, threaded_server
 
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    url = fresh_database(request.param, tmp_path_factory.mktemp("hostile"), request)
-    with threaded_server(url) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: RunningServer) -> Iterator[Client]:
-    connection = Client(server.port)
-    yield connection
-    connection.close()
+server = support.per_backend_server()
+client = support.client
 
 
 @pytest.fixture(scope="module")

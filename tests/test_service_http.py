@@ -22,26 +22,14 @@ pytest.importorskip("starlette", reason="the service needs the server extra: pip
 import metaops
 from metaops._json import MAX_METADATA_DEPTH
 from metaops.service import RunningServer
-from tests._backends import BACKENDS, fresh_database
+from tests import _service_support as support
 from tests._service_support import OPS_INCREMENT, TOKEN, Client, threaded_server
 
 LIMIT = 16_384
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    url = fresh_database(request.param, tmp_path_factory.mktemp("server"), request)
-    with threaded_server(url, limit=LIMIT) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: RunningServer) -> Iterator[Client]:
-    connection = Client(server.port)
-    yield connection
-    connection.close()
+server = support.per_backend_server(limit=LIMIT)
+client = support.client
 
 
 def _raw_exchange(port: int, head: bytes, timeout: float = 10.0) -> bytes:

@@ -239,11 +239,5 @@ class AsyncMetadataClient(BaseClient):
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._unbind()
-        if error is None:
+        with self._leaving(error):
             await self.close()
-            return
-        try:
-            await self.close()
-        except ServiceUnavailableError:
-            log.exception("run %s: closing after %r failed", self._run_id, error)

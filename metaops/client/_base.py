@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import math
 import os
@@ -15,7 +16,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -24,12 +25,13 @@ from metaops._errors import InvalidArgumentError, InvalidValueError
 from metaops._json import describe
 from metaops.buffer import DictView, MetadataUpdater, RejectedFlush, RunMetadata
 from metaops.client._core import Answer, Core, Failure, RoundResult, Send, drive, log
-from metaops.client._errors import ClientClosedError, MissingCredentialsError
+from metaops.client._errors import ClientClosedError, MissingCredentialsError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy
 
 __all__ = [
     "EXIT_TIMEOUT",
     "BaseClient",
+    "answer_of",
     "async_send",
     "async_sleep",
     "bound",
@@ -140,53 +142,45 @@ class BaseClient:
 
     # ----------------------------------------------------------------- updates (no I/O)
 
+    def _buffer_for(self, method: str) -> RunMetadata:
+        """The buffer, once ``method`` is known not to be refused: a closed client would never send it."""
+        if self._closed:
+            _closed(self, method)
+        return self._metadata
+
     def set(self: _C, key: str, value: object) -> _C:
         """Set ``key`` (or every match of a ``$.`` path) to ``value``; sent at the next flush."""
-        if self._closed:
-            _closed(self, "set")
-        self._metadata.set(key, value)
+        self._buffer_for("set").set(key, value)
         return self
 
     def delete(self: _C, key: str) -> _C:
         """Delete the top-level ``key``."""
-        if self._closed:
-            _closed(self, "delete")
-        self._metadata.delete(key)
+        self._buffer_for("delete").delete(key)
         return self
 
     def append(self: _C, key: str, value: object) -> _C:
         """Append ``value`` to the list at ``key`` (a missing key becomes ``[value]``)."""
-        if self._closed:
-            _closed(self, "append")
-        self._metadata.append(key, value)
+        self._buffer_for("append").append(key, value)
         return self
 
     def remove(self: _C, key: str, value: object) -> _C:
         """Remove every item equal to ``value`` from the list at ``key``."""
-        if self._closed:
-            _closed(self, "remove")
-        self._metadata.remove(key, value)
+        self._buffer_for("remove").remove(key, value)
         return self
 
     def increment(self: _C, key: str, n: int | float = 1) -> _C:
         """Add ``n`` to the number at ``key``."""
-        if self._closed:
-            _closed(self, "increment")
-        self._metadata.increment(key, n)
+        self._buffer_for("increment").increment(key, n)
         return self
 
     def decrement(self: _C, key: str, n: int | float = 1) -> _C:
         """Subtract ``n`` from the number at ``key``."""
-        if self._closed:
-            _closed(self, "decrement")
-        self._metadata.decrement(key, n)
+        self._buffer_for("decrement").decrement(key, n)
         return self
 
     def replace(self: _C, metadata: Mapping[str, object]) -> _C:
         """Replace the whole metadata with ``metadata``."""
-        if self._closed:
-            _closed(self, "replace")
-        self._metadata.replace(metadata)
+        self._buffer_for("replace").replace(metadata)
         return self
 
     @property
@@ -253,6 +247,22 @@ class BaseClient:
     def _unbind(self) -> None:
         if self._bindings:
             bound.reset(self._bindings.pop())
+
+    @contextlib.contextmanager
+    def _leaving(self, error: BaseException | None) -> Iterator[None]:
+        """Around the ``close()`` that ends a ``with`` block (``async with`` alike), after unbinding.
+
+        When the block raised, a close that fails is logged: raising it would hide the
+        block's own error, which says more.
+        """
+        self._unbind()
+        if error is None:
+            yield
+            return
+        try:
+            yield
+        except ServiceUnavailableError:
+            log.exception("run %s: closing after %r failed", self._run_id, error)
 
     # ----------------------------------------------------------------- after a round
 
@@ -348,12 +358,18 @@ def _closed(client: BaseClient, method: str) -> None:
 # --------------------------------------------------------------------------- settings
 
 
+def _argument_or_environment(name: str, what: str, value: str | None, variable: str) -> str:
+    """``value``, or when it is ``None`` the environment's ``variable`` (the SDK's own defaults)."""
+    if value is None:
+        return os.environ.get(variable) or ""
+    if not isinstance(value, str):
+        msg = f"{name}: {what} must be a str, got {describe(value)}"
+        raise InvalidValueError(msg, what)
+    return value
+
+
 def _base_url(name: str, base_url: str | None) -> str:
-    if base_url is None:
-        base_url = os.environ.get("TRIGGER_API_URL") or ""
-    elif not isinstance(base_url, str):
-        msg = f"{name}: base_url must be a str, got {describe(base_url)}"
-        raise InvalidValueError(msg, "base_url")
+    base_url = _argument_or_environment(name, "base_url", base_url, "TRIGGER_API_URL")
     if not base_url:
         return ""
     try:
@@ -368,11 +384,7 @@ def _base_url(name: str, base_url: str | None) -> str:
 
 
 def _access_token(name: str, token: str | None, *, have_url: bool) -> str:
-    if token is None:
-        token = os.environ.get("TRIGGER_SECRET_KEY") or ""
-    elif not isinstance(token, str):
-        msg = f"{name}: access_token must be a str, got {describe(token)}"
-        raise InvalidValueError(msg, "access_token")
+    token = _argument_or_environment(name, "access_token", token, "TRIGGER_SECRET_KEY")
     if not token:
         if have_url:
             msg = f"{name}: no access token: pass access_token= or set TRIGGER_SECRET_KEY"
@@ -417,33 +429,40 @@ def check_open(client: BaseClient, method: str) -> None:
 # --------------------------------------------------------------------------- blocking I/O
 
 
+# Only the send itself is blocking or awaited; the request is built, and the response read,
+# by the same code for both (httpx's own split: build_request, then send).
+
+
 def sync_send(http: httpx.Client, request: Send) -> Answer | Failure:
     """Make ``request`` with ``http``; a transport error becomes a :class:`Failure`."""
     try:
-        response = http.request(
-            request.method,
-            request.path,
-            content=request.content,
-            headers=request.headers,
-            timeout=request.timeout,
-        )
+        response = http.send(_built(http, request))
     except httpx.TransportError as error:
         return transport_failure(error)
-    return Answer(response.status_code, response.headers, response.content)
+    return answer_of(response)
 
 
 async def async_send(http: httpx.AsyncClient, request: Send) -> Answer | Failure:
     """:func:`sync_send` with ``httpx.AsyncClient``."""
     try:
-        response = await http.request(
-            request.method,
-            request.path,
-            content=request.content,
-            headers=request.headers,
-            timeout=request.timeout,
-        )
+        response = await http.send(_built(http, request))
     except httpx.TransportError as error:
         return transport_failure(error)
+    return answer_of(response)
+
+
+def _built(http: httpx.Client | httpx.AsyncClient, request: Send) -> httpx.Request:
+    return http.build_request(
+        request.method,
+        request.path,
+        content=request.content,
+        headers=request.headers,
+        timeout=request.timeout,
+    )
+
+
+def answer_of(response: httpx.Response) -> Answer:
+    """What the core reads of a response (its body read)."""
     return Answer(response.status_code, response.headers, response.content)
 
 

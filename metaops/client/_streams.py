@@ -37,7 +37,7 @@ import httpx
 from metaops._errors import InvalidArgumentError, InvalidValueError
 from metaops._json import JSON, describe, normalize
 from metaops._size import json_text
-from metaops.client._base import sleep, sync_send, transport_failure
+from metaops.client._base import answer_of, sleep, sync_send, transport_failure
 from metaops.client._core import Answer, Failure, Send, Steps, Wait, drive, error_message
 from metaops.client._errors import ClientClosedError, RequestRefusedError, ServiceUnavailableError
 from metaops.client._retry import RetryPolicy, is_retryable, retry_after
@@ -362,7 +362,8 @@ class _StreamReading:
             raise InvalidArgumentError(msg)
         self.url, self._token, self._policy = _settings(name, run_id, base_url, access_token, retry)
         self.path = stream_path(run_id, key)
-        self.timeout = _seconds(name, "timeout", timeout)
+        # Each read waits up to ``timeout`` (keep-alives come well within it); a connection, 10 s.
+        self.timeout = httpx.Timeout(_seconds(name, "timeout", timeout), connect=10.0)
         self._key = key
         self._after = after
         self._failures = 0
@@ -373,8 +374,9 @@ class _StreamReading:
         self._parser = SSEParser()
         return _stream_headers(self._token, self._after)
 
-    def refusal(self, answer: Answer) -> RequestRefusedError | _Retry:
-        """What to raise for an answer other than 200: a refusal, or a retry."""
+    def refusal(self, response: httpx.Response) -> RequestRefusedError | _Retry:
+        """What to raise for an answer other than 200 (its body read): a refusal, or a retry."""
+        answer = answer_of(response)
         if not is_retryable(answer.status):
             msg = f"stream {self.path}: HTTP {answer.status}: {error_message(answer)}"
             return RequestRefusedError(msg, answer.status)
@@ -440,15 +442,13 @@ def read_stream(
 def _read_stream(reading: _StreamReading, *, halt: threading.Event | None = None) -> Iterator[StreamChunk]:
     """:func:`read_stream`'s generator; with ``halt``, it ends at the first line after it is set
     (a keep-alive comes every 10 s), for a thread reading for a consumer who left."""
-    with httpx.Client(base_url=reading.url, timeout=httpx.Timeout(reading.timeout, connect=10.0)) as http:
+    with httpx.Client(base_url=reading.url, timeout=reading.timeout) as http:
         while True:
             try:
                 with http.stream("GET", reading.path, headers=reading.headers()) as response:
                     if response.status_code != 200:
                         response.read()
-                        raise reading.refusal(
-                            Answer(response.status_code, response.headers, response.content)
-                        )
+                        raise reading.refusal(response)
                     reading.answered()
                     for line in response.iter_lines():
                         if halt is not None and halt.is_set():
@@ -478,17 +478,13 @@ def read_stream_async(
 
 
 async def _read_stream_async(reading: _StreamReading) -> AsyncIterator[StreamChunk]:
-    async with httpx.AsyncClient(
-        base_url=reading.url, timeout=httpx.Timeout(reading.timeout, connect=10.0)
-    ) as http:
+    async with httpx.AsyncClient(base_url=reading.url, timeout=reading.timeout) as http:
         while True:
             try:
                 async with http.stream("GET", reading.path, headers=reading.headers()) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        raise reading.refusal(
-                            Answer(response.status_code, response.headers, response.content)
-                        )
+                        raise reading.refusal(response)
                     reading.answered()
                     async for line in response.aiter_lines():
                         chunk = reading.feed(line)

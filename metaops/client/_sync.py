@@ -188,11 +188,5 @@ class MetadataClient(BaseClient):
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._unbind()
-        if error is None:
+        with self._leaving(error):
             self.close()
-            return
-        try:
-            self.close()
-        except ServiceUnavailableError:
-            log.exception("run %s: closing after %r failed", self._run_id, error)
