@@ -458,8 +458,9 @@ def test_ambient_flush_of_an_async_client_says_to_await_aflush(service: Threaded
     async def main() -> None:
         async with make_async(service.url, run_id):
             metadata.increment("n")
-            with pytest.raises(TypeError, match="aflush"):
+            with pytest.raises(TypeError, match="aflush") as raised:
                 metadata.flush()
+            assert isinstance(raised.value, MetaopsError)
             await metadata.aflush()
 
     asyncio.run(main())

@@ -11,15 +11,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("starlette", reason="the service needs the server extra: pip install 'metaops[server]'")
 
+from metaops import MetaopsError
 from metaops.service import (
     LogEntry,
     RunExistsError,
     RunNotFoundError,
+    SQLiteStorage,
     Storage,
     StorageError,
     open_storage,
@@ -415,3 +418,10 @@ def test_listeners_hear_other_processes_commits(database_url: str) -> None:
     finally:
         this.close()
         other.close()
+
+
+def test_an_unknown_sqlite_synchronous_mode_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"synchronous must be one of .*got 'SOMETIMES'") as raised:
+        SQLiteStorage(tmp_path / "runs.sqlite3", synchronous="SOMETIMES")
+    assert isinstance(raised.value, MetaopsError)
+    assert not (tmp_path / "runs.sqlite3").exists()

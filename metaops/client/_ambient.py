@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import Any, Literal
 
+from metaops._errors import InvalidValueError
 from metaops.buffer import DictView
 from metaops.client._base import BaseClient, bound
 
@@ -134,7 +135,7 @@ class AmbientMetadata:
             client.flush(timeout)
         elif isinstance(client, AsyncMetadataClient):
             msg = "metadata.flush(): the bound client is an AsyncMetadataClient: `await metadata.aflush()`"
-            raise TypeError(msg)
+            raise InvalidValueError(msg, "client")
 
     async def aflush(self, timeout: float | None = None) -> None:
         """Flush the bound client from async code (a sync one in a worker thread); nothing outside a run."""

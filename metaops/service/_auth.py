@@ -265,7 +265,7 @@ class Authority:
     ) -> None:
         if not secret:
             msg = "the bearer token must not be empty"
-            raise ValueError(msg)
+            raise InvalidArgumentError(msg)
         self._secret = secret
         self._key = secret.encode()
         self._public_reads = tuple(public_reads)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from metaops._errors import InvalidArgumentError
 from metaops.service._errors import RunNotFoundError, StorageError
 from metaops.service._sqlite import SQLitePool
 from metaops.service._storage import (
@@ -120,7 +121,7 @@ class SQLiteStorage(_SQLStorage):
         mode = synchronous.upper()
         if mode not in _SYNCHRONOUS:
             msg = f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
-            raise ValueError(msg)
+            raise InvalidArgumentError(msg)
         self._path = str(path)
         self._synchronous = mode
         self._busy_timeout = busy_timeout
