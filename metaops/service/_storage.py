@@ -342,6 +342,10 @@ class _Dialect:
         return spelled
 
 
+# One of each, shared by the backend's storage and its stream store (and their spelling caches).
+_SQLITE = _Dialect(prefix="", parameter="?")
+_POSTGRES = _Dialect(prefix="metaops_", parameter="%s")
+
 _RECORD_COLUMNS = "id, parent_id, root_id, version, snapshot_version, created_at, completed_at"
 _SELECT_RECORD = "SELECT " + _RECORD_COLUMNS + " FROM {runs}"
 _RUN_EXISTS = "SELECT 1 FROM {runs} WHERE id = ?"

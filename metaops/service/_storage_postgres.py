@@ -43,6 +43,7 @@ from psycopg_pool import ConnectionPool
 
 from metaops.service._errors import RunNotFoundError, StorageError
 from metaops.service._storage import (
+    _POSTGRES,
     _RECORD_COLUMNS,
     _RUN_EXISTS,
     _SELECT_RECORD,
@@ -51,7 +52,6 @@ from metaops.service._storage import (
     Listeners,
     LogEntry,
     RunRecord,
-    _Dialect,
     _SQLStorage,
     _SQLTransaction,
 )
@@ -121,7 +121,7 @@ _MIGRATIONS = {
     1: "ALTER TABLE metaops_idempotency_keys ADD COLUMN carried_operations boolean",
 }
 
-_SQL = _Dialect(prefix="metaops_", parameter="%s")
+_SQL = _POSTGRES
 _RECORD = _SQL(_SELECT_RECORD)
 
 # One statement, so one snapshot: the record, the snapshot and the log agree. The log

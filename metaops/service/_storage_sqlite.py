@@ -21,12 +21,12 @@ from metaops.service._errors import RunNotFoundError, StorageError
 from metaops.service._sqlite import SQLitePool
 from metaops.service._storage import (
     _SELECT_RECORD,
+    _SQLITE,
     ChangeListener,
     History,
     Listeners,
     LogEntry,
     RunRecord,
-    _Dialect,
     _SQLStorage,
     _SQLTransaction,
 )
@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 """
 
-_SQL = _Dialect(prefix="", parameter="?")
+_SQL = _SQLITE
 _RECORD = _SQL(_SELECT_RECORD)
 _IDLE_CONNECTIONS = 16
 CHECKPOINT_INTERVAL = 1.0

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from metaops.service._errors import RunNotFoundError
-from metaops.service._storage import Listeners, _Dialect
+from metaops.service._storage import _POSTGRES, Listeners
 from metaops.service._storage_postgres import PostgresStorage
 from metaops.service._streams_store import (
     PAGE_BYTES,
@@ -78,7 +78,7 @@ def _channel(runs_channel: str) -> str:
 class PostgresStreamStore(_SQLStreamStore):
     """:class:`~metaops.service._streams_store.StreamStore` beside a :class:`PostgresStorage`."""
 
-    _sql = _Dialect(prefix="metaops_", parameter="%s")
+    _sql = _POSTGRES
 
     def __init__(self, storage: PostgresStorage) -> None:
         self._storage = storage

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from metaops.service._errors import RunNotFoundError
 from metaops.service._sqlite import SQLitePool
-from metaops.service._storage import Listeners, _Dialect
+from metaops.service._storage import _SQLITE, Listeners
 from metaops.service._streams_store import (
     PAGE_BYTES,
     PAGE_CHUNKS,
@@ -55,7 +55,7 @@ class SQLiteStreamStore(_SQLStreamStore):
     """:class:`~metaops.service._streams_store.StreamStore` in the SQLite file at ``path``
     (the runs' file: streams refer to its ``runs`` table)."""
 
-    _sql = _Dialect(prefix="", parameter="?")
+    _sql = _SQLITE
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         self._path = str(path)
